@@ -1,0 +1,164 @@
+"""What the training loop needs from a model family, and the single-network case.
+
+A family owns its modules, losses and metrics. The loop only calls these pure
+functions (under jit or pmap) and never looks inside the state:
+
+  init_state(rng)                       -> TrainState
+  train_step(state, batch, rng, *, axis_name=None) -> (state, metrics)
+  eval_metrics(state, batch, rng)       -> {name: [B] per-example values}
+  images(state, batch, rng)             -> {name: [rows, cols, H, W, C] in [0, 1]}
+  embed(state, images)                  -> [B, D]
+
+`batch` is a dict with `image`: [B, H, W, C], uint8 or float, as stored.
+`axis_name` is set only under pmap; under jit the loss is a mean over the
+global batch and XLA inserts the reductions itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from dlu import data
+from dlu.flags import Config
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """What a model needs to know of the data."""
+  image_shape: tuple[int, int, int]  # (H, W, C)
+  num_classes: int | None
+  num_train: int
+  pixel_range: str = "unit"
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array           # [] int32: completed steps
+  params: Any
+  opt_state: Any
+  extra: Any = flax.struct.field(default_factory=dict)  # e.g. batch_stats, EMA params
+
+
+class Family:
+  """Base class; subclasses implement the methods the loop calls."""
+
+  #: names of `--model` values this family serves.
+  models: tuple[str, ...] = ()
+
+  def __init__(self, cfg: Config, spec: DataSpec):
+    self.cfg = cfg
+    self.spec = spec
+
+  @classmethod
+  def validate(cls, cfg: Config) -> None:
+    """Raise UsageError for family flags that cannot work."""
+
+  def init_state(self, rng: jax.Array) -> TrainState:
+    raise NotImplementedError
+
+  def train_step(self, state: TrainState, batch: Batch, rng: jax.Array, *,
+                 axis_name: str | None = None) -> tuple[TrainState, Metrics]:
+    raise NotImplementedError
+
+  def eval_metrics(self, state: TrainState, batch: Batch, rng: jax.Array) -> Metrics:
+    raise NotImplementedError
+
+  def images(self, state: TrainState, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
+    return {}
+
+  def embed(self, state: TrainState, images: jax.Array) -> jax.Array:
+    raise NotImplementedError(f"{type(self).__name__} has no embedding")
+
+  def normalize(self, images: jax.Array) -> jax.Array:
+    return data.normalize(images, self.spec.pixel_range)
+
+
+def norms(*, grads: Any, params: Any, updates: Any) -> Metrics:
+  return {"grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
+          "update_norm": optax.global_norm(updates)}
+
+
+def per_device_rng(rng: jax.Array, axis_name: str | None) -> jax.Array:
+  """Under pmap each device draws its own noise; under jit the draw is already global."""
+  return rng if axis_name is None else jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+
+class SingleNetworkFamily(Family):
+  """A family with one parameter tree, one optimizer and a scalar loss."""
+
+  def make_model(self) -> flax.linen.Module:
+    raise NotImplementedError
+
+  def loss(self, params: Any, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]:
+    """Scalar loss (a mean over the batch) and metrics to log."""
+    raise NotImplementedError
+
+  def make_optimizer(self) -> optax.GradientTransformation:
+    from dlu import optim
+    return optim.make_optimizer(self.cfg)
+
+  @property
+  def model(self) -> flax.linen.Module:
+    if not hasattr(self, "_model"):
+      self._model = self.make_model()
+    return self._model
+
+  @property
+  def tx(self) -> optax.GradientTransformation:
+    if not hasattr(self, "_tx"):
+      self._tx = self.make_optimizer()
+    return self._tx
+
+  def init_params(self, rng: jax.Array) -> Any:
+    dummy = jnp.zeros((1,) + self.spec.image_shape, jnp.float32)
+    return self.model.init(rng, dummy)["params"]
+
+  def init_state(self, rng: jax.Array) -> TrainState:
+    params = self.init_params(rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params))
+
+  def train_step(self, state, batch, rng, *, axis_name=None):
+    rng = per_device_rng(rng, axis_name)
+    grad_fn = jax.value_and_grad(self.loss, has_aux=True)
+    (loss, metrics), grads = grad_fn(state.params, batch, rng)
+    if axis_name is not None:
+      grads = jax.lax.pmean(grads, axis_name)
+      loss, metrics = jax.lax.pmean((loss, metrics), axis_name)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, **metrics, **norms(grads=grads, params=params, updates=updates)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+_REGISTRY: dict[str, type[Family]] = {}
+
+
+def register(cls: type[Family]) -> type[Family]:
+  for name in cls.models:
+    if name in _REGISTRY:
+      raise ValueError(f"model {name!r} registered twice")
+    _REGISTRY[name] = cls
+  return cls
+
+
+def names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def get(model: str) -> type[Family]:
+  from dlu.errors import UsageError
+  if model not in _REGISTRY:
+    raise UsageError(f"--model={model!r} is not a model; accepted: {', '.join(names())}")
+  return _REGISTRY[model]
+
+

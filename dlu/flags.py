@@ -1,0 +1,122 @@
+"""Flags shared by every model family, and the run configuration built from them.
+
+Family-specific flags live beside each family (`dlu/families/*.py`); importing
+`dlu.families` defines them all. A `Config` is a plain snapshot of flag values,
+so library code and tests never read the global absl state.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+from absl import flags
+
+from dlu.errors import UsageError
+
+# --- Model and data.
+flags.DEFINE_string("model", "ae_seed", "Model name; see dlu.families.names().")
+flags.DEFINE_string(
+    "dataset", "fashion_mnist",
+    "digits | fashion_mnist | mnist | cifar10 | any tfds image dataset | npz:PATH | folder:DIR.")
+flags.DEFINE_string("data_dir", None, "tfds data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+flags.DEFINE_string("idx_dir", None, "Folder of Fashion-MNIST IDX files used to prepare the dataset offline.")
+flags.DEFINE_enum("pixel_range", "unit", ["unit", "symmetric"], "Pixels scaled to [0, 1] (unit) or [-1, 1].")
+
+# --- Optimisation.
+flags.DEFINE_integer("batch_size", 256, "Global batch size, split over all devices.")
+flags.DEFINE_integer("num_steps", 5000, "Total training steps.")
+flags.DEFINE_enum("optimizer", "adam", ["gd", "sgd", "momentum", "adam", "adamw"],
+                  "gd: full-batch gradient descent; sgd: minibatch; momentum; adam; adamw.")
+flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
+flags.DEFINE_enum("schedule", "constant", ["constant", "cosine", "linear"],
+                  "Learning-rate decay after warm-up (to zero at --num_steps for cosine/linear).")
+flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps from 0 to --learning_rate.")
+flags.DEFINE_float("momentum", 0.9, "Momentum for --optimizer=momentum.")
+flags.DEFINE_float("b1", 0.9, "Adam beta1.")
+flags.DEFINE_float("b2", 0.999, "Adam beta2.")
+flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (adamw) or L2 added to updates (others).")
+flags.DEFINE_float("grad_clip", 0.0, "Clip gradients to this global norm; 0 turns clipping off.")
+
+# --- Run.
+flags.DEFINE_integer("seed", 0, "Root seed: parameters, data order and noise all derive from it.")
+flags.DEFINE_integer("eval_every", 1000, "Evaluate on the test split every N steps (and at the end).")
+flags.DEFINE_integer("log_every", 100, "Log train metrics every N steps.")
+flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps (and at the end).")
+flags.DEFINE_integer("keep_checkpoints", 3, "How many checkpoints to keep.")
+flags.DEFINE_integer("eval_batch_size", 1000, "Batch size for evaluation.")
+flags.DEFINE_integer("num_images", 64, "Images in each saved grid.")
+flags.DEFINE_enum("parallelism", "jit", ["jit", "pmap"],
+                  "jit: one program over a ('data',) mesh; pmap: jax.pmap with pmean of gradients.")
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, event files and images go.")
+
+_POSITIVE_INTS = ("batch_size", "num_steps", "eval_every", "log_every", "checkpoint_every",
+                  "keep_checkpoints", "eval_batch_size", "num_images")
+_NON_NEGATIVE = ("warmup_steps", "weight_decay", "grad_clip")
+
+
+class Config(types.SimpleNamespace):
+  """A read-only snapshot of flag values with attribute access."""
+
+  def replace(self, **changes: Any) -> "Config":
+    unknown = sorted(set(changes) - set(vars(self)))
+    if unknown:
+      raise UsageError(f"unknown flag(s): {', '.join('--' + k for k in unknown)}")
+    return Config(**{**vars(self), **changes})
+
+  def to_flagfile(self) -> str:
+    """One `--name=value` line per flag: a flagfile that reproduces the run."""
+    lines = []
+    for name, value in sorted(vars(self).items()):
+      if value is None:
+        continue
+      if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+      lines.append(f"--{name}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def _all_flag_values(flag_values: flags.FlagValues) -> dict[str, Any]:
+  # Only the flags dlu defines: absl's own (logtostderr, ...) are not part of a run.
+  import dlu.families  # noqa: F401  (defines the family flags)
+  names = {f.name for module, fl in flag_values.flags_by_module_dict().items()
+           if module.startswith(("dlu.", "experiments.")) for f in fl}
+  return {name: flag_values[name].value for name in sorted(names)}
+
+
+def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
+  return Config(**_all_flag_values(flag_values))
+
+
+def make_config(**overrides: Any) -> Config:
+  """The default configuration with `overrides` applied: for tests and notebooks."""
+  defaults = {name: flags.FLAGS[name].default for name in _all_flag_values(flags.FLAGS)}
+  return Config(**defaults).replace(**overrides)
+
+
+def validate(cfg: Config) -> None:
+  """Raise UsageError naming the first flag whose value cannot work."""
+  from dlu import families
+  for name in _POSITIVE_INTS:
+    value = getattr(cfg, name)
+    if not isinstance(value, int) or value < 1:
+      raise UsageError(f"--{name} must be a positive integer, got {value!r}")
+  for name in _NON_NEGATIVE:
+    if getattr(cfg, name) < 0:
+      raise UsageError(f"--{name} must be >= 0, got {getattr(cfg, name)!r}")
+  if not cfg.learning_rate > 0:
+    raise UsageError(f"--learning_rate must be > 0, got {cfg.learning_rate!r}")
+  if not 0 <= cfg.momentum < 1:
+    raise UsageError(f"--momentum must be in [0, 1), got {cfg.momentum!r}")
+  for name in ("b1", "b2"):
+    if not 0 <= getattr(cfg, name) < 1:
+      raise UsageError(f"--{name} must be in [0, 1), got {getattr(cfg, name)!r}")
+  if cfg.warmup_steps >= cfg.num_steps and cfg.warmup_steps > 0:
+    raise UsageError(f"--warmup_steps ({cfg.warmup_steps}) must be smaller than --num_steps ({cfg.num_steps})")
+  choices = {"optimizer": ("gd", "sgd", "momentum", "adam", "adamw"),
+             "schedule": ("constant", "cosine", "linear"),
+             "parallelism": ("jit", "pmap"), "pixel_range": ("unit", "symmetric")}
+  for name, accepted in choices.items():
+    if getattr(cfg, name) not in accepted:
+      raise UsageError(f"--{name} must be one of {', '.join(accepted)}; got {getattr(cfg, name)!r}")
+  families.get(cfg.model).validate(cfg)

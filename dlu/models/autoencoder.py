@@ -1,0 +1,104 @@
+"""Autoencoders: the seed MLP, a deeper MLP and a convolutional one.
+
+Each has `encode` and `decode` usable on their own (`model.apply(v, x, method="encode")`).
+Decoders return pre-activation outputs: reconstructions for an MSE loss, logits
+for a Bernoulli (binary cross-entropy) one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import chex
+import flax.linen as nn
+import jax
+
+from dlu.models.layers import Conv, ConvTranspose, MLP
+
+
+class MLPAutoencoder(nn.Module):
+  """Flattened image -> encoder widths -> latent -> reversed widths -> image.
+
+  The seed model is `encoder_widths=(), latent_dim=128, latent_activation="relu"`:
+  Dense(128, relu) then a linear Dense back to the input size.
+  """
+  image_shape: tuple[int, int, int]
+  encoder_widths: Sequence[int] = ()
+  latent_dim: int = 128
+  latent_activation: str = "linear"
+  activation: str = "relu"
+
+  def setup(self):
+    self.encoder = MLP(tuple(self.encoder_widths) + (self.latent_dim,), self.activation,
+                       self.latent_activation)
+    out_dim = math.prod(self.image_shape)
+    self.decoder = MLP(tuple(reversed(self.encoder_widths)) + (out_dim,), self.activation)
+
+  def encode(self, x: jax.Array) -> jax.Array:
+    return self.encoder(x.reshape((x.shape[0], -1)))  # [B, D]
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    return self.decoder(z).reshape((z.shape[0],) + tuple(self.image_shape))  # [B, H, W, C]
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    chex.assert_rank(x, 4)
+    return self.decode(self.encode(x))
+
+
+class ConvEncoder(nn.Module):
+  """Strided convolutions (each halves H and W), then a dense layer to `out_dim`."""
+  channels: Sequence[int] = (32, 64)
+  out_dim: int = 32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i, c in enumerate(self.channels):
+      x = nn.relu(Conv(c, (3, 3), strides=(2, 2), padding="SAME", name=f"conv_{i}")(x))
+    return nn.Dense(self.out_dim, name="dense")(x.reshape((x.shape[0], -1)))
+
+
+class ConvDecoder(nn.Module):
+  """Dense to a small feature map, strided transposed convs back up, a stride-1 output layer."""
+  image_shape: tuple[int, int, int]
+  channels: Sequence[int] = (64, 32)
+
+  @nn.compact
+  def __call__(self, z: jax.Array) -> jax.Array:
+    h, w, c_out = self.image_shape
+    scale = 2 ** len(self.channels)
+    h0, w0 = h // scale, w // scale
+    x = nn.relu(nn.Dense(h0 * w0 * self.channels[0], name="dense")(z))
+    x = x.reshape((z.shape[0], h0, w0, self.channels[0]))
+    for i, c in enumerate(self.channels):
+      x = nn.relu(ConvTranspose(c, (3, 3), strides=(2, 2), padding="SAME", name=f"deconv_{i}")(x))
+    return ConvTranspose(c_out, (3, 3), strides=(1, 1), padding="SAME", name="out")(x)
+
+
+class ConvAutoencoder(nn.Module):
+  image_shape: tuple[int, int, int]
+  channels: Sequence[int] = (32, 64)
+  latent_dim: int = 32
+
+  def setup(self):
+    self.encoder = ConvEncoder(tuple(self.channels), self.latent_dim)
+    self.decoder = ConvDecoder(tuple(self.image_shape), tuple(reversed(self.channels)))
+
+  def encode(self, x: jax.Array) -> jax.Array:
+    return self.encoder(x)  # [B, D]
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    return self.decoder(z)  # [B, H, W, C]
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    chex.assert_rank(x, 4)
+    return self.decode(self.encode(x))
+
+
+def conv_compatible(image_shape: Sequence[int], num_strided: int) -> bool:
+  """Whether H and W survive `num_strided` halvings and come back to the same size."""
+  scale = 2 ** num_strided
+  return image_shape[0] % scale == 0 and image_shape[1] % scale == 0
+
+
+

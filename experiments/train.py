@@ -1,0 +1,34 @@
+r"""Train a dlu model.
+
+  python -m experiments.train --flagfile=experiments/configs/ae_seed_fashion_mnist.flags \
+      --workdir=/tmp/ae_seed
+
+Any flag may follow the flagfile to override it. Rerunning the same command resumes.
+"""
+
+import sys
+
+from absl import app, flags
+
+from dlu import flags as dlu_flags
+from dlu import train_loop
+from dlu.errors import UsageError
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    train_loop.train_and_evaluate(dlu_flags.config_from_flags(FLAGS), FLAGS.workdir)
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except train_loop.NonFiniteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Installs dlu with its test extras (as quickstart.sh does) and runs the test suite.
+# Extra arguments go to pytest (e.g. -m "not slow", -k data).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS=test
+source scripts/setup_env.sh
+"${PY}" -m pytest -q "$@"

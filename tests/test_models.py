@@ -1,0 +1,47 @@
+"""Autoencoder modules: shapes, standalone encode/decode, the seed architecture exactly."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from dlu.models import autoencoder as ae
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (8, 8, 1), (32, 32, 3)])
+def test_mlp_autoencoder_shapes(shape):
+  model = ae.MLPAutoencoder(shape, encoder_widths=(64, 32), latent_dim=8)
+  x = jnp.ones((5,) + shape)
+  variables = jax.jit(model.init)(jax.random.key(0), x)
+  assert model.apply(variables, x).shape == (5,) + shape
+  z = model.apply(variables, x, method="encode")
+  assert z.shape == (5, 8)
+  assert model.apply(variables, z, method="decode").shape == (5,) + shape
+
+
+def test_seed_autoencoder_is_one_relu_layer_and_a_linear_output():
+  model = ae.MLPAutoencoder((28, 28, 1), encoder_widths=(), latent_dim=128, latent_activation="relu")
+  x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
+  params = model.init(jax.random.key(0), x)["params"]
+  kernels = [p.shape for p in jax.tree.leaves(params)]
+  assert sorted(kernels) == sorted([(784, 128), (128,), (128, 784), (784,)])
+  enc, dec = params["encoder"]["dense_0"], params["decoder"]["dense_0"]
+  flat = x.reshape(3, -1)
+  expected = jax.nn.relu(flat @ enc["kernel"] + enc["bias"]) @ dec["kernel"] + dec["bias"]
+  out = model.apply({"params": params}, x)
+  assert jnp.allclose(out.reshape(3, -1), expected, atol=1e-5)
+  # The code is non-negative (relu) and the output can be negative (linear).
+  assert (model.apply({"params": params}, x, method="encode") >= 0).all()
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (8, 8, 1), (32, 32, 3)])
+def test_conv_autoencoder_shapes(shape):
+  model = ae.ConvAutoencoder(shape, channels=(8, 16), latent_dim=4)
+  x = jnp.ones((2,) + shape)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)  # shapes only: no compilation
+  assert jax.eval_shape(model.apply, variables, x).shape == (2,) + shape
+  assert jax.eval_shape(lambda v, x: model.apply(v, x, method="encode"), variables, x).shape == (2, 4)
+
+
+def test_conv_compatible():
+  assert ae.conv_compatible((28, 28, 1), 2)
+  assert not ae.conv_compatible((28, 28, 1), 3)

@@ -1,0 +1,70 @@
+"""The train step gives the same parameters on 1 device, sharded over 8, and under pmap."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from dlu import families, flags as dlu_flags, parallel, steps
+from dlu.families import DataSpec
+
+SPEC = DataSpec((8, 8, 1), 10, 512)
+
+
+def _run(cfg, mesh, parallelism, batches):
+  family = families.get(cfg.model)(cfg, SPEC)
+  init, _ = steps.make_init(family, mesh)
+  state = init(jax.random.key(0))
+  step = steps.make_train_step(family, mesh, parallelism=parallelism)
+  if parallelism == "pmap":
+    state = parallel.replicate_for_pmap(jax.device_get(state))
+  for images in batches:
+    local = {"image": images}
+    batch = parallel.pmap_batch(local) if parallelism == "pmap" else parallel.global_batch(mesh, local)
+    state, metrics = step(state, batch, jax.random.key(1))
+  if parallelism == "pmap":
+    state = parallel.unreplicate(state)
+  return jax.device_get(state.params), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("model,optimizer", [("ae_seed", "sgd"), ("ae_mlp", "adam"),
+                                             ("ae_conv", "momentum")])
+def test_one_device_eight_devices_and_pmap_agree(model, optimizer):
+  assert jax.device_count() == 8
+  cfg = dlu_flags.make_config(model=model, optimizer=optimizer, learning_rate=0.05,
+                              widths=["16"], latent_dim=4, conv_channels=["4", "8"],
+                              hidden_units=16, dataset="digits")
+  rng = np.random.default_rng(0)
+  batches = [rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8) for _ in range(3)]
+  one = Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,))
+  p1, m1 = _run(cfg, one, "jit", batches)
+  p8, m8 = _run(cfg, parallel.make_mesh(), "jit", batches)
+  pp, mp = _run(cfg, parallel.make_mesh(), "pmap", batches)
+  for other in (p8, pp):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, other)
+  np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
+  np.testing.assert_allclose(m1["loss"], mp["loss"], rtol=1e-5)
+  # Parameters actually moved.
+  fresh = steps.make_init(families.get(model)(cfg, SPEC), one)[0](jax.random.key(0)).params
+  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), jax.device_get(fresh), p1)
+  assert max(jax.tree.leaves(moved)) > 1e-4
+
+
+def test_step_metrics_include_norms_and_no_retrace():
+  cfg = dlu_flags.make_config(model="ae_seed", hidden_units=8, optimizer="sgd")
+  mesh = parallel.make_mesh()
+  family = families.get("ae_seed")(cfg, SPEC)
+  state = steps.make_init(family, mesh)[0](jax.random.key(0))
+  step = steps.make_train_step(family, mesh)
+  images = np.zeros((16, 8, 8, 1), np.uint8)
+  for _ in range(3):
+    state, metrics = step(state, parallel.global_batch(mesh, {"image": images}), jax.random.key(0))
+  assert step._cache_size() == 1
+  assert {"loss", "grad_norm", "param_norm", "update_norm"} <= set(metrics)
+  assert int(state.step) == 3
+
+
+def test_batch_not_divisible_by_devices_is_an_error():
+  from dlu.errors import UsageError
+  with pytest.raises(UsageError, match="--batch_size=12 must be divisible by the number of devices"):
+    parallel.check_batch_size(12)
