@@ -7,6 +7,7 @@ so library code and tests never read the global absl state.
 
 from __future__ import annotations
 
+import os
 import types
 from typing import Any
 
@@ -120,3 +121,24 @@ def validate(cfg: Config) -> None:
     if getattr(cfg, name) not in accepted:
       raise UsageError(f"--{name} must be one of {', '.join(accepted)}; got {getattr(cfg, name)!r}")
   families.get(cfg.model).validate(cfg)
+
+
+def config_from_flagfile(path: str, **overrides: Any) -> Config:
+  """The Config a run's `flags.txt` records, with `overrides` applied."""
+  if not os.path.isfile(path):
+    raise UsageError(f"{path} does not exist: expected the flags.txt of a dlu run")
+  values = {}
+  defined = _all_flag_values(flags.FLAGS)
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line.startswith("--"):
+        continue
+      name, _, value = line[2:].partition("=")
+      if name not in defined:
+        raise UsageError(f"{path}: unknown flag --{name}")
+      try:
+        values[name] = flags.FLAGS[name]._parse(value)  # pylint: disable=protected-access
+      except (ValueError, flags.Error) as e:
+        raise UsageError(f"{path}: bad value for --{name}: {e}") from None
+  return make_config(**values).replace(**overrides)

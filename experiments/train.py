@@ -8,7 +8,7 @@ Any flag may follow the flagfile to override it. Rerunning the same command resu
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from dlu import flags as dlu_flags
 from dlu import train_loop
@@ -20,6 +20,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # keep library INFO chatter off the console
   try:
     train_loop.train_and_evaluate(dlu_flags.config_from_flags(FLAGS), FLAGS.workdir)
   except UsageError as e:

@@ -1,5 +1,5 @@
 """Model families by `--model` name. Importing this package registers them all."""
 
-from dlu.families.base import (Batch, DataSpec, Family, Metrics, SingleNetworkFamily,  # noqa: F401
+from dlu.families.base import (Batch, DataSpec, EvalContext, Family, Metrics, SingleNetworkFamily,  # noqa: F401
                                TrainState, get, names, register)
 from dlu.families import autoencoder  # noqa: F401,E402

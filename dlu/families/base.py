@@ -9,6 +9,12 @@ functions (under jit or pmap) and never looks inside the state:
   images(state, batch, rng)             -> {name: [rows, cols, H, W, C] in [0, 1]}
   embed(state, images)                  -> [B, D]
 
+and, host-side, with an `EvalContext` (mesh, batch size, rng, workdir):
+
+  prepare(dataset, ctx)                 once before init (e.g. load a pretrained encoder)
+  split_metrics(state, dataset, ctx)    at each eval: metrics that are not per-example means (FID)
+  final_metrics(state, dataset, ctx)    at the end and in experiments.evaluate (IWAE NLL)
+
 `batch` is a dict with `image`: [B, H, W, C], uint8 or float, as stored.
 `axis_name` is set only under pmap; under jit the loss is a mean over the
 global batch and XLA inserts the reductions itself.
@@ -38,6 +44,16 @@ class DataSpec:
   num_classes: int | None
   num_train: int
   pixel_range: str = "unit"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+  """What host-side evaluation hooks may use."""
+  mesh: Any
+  batch_size: int      # global eval batch size, a multiple of the device count
+  rng: jax.Array
+  workdir: str
+  cfg: Config
 
 
 @flax.struct.dataclass
@@ -73,6 +89,17 @@ class Family:
     raise NotImplementedError
 
   def images(self, state: TrainState, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
+    return {}
+
+  def prepare(self, dataset: data.ImageData, ctx: EvalContext) -> None:
+    """Host-side set-up before the state is initialised."""
+
+  def split_metrics(self, state: TrainState, dataset: data.ImageData,
+                    ctx: EvalContext) -> dict[str, float]:
+    return {}
+
+  def final_metrics(self, state: TrainState, dataset: data.ImageData,
+                    ctx: EvalContext) -> dict[str, float]:
     return {}
 
   def embed(self, state: TrainState, images: jax.Array) -> jax.Array:

@@ -1,0 +1,36 @@
+r"""Evaluate a trained dlu run from its workdir; results go to DIR/eval.json.
+
+  python -m experiments.evaluate --workdir=workdirs/ae_seed
+
+Flags given here (e.g. --eval_batch_size) override those the run recorded in flags.txt.
+"""
+
+import json
+import sys
+
+from absl import app, flags, logging
+
+from dlu import flags as dlu_flags
+from dlu import run_evaluation
+from dlu.errors import UsageError
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # keep library INFO chatter off the console
+  overrides = {name: FLAGS[name].value for name in vars(dlu_flags.config_from_flags(FLAGS))
+               if FLAGS[name].present and name != "workdir"}
+  try:
+    results = run_evaluation.evaluate_workdir(FLAGS.workdir, **overrides)
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(json.dumps(results, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+  app.run(main)
