@@ -162,6 +162,7 @@ def train_and_evaluate(cfg: dlu_flags.Config, workdir: str) -> dict[str, float]:
           ckpt.save(step, host_state(state))
       if step % cfg.eval_every == 0 or final:
         eval_metrics = evaluate(step, host_state(state), final=final)
+        progress.start(step)  # eval time does not count against steps/s
 
     state = host_state(state)
     if last_metrics is None:  # Already at --num_steps: evaluate what the checkpoint holds.
