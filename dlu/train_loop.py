@@ -71,6 +71,7 @@ def build(cfg: dlu_flags.Config, workdir: str) -> Experiment:
   ctx = EvalContext(mesh=mesh, batch_size=evaluation.round_batch_size(cfg.eval_batch_size),
                     rng=eval_rng, workdir=workdir, cfg=cfg)
   family.prepare(dataset, ctx)
+  jax.eval_shape(family.init_state, init_rng)  # Model/data mismatches surface here, not mid-run.
   return Experiment(cfg, dataset, spec, family, sampler, mesh, ctx, train_rng, init_rng)
 
 

@@ -110,8 +110,8 @@ class Family:
 
 
 def norms(*, grads: Any, params: Any, updates: Any) -> Metrics:
-  return {"grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
-          "update_norm": optax.global_norm(updates)}
+  return {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
+          "update_norm": optax.tree.norm(updates)}
 
 
 def per_device_rng(rng: jax.Array, axis_name: str | None) -> jax.Array:

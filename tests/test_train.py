@@ -1,0 +1,130 @@
+"""End to end: the runner from a flagfile, its workdir, resume, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from dlu import flags as dlu_flags
+from dlu import train_loop
+from dlu.errors import UsageError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(ROOT, "experiments", "configs", "ae_digits.flags")
+
+
+def _train(*args, check=True):
+  proc = subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT,
+                        env={**os.environ}, capture_output=True, text=True, timeout=300)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"train failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+  return proc
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_flagfile_run_writes_its_workdir_and_resumes(tmp_path):
+  workdir = str(tmp_path / "run")
+  common = [f"--flagfile={DIGITS}", f"--workdir={workdir}", "--log_every=10",
+            "--eval_every=30", "--checkpoint_every=20"]
+  out = _train(*common, "--num_steps=60").stdout
+  assert "step 60/60" in out and "eval at step 60" in out and "tensorboard --logdir" in out
+
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
+                if s.isdigit()) == [20, 40, 60]
+  rows = _rows(workdir)
+  train = [r for r in rows if r["split"] == "train"]
+  evals = [r for r in rows if r["split"] == "eval"]
+  assert [r["step"] for r in train] == [10, 20, 30, 40, 50, 60]
+  assert {"loss", "grad_norm", "param_norm", "update_norm"} <= set(train[-1])
+  assert [r["step"] for r in evals] == [30, 60]
+  assert {"mse", "psnr"} <= set(evals[-1]) and evals[-1]["mse"] < evals[0]["mse"]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  assert os.path.exists(os.path.join(workdir, "images", "reconstructions_0000060.png"))
+  emb = np.load(os.path.join(workdir, "embeddings_test.npz"))
+  assert emb["embeddings"].shape == (297, 32) and emb["labels"].shape == (297,)
+  with open(os.path.join(workdir, "flags.txt")) as f:
+    assert "--model=ae_seed\n" in f.read()
+
+  # The same command with more steps resumes at 60 and goes on to 100.
+  out = _train(*common, "--num_steps=100").stdout
+  assert "Resuming ae_seed on digits from step 60" in out and "step 100/100" in out
+  train = [r["step"] for r in _rows(workdir) if r["split"] == "train"]
+  assert train == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+
+  # Rerunning a finished run changes nothing and says where its results are.
+  out = _train(*common, "--num_steps=100").stdout
+  assert "from step 100" in out and "Results in" in out
+
+
+def _params(workdir, step):
+  path = os.path.join(workdir, "checkpoints", str(step), "default")
+  return ocp.StandardCheckpointer().restore(os.path.abspath(path))["params"]
+
+
+@pytest.mark.slow
+def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+  cfg = dlu_flags.make_config(model="ae_seed", hidden_units=16, dataset="digits", batch_size=64,
+                              num_steps=40, log_every=10, eval_every=40, checkpoint_every=10,
+                              num_images=8, noise="gaussian", noise_level=0.1)
+  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+  train_loop.train_and_evaluate(cfg, straight)
+  train_loop.train_and_evaluate(cfg.replace(num_steps=20), split)
+  train_loop.train_and_evaluate(cfg, split)
+  a, b = _params(straight, 40), _params(split, 40)
+  for key in ("encoder", "decoder"):
+    np.testing.assert_array_equal(a[key]["dense_0"]["kernel"], b[key]["dense_0"]["kernel"])
+
+
+def test_full_batch_gradient_descent(tmp_path):
+  cfg = dlu_flags.make_config(model="ae_seed", hidden_units=8, dataset="digits", optimizer="gd",
+                              learning_rate=0.5, num_steps=3, log_every=1, eval_every=3,
+                              checkpoint_every=3, num_images=8)
+  exp = train_loop.build(cfg, str(tmp_path))
+  assert exp.sampler.global_batch_size == 1496  # 1500 train images, whole multiples of 8 devices
+  metrics = train_loop.train_and_evaluate(cfg, str(tmp_path / "gd"))
+  assert np.isfinite(metrics["mse"])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(model="transformer"), "--model='transformer' is not a model"),
+    (dict(dataset="imagenet_nope"), "--dataset"),
+    (dict(optimizer="lbfgs"), "--optimizer must be one of"),
+    (dict(batch_size=0), "--batch_size must be a positive integer"),
+    (dict(batch_size=12), "--batch_size=12 must be divisible by the number of devices (8)"),
+    (dict(batch_size=4096), "--batch_size=4096 is larger than the training split"),
+    (dict(learning_rate=0.0), "--learning_rate must be > 0"),
+    (dict(dataset="fashion_mnist", data_dir="/nonexistent/tfds"), "--data_dir"),
+    (dict(dataset="fashion_mnist", data_dir=None, idx_dir="/nonexistent/idx"), "--idx_dir"),
+    (dict(model="ae_conv", conv_channels=["8", "8", "8", "8"]), "needs image height and width"),
+])
+def test_bad_input_stops_before_the_workdir_is_touched(tmp_path, overrides, message):
+  workdir = tmp_path / "existing"
+  workdir.mkdir()
+  (workdir / "metrics.jsonl").write_text('{"step": 1}\n')
+  cfg = dlu_flags.make_config(dataset="digits", data_dir=str(tmp_path), num_steps=5)
+  with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    train_loop.train_and_evaluate(cfg.replace(**overrides), str(workdir))
+  assert sorted(os.listdir(workdir)) == ["metrics.jsonl"]
+  assert (workdir / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--flagfile=/nonexistent.flags"], "/nonexistent.flags"),
+    (["--learning_rate=-1"], "error: --learning_rate must be > 0"),
+    (["--no_such_flag=3"], "no_such_flag"),
+])
+def test_command_line_errors_are_one_line(tmp_path, args, message):
+  proc = _train(f"--flagfile={DIGITS}", f"--workdir={tmp_path / 'w'}", *args, check=False)
+  assert proc.returncode != 0
+  assert message in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "w").exists()
