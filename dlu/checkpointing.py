@@ -1,4 +1,8 @@
-"""Orbax checkpoints of the train state: restore-or-init, periodic asynchronous saves."""
+"""Orbax checkpoints of the train state: restore-or-init, periodic asynchronous saves.
+
+Orbax writes each checkpoint to a temporary directory and renames it when complete,
+so a run killed mid-save leaves the previous checkpoint as the latest one.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +12,34 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from dlu.errors import UsageError
+
 
 class Checkpointer:
   """Keeps the last `keep` checkpoints under `directory`; the loop decides when to save."""
 
   def __init__(self, directory: str, *, keep: int):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def restore(self, target: Any) -> Any | None:
-    """The latest checkpoint laid out like `target` (arrays or ShapeDtypeStructs), or None."""
+    """The latest checkpoint laid out like `target` (arrays or ShapeDtypeStructs), or None.
+
+    Raises UsageError when the checkpoint cannot be read or does not fit `target`.
+    """
     step = self.latest_step()
     if step is None:
       return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    try:
+      return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # Orbax raises many types: shape mismatches, truncated files, ...
+      raise CheckpointError(step, os.path.join(self.directory, str(step)), e) from e
 
   def save(self, step: int, state: Any) -> None:
     """Starts an asynchronous save; a step already saved is left as it is."""
@@ -40,3 +53,12 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class CheckpointError(UsageError):
+  """The latest checkpoint could not be restored into the state this run builds."""
+
+  def __init__(self, step: int, path: str, cause: Exception):
+    self.step, self.path, self.cause = step, path, cause
+    first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+    super().__init__(f"cannot restore the checkpoint {path}: {first_line}")

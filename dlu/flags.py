@@ -50,6 +50,7 @@ flags.DEFINE_integer("num_images", 64, "Images in each saved grid.")
 flags.DEFINE_enum("parallelism", "jit", ["jit", "pmap"],
                   "jit: one program over a ('data',) mesh; pmap: jax.pmap with pmean of gradients.")
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, event files and images go.")
+flags.DEFINE_bool("debug_nans", False, "Turn on JAX NaN checking to find the operation that makes one.")
 
 _POSITIVE_INTS = ("batch_size", "num_steps", "eval_every", "log_every", "checkpoint_every",
                   "keep_checkpoints", "eval_batch_size", "num_images")
@@ -114,12 +115,10 @@ def validate(cfg: Config) -> None:
       raise UsageError(f"--{name} must be in [0, 1), got {getattr(cfg, name)!r}")
   if cfg.warmup_steps >= cfg.num_steps and cfg.warmup_steps > 0:
     raise UsageError(f"--warmup_steps ({cfg.warmup_steps}) must be smaller than --num_steps ({cfg.num_steps})")
-  choices = {"optimizer": ("gd", "sgd", "momentum", "adam", "adamw"),
-             "schedule": ("constant", "cosine", "linear"),
-             "parallelism": ("jit", "pmap"), "pixel_range": ("unit", "symmetric")}
-  for name, accepted in choices.items():
-    if getattr(cfg, name) not in accepted:
-      raise UsageError(f"--{name} must be one of {', '.join(accepted)}; got {getattr(cfg, name)!r}")
+  for name, value in sorted(vars(cfg).items()):  # Every enum flag, the families' too.
+    accepted = getattr(flags.FLAGS[name].parser, "enum_values", None) if name in flags.FLAGS else None
+    if accepted and value not in accepted:
+      raise UsageError(f"--{name} must be one of {', '.join(accepted)}; got {value!r}")
   families.get(cfg.model).validate(cfg)
 
 

@@ -51,6 +51,27 @@ class MetricWriter:
       self._tb = SummaryWriter(logdir=workdir, flush_secs=10)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
 
+  def drop_rows_after(self, step: int) -> None:
+    """On resume: rows past the restored checkpoint describe lost work and will be redone."""
+    if not self.enabled:
+      return
+    path = os.path.join(self.workdir, "metrics.jsonl")
+    self._jsonl.close()
+    with open(path) as f:
+      lines = f.readlines()
+    keep = []
+    for line in lines:
+      try:
+        if json.loads(line)["step"] <= step:
+          keep.append(line if line.endswith("\n") else line + "\n")
+      except (ValueError, KeyError, TypeError):
+        continue  # A line cut short by a kill.
+    if len(keep) != len(lines):
+      with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+      os.replace(path + ".tmp", path)
+    self._jsonl = open(path, "a", buffering=1)
+
   def write_scalars(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 from typing import Any
 
@@ -102,10 +103,73 @@ class Evaluator:
     return metrics
 
 
+# Flags that change how a run is driven or logged, not what its state holds.
+_RUN_FLAGS = frozenset({"num_steps", "eval_every", "log_every", "checkpoint_every", "workdir",
+                        "keep_checkpoints", "eval_batch_size", "num_images", "parallelism",
+                        "debug_nans", "data_dir", "idx_dir"})
+
+
+def _differing_flags(workdir: str, cfg: dlu_flags.Config) -> list[str]:
+  try:
+    old = dlu_flags.config_from_flagfile(os.path.join(workdir, "flags.txt"))
+  except UsageError:
+    return []
+  return [f"--{k} (checkpoint {getattr(old, k)!r}, now {v!r})" for k, v in sorted(vars(cfg).items())
+          if k not in _RUN_FLAGS and getattr(old, k, v) != v]
+
+
 def restore_or_init(exp: Experiment, ckpt: checkpointing.Checkpointer):
+  """(state, resumed): the workdir's latest checkpoint, or a fresh state."""
   init, abstract_state = steps.make_init(exp.family, exp.mesh)
-  state = ckpt.restore(abstract_state)
+  try:
+    state = ckpt.restore(abstract_state)
+  except checkpointing.CheckpointError as e:
+    differing = _differing_flags(exp.ctx.workdir, exp.cfg)
+    if differing:
+      raise UsageError(f"{exp.ctx.workdir} holds a checkpoint of a different model; flags that "
+                       f"differ: {', '.join(differing)}. Use another --workdir") from None
+    earlier = [s for s in ckpt.manager.all_steps() if s < e.step]
+    hint = (f"; move {e.path} aside to resume from step {max(earlier)}" if earlier else
+            "; move it aside to start over")
+    raise UsageError(f"{e}{hint}") from None
   return (init(exp.init_rng), False) if state is None else (state, True)
+
+
+def check_writable(workdir: str) -> None:
+  """Fail before training if results could not be written there."""
+  probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("x" * 4096)
+      f.flush()
+      os.fsync(f.fileno())
+    os.remove(probe)
+  except OSError as e:
+    raise UsageError(f"--workdir={workdir} is not writable: {e.strerror or e}") from None
+
+
+class PreemptionNotice:
+  """Turns SIGTERM (a scheduler's pre-emption notice) into a flag the loop polls."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread: leave signals alone.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def train_and_evaluate(cfg: dlu_flags.Config, workdir: str) -> dict[str, float]:
@@ -115,67 +179,85 @@ def train_and_evaluate(cfg: dlu_flags.Config, workdir: str) -> dict[str, float]:
   """
   exp = build(cfg, workdir)
   lead = parallel.is_lead_process()
-  os.makedirs(workdir, exist_ok=True)
+  check_writable(workdir)
+  if cfg.debug_nans:
+    jax.config.update("jax_debug_nans", True)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
   writer = MetricWriter(workdir, enabled=lead)
   progress = ProgressLine(cfg.num_steps, batch_size=exp.sampler.global_batch_size, enabled=lead)
   try:
-    state, resumed = restore_or_init(exp, ckpt)
-    print(f"{'Resuming' if resumed else 'Training'} {cfg.model} on {exp.dataset.name} "
-          f"{f'from step {int(state.step)} ' if resumed else ''}in {workdir} "
-          f"({jax.device_count()} {jax.default_backend()} device(s), "
-          f"global batch {exp.sampler.global_batch_size})", flush=True)
-    if lead:
-      with open(os.path.join(workdir, "flags.txt"), "w") as f:
-        f.write(cfg.to_flagfile())
-      writer.write_hparams(vars(cfg))
-    evaluate = Evaluator(exp, writer, progress)
-    train_step = steps.make_train_step(exp.family, exp.mesh, parallelism=cfg.parallelism)
-    pmap = cfg.parallelism == "pmap"
-    host_state = parallel.unreplicate if pmap else (lambda s: s)
-
-    step = int(state.step)
-    if pmap:
-      state = parallel.replicate_for_pmap(jax.device_get(state))
-    progress.start(step)
-    eval_metrics, last_metrics = {}, None
-    t0 = time.perf_counter()
-    while step < cfg.num_steps:
-      local = {"image": exp.dataset.x_train[exp.sampler.indices(step)]}
-      batch = parallel.pmap_batch(local) if pmap else parallel.global_batch(exp.mesh, local)
-      state, last_metrics = train_step(state, batch, exp.train_rng)
-      step += 1
-      if t0 is not None:
-        jax.block_until_ready(last_metrics)
-        print(f"First step (compilation included) took {time.perf_counter() - t0:.1f} s",
-              flush=True)
-        t0 = None
-      final = step == cfg.num_steps
-      logging_now = step % cfg.log_every == 0 or final
-      saving_now = step % cfg.checkpoint_every == 0 or final
-      if logging_now or saving_now:
-        metrics = jax.device_get(host_state(last_metrics))
-        _check_finite(step, metrics)  # Before any save: a checkpoint never holds NaN.
-        if logging_now:
-          rate = progress.report(step, metrics)
-          writer.write_scalars(step, "train", {**metrics, "steps_per_s": rate})
-        if saving_now:
-          ckpt.save(step, host_state(state))
-      if step % cfg.eval_every == 0 or final:
-        eval_metrics = evaluate(step, host_state(state), final=final)
-        progress.start(step)  # eval time does not count against steps/s
-
-    state = host_state(state)
-    if last_metrics is None:  # Already at --num_steps: evaluate what the checkpoint holds.
-      eval_metrics = evaluate(step, state, final=True)
-    write_embeddings(exp, state, os.path.join(workdir, "embeddings_test.npz"))
-    ckpt.wait()
-    if lead:
-      print_summary(workdir)
-    return eval_metrics
+    with PreemptionNotice() as preemption:
+      return _train(exp, workdir, ckpt, writer, progress, preemption)
   finally:
     ckpt.close()
     writer.close()
+
+
+def _train(exp: Experiment, workdir: str, ckpt: checkpointing.Checkpointer, writer: MetricWriter,
+           progress: ProgressLine, preemption: PreemptionNotice) -> dict[str, float]:
+  cfg, lead = exp.cfg, parallel.is_lead_process()
+  state, resumed = restore_or_init(exp, ckpt)
+  if resumed:
+    writer.drop_rows_after(int(state.step))
+  print(f"{'Resuming' if resumed else 'Training'} {cfg.model} on {exp.dataset.name} "
+        f"{f'from step {int(state.step)} ' if resumed else ''}in {workdir} "
+        f"({jax.device_count()} {jax.default_backend()} device(s), "
+        f"global batch {exp.sampler.global_batch_size})", flush=True)
+  if lead:
+    with open(os.path.join(workdir, "flags.txt"), "w") as f:
+      f.write(cfg.to_flagfile())
+    writer.write_hparams(vars(cfg))
+  evaluate = Evaluator(exp, writer, progress)
+  train_step = steps.make_train_step(exp.family, exp.mesh, parallelism=cfg.parallelism)
+  pmap = cfg.parallelism == "pmap"
+  host_state = parallel.unreplicate if pmap else (lambda s: s)
+
+  step = int(state.step)
+  if pmap:
+    state = parallel.replicate_for_pmap(jax.device_get(state))
+  progress.start(step)
+  eval_metrics, last_metrics = {}, None
+  t0 = time.perf_counter()
+  while step < cfg.num_steps:
+    local = {"image": exp.dataset.x_train[exp.sampler.indices(step)]}
+    batch = parallel.pmap_batch(local) if pmap else parallel.global_batch(exp.mesh, local)
+    state, last_metrics = train_step(state, batch, exp.train_rng)
+    step += 1
+    if t0 is not None:
+      jax.block_until_ready(last_metrics)
+      print(f"First step (compilation included) took {time.perf_counter() - t0:.1f} s",
+            flush=True)
+      t0 = None
+    final = step == cfg.num_steps
+    logging_now = step % cfg.log_every == 0 or final
+    saving_now = step % cfg.checkpoint_every == 0 or final
+    if logging_now or saving_now:
+      metrics = jax.device_get(host_state(last_metrics))
+      _check_finite(step, metrics)  # Before any save: a checkpoint never holds NaN.
+      if logging_now:
+        rate = progress.report(step, metrics)
+        writer.write_scalars(step, "train", {**metrics, "steps_per_s": rate})
+      if saving_now:
+        ckpt.save(step, host_state(state))
+    if step % cfg.eval_every == 0 or final:
+      eval_metrics = evaluate(step, host_state(state), final=final)
+      progress.start(step)  # eval time does not count against steps/s
+    if preemption.received and not final:
+      _check_finite(step, jax.device_get(host_state(last_metrics)))
+      ckpt.save(step, host_state(state))
+      ckpt.wait()
+      print(f"SIGTERM received: saved a checkpoint at step {step} in {workdir}; "
+            "rerun the same command to resume", flush=True)
+      return eval_metrics
+
+  state = host_state(state)
+  if last_metrics is None:  # Already at --num_steps: evaluate what the checkpoint holds.
+    eval_metrics = evaluate(step, state, final=True)
+  write_embeddings(exp, state, os.path.join(workdir, "embeddings_test.npz"))
+  ckpt.wait()
+  if lead:
+    print_summary(workdir)
+  return eval_metrics
 
 
 def write_embeddings(exp: Experiment, state, path: str) -> None:
