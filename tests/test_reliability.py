@@ -57,7 +57,7 @@ def _wait_for(predicate, proc, timeout=240):
 
 @pytest.mark.slow
 def test_kill_9_then_rerun_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-  args = ["--num_steps=240", "--checkpoint_every=20", "--log_every=20", "--eval_every=240",
+  args = ["--num_steps=1000", "--checkpoint_every=50", "--log_every=100", "--eval_every=1000",
           "--noise=masking", "--noise_level=0.2"]
   straight = str(tmp_path / "straight")
   assert _run(straight, *args).returncode == 0
@@ -65,13 +65,13 @@ def test_kill_9_then_rerun_is_bit_identical_to_an_uninterrupted_run(tmp_path):
   killed = str(tmp_path / "killed")
   proc = subprocess.Popen(_cmd(killed, *args), cwd=ROOT, env={**os.environ},
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  _wait_for(lambda: any(s >= 60 for s in _steps(killed)), proc)
+  _wait_for(lambda: any(s >= 100 for s in _steps(killed)), proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert max(_steps(killed)) < 240
+  assert max(_steps(killed)) < 1000
   out = _run(killed, *args)
   assert out.returncode == 0 and "Resuming" in out.stdout
-  for a, b in zip(_leaves(_params(straight, 240)), _leaves(_params(killed, 240))):
+  for a, b in zip(_leaves(_params(straight, 1000)), _leaves(_params(killed, 1000))):
     np.testing.assert_array_equal(a, b)
 
 
