@@ -62,3 +62,24 @@ class CheckpointError(UsageError):
     self.step, self.path, self.cause = step, path, cause
     first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
     super().__init__(f"cannot restore the checkpoint {path}: {first_line}")
+
+
+def read_checkpoint(workdir: str, step: int | None = None) -> Any:
+  """A run's checkpointed state as NumPy arrays, without building its model.
+
+  For notebooks and tests: works whatever the number of devices or processes
+  that wrote it. `step` defaults to the latest.
+  """
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if step is None:
+    steps = [int(s) for s in os.listdir(directory) if s.isdigit()] if os.path.isdir(directory) else []
+    if not steps:
+      raise UsageError(f"{directory} holds no checkpoint")
+    step = max(steps)
+  path = os.path.join(directory, str(step), "default")
+  checkpointer = ocp.StandardCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree,
+                          is_leaf=lambda m: hasattr(m, "shape"))
+  return jax.device_get(checkpointer.restore(path, abstract))

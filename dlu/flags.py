@@ -81,8 +81,10 @@ class Config(types.SimpleNamespace):
 def _all_flag_values(flag_values: flags.FlagValues) -> dict[str, Any]:
   # Only the flags dlu defines: absl's own (logtostderr, ...) are not part of a run.
   import dlu.families  # noqa: F401  (defines the family flags)
+  # Process-launch flags (dlu.distributed) differ per process and are not part of a run.
   names = {f.name for module, fl in flag_values.flags_by_module_dict().items()
-           if module.startswith(("dlu.", "experiments.")) for f in fl}
+           if module.startswith(("dlu.", "experiments.")) and module != "dlu.distributed"
+           for f in fl}
   return {name: flag_values[name].value for name in sorted(names)}
 
 

@@ -199,11 +199,12 @@ def _train(exp: Experiment, workdir: str, ckpt: checkpointing.Checkpointer, writ
   state, resumed = restore_or_init(exp, ckpt)
   if resumed:
     writer.drop_rows_after(int(state.step))
-  print(f"{'Resuming' if resumed else 'Training'} {cfg.model} on {exp.dataset.name} "
-        f"{f'from step {int(state.step)} ' if resumed else ''}in {workdir} "
-        f"({jax.device_count()} {jax.default_backend()} device(s), "
-        f"global batch {exp.sampler.global_batch_size})", flush=True)
   if lead:
+    processes = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    print(f"{'Resuming' if resumed else 'Training'} {cfg.model} on {exp.dataset.name} "
+          f"{f'from step {int(state.step)} ' if resumed else ''}in {workdir} "
+          f"({jax.device_count()} {jax.default_backend()} device(s){processes}, "
+          f"global batch {exp.sampler.global_batch_size})", flush=True)
     with open(os.path.join(workdir, "flags.txt"), "w") as f:
       f.write(cfg.to_flagfile())
     writer.write_hparams(vars(cfg))
@@ -225,8 +226,9 @@ def _train(exp: Experiment, workdir: str, ckpt: checkpointing.Checkpointer, writ
     step += 1
     if t0 is not None:
       jax.block_until_ready(last_metrics)
-      print(f"First step (compilation included) took {time.perf_counter() - t0:.1f} s",
-            flush=True)
+      if lead:
+        print(f"First step (compilation included) took {time.perf_counter() - t0:.1f} s",
+              flush=True)
       t0 = None
     final = step == cfg.num_steps
     logging_now = step % cfg.log_every == 0 or final

@@ -4,12 +4,14 @@ r"""Train a dlu model.
       --workdir=/tmp/ae_seed
 
 Any flag may follow the flagfile to override it. Rerunning the same command resumes.
+On a cluster the same command runs in every process (see scripts/launch_*).
 """
 
 import sys
 
 from absl import app, flags, logging
 
+from dlu import distributed
 from dlu import flags as dlu_flags
 from dlu import train_loop
 from dlu.errors import UsageError
@@ -22,7 +24,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # keep library INFO chatter off the console
+  started = False
   try:
+    started = distributed.initialize_from_flags(FLAGS)
     train_loop.train_and_evaluate(dlu_flags.config_from_flags(FLAGS), FLAGS.workdir)
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -30,6 +34,8 @@ def main(argv):
   except train_loop.NonFiniteError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  finally:
+    distributed.shutdown(started)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ import sys
 import time
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from dlu import flags as dlu_flags
+from dlu.checkpointing import read_checkpoint
 from dlu import train_loop
 from dlu.errors import UsageError
 
@@ -35,8 +35,7 @@ def _steps(workdir):
 
 
 def _params(workdir, step):
-  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "default")
-  return ocp.StandardCheckpointer().restore(path)["params"]
+  return read_checkpoint(workdir, step)["params"]
 
 
 def _leaves(tree):

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from dlu import flags as dlu_flags
+from dlu.checkpointing import read_checkpoint
 from dlu import train_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,8 +65,7 @@ def test_flagfile_run_writes_its_workdir_and_resumes(tmp_path):
 
 
 def _params(workdir, step):
-  path = os.path.join(workdir, "checkpoints", str(step), "default")
-  return ocp.StandardCheckpointer().restore(os.path.abspath(path))["params"]
+  return read_checkpoint(workdir, step)["params"]
 
 
 @pytest.mark.slow

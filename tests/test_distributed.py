@@ -1,0 +1,75 @@
+"""Two processes on localhost train like one process with the same number of devices."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dlu import distributed
+from dlu.checkpointing import read_checkpoint
+from dlu.errors import UsageError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(ROOT, "experiments", "configs", "ae_digits.flags")
+ARGS = ["--num_steps=30", "--checkpoint_every=30", "--eval_every=30", "--log_every=10",
+        "--optimizer=sgd", "--learning_rate=0.5"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+  return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+  one = str(tmp_path / "one")
+  single = subprocess.run([sys.executable, "-m", "experiments.train", f"--flagfile={DIGITS}",
+                           f"--workdir={one}", *ARGS], cwd=ROOT, env=_env(4),
+                          capture_output=True, text=True, timeout=300)
+  assert single.returncode == 0, single.stderr
+
+  two = str(tmp_path / "two")
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", f"--flagfile={DIGITS}", f"--workdir={two}", *ARGS,
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=300) for p in procs]
+  finally:
+    for p in procs:  # Never leave a process behind, pass or fail.
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err
+  assert "(4 cpu device(s), 2 processes" in outs[0][0]
+  assert "Training" not in outs[1][0]  # Only process 0 speaks and writes logs.
+
+  a, b = read_checkpoint(one, 30)["params"], read_checkpoint(two, 30)["params"]
+  import jax
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, atol=1e-5)
+  with open(os.path.join(two, "metrics.jsonl")) as f:
+    steps = [line for line in f if '"split": "train"' in line]
+  assert len(steps) == 3  # one writer, not two
+
+
+def test_initialize_needs_all_three_flags_or_none():
+  assert not distributed.initialize(distributed="auto", coordinator_address=None,
+                                    num_processes=None, process_id=None)
+  with pytest.raises(UsageError, match="go together"):
+    distributed.initialize(distributed="auto", coordinator_address="127.0.0.1:1234",
+                           num_processes=None, process_id=None)
+  with pytest.raises(UsageError, match="--process_id must be in"):
+    distributed.initialize(distributed="on", coordinator_address="127.0.0.1:1234",
+                           num_processes=2, process_id=2)
