@@ -228,9 +228,9 @@ class GAN(Family):
     step = state.step.astype(jnp.float32)
     decay = jnp.minimum(cfg.ema_decay, (1.0 + step) / (10.0 + step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.extra["ema"], g_params)
-    metrics.update(g_grad_norm=optax.global_norm(g_grads), d_grad_norm=optax.global_norm(d_grads),
-                   g_param_norm=optax.global_norm(g_params),
-                   d_param_norm=optax.global_norm(d_params))
+    metrics.update(g_grad_norm=optax.tree.norm(g_grads), d_grad_norm=optax.tree.norm(d_grads),
+                   g_param_norm=optax.tree.norm(g_params),
+                   d_param_norm=optax.tree.norm(d_params))
     return state.replace(
         step=state.step + 1,
         params={"generator": g_params, "discriminator": d_params},
