@@ -79,7 +79,7 @@ def cache_path(dataset: data.ImageData, cache_dir: str) -> str:
   return os.path.join(cache_dir, CACHE_FOLDER, f"{safe}-{h.hexdigest()[:16]}.msgpack")
 
 
-def _train(dataset: data.ImageData) -> tuple[Classifier, Any]:
+def _train(dataset: data.ImageData, log: Callable[[str], None]) -> tuple[Classifier, Any]:
   """Adam on cross-entropy over the labelled train split, on the default device."""
   model = Classifier(dataset.num_classes)
   x, y = dataset.x_train, dataset.y_train
@@ -96,18 +96,20 @@ def _train(dataset: data.ImageData) -> tuple[Classifier, Any]:
     def loss_fn(p):
       logits = model.apply({"params": p}, data.normalize(images))
       return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    grads = jax.grad(loss_fn)(params)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    return optax.apply_updates(params, updates), opt_state, loss
 
   order = np.random.default_rng(RECIPE["seed"])
   perm = order.permutation(len(x))
+  t0 = time.perf_counter()
   for i in range(num_steps):
     epoch, j = divmod(i, steps_per_epoch)
     if j == 0 and epoch > 0:
       perm = order.permutation(len(x))
+      log(f"  epoch {epoch}: loss {float(loss):.4f}, {time.perf_counter() - t0:.0f} s")
     idx = perm[j * batch_size:(j + 1) * batch_size]
-    params, opt_state = step(params, opt_state, x[idx], y[idx])
+    params, opt_state, loss = step(params, opt_state, x[idx], y[idx])
   return model, params
 
 
@@ -150,7 +152,7 @@ def load_or_train(dataset: data.ImageData, cache_dir: str,
     return net
   t0 = time.perf_counter()
   log(f"Training the feature network for {dataset.name} (once; cached in {path}) ...")
-  model, params = _train(dataset)
+  model, params = _train(dataset, log)
   acc = accuracy(model, params, dataset.x_test, dataset.y_test)
   _save(path, params, acc)
   log(f"Feature network for {dataset.name}: test accuracy {acc:.4f} "

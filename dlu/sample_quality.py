@@ -8,7 +8,7 @@ comparisons never hold a full N x N matrix.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import scipy.linalg
@@ -131,3 +131,19 @@ def all_metrics(real: np.ndarray, fake: np.ndarray, *, k: int = 3) -> dict[str, 
   precision, recall = precision_recall(real, fake, k=k)
   return {"fid": fid(real, fake), "kid": kid(real, fake), "precision": precision,
           "recall": recall}
+
+
+def features_of(feature_fn: Callable[[np.ndarray], Any], images: np.ndarray, *,
+                batch_size: int = 500) -> np.ndarray:
+  """Any feature function (e.g. Inception pool features) mapped over images in batches. [N, D]"""
+  out = [np.asarray(feature_fn(images[i:i + batch_size]), np.float64)
+         for i in range(0, len(images), batch_size)]
+  return np.concatenate([f.reshape(len(f), -1) for f in out])
+
+
+def score(feature_fn: Callable[[np.ndarray], Any], real_images: np.ndarray,
+          fake_images: np.ndarray, *, batch_size: int = 500, k: int = 3) -> dict[str, float]:
+  """fid, kid, precision and recall of generated images against real ones, in the features
+  of `feature_fn`."""
+  return all_metrics(features_of(feature_fn, real_images, batch_size=batch_size),
+                     features_of(feature_fn, fake_images, batch_size=batch_size), k=k)

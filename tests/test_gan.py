@@ -162,7 +162,7 @@ def test_feature_net_is_trained_once_cached_and_accurate(digits_feature_dir, mon
   ds = data.load("digits")
   path = feature_net.cache_path(ds, digits_feature_dir)
   assert path.startswith(digits_feature_dir) and path.endswith(".msgpack")
-  monkeypatch.setattr(feature_net, "_train", lambda _: pytest.fail("retrained despite the cache"))
+  monkeypatch.setattr(feature_net, "_train", lambda *_: pytest.fail("retrained despite the cache"))
   net = feature_net.load_or_train(ds, digits_feature_dir, log=lambda _: None)
   assert net.path == path and net.test_accuracy > 0.9
   feats = net.features(net.params, data.normalize(ds.x_test[:4]))

@@ -94,6 +94,16 @@ def test_blocked_computations_match_unblocked(monkeypatch):
     np.testing.assert_allclose(blocked[name], full[name], rtol=1e-10)
 
 
+def test_score_takes_any_feature_function():
+  rng = np.random.default_rng(7)
+  real = rng.uniform(size=(300, 4, 4, 1))
+  flatten = lambda x: x.reshape(len(x), -1)
+  same = sq.score(flatten, real, real.copy(), batch_size=64)
+  assert abs(same["fid"]) < 1e-6 and same["precision"] == same["recall"] == 1.0
+  darker = sq.score(flatten, real, real * 0.5, batch_size=64)
+  assert darker["fid"] > 0.5 and darker["kid"] > 0
+
+
 def test_bad_shapes():
   with pytest.raises(ValueError, match=r"expected features \[N >= 2, D\]"):
     sq.fid(np.zeros(5), np.zeros((5, 2)))
