@@ -1,0 +1,306 @@
+"""The GAN family: DCGAN and MLP pairs with non-saturating, hinge or WGAN-GP losses.
+
+State: params and opt_state are {"generator", "discriminator"}; extra holds the
+generator's BatchNorm running averages ("batch_stats") and an exponential moving
+average of its weights ("ema"), which evaluation, samples and sample-quality
+metrics use (with the running averages).
+
+One train step = `--d_steps` discriminator updates then one generator update, all in
+one jitted program. The batch is split into d_steps strided slices (D step k sees
+rows k, k + d_steps, ...: each device's shard holds rows of every slice), so with
+d_steps > 1 each D update sees different real images, as in WGAN-GP's critic loop.
+The last D update and the generator update share one generator forward pass on the
+same noise: both gradients come from one backward, the generator's taken against the
+discriminator before its last update (a simultaneous step).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import flags
+from jax.experimental import multihost_utils
+
+from dlu import data, evaluation, feature_net, gan_losses, optim, parallel, sample_quality
+from dlu.errors import UsageError
+from dlu.families.autoencoder import int_list
+from dlu.families.base import Family, TrainState, register
+from dlu.models import gan as gan_models
+
+flags.DEFINE_enum("gan_loss", "ns", list(gan_losses.LOSS_TYPES),
+                  "ns: non-saturating; hinge; wgan_gp: Wasserstein with gradient penalty.")
+flags.DEFINE_float("gp_weight", 10.0, "wgan_gp: weight (lambda) of the gradient penalty.")
+flags.DEFINE_float("r1_weight", 0.0, "R1 penalty gamma/2 * E||grad_x D(x)||^2 on real images "
+                   "with gamma = this; 0 turns it off.")
+flags.DEFINE_integer("d_steps", 1, "Discriminator updates per generator update (each on its "
+                     "own slice of the batch).")
+flags.DEFINE_float("ema_decay", 0.999, "Decay of the generator's weight average used for "
+                   "evaluation and samples (warmed up as min(decay, (1+t)/(10+t))); 0: off.")
+flags.DEFINE_float("g_learning_rate", None, "Generator learning rate (default --learning_rate).")
+flags.DEFINE_float("d_learning_rate", None, "Discriminator learning rate (default --learning_rate).")
+flags.DEFINE_float("gan_b1", 0.5, "Adam beta1 of both GAN networks (--b1 is for single-network "
+                   "families).")
+flags.DEFINE_integer("gan_channels", 64, "dcgan: channels c of the first discriminator and last "
+                     "hidden generator layer (2c in the middle).")
+flags.DEFINE_list("gan_widths", ["256", "512"], "mlp_gan: generator hidden widths (the "
+                  "discriminator uses them reversed).")
+flags.DEFINE_integer("eval_samples", 10000, "Generated samples scored by fid, kid, precision and "
+                     "recall at each eval (against the test split); 0 turns them off.")
+
+
+def _draw(sample: Callable, rng: jax.Array, shape: tuple[int, ...],
+          axis_name: str | None) -> jax.Array:
+  """Noise for the global batch, of which this device keeps its rows under pmap.
+
+  So pmap and jit draw the same numbers: the step is the same program either way.
+  """
+  if axis_name is None:
+    return sample(rng, shape)
+  n = jax.lax.axis_size(axis_name)
+  full = sample(rng, (n * shape[0],) + shape[1:])
+  return jax.lax.dynamic_slice_in_dim(full, jax.lax.axis_index(axis_name) * shape[0], shape[0])
+
+
+@register
+class GAN(Family):
+  models = ("dcgan", "mlp_gan")
+
+  @classmethod
+  def validate(cls, cfg):
+    if cfg.gan_loss not in gan_losses.LOSS_TYPES:
+      raise UsageError(f"--gan_loss must be one of {', '.join(gan_losses.LOSS_TYPES)}; "
+                       f"got {cfg.gan_loss!r}")
+    for name in ("latent_dim", "d_steps", "gan_channels"):
+      if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
+        raise UsageError(f"--{name} must be a positive integer, got {getattr(cfg, name)!r}")
+    if cfg.model == "mlp_gan":
+      int_list(cfg.gan_widths, "gan_widths")
+    if not 0 <= cfg.ema_decay < 1:
+      raise UsageError(f"--ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
+    if not 0 <= cfg.gan_b1 < 1:
+      raise UsageError(f"--gan_b1 must be in [0, 1), got {cfg.gan_b1!r}")
+    for name in ("gp_weight", "r1_weight"):
+      if not getattr(cfg, name) >= 0:
+        raise UsageError(f"--{name} must be >= 0, got {getattr(cfg, name)!r}")
+    for name in ("g_learning_rate", "d_learning_rate"):
+      if getattr(cfg, name) is not None and not getattr(cfg, name) > 0:
+        raise UsageError(f"--{name} must be > 0 (or unset for --learning_rate), "
+                         f"got {getattr(cfg, name)!r}")
+    if cfg.eval_samples != 0 and not (isinstance(cfg.eval_samples, int) and cfg.eval_samples >= 10):
+      raise UsageError(f"--eval_samples must be 0 (off) or at least 10, got {cfg.eval_samples!r}")
+    if cfg.optimizer == "gd":
+      raise UsageError("--optimizer=gd (full-batch) does not apply to GANs; use adam, sgd, ...")
+    n = jax.device_count()
+    if cfg.batch_size % (cfg.d_steps * n):
+      raise UsageError(f"--batch_size={cfg.batch_size} must be divisible by --d_steps={cfg.d_steps} "
+                       f"times the device count ({n}): each D step takes a slice on every device")
+
+  def __init__(self, cfg, spec):
+    super().__init__(cfg, spec)
+    if cfg.model == "dcgan" and not gan_models.dcgan_compatible(spec.image_shape):
+      h, w, _ = spec.image_shape
+      raise UsageError(f"--model=dcgan needs image height and width divisible by 4; "
+                       f"the data has {h}x{w} (use --model=mlp_gan)")
+    self.output_activation = "tanh" if spec.pixel_range == "symmetric" else "sigmoid"
+    if cfg.model == "dcgan":
+      self.discriminator = gan_models.DCGANDiscriminator(cfg.gan_channels)
+    else:
+      self.discriminator = gan_models.MLPDiscriminator(
+          tuple(reversed(int_list(cfg.gan_widths, "gan_widths"))))
+    b1 = cfg.gan_b1
+    self.g_tx = optim.make_optimizer(cfg, learning_rate=cfg.g_learning_rate or cfg.learning_rate,
+                                     b1=b1)
+    # The D optimizer counts d_steps updates per step: stretch its schedule to match.
+    d_cfg = cfg.replace(num_steps=cfg.num_steps * cfg.d_steps,
+                        warmup_steps=cfg.warmup_steps * cfg.d_steps)
+    self.d_tx = optim.make_optimizer(d_cfg, learning_rate=cfg.d_learning_rate or cfg.learning_rate,
+                                     b1=b1)
+    self._net: feature_net.FeatureNet | None = None
+    self._quality_cache: dict[str, Any] = {}
+
+  # --- Networks.
+
+  def generator(self, axis_name: str | None = None):
+    cfg, shape = self.cfg, self.spec.image_shape
+    if cfg.model == "dcgan":
+      return gan_models.DCGANGenerator(shape, cfg.gan_channels, self.output_activation, axis_name)
+    return gan_models.MLPGenerator(shape, int_list(cfg.gan_widths, "gan_widths"),
+                                   self.output_activation, axis_name)
+
+  def critic(self, d_params) -> Callable[[jax.Array], jax.Array]:
+    return lambda x: self.discriminator.apply({"params": d_params}, x)
+
+  def sample(self, state: TrainState, z: jax.Array) -> jax.Array:
+    """Images from the averaged generator with running BatchNorm statistics. [B, H, W, C]"""
+    variables = {"params": state.extra["ema"], "batch_stats": state.extra["batch_stats"]}
+    return self.generator().apply(variables, z, train=False)
+
+  def to_unit(self, x: jax.Array) -> jax.Array:
+    return (x + 1.0) / 2.0 if self.output_activation == "tanh" else x
+
+  def init_state(self, rng):
+    g_rng, d_rng = jax.random.split(rng)
+    g_vars = self.generator().init(g_rng, jnp.zeros((1, self.cfg.latent_dim)), train=False)
+    d_params = self.discriminator.init(d_rng, jnp.zeros((1,) + self.spec.image_shape))["params"]
+    params = {"generator": g_vars["params"], "discriminator": d_params}
+    opt_state = {"generator": self.g_tx.init(g_vars["params"]),
+                 "discriminator": self.d_tx.init(d_params)}
+    extra = {"batch_stats": g_vars["batch_stats"], "ema": g_vars["params"]}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                      extra=extra)
+
+  # --- The step.
+
+  def d_objective(self, d_params, real, fake, rng, axis_name):
+    """The discriminator's loss with its penalties, and what to log of it."""
+    cfg = self.cfg
+    critic = self.critic(d_params)
+    real_logit, fake_logit = critic(real), critic(fake)  # [B], [B]
+    d_loss = gan_losses.discriminator_loss(real_logit=real_logit, fake_logit=fake_logit,
+                                           loss_type=cfg.gan_loss)
+    total, penalty = d_loss, jnp.zeros((), d_loss.dtype)
+    if cfg.gan_loss == "wgan_gp":
+      weights = _draw(jax.random.uniform, rng, (real.shape[0],), axis_name)
+      penalty = gan_losses.gradient_penalty(critic, real=real, fake=fake, weights=weights)
+      total = total + cfg.gp_weight * penalty
+    metrics = {"d_loss": d_loss, "d_real": jnp.mean(real_logit), "d_fake": jnp.mean(fake_logit),
+               "grad_penalty": penalty}
+    if cfg.r1_weight > 0:
+      metrics["r1_penalty"] = gan_losses.r1_penalty(critic, real)
+      total = total + cfg.r1_weight / 2 * metrics["r1_penalty"]
+    return total, metrics
+
+  def train_step(self, state, batch, rng, *, axis_name=None):
+    cfg = self.cfg
+    rng = jax.random.fold_in(rng, state.step)
+    real = self.normalize(batch["image"])  # [B, H, W, C]; this device's rows under pmap
+    d = cfg.d_steps
+    b = real.shape[0] // d
+    slices = jnp.swapaxes(real.reshape((b, d) + real.shape[1:]), 0, 1)  # [d, B/d, H, W, C]
+    gen = self.generator(axis_name)
+    g_params, d_params = state.params["generator"], state.params["discriminator"]
+    g_opt, d_opt = state.opt_state["generator"], state.opt_state["discriminator"]
+    stats = state.extra["batch_stats"]
+    mean = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
+
+    def generate(g_params, key):
+      z = _draw(jax.random.normal, key, (b, cfg.latent_dim), axis_name)
+      fake, updates = gen.apply({"params": g_params, "batch_stats": stats}, z, train=True,
+                                mutable=["batch_stats"])
+      return fake, updates["batch_stats"]
+
+    def d_update(carry, xs):
+      d_params, d_opt = carry
+      real_k, k = xs
+      z_key, gp_key = jax.random.split(jax.random.fold_in(rng, k))
+      fake = jax.lax.stop_gradient(generate(g_params, z_key)[0])
+      grads = jax.grad(lambda p: self.d_objective(p, real_k, fake, gp_key, axis_name)[0])(d_params)
+      updates, d_opt = self.d_tx.update(mean(grads), d_opt, d_params)
+      return (optax.apply_updates(d_params, updates), d_opt), None
+
+    if d > 1:
+      (d_params, d_opt), _ = jax.lax.scan(d_update, (d_params, d_opt),
+                                          (slices[:-1], jnp.arange(d - 1)))
+
+    def joint(g_params, d_params):
+      # One generator forward; D's loss sees the fakes as constants, G's loss sees D as one,
+      # so the gradient of the sum is each network's own (XLA shares the identical forwards).
+      z_key, gp_key = jax.random.split(jax.random.fold_in(rng, d - 1))
+      fake, new_stats = generate(g_params, z_key)
+      d_total, metrics = self.d_objective(d_params, slices[-1], jax.lax.stop_gradient(fake),
+                                          gp_key, axis_name)
+      g_loss = gan_losses.generator_loss(
+          fake_logit=self.critic(jax.lax.stop_gradient(d_params))(fake), loss_type=cfg.gan_loss)
+      return d_total + g_loss, ({**metrics, "g_loss": g_loss}, new_stats)
+
+    (g_grads, d_grads), (metrics, new_stats) = jax.grad(joint, argnums=(0, 1), has_aux=True)(
+        g_params, d_params)
+    g_grads, d_grads, metrics = mean((g_grads, d_grads, metrics))
+    d_updates, d_opt = self.d_tx.update(d_grads, d_opt, d_params)
+    d_params = optax.apply_updates(d_params, d_updates)
+    g_updates, g_opt = self.g_tx.update(g_grads, g_opt, g_params)
+    g_params = optax.apply_updates(g_params, g_updates)
+
+    step = state.step.astype(jnp.float32)
+    decay = jnp.minimum(cfg.ema_decay, (1.0 + step) / (10.0 + step))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.extra["ema"], g_params)
+    metrics.update(g_grad_norm=optax.tree.norm(g_grads), d_grad_norm=optax.tree.norm(d_grads),
+                   g_param_norm=optax.tree.norm(g_params),
+                   d_param_norm=optax.tree.norm(d_params))
+    return state.replace(
+        step=state.step + 1,
+        params={"generator": g_params, "discriminator": d_params},
+        opt_state={"generator": g_opt, "discriminator": d_opt},
+        extra={"batch_stats": new_stats, "ema": ema}), metrics
+
+  # --- Evaluation.
+
+  def eval_metrics(self, state, batch, rng):
+    real = self.normalize(batch["image"])
+    z = jax.random.normal(rng, (real.shape[0], self.cfg.latent_dim))
+    critic = self.critic(state.params["discriminator"])
+    return {"d_real_test": critic(real), "d_fake_test": critic(self.sample(state, z))}  # [B]
+
+  def images(self, state, batch, rng):
+    n = batch["image"].shape[0]
+    z = jax.random.normal(rng, (n, self.cfg.latent_dim))  # the eval key: the same noise each eval
+    x = jnp.clip(self.to_unit(self.sample(state, z)), 0.0, 1.0)
+    cols = max(c for c in range(1, 9) if n % c == 0)
+    return {"samples": x.reshape((n // cols, cols) + x.shape[1:])}
+
+  def embed(self, state, images):
+    """Discriminator penultimate features. [B, D]"""
+    return self.discriminator.apply({"params": state.params["discriminator"]},
+                                    self.normalize(images), method="embed")
+
+  def prepare(self, dataset, ctx):
+    if self.cfg.eval_samples == 0:
+      return
+    if dataset.y_train is None or dataset.y_test is None:
+      print(f"{dataset.name} has no labels: no feature network to score samples with, so fid, "
+            "kid, precision and recall are not computed", flush=True)
+      return
+    self._net = feature_net.load_or_train(dataset, self.cfg.data_dir or data.default_data_dir())
+
+  def split_metrics(self, state, dataset, ctx):
+    """fid, kid, precision, recall of --eval_samples samples vs the test split; fid_floor:
+    the same FID of as many real train images, what real data scores."""
+    if self._net is None:
+      return {}
+    cache, n = self._quality_cache, self.cfg.eval_samples
+    if "test" not in cache:
+      repl = parallel.replicated(ctx.mesh)
+      cache["params"] = jax.device_put(self._net.params, repl)
+      cache["embed"] = jax.jit(lambda p, x: self._net.features(p, data.normalize(x)),
+                               in_shardings=(repl, parallel.data_sharded(ctx.mesh)),
+                               out_shardings=parallel.data_sharded(ctx.mesh))
+      real = lambda x: evaluation.embed_split(cache["embed"], cache["params"], x, mesh=ctx.mesh,
+                                              batch_size=ctx.batch_size)
+      cache["test"] = real(dataset.x_test)
+      rows = np.sort(np.random.default_rng(0).choice(len(dataset.x_train),
+                                                     min(n, len(dataset.x_train)), replace=False))
+      cache["fid_floor"] = sample_quality.fid(real(dataset.x_train[rows]), cache["test"])
+    fake = self._sample_features(state, ctx, n)
+    return {**sample_quality.all_metrics(cache["test"], fake), "fid_floor": cache["fid_floor"],
+            "feature_net_acc": self._net.test_accuracy}
+
+  def _sample_features(self, state, ctx, n: int) -> np.ndarray:
+    """Feature-net features of n samples of the averaged generator; fixed noise. [n, D]"""
+    cache, bs = self._quality_cache, ctx.batch_size
+    if "sample" not in cache:
+      repl, sharded = parallel.replicated(ctx.mesh), parallel.data_sharded(ctx.mesh)
+      cache["noise"] = jax.jit(lambda k: jax.random.normal(k, (bs, self.cfg.latent_dim)),
+                               out_shardings=sharded)
+      cache["sample"] = jax.jit(
+          lambda s, p, z: self._net.features(p, jnp.clip(self.to_unit(self.sample(s, z)), 0, 1)),
+          in_shardings=(repl, repl, sharded), out_shardings=sharded)
+    key = jax.random.fold_in(ctx.rng, 1)
+    out = []
+    for i in range(-(-n // bs)):
+      f = cache["sample"](state, cache["params"], cache["noise"](jax.random.fold_in(key, i)))
+      out.append(np.asarray(multihost_utils.process_allgather(f, tiled=True)))
+    return np.concatenate(out)[:n]

@@ -1,0 +1,160 @@
+"""A small classifier whose penultimate features stand in for Inception's in FID, KID, P/R.
+
+No Inception weights can be had offline, so each labelled dataset gets its own feature
+network: trained once on the train split (fixed seed and recipe), its test accuracy
+measured, and its parameters cached beside the data as
+`<data_dir>/dlu_feature_net/<dataset>-<hash>.msgpack`, the hash covering the recipe and
+the data. Every run on that dataset then scores samples with the same features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from dlu import data
+from dlu.models.gan import conv_kernel_init
+from dlu.models.layers import Conv
+
+# The training recipe; changing any of it changes the cache key.
+RECIPE = {"version": 1, "channels": (32, 64), "width": 128, "batch_size": 128, "epochs": 3,
+          "min_steps": 300, "learning_rate": 1e-3, "seed": 0}
+CACHE_FOLDER = "dlu_feature_net"
+
+
+class Classifier(nn.Module):
+  """Conv(32, s2), relu -> Conv(64, s2), relu -> Dense(128), relu [features] -> logits."""
+  num_classes: int
+  channels: tuple[int, ...] = RECIPE["channels"]
+  width: int = RECIPE["width"]
+
+  def setup(self):
+    self.convs = [Conv(c, (3, 3), strides=(2, 2), padding="SAME", kernel_init=conv_kernel_init,
+                       name=f"conv_{i}")
+                  for i, c in enumerate(self.channels)]
+    self.hidden = nn.Dense(self.width)
+    self.out = nn.Dense(self.num_classes)
+
+  def features(self, x: jax.Array) -> jax.Array:
+    """Penultimate activations of images in [0, 1]. [B, width]"""
+    for conv in self.convs:
+      x = nn.relu(conv(x))
+    return nn.relu(self.hidden(x.reshape((x.shape[0], -1))))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.out(self.features(x))  # [B, num_classes]
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureNet:
+  """A trained classifier: `features(params, images in [0, 1]) -> [B, width]` is pure."""
+  model: Classifier
+  params: Any
+  test_accuracy: float
+  path: str
+
+  def features(self, params: Any, images: jax.Array) -> jax.Array:
+    return self.model.apply({"params": params}, images, method="features")
+
+
+def cache_path(dataset: data.ImageData, cache_dir: str) -> str:
+  """Where the feature network of `dataset` is kept; the name changes with data or recipe."""
+  h = hashlib.sha256(repr(sorted(RECIPE.items())).encode())
+  for part in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
+    h.update(repr((part.shape, part.dtype.str)).encode())
+    h.update(np.ascontiguousarray(part).data)
+  safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.name).strip("_") or "dataset"
+  return os.path.join(cache_dir, CACHE_FOLDER, f"{safe}-{h.hexdigest()[:16]}.msgpack")
+
+
+def _train(dataset: data.ImageData, log: Callable[[str], None]) -> tuple[Classifier, Any]:
+  """Adam on cross-entropy over the labelled train split, on the default device."""
+  model = Classifier(dataset.num_classes)
+  x, y = dataset.x_train, dataset.y_train
+  batch_size = min(RECIPE["batch_size"], len(x))
+  steps_per_epoch = len(x) // batch_size
+  num_steps = max(RECIPE["epochs"] * steps_per_epoch, RECIPE["min_steps"])
+  tx = optax.adam(optax.cosine_decay_schedule(RECIPE["learning_rate"], num_steps))
+  rng = jax.random.key(RECIPE["seed"])
+  params = model.init(rng, jnp.zeros((1,) + dataset.image_shape))["params"]
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, images, labels):
+    def loss_fn(p):
+      logits = model.apply({"params": p}, data.normalize(images))
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  order = np.random.default_rng(RECIPE["seed"])
+  perm = order.permutation(len(x))
+  t0 = time.perf_counter()
+  for i in range(num_steps):
+    epoch, j = divmod(i, steps_per_epoch)
+    if j == 0 and epoch > 0:
+      perm = order.permutation(len(x))
+      log(f"  epoch {epoch}: loss {float(loss):.4f}, {time.perf_counter() - t0:.0f} s")
+    idx = perm[j * batch_size:(j + 1) * batch_size]
+    params, opt_state, loss = step(params, opt_state, x[idx], y[idx])
+  return model, params
+
+
+def accuracy(model: Classifier, params: Any, x: np.ndarray, y: np.ndarray,
+             batch_size: int = 1000) -> float:
+  predict = jax.jit(lambda p, v: jnp.argmax(model.apply({"params": p}, data.normalize(v)), -1))
+  correct = 0
+  for start in range(0, len(x), batch_size):
+    correct += int(np.sum(np.asarray(predict(params, x[start:start + batch_size]))
+                          == y[start:start + batch_size]))
+  return correct / len(x)
+
+
+def _save(path: str, params: Any, test_accuracy: float) -> None:
+  payload = {"params": jax.device_get(params), "test_accuracy": np.float64(test_accuracy)}
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(tmp, "wb") as f:
+      f.write(flax.serialization.msgpack_serialize(payload))
+    os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+  except OSError as e:  # e.g. a read-only data dir: the network still serves this run
+    logging.warning("Could not cache the feature network at %s (%s)", path, e)
+    print(f"Feature network not cached ({e}); it will be retrained next time", flush=True)
+
+
+def load_or_train(dataset: data.ImageData, cache_dir: str,
+                  log: Callable[[str], None] = print) -> FeatureNet:
+  """The cached feature network of `dataset`, training (and caching) it on first use."""
+  if dataset.y_train is None or dataset.y_test is None or not dataset.num_classes:
+    raise ValueError(f"{dataset.name} has no labels to train a feature network on")
+  path = cache_path(dataset, cache_dir)
+  model = Classifier(dataset.num_classes)
+  if os.path.isfile(path):
+    with open(path, "rb") as f:
+      payload = flax.serialization.msgpack_restore(f.read())
+    net = FeatureNet(model, payload["params"], float(payload["test_accuracy"]), path)
+    log(f"Feature network for {dataset.name}: test accuracy {net.test_accuracy:.4f} "
+        f"(loaded from {path})")
+    return net
+  t0 = time.perf_counter()
+  log(f"Training the feature network for {dataset.name} (once; cached in {path}) ...")
+  model, params = _train(dataset, log)
+  acc = accuracy(model, params, dataset.x_test, dataset.y_test)
+  _save(path, params, acc)
+  log(f"Feature network for {dataset.name}: test accuracy {acc:.4f} "
+      f"(trained in {time.perf_counter() - t0:.0f} s)")
+  return FeatureNet(model, jax.device_get(params), acc, path)

@@ -1,0 +1,128 @@
+"""GAN generators and discriminators: DCGAN-style convolutional and MLP.
+
+Generators map noise [B, latent_dim] to images [B, H, W, C] through `tanh`
+(pixels in [-1, 1]) or `sigmoid` ([0, 1]), and normalise their hidden layers with
+BatchNorm: `train=True` uses (and updates running averages from) the batch's
+statistics, `train=False` the running averages. Under `jax.pmap` the batch
+statistics are averaged over `axis_name`, so they are those of the global batch,
+as they already are under `jax.jit` over a sharded batch.
+
+Discriminators return one logit per image and have no BatchNorm: the gradient
+penalties need each example's score to depend on that example only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dlu.models.layers import Conv, ConvTranspose
+
+OUTPUT_ACTIVATIONS = {"tanh": jnp.tanh, "sigmoid": nn.sigmoid}
+KERNEL = (4, 4)  # DCGAN's stride-2 kernels: 4x4 divides evenly into the 2x upsampling
+
+
+def conv_kernel_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+  """lecun_normal drawn as [kh * kw * c_in, c_out] and reshaped: the same values (same fans),
+  but XLA:CPU compiles a 4-D truncated normal several times slower."""
+  flat = nn.initializers.lecun_normal()(key, (math.prod(shape[:-1]), shape[-1]), dtype)
+  return flat.reshape(shape)
+
+
+def dcgan_compatible(image_shape: Sequence[int]) -> bool:
+  """The DCGAN pair halves (doubles) the image twice: H and W must divide by 4."""
+  return image_shape[0] % 4 == 0 and image_shape[1] % 4 == 0
+
+
+def _batch_norm(train: bool, axis_name: str | None, name: str) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name=axis_name, name=name)
+
+
+class DCGANGenerator(nn.Module):
+  """Noise -> Dense to (H/4, W/4, 2c) -> BN, relu -> ConvT(c, s2) -> BN, relu -> ConvT(C, s2).
+
+  28x28 starts at 7x7, 32x32 at 8x8, the 8x8 digits at 2x2.
+  """
+  image_shape: tuple[int, int, int]
+  channels: int = 64
+  output_activation: str = "tanh"
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, z: jax.Array, *, train: bool = True) -> jax.Array:
+    h, w, c_out = self.image_shape
+    b = z.shape[0]
+    x = nn.Dense((h // 4) * (w // 4) * 2 * self.channels, use_bias=False, name="dense")(z)
+    x = x.reshape((b, h // 4, w // 4, 2 * self.channels))  # [B, H/4, W/4, 2c]
+    x = nn.relu(_batch_norm(train, self.axis_name, "bn_0")(x))
+    x = ConvTranspose(self.channels, KERNEL, strides=(2, 2), padding="SAME", use_bias=False,
+                      kernel_init=conv_kernel_init, name="deconv_0")(x)  # [B, H/2, W/2, c]
+    x = nn.relu(_batch_norm(train, self.axis_name, "bn_1")(x))
+    x = ConvTranspose(c_out, KERNEL, strides=(2, 2), padding="SAME",
+                      kernel_init=conv_kernel_init, name="deconv_1")(x)
+    chex.assert_shape(x, (b, h, w, c_out))
+    return OUTPUT_ACTIVATIONS[self.output_activation](x)  # [B, H, W, C]
+
+
+class DCGANDiscriminator(nn.Module):
+  """Image -> Conv(c, s2), leaky relu -> Conv(2c, s2), leaky relu -> Dense(1)."""
+  channels: int = 64
+
+  def setup(self):
+    self.convs = [Conv(c, KERNEL, strides=(2, 2), padding="SAME", kernel_init=conv_kernel_init,
+                       name=f"conv_{i}")
+                  for i, c in enumerate((self.channels, 2 * self.channels))]
+    self.logit = nn.Dense(1)
+
+  def embed(self, x: jax.Array) -> jax.Array:
+    """The penultimate layer, flattened. [B, (H/4) * (W/4) * 2c]"""
+    for conv in self.convs:
+      x = nn.leaky_relu(conv(x), 0.2)
+    return x.reshape((x.shape[0], -1))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    chex.assert_rank(x, 4)
+    return self.logit(self.embed(x))[:, 0]  # [B]
+
+
+class MLPGenerator(nn.Module):
+  """Noise -> Dense(width) -> BN, relu, ... -> Dense(H * W * C) -> image."""
+  image_shape: tuple[int, int, int]
+  widths: Sequence[int] = (256, 512)
+  output_activation: str = "tanh"
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, z: jax.Array, *, train: bool = True) -> jax.Array:
+    x = z
+    for i, width in enumerate(self.widths):
+      x = nn.Dense(width, use_bias=False, name=f"dense_{i}")(x)
+      x = nn.relu(_batch_norm(train, self.axis_name, f"bn_{i}")(x))
+    x = nn.Dense(math.prod(self.image_shape), name="out")(x)
+    x = x.reshape((z.shape[0],) + tuple(self.image_shape))  # [B, H, W, C]
+    return OUTPUT_ACTIVATIONS[self.output_activation](x)
+
+
+class MLPDiscriminator(nn.Module):
+  """Flattened image -> Dense(width), leaky relu, ... -> Dense(1)."""
+  widths: Sequence[int] = (512, 256)
+
+  def setup(self):
+    self.hidden = [nn.Dense(width, name=f"dense_{i}") for i, width in enumerate(self.widths)]
+    self.logit = nn.Dense(1)
+
+  def embed(self, x: jax.Array) -> jax.Array:
+    """The last hidden layer. [B, widths[-1]]"""
+    x = x.reshape((x.shape[0], -1))
+    for dense in self.hidden:
+      x = nn.leaky_relu(dense(x), 0.2)
+    return x
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    chex.assert_rank(x, 4)
+    return self.logit(self.embed(x))[:, 0]  # [B]
