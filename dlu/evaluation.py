@@ -40,11 +40,24 @@ def mean_metrics(eval_sums: Callable, state, x: np.ndarray, rng: jax.Array, *, m
   return {k: float(v) / len(x) for k, v in jax.device_get(totals).items()}
 
 
+def per_example(fn: Callable, state, x: np.ndarray, *, mesh: Mesh, batch_size: int,
+                rng: jax.Array | None = None) -> np.ndarray:
+  """fn's rows for every row of `x`, in order, on every process. [N, ...]
+
+  `fn(state, images)`, or `fn(state, images, rng_i)` when `rng` is given, returns a value
+  per row of a batch, sharded like the batch. Batch i gets `fold_in(rng, i)`, as in
+  `mean_metrics`, so both see the same noise (e.g. the same binarised test images).
+  """
+  out = []
+  for i, (images, _) in enumerate(padded_batches(x, batch_size)):
+    args = (state, parallel.global_batch(mesh, images))
+    if rng is not None:
+      args += (jax.random.fold_in(rng, i),)
+    out.append(np.asarray(multihost_utils.process_allgather(fn(*args), tiled=True)))
+  return np.concatenate(out)[:len(x)]
+
+
 def embed_split(embed: Callable, state, x: np.ndarray, *, mesh: Mesh,
                 batch_size: int) -> np.ndarray:
   """Embeddings of every row of `x`, in order, on every process. [N, D]"""
-  out = []
-  for images, _ in padded_batches(x, batch_size):
-    e = embed(state, parallel.global_batch(mesh, images))
-    out.append(np.asarray(multihost_utils.process_allgather(e, tiled=True)))
-  return np.concatenate(out)[:len(x)]
+  return per_example(embed, state, x, mesh=mesh, batch_size=batch_size)

@@ -60,3 +60,9 @@ def make_images(family: Family, mesh: Mesh) -> Callable:
 def make_embed(family: Family, mesh: Mesh) -> Callable:
   repl, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
   return jax.jit(family.embed, in_shardings=(repl, sharded), out_shardings=sharded)
+
+
+def make_per_example(fn: Callable, mesh: Mesh) -> Callable:
+  """(state, images, rng) -> [B, ...] values per example, sharded like the batch."""
+  repl, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+  return jax.jit(fn, in_shardings=(repl, sharded, repl), out_shardings=sharded)

@@ -4,3 +4,4 @@ from dlu.families.base import (Batch, DataSpec, EvalContext, Family, Metrics, Si
                                TrainState, get, names, register)
 from dlu.families import autoencoder  # noqa: F401,E402
 from dlu.families import gan  # noqa: F401,E402
+from dlu.families import vae  # noqa: F401,E402

@@ -8,12 +8,12 @@ from absl import flags
 
 from dlu import losses
 from dlu.errors import UsageError
-from dlu.families.base import SingleNetworkFamily, register
+from dlu.families.base import SingleNetworkFamily, paired_rows, register, to_unit
 from dlu.models import autoencoder as ae_models
 
 flags.DEFINE_integer("hidden_units", 128, "ae_seed: width of the one hidden (code) layer.")
-flags.DEFINE_list("widths", ["512", "256"], "ae_mlp: encoder widths (the decoder mirrors them).")
-flags.DEFINE_list("conv_channels", ["32", "64"], "ae_conv: channels of the strided conv layers.")
+flags.DEFINE_list("widths", ["512", "256"], "ae_mlp, vae: encoder widths (the decoder mirrors them).")
+flags.DEFINE_list("conv_channels", ["32", "64"], "ae_conv, conv_vae: channels of the strided conv layers.")
 flags.DEFINE_integer("latent_dim", 32, "Size of the code (ae_mlp, ae_conv and later families).")
 flags.DEFINE_enum("recon_loss", "mse", ["mse", "bce"],
                   "mse: linear output, squared error; bce: sigmoid output, binary cross-entropy.")
@@ -107,14 +107,8 @@ class Autoencoder(SingleNetworkFamily):
   def images(self, state, batch, rng):
     x = self.normalize(batch["image"])
     recon = self.reconstruct(state.params, x)
-    low = -1.0 if self.spec.pixel_range == "symmetric" else 0.0
-    to_unit = lambda v: (jnp.clip(v, low, 1.0) - low) / (1.0 - low)
-    n = x.shape[0]
-    cols = max(c for c in range(1, 9) if n % c == 0)
-    rows = lambda v: to_unit(v).reshape((n // cols, cols) + v.shape[1:])
-    # Originals above their reconstructions, row by row.
-    grid = jnp.stack([rows(x), rows(recon)], axis=1)
-    return {"reconstructions": grid.reshape((2 * (n // cols), cols) + x.shape[1:])}
+    unit = lambda v: to_unit(v, self.spec.pixel_range)
+    return {"reconstructions": paired_rows(unit(x), unit(recon))}
 
   def embed(self, state, images):
     return self.model.apply({"params": state.params}, self.normalize(images), method="encode")

@@ -16,7 +16,8 @@ and, host-side, with an `EvalContext` (mesh, batch size, rng, workdir):
   final_metrics(state, dataset, ctx)    at the end and in experiments.evaluate (IWAE NLL)
 
 `batch` is a dict with `image`: [B, H, W, C], uint8 or float, as stored.
-`axis_name` is set only under pmap; under jit the loss is a mean over the
+`rng` is the run's train key, the same at every call: a step folds in `state.step` to
+draw its own noise. `axis_name` is set only under pmap; under jit the loss is a mean over the
 global batch and XLA inserts the reductions itself.
 """
 
@@ -119,6 +120,22 @@ def per_device_rng(rng: jax.Array, axis_name: str | None) -> jax.Array:
   return rng if axis_name is None else jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
 
+def to_unit(x: jax.Array, pixel_range: str) -> jax.Array:
+  """Model-space pixels back to [0, 1] for display, clipped."""
+  low = -1.0 if pixel_range == "symmetric" else 0.0
+  return (jnp.clip(x, low, 1.0) - low) / (1.0 - low)
+
+
+def paired_rows(top: jax.Array, bottom: jax.Array, *, max_cols: int = 8) -> jax.Array:
+  """[N, H, W, C] pairs as a grid whose rows alternate `top` and `bottom` (e.g. originals
+  above their reconstructions). [2 * N / cols, cols, H, W, C]"""
+  n = top.shape[0]
+  cols = max(c for c in range(1, max_cols + 1) if n % c == 0)
+  rows = lambda v: v.reshape((n // cols, cols) + v.shape[1:])
+  grid = jnp.stack([rows(top), rows(bottom)], axis=1)
+  return grid.reshape((2 * (n // cols), cols) + top.shape[1:])
+
+
 class SingleNetworkFamily(Family):
   """A family with one parameter tree, one optimizer and a scalar loss."""
 
@@ -155,7 +172,8 @@ class SingleNetworkFamily(Family):
                       opt_state=self.tx.init(params))
 
   def train_step(self, state, batch, rng, *, axis_name=None):
-    rng = per_device_rng(rng, axis_name)
+    # The step's own key: fresh noise every step, and the same noise again on resume.
+    rng = per_device_rng(jax.random.fold_in(rng, state.step), axis_name)
     grad_fn = jax.value_and_grad(self.loss, has_aux=True)
     (loss, metrics), grads = grad_fn(state.params, batch, rng)
     if axis_name is not None:

@@ -1,0 +1,271 @@
+"""Variational autoencoders: VAE and beta-VAE (MLP `vae`, convolutional `conv_vae`).
+
+Trained on the ELBO (`--objective=elbo`, `--train_samples` reparameterised samples, KL in
+closed form, weighted by `--beta` and ramped up over `--kl_warmup_steps`) or on the
+importance-weighted bound of Burda et al. (`--objective=iwae`, K=`--train_samples`; K=1
+is the ELBO with a one-sample KL). The K samples are one batched decoder call, no loop.
+
+Units and signs, all in nats per image:
+  elbo      the ELBO, a lower bound on log p(x): negative; elbo = -(recon + kl)
+  recon     E_q(z|x)[-log p(x|z)], one posterior sample: positive for Bernoulli
+  kl        KL(q(z|x) || p(z)) in closed form: positive
+  nll_iwae  -(IWAE bound with K=`--iwae_samples`): an upper bound on -log p(x), positive,
+            at the end of training and in experiments.evaluate; bits_per_dim beside it.
+  active_units  latent dims whose posterior mean varies over the test split (variance > 0.01)
+
+Dynamic binarisation (`--binarize=dynamic`, the setting of the IWAE paper's tables): each
+image is replaced by a Bernoulli sample of its pixel intensities, drawn afresh each train
+step. Test images are binarised the same way with the run's fixed *eval* key folded with
+the eval batch's index, so every eval of a run, the final IWAE bound and experiments.evaluate
+all score one and the same binary test set (for a given --eval_batch_size), and numbers are
+comparable across evals. `embed` returns the posterior means of the grey (not binarised)
+images, so embeddings are deterministic.
+
+All noise comes from the key the loop passes, folded with the step (train) or the batch
+index (eval): runs are reproducible and resume exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from dlu import evaluation, likelihoods
+from dlu.errors import UsageError
+from dlu.families.autoencoder import int_list
+from dlu.families.base import SingleNetworkFamily, paired_rows, register, to_unit
+from dlu.models import autoencoder as ae_models
+from dlu.models import vae as vae_models
+
+flags.DEFINE_enum("likelihood", "bernoulli", ["bernoulli", "gaussian"],
+                  "VAE decoder: bernoulli (logits, data in [0, 1]) or gaussian (means).")
+flags.DEFINE_float("gaussian_std", 0.1, "Fixed pixel standard deviation of --likelihood=gaussian.")
+flags.DEFINE_boolean("learn_variance", False,
+                     "--likelihood=gaussian: learn a per-pixel log standard deviation instead.")
+flags.DEFINE_float("beta", 1.0, "Weight of the KL term (beta-VAE); 1 is the ELBO.")
+flags.DEFINE_integer("kl_warmup_steps", 0, "Ramp the KL weight linearly from 0 to --beta over N steps.")
+flags.DEFINE_enum("objective", "elbo", ["elbo", "iwae"],
+                  "elbo: mean over samples of the ELBO; iwae: the importance-weighted bound.")
+flags.DEFINE_integer("train_samples", 1, "Posterior samples per image in training (K of the IWAE).")
+flags.DEFINE_enum("binarize", "dynamic", ["dynamic", "none"],
+                  "dynamic: a fresh Bernoulli sample of each image per batch (test: a fixed one).")
+flags.DEFINE_integer("iwae_samples", 1000, "Importance samples K of the final nll_iwae.")
+flags.DEFINE_integer("iwae_chunk", 4096,
+                     "Decoder evaluations (images x samples) at once for nll_iwae: bounds memory.")
+flags.DEFINE_integer("iwae_examples", 0, "Test images scored by nll_iwae; 0: the whole test split.")
+
+ACTIVE_UNIT_THRESHOLD = 0.01
+_SAMPLES_KEY, _MANIFOLD_SIDE, _INTERPOLATION_STEPS = 1, 15, 8
+
+
+def samples_per_chunk(num_samples: int, batch_size: int, max_decodes: int) -> int:
+  """The largest divisor of `num_samples` with batch_size * it <= max_decodes (at least 1)."""
+  cap = max(1, max_decodes // batch_size)
+  return max(c for c in range(1, min(cap, num_samples) + 1) if num_samples % c == 0)
+
+
+@register
+class VAE(SingleNetworkFamily):
+  models = ("vae", "conv_vae")
+
+  @classmethod
+  def validate(cls, cfg):
+    if cfg.latent_dim < 1:
+      raise UsageError(f"--latent_dim must be a positive integer, got {cfg.latent_dim!r}")
+    if cfg.model == "vae":
+      int_list(cfg.widths, "widths")
+    else:
+      int_list(cfg.conv_channels, "conv_channels")
+    for name in ("train_samples", "iwae_samples", "iwae_chunk"):
+      if getattr(cfg, name) < 1:
+        raise UsageError(f"--{name} must be a positive integer, got {getattr(cfg, name)!r}")
+    for name in ("beta", "kl_warmup_steps", "iwae_examples"):
+      if getattr(cfg, name) < 0:
+        raise UsageError(f"--{name} must be >= 0, got {getattr(cfg, name)!r}")
+    if cfg.likelihood == "bernoulli" and cfg.pixel_range != "unit":
+      raise UsageError("--likelihood=bernoulli needs --pixel_range=unit (targets in [0, 1])")
+    if cfg.binarize == "dynamic" and cfg.likelihood != "bernoulli":
+      raise UsageError("--binarize=dynamic makes binary images: it needs --likelihood=bernoulli "
+                       "(use --binarize=none with --likelihood=gaussian)")
+    if cfg.likelihood == "gaussian" and not cfg.learn_variance and not cfg.gaussian_std > 0:
+      raise UsageError(f"--gaussian_std must be > 0, got {cfg.gaussian_std!r}")
+    if cfg.learn_variance and cfg.likelihood != "gaussian":
+      raise UsageError("--learn_variance needs --likelihood=gaussian")
+    if cfg.objective == "iwae" and (cfg.beta != 1.0 or cfg.kl_warmup_steps):
+      raise UsageError("--objective=iwae trains a bound on log p(x): --beta and "
+                       "--kl_warmup_steps apply to --objective=elbo only")
+
+  def make_model(self):
+    cfg, shape = self.cfg, self.spec.image_shape
+    if cfg.model == "conv_vae":
+      channels = int_list(cfg.conv_channels, "conv_channels")
+      if not ae_models.conv_compatible(shape, len(channels)):
+        raise UsageError(f"--model=conv_vae with {len(channels)} strided layers (--conv_channels) "
+                         f"needs image height and width divisible by {2 ** len(channels)}; "
+                         f"the data has {shape[0]}x{shape[1]}")
+      return vae_models.VAE(shape, cfg.latent_dim, "conv", channels=channels,
+                            learn_variance=cfg.learn_variance)
+    return vae_models.VAE(shape, cfg.latent_dim, "mlp", widths=int_list(cfg.widths, "widths"),
+                          learn_variance=cfg.learn_variance)
+
+  # --- The model's pieces, as pure functions of the parameters.
+
+  def model_input(self, images: jax.Array, rng: jax.Array) -> jax.Array:
+    """Normalised images, binarised with `rng` under --binarize=dynamic. [B, H, W, C]"""
+    x = self.normalize(images)
+    if self.cfg.binarize == "dynamic":
+      x = jax.random.bernoulli(rng, x).astype(x.dtype)
+    return x
+
+  def encode(self, params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.model.apply({"params": params}, x, method="encode")  # [B, D] each
+
+  def decode(self, params, z: jax.Array) -> jax.Array:
+    return self.model.apply({"params": params}, z, method="decode")  # [..., H, W, C]
+
+  def log_likelihood(self, params, out: jax.Array, x: jax.Array) -> jax.Array:
+    """log p(x | z) for decoder outputs `out` [..., H, W, C]. [...]"""
+    if self.cfg.likelihood == "bernoulli":
+      return likelihoods.bernoulli_log_prob(out, x)
+    log_std = params["pixel_log_std"] if self.cfg.learn_variance else math.log(self.cfg.gaussian_std)
+    return likelihoods.gaussian_log_prob(out, log_std, x)
+
+  def mean_image(self, out: jax.Array) -> jax.Array:
+    """E[x | z] in pixel space, for display."""
+    return jax.nn.sigmoid(out) if self.cfg.likelihood == "bernoulli" else out
+
+  def posterior_samples(self, mean, log_var, rng, k: int) -> jax.Array:
+    """k reparameterised draws from q(z|x). [k, B, D]"""
+    eps = jax.random.normal(rng, (k,) + mean.shape, mean.dtype)
+    return mean + jnp.exp(0.5 * log_var) * eps
+
+  def sample_terms(self, params, x, mean, log_var, rng, k: int):
+    """Per-sample log p(x|z) and log p(z) - log q(z|x) for k posterior draws. [k, B] each"""
+    z = self.posterior_samples(mean, log_var, rng, k)
+    log_px = self.log_likelihood(params, self.decode(params, z), x[None])
+    log_prior_ratio = (likelihoods.standard_normal_log_prob(z)
+                       - likelihoods.diag_gaussian_log_prob(z, mean, log_var))
+    return log_px, log_prior_ratio
+
+  def kl_weight(self, step: jax.Array) -> jax.Array:
+    """--beta, ramped linearly from 0 over --kl_warmup_steps."""
+    beta, warmup = self.cfg.beta, self.cfg.kl_warmup_steps
+    if warmup == 0:
+      return jnp.asarray(beta, jnp.float32)
+    return beta * jnp.minimum(1.0, step.astype(jnp.float32) / warmup)
+
+  # --- What the loop calls.
+
+  def train_step(self, state, batch, rng, *, axis_name=None):
+    # The loss reads the step for the KL warm-up.
+    return super().train_step(state, {**batch, "step": state.step}, rng, axis_name=axis_name)
+
+  def loss(self, params, batch, rng):
+    binarize_rng, z_rng = jax.random.split(rng)
+    x = self.model_input(batch["image"], binarize_rng)
+    mean, log_var = self.encode(params, x)
+    log_px, log_prior_ratio = self.sample_terms(params, x, mean, log_var, z_rng,
+                                                self.cfg.train_samples)
+    recon = -jnp.mean(log_px, axis=0)  # [B]
+    kl = likelihoods.kl_to_standard_normal(mean, log_var)  # [B]
+    weight = self.kl_weight(batch["step"])
+    if self.cfg.objective == "iwae":
+      loss = -jnp.mean(likelihoods.importance_weighted_bound(log_px + log_prior_ratio))
+    else:
+      loss = jnp.mean(recon + weight * kl)
+    return loss, {"elbo": -jnp.mean(recon + kl), "recon": jnp.mean(recon), "kl": jnp.mean(kl),
+                  "kl_weight": weight}
+
+  def eval_metrics(self, state, batch, rng):
+    binarize_rng, z_rng = jax.random.split(rng)
+    x = self.model_input(batch["image"], binarize_rng)
+    mean, log_var = self.encode(state.params, x)
+    log_px, _ = self.sample_terms(state.params, x, mean, log_var, z_rng, 1)
+    recon, kl = -log_px[0], likelihoods.kl_to_standard_normal(mean, log_var)
+    return {"elbo": -(recon + kl), "recon": recon, "kl": kl}
+
+  def posterior_mean(self, state, images, rng):
+    """Posterior means of the test inputs as eval_metrics sees them. [B, D]"""
+    binarize_rng, _ = jax.random.split(rng)
+    return self.encode(state.params, self.model_input(images, binarize_rng))[0]
+
+  def iwae_bound(self, state, images, rng):
+    """The IWAE bound with K=--iwae_samples, K/chunk decoder passes in a scan. [B]"""
+    binarize_rng, z_rng = jax.random.split(rng)
+    params = state.params
+    x = self.model_input(images, binarize_rng)
+    mean, log_var = self.encode(params, x)
+    k = self.cfg.iwae_samples
+    chunk = samples_per_chunk(k, x.shape[0], self.cfg.iwae_chunk)
+
+    def chunk_logsumexp(_, i):
+      log_px, log_prior_ratio = self.sample_terms(params, x, mean, log_var,
+                                                  jax.random.fold_in(z_rng, i), chunk)
+      return None, jax.nn.logsumexp(log_px + log_prior_ratio, axis=0)  # [B]
+
+    _, per_chunk = jax.lax.scan(chunk_logsumexp, None, jnp.arange(k // chunk))
+    return jax.nn.logsumexp(per_chunk, axis=0) - math.log(k)
+
+  def _per_example(self, name: str, mesh):
+    """The jitted (state, images, rng) -> [B, ...] method `name`, built once per mesh."""
+    from dlu import steps  # steps imports the families: bind late
+    cache = self.__dict__.setdefault("_jitted", {})
+    if (name, mesh) not in cache:
+      cache[name, mesh] = steps.make_per_example(getattr(self, name), mesh)
+    return cache[name, mesh]
+
+  def split_metrics(self, state, dataset, ctx):
+    means = evaluation.per_example(self._per_example("posterior_mean", ctx.mesh), state,
+                                   dataset.x_test, mesh=ctx.mesh, batch_size=ctx.batch_size,
+                                   rng=ctx.rng)
+    return {"active_units": int(np.sum(np.var(means, axis=0) > ACTIVE_UNIT_THRESHOLD))}
+
+  def final_metrics(self, state, dataset, ctx):
+    x = dataset.x_test[:self.cfg.iwae_examples or None]
+    bounds = evaluation.per_example(self._per_example("iwae_bound", ctx.mesh), state, x,
+                                    mesh=ctx.mesh, batch_size=ctx.batch_size, rng=ctx.rng)
+    nll = -float(np.mean(bounds))
+    bin_width = None
+    if self.cfg.likelihood == "gaussian":  # a density on 8-bit pixels: add the bins' width
+      bin_width = (2.0 if self.spec.pixel_range == "symmetric" else 1.0) / 256
+    return {"nll_iwae": nll,
+            "nll_iwae_stderr": float(np.std(bounds) / math.sqrt(len(bounds))),
+            "bits_per_dim": likelihoods.bits_per_dim(nll, math.prod(self.spec.image_shape),
+                                                     bin_width=bin_width)}
+
+  def images(self, state, batch, rng):
+    params, d = state.params, self.cfg.latent_dim
+    binarize_rng, _ = jax.random.split(rng)
+    x = self.model_input(batch["image"], binarize_rng)
+    show = lambda out: to_unit(self.mean_image(out), self.spec.pixel_range)
+    unit_x = to_unit(x, self.spec.pixel_range)
+    mean, _ = self.encode(params, x)
+    n = x.shape[0]
+    grids = {"reconstructions": paired_rows(unit_x, show(self.decode(params, mean)))}
+
+    # Prior samples from the same noise at every eval (the key is the run's eval key).
+    z = jax.random.normal(jax.random.fold_in(rng, _SAMPLES_KEY), (n, d))
+    cols = max(c for c in range(1, 9) if n % c == 0)
+    grids["samples"] = show(self.decode(params, z)).reshape((n // cols, cols) + x.shape[1:])
+
+    # Each row: a test image, decodes along the line between two posterior means, another.
+    pairs = min(8, n // 2)
+    if pairs:
+      a, b = mean[:pairs], mean[pairs:2 * pairs]
+      t = jnp.linspace(0.0, 1.0, _INTERPOLATION_STEPS)[None, :, None]
+      path = show(self.decode(params, a[:, None] + t * (b - a)[:, None]))
+      grids["interpolations"] = jnp.concatenate(
+          [unit_x[:pairs, None], path, unit_x[pairs:2 * pairs, None]], axis=1)
+
+    if d == 2:  # The decoded manifold over the prior's quantiles (z2 grows upwards).
+      q = jax.scipy.stats.norm.ppf(jnp.linspace(0.05, 0.95, _MANIFOLD_SIDE))
+      z1, z2 = jnp.meshgrid(q, q[::-1])
+      grids["manifold"] = show(self.decode(params, jnp.stack([z1, z2], axis=-1)))
+    return grids
+
+  def embed(self, state, images):
+    return self.encode(state.params, self.normalize(images))[0]

@@ -1,0 +1,61 @@
+"""Variational autoencoders: an encoder to a diagonal Gaussian posterior and a decoder.
+
+The encoder outputs 2 * latent_dim numbers per image: the posterior mean and log-variance.
+The decoder returns pre-activation outputs: Bernoulli logits, or the mean of a Gaussian
+whose per-pixel log standard deviation is a learned parameter when `learn_variance`.
+Sampling and the bounds are the family's business (dlu/families/vae.py), not the module's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import chex
+import flax.linen as nn
+import jax
+
+from dlu.models.autoencoder import ConvDecoder, ConvEncoder
+from dlu.models.layers import MLP
+
+
+class VAE(nn.Module):
+  """`architecture="mlp"`: Dense `widths` both ways; `"conv"`: strided convs `channels`."""
+  image_shape: tuple[int, int, int]
+  latent_dim: int = 32
+  architecture: str = "mlp"
+  widths: Sequence[int] = (512, 256)
+  channels: Sequence[int] = (32, 64)
+  learn_variance: bool = False
+
+  def setup(self):
+    if self.architecture == "mlp":
+      self.encoder = MLP(tuple(self.widths) + (2 * self.latent_dim,))
+      self.decoder = MLP(tuple(reversed(self.widths)) + (math.prod(self.image_shape),))
+    elif self.architecture == "conv":
+      self.encoder = ConvEncoder(tuple(self.channels), 2 * self.latent_dim)
+      self.decoder = ConvDecoder(tuple(self.image_shape), tuple(reversed(self.channels)))
+    else:
+      raise ValueError(f"unknown VAE architecture {self.architecture!r}")
+    if self.learn_variance:
+      self.pixel_log_std = self.param("pixel_log_std", nn.initializers.zeros, self.image_shape)
+
+  def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Posterior mean and log-variance. [B, D] each"""
+    chex.assert_rank(x, 4)
+    if self.architecture == "mlp":
+      x = x.reshape((x.shape[0], -1))
+    h = self.encoder(x)
+    return h[:, :self.latent_dim], h[:, self.latent_dim:]
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    """[..., D] latents (any leading axes, e.g. [K, B, D]) -> [..., H, W, C] logits or means."""
+    lead = z.shape[:-1]
+    z = z.reshape((-1, self.latent_dim))
+    out = self.decoder(z)
+    return out.reshape(lead + tuple(self.image_shape))
+
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Decoder output at the posterior mean, with the posterior (for init and inspection)."""
+    mean, log_var = self.encode(x)
+    return self.decode(mean), mean, log_var
