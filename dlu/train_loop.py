@@ -237,7 +237,7 @@ def _train(exp: Experiment, workdir: str, ckpt: checkpointing.Checkpointer, writ
       metrics = jax.device_get(host_state(last_metrics))
       _check_finite(step, metrics)  # Before any save: a checkpoint never holds NaN.
       if logging_now:
-        rate = progress.report(step, metrics)
+        rate = progress.report(step, metrics, keys=exp.family.progress_keys)
         writer.write_scalars(step, "train", {**metrics, "steps_per_s": rate})
       if saving_now:
         ckpt.save(step, host_state(state))

@@ -70,6 +70,8 @@ class Family:
 
   #: names of `--model` values this family serves.
   models: tuple[str, ...] = ()
+  #: train metrics shown on the console progress line.
+  progress_keys: tuple[str, ...] = ("loss",)
 
   def __init__(self, cfg: Config, spec: DataSpec):
     self.cfg = cfg

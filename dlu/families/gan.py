@@ -68,6 +68,7 @@ def _draw(sample: Callable, rng: jax.Array, shape: tuple[int, ...],
 @register
 class GAN(Family):
   models = ("dcgan", "mlp_gan")
+  progress_keys = ("d_loss", "g_loss", "d_real", "d_fake")
 
   @classmethod
   def validate(cls, cfg):
