@@ -12,10 +12,12 @@ functions (under jit or pmap) and never looks inside the state:
 and, host-side, with an `EvalContext` (mesh, batch size, rng, workdir):
 
   prepare(dataset, ctx)                 once before init (e.g. load a pretrained encoder)
+  before_step(state, step)              before each train step (e.g. DEC's target refresh)
   split_metrics(state, dataset, ctx)    at each eval: metrics that are not per-example means (FID)
   final_metrics(state, dataset, ctx)    at the end and in experiments.evaluate (IWAE NLL)
 
-`batch` is a dict with `image`: [B, H, W, C], uint8 or float, as stored.
+`batch` is a dict with `image`: [B, H, W, C], uint8 or float, as stored, and
+`index`: [B] int32 rows of the training split when the family sets `needs_index`.
 `axis_name` is set only under pmap; under jit the loss is a mean over the
 global batch and XLA inserts the reductions itself.
 """
@@ -69,6 +71,8 @@ class Family:
 
   #: names of `--model` values this family serves.
   models: tuple[str, ...] = ()
+  #: whether training batches carry `index`, the examples' rows in the training split.
+  needs_index: bool = False
 
   def __init__(self, cfg: Config, spec: DataSpec):
     self.cfg = cfg
@@ -93,6 +97,10 @@ class Family:
 
   def prepare(self, dataset: data.ImageData, ctx: EvalContext) -> None:
     """Host-side set-up before the state is initialised."""
+
+  def before_step(self, state: TrainState, step: int) -> TrainState:
+    """Host-side work before train step `step`, on the state as the loop holds it."""
+    return state
 
   def split_metrics(self, state: TrainState, dataset: data.ImageData,
                     ctx: EvalContext) -> dict[str, float]:
