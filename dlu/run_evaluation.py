@@ -23,6 +23,17 @@ def register_evaluator(fn: Callable[[Experiment, Any], dict[str, Any]]):
   return fn
 
 
+def _scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+  """The numbers of a nested dict, named by their path (`baselines/pixels/acc`)."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_scalars(v, f"{prefix}{k}/"))
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+      out[prefix + k] = v
+  return out
+
+
 def evaluate_workdir(workdir: str, **overrides: Any) -> dict[str, Any]:
   """Restores the latest checkpoint of `workdir` and evaluates it; returns what eval.json holds."""
   flagfile = os.path.join(workdir or "", "flags.txt")
@@ -42,8 +53,7 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> dict[str, Any]:
     write_embeddings(exp, state, os.path.join(workdir, "embeddings_test.npz"))
     for fn in EVALUATORS:
       extra = fn(exp, state)
-      scalars = {k: v for k, v in extra.items() if isinstance(v, (int, float))}
-      writer.write_scalars(step, "evaluate", scalars)
+      writer.write_scalars(step, "evaluate", _scalars(extra))
       results.update(extra)
     results = {"step": step, "model": cfg.model, "dataset": cfg.dataset,
                **{k: to_python(v) if not isinstance(v, dict) else v for k, v in results.items()}}
@@ -56,3 +66,7 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> dict[str, Any]:
   finally:
     ckpt.close()
     writer.close()
+
+
+# Registers the clustering, probe and embedding-plot evaluator (and its flags).
+from dlu import cluster_eval  # noqa: E402,F401

@@ -220,7 +220,11 @@ def _train(exp: Experiment, workdir: str, ckpt: checkpointing.Checkpointer, writ
   eval_metrics, last_metrics = {}, None
   t0 = time.perf_counter()
   while step < cfg.num_steps:
-    local = {"image": exp.dataset.x_train[exp.sampler.indices(step)]}
+    state = exp.family.before_step(state, step)
+    indices = exp.sampler.indices(step)
+    local = {"image": exp.dataset.x_train[indices]}
+    if exp.family.needs_index:
+      local["index"] = indices.astype(np.int32)
     batch = parallel.pmap_batch(local) if pmap else parallel.global_batch(exp.mesh, local)
     state, last_metrics = train_step(state, batch, exp.train_rng)
     step += 1

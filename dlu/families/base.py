@@ -12,10 +12,12 @@ functions (under jit or pmap) and never looks inside the state:
 and, host-side, with an `EvalContext` (mesh, batch size, rng, workdir):
 
   prepare(dataset, ctx)                 once before init (e.g. load a pretrained encoder)
+  before_step(state, step)              before each train step (e.g. DEC's target refresh)
   split_metrics(state, dataset, ctx)    at each eval: metrics that are not per-example means (FID)
   final_metrics(state, dataset, ctx)    at the end and in experiments.evaluate (IWAE NLL)
 
-`batch` is a dict with `image`: [B, H, W, C], uint8 or float, as stored.
+`batch` is a dict with `image`: [B, H, W, C], uint8 or float, as stored, and
+`index`: [B] int32 rows of the training split when the family sets `needs_index`.
 `rng` is the run's train key, the same at every call: a step folds in `state.step` to
 draw its own noise. `axis_name` is set only under pmap; under jit the loss is a mean over the
 global batch and XLA inserts the reductions itself.
@@ -72,6 +74,8 @@ class Family:
   models: tuple[str, ...] = ()
   #: train metrics shown on the console progress line.
   progress_keys: tuple[str, ...] = ("loss",)
+  #: whether training batches carry `index`, the examples' rows in the training split.
+  needs_index: bool = False
 
   def __init__(self, cfg: Config, spec: DataSpec):
     self.cfg = cfg
@@ -96,6 +100,10 @@ class Family:
 
   def prepare(self, dataset: data.ImageData, ctx: EvalContext) -> None:
     """Host-side set-up before the state is initialised."""
+
+  def before_step(self, state: TrainState, step: int) -> TrainState:
+    """Host-side work before train step `step`, on the state as the loop holds it."""
+    return state
 
   def split_metrics(self, state: TrainState, dataset: data.ImageData,
                     ctx: EvalContext) -> dict[str, float]:

@@ -1,0 +1,154 @@
+"""Structure in a trained run's representation, for experiments.evaluate: clustering
+scores (ACC/NMI/ARI), a linear probe, a 2-D map of the test embeddings, and the same
+numbers for raw pixels and PCA beside them.
+
+The embedding is the family's `embed` (an autoencoder's code, a VAE's encoder mean,
+a GAN discriminator's penultimate features). A family with its own clustering head
+(DEC, IDEC: `assignments(state, x)`) is scored by that head, and k-means on its
+embeddings becomes one more baseline. Labels score clusterings and train the probe;
+nothing else sees them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+from absl import flags
+
+from dlu import clustering, data, evaluation, parallel, steps
+from dlu.families.dec import num_clusters
+from dlu.run_evaluation import register_evaluator
+
+flags.DEFINE_enum("cluster_on", "kmeans", list(clustering.CLUSTERERS),
+                  "evaluate: how embeddings are clustered (gmm: full-covariance Gaussian mixture).")
+flags.DEFINE_enum("manifold", "none", list(clustering.MANIFOLDS),
+                  "evaluate: nonlinear map of the embeddings before clustering (umap as in N2D).")
+flags.DEFINE_integer("manifold_dim", 0, "evaluate: dimensions of --manifold's map; 0: --n_clusters "
+                     "(umap) or 2 (tsne).")
+flags.DEFINE_enum("cluster_split", "all", ["all", "train", "test"],
+                  "evaluate: the images clustered and scored (all: train and test together).")
+flags.DEFINE_boolean("probe", True, "evaluate: fit a linear probe (logistic regression) on train "
+                     "embeddings, score it on the test split.")
+flags.DEFINE_boolean("baselines", True, "evaluate: the same scores for raw pixels and PCA.")
+flags.DEFINE_enum("embedding_plot", "tsne", list(clustering.PLOTS),
+                  "evaluate: 2-D map of the test embeddings saved as a PNG coloured by label.")
+flags.DEFINE_integer("plot_points", 5000, "evaluate: test points in the embedding plot (a fixed "
+                     "random subset when the split is larger).")
+
+
+def _split(cfg, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+  if cfg.cluster_split == "train":
+    return train
+  if cfg.cluster_split == "test":
+    return test
+  return np.concatenate([train, test])
+
+
+def cluster_embeddings(z: np.ndarray, k: int, cfg) -> np.ndarray:
+  """--manifold map (if any), then --cluster_on. [N] assignments."""
+  dim = cfg.manifold_dim or (2 if cfg.manifold == "tsne" else k)
+  mapped = clustering.manifold(z, cfg.manifold, dim=dim, seed=cfg.seed)
+  return clustering.cluster(mapped, k, method=cfg.cluster_on, seed=cfg.seed,
+                            n_init=cfg.kmeans_inits)
+
+
+def pipeline_name(cfg) -> str:
+  mapped = "" if cfg.manifold == "none" else f"{cfg.manifold} of "
+  return f"{cfg.cluster_on} on {mapped}embeddings"
+
+
+def baselines(cfg, ds: data.ImageData, y: np.ndarray, k: int, dim: int) -> dict[str, Any]:
+  """Pixels and PCA (at the embedding's dimension): k-means scores and probe accuracy."""
+  flat = lambda x: data.normalize(x, "unit").reshape(len(x), -1).astype(np.float32)
+  x_train, x_test = flat(ds.x_train), flat(ds.x_test)
+  x = _split(cfg, x_train, x_test)
+  out: dict[str, Any] = {}
+  t = time.perf_counter()
+  out["pixels"] = clustering.scores(y, clustering.kmeans(x, k, seed=cfg.seed,
+                                                          n_init=cfg.kmeans_inits)[0])
+  if cfg.probe:
+    out["pixels"]["linear_probe_acc"] = clustering.linear_probe(x_train, ds.y_train, x_test,
+                                                                ds.y_test)
+  out["pixels"]["time_s"] = time.perf_counter() - t
+  t = time.perf_counter()
+  dim = min(dim, x.shape[1], len(x))
+  x_pca, model = clustering.pca(x, dim, seed=cfg.seed)
+  out["pca"] = {"dim": dim, **clustering.scores(y, clustering.kmeans(
+      x_pca, k, seed=cfg.seed, n_init=cfg.kmeans_inits)[0])}
+  if cfg.probe:
+    out["pca"]["linear_probe_acc"] = clustering.linear_probe(
+        model.transform(x_train), ds.y_train, model.transform(x_test), ds.y_test)
+  out["pca"]["time_s"] = time.perf_counter() - t
+  return out
+
+
+def embedding_plot(cfg, z_test: np.ndarray, y_test: np.ndarray, path: str) -> str:
+  """A 2-D map of (a fixed subset of) the test embeddings, coloured by label."""
+  idx = np.arange(len(z_test))
+  if len(idx) > cfg.plot_points:
+    idx = np.sort(np.random.default_rng(cfg.seed).choice(len(idx), cfg.plot_points, replace=False))
+  z, y = z_test[idx], y_test[idx]
+  points = z if z.shape[1] == 2 else clustering.manifold(z, cfg.embedding_plot, dim=2,
+                                                         seed=cfg.seed, flag="embedding_plot")
+  title = (f"{cfg.model} on {cfg.dataset}: {cfg.embedding_plot} of {len(idx)} test embeddings "
+           f"({z.shape[1]}-d), coloured by label")
+  return clustering.scatter_plot(points, y, path, title=title)
+
+
+@register_evaluator
+def representation_metrics(exp, state) -> dict[str, Any]:
+  """Clustering, probe, baselines and plot of the run's embeddings (see module doc)."""
+  cfg, ds, family = exp.cfg, exp.dataset, exp.family
+  if ds.y_train is None or ds.y_test is None:
+    print(f"No clustering scores: {ds.name} has no labels to score them with", flush=True)
+    return {}
+  embed = steps.make_embed(family, exp.mesh)
+  t = time.perf_counter()
+  try:
+    z_train, z_test = (evaluation.embed_split(embed, state, x, mesh=exp.mesh,
+                                              batch_size=exp.ctx.batch_size)
+                       for x in (ds.x_train, ds.x_test))
+  except NotImplementedError:
+    return {}
+  timings = {"embed": time.perf_counter() - t}
+  y = _split(cfg, ds.y_train, ds.y_test)
+  k = num_clusters(cfg, ds)
+  results: dict[str, Any] = {"n_clusters": k, "cluster_split": cfg.cluster_split,
+                             "num_clustered": len(y), "embedding_dim": int(z_train.shape[1])}
+  base: dict[str, Any] = {}
+
+  t = time.perf_counter()
+  head = getattr(family, "assignments", None)
+  pipeline = cluster_embeddings(_split(cfg, z_train, z_test), k, cfg)
+  if head is not None:
+    pred = _split(cfg, *(head(state, x)[1] for x in (ds.x_train, ds.x_test)))
+    results["clustering"] = f"{cfg.model} clustering layer"
+    base[pipeline_name(cfg).replace(" ", "_")] = clustering.scores(y, pipeline)
+  else:
+    pred = pipeline
+    results["clustering"] = pipeline_name(cfg)
+  results.update(clustering.scores(y, pred))
+  timings["cluster"] = time.perf_counter() - t
+
+  if cfg.probe:
+    t = time.perf_counter()
+    results["linear_probe_acc"] = clustering.linear_probe(z_train, ds.y_train, z_test, ds.y_test)
+    timings["probe"] = time.perf_counter() - t
+  if cfg.baselines:
+    t = time.perf_counter()
+    base.update(baselines(cfg, ds, y, k, z_train.shape[1]))
+    timings["baselines"] = time.perf_counter() - t
+  if base:
+    results["baselines"] = base
+  if cfg.embedding_plot != "none" and parallel.is_lead_process():
+    t = time.perf_counter()
+    os.makedirs(os.path.join(exp.ctx.workdir, "images"), exist_ok=True)
+    path = os.path.join(exp.ctx.workdir, "images",
+                        f"embedding_{cfg.embedding_plot}_{int(state.step):07d}.png")
+    results["embedding_plot"] = embedding_plot(cfg, z_test, ds.y_test, path)
+    timings["plot"] = time.perf_counter() - t
+  results["time_s"] = {name: round(v, 2) for name, v in timings.items()}
+  return results

@@ -1,0 +1,84 @@
+"""Clustering metrics, DEC's kernel and target, probes and plots on small arrays."""
+
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlu import clustering
+from dlu.errors import UsageError
+from dlu.models import dec as dec_models
+
+
+def test_acc_is_one_for_any_relabelling_of_perfect_clusters():
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 6, 200)
+  for _ in range(5):
+    relabel = rng.permutation(6) + 10  # other names, other order
+    assert clustering.cluster_acc(y, relabel[y]) == 1.0
+    s = clustering.scores(y, relabel[y])
+    assert s["nmi"] == pytest.approx(1.0) and s["ari"] == pytest.approx(1.0)
+
+
+def test_acc_matches_a_hand_computed_one_to_one_matching():
+  # Cluster a: 4 of class 0.  b: 3 of class 0, 2 of class 1.  c: 1 of class 1, 3 of class 2.
+  # One-to-one: a->0, b->1, c->2 gives 4 + 2 + 3 = 9 of 13. (Majority vote, many-to-one,
+  # would map a and b both to 0 and claim 10 of 13.)
+  y_true = np.array([0] * 4 + [0] * 3 + [1] * 2 + [1] + [2] * 3)
+  y_pred = np.array(["a"] * 4 + ["b"] * 5 + ["c"] * 4)
+  np.testing.assert_array_equal(clustering.confusion(y_true, y_pred), [[4, 0, 0], [3, 2, 0], [0, 1, 3]])
+  assert clustering.cluster_acc(y_true, y_pred) == pytest.approx(9 / 13)
+
+
+def test_extra_clusters_are_errors_and_chance_is_low():
+  y = np.array([0, 0, 1, 1])
+  assert clustering.cluster_acc(y, np.array([0, 1, 2, 3])) == 0.5
+  rng = np.random.default_rng(1)
+  y = rng.integers(0, 10, 5000)
+  s = clustering.scores(y, rng.integers(0, 10, 5000))
+  assert s["acc"] < 0.15 and s["nmi"] < 0.02 and abs(s["ari"]) < 0.02
+
+
+def test_soft_assignment_and_target_distribution():
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(64, 5)).astype(np.float32)
+  mu = rng.normal(size=(4, 5)).astype(np.float32)
+  for alpha in (1.0, 3.0):
+    q = np.asarray(dec_models.soft_assign(jnp.asarray(z), jnp.asarray(mu), alpha))
+    np.testing.assert_allclose(q, clustering.soft_assign(z, mu, alpha), rtol=1e-5, atol=1e-7)
+  p = np.asarray(dec_models.target_distribution(jnp.asarray(q)))
+  np.testing.assert_allclose(p, clustering.target_distribution(q), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-6)
+  assert (p >= 0).all()
+  # Sharper: every row's largest probability grows, its entropy falls, its argmax stays
+  # (up to the cluster-frequency weighting, which cannot flip a clear winner here).
+  entropy = lambda a: -(a * np.log(a)).sum(1)
+  assert (p.max(1) >= q.max(1) - 1e-6).mean() > 0.9
+  assert entropy(p).mean() < entropy(q).mean()
+  # KL(p || q) >= 0, and 0 when q already is the target.
+  kl = np.asarray(dec_models.kl_divergence(jnp.asarray(p), jnp.asarray(q)))
+  assert (kl > 0).all()
+  np.testing.assert_allclose(dec_models.kl_divergence(jnp.asarray(p), jnp.asarray(p)), 0, atol=1e-6)
+
+
+def test_linear_probe_and_pixels_kmeans_on_separable_data(tmp_path):
+  rng = np.random.default_rng(0)
+  centres = rng.normal(scale=6.0, size=(3, 8))
+  y = rng.integers(0, 3, 300)
+  x = (centres[y] + rng.normal(size=(300, 8))).astype(np.float32)
+  assert clustering.linear_probe(x[:200], y[:200], x[200:], y[200:]) > 0.95
+  labels, centroids = clustering.kmeans(x, 3, seed=0, n_init=2)
+  assert centroids.shape == (3, 8) and clustering.cluster_acc(y, labels) > 0.95
+  assert clustering.cluster_acc(y, clustering.gmm(x, 3, seed=0)) > 0.95
+  path = clustering.scatter_plot(clustering.pca(x, 2)[0], y, str(tmp_path / "map.png"), title="t")
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_umap_without_the_package_is_a_usage_error(monkeypatch):
+  monkeypatch.setitem(sys.modules, "umap", None)  # makes `import umap` fail either way
+  with pytest.raises(UsageError, match=r"--manifold=umap needs umap-learn"):
+    clustering.manifold(np.zeros((10, 3)), "umap", dim=2, seed=0)
+  with pytest.raises(UsageError, match="--manifold must be one of"):
+    clustering.manifold(np.zeros((10, 3)), "isomap", dim=2, seed=0)
