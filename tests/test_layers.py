@@ -32,21 +32,24 @@ def _outputs_and_grads(module, params, x, probe):
   return y, grads
 
 
-CASES = [  # (layer, kernel, stride, input H x W, batch)
-    ("Conv", 3, 1, (7, 7), 3), ("Conv", 3, 2, (8, 8), 3), ("Conv", 3, 2, (7, 9), 2),
-    ("Conv", 4, 2, (8, 8), 2), ("ConvTranspose", 3, 1, (6, 6), 3),
-    ("ConvTranspose", 3, 2, (4, 4), 3), ("ConvTranspose", 4, 2, (5, 3), 2),
-    ("ConvTranspose", 5, 2, (4, 4), 2),
+CASES = [  # (layer, kernel, stride, input H x W, batch, in -> out channels)
+    ("Conv", 3, 1, (7, 7), 3, (5, 4)), ("Conv", 3, 2, (8, 8), 3, (5, 4)),
+    ("Conv", 3, 2, (7, 9), 2, (5, 4)), ("Conv", 4, 2, (8, 8), 2, (5, 4)),
+    ("Conv", 3, 1, (6, 6), 2, (8, 1)),  # few output channels: the narrow GEMM form
+    ("ConvTranspose", 3, 1, (6, 6), 3, (5, 4)), ("ConvTranspose", 3, 2, (4, 4), 3, (5, 4)),
+    ("ConvTranspose", 4, 2, (5, 3), 2, (5, 4)), ("ConvTranspose", 5, 2, (4, 4), 2, (5, 4)),
+    ("ConvTranspose", 3, 1, (6, 6), 2, (8, 1)), ("ConvTranspose", 4, 2, (4, 4), 2, (8, 1)),
 ]
 
 
-@pytest.mark.parametrize("layer,k,s,hw,batch", CASES)
-def test_matches_flax(layer, k, s, hw, batch, monkeypatch):
+@pytest.mark.parametrize("layer,k,s,hw,batch,channels", CASES)
+def test_matches_flax(layer, k, s, hw, batch, channels, monkeypatch):
+  (cin, cout), pixels = channels, hw[0] * hw[1] * max(s, 1) ** 2
   # Small chunks, so the batch is split into a scan over chunks plus a remainder.
-  monkeypatch.setattr(fast_conv, "PATCH_CHUNK_BYTES", 2 * hw[0] * hw[1] * k * k * 5 * 4)
-  ours = getattr(layers, layer)(4, (k, k), strides=(s, s), padding="SAME")
-  theirs = getattr(nn, layer)(4, (k, k), strides=(s, s), padding="SAME")
-  x = _random_like(jax.ShapeDtypeStruct((batch,) + hw + (5,), jnp.float32), 0)
+  monkeypatch.setattr(fast_conv, "PATCH_CHUNK_BYTES", 2 * pixels * k * k * max(cin, cout) * 4)
+  ours = getattr(layers, layer)(cout, (k, k), strides=(s, s), padding="SAME")
+  theirs = getattr(nn, layer)(cout, (k, k), strides=(s, s), padding="SAME")
+  x = _random_like(jax.ShapeDtypeStruct((batch,) + hw + (cin,), jnp.float32), 0)
   params = _random_like(jax.eval_shape(theirs.init, jax.random.key(0), x)["params"], 1)
   probe = _random_like(jax.eval_shape(theirs.apply, {"params": params}, x), 2)
   y, grads = _outputs_and_grads(ours, params, x, probe)

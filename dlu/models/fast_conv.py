@@ -52,13 +52,16 @@ def kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: Sequence[int], strides
                 pads: Pads) -> jax.Array:
   """d(loss)/d(kernel) of `_native(x, kernel, strides, pads)` given g = d(loss)/d(output).
 
-  x: [B, H, W, Cin]; g: [B, Ho, Wo, Cout]; returns [kh, kw, Cin, Cout].
+  x: [B, H, W, Cin]; g: [B, Ho, Wo, Cout]; returns [kh, kw, Cin, Cout]. `pads` may be
+  negative at the end (rows no window reads).
   """
   kh, kw, cin, cout = kernel_shape
   batch, ho, wo, _ = g.shape
-  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  # Rows of xp that a window can reach; the rest (bottom/right padding) is never read.
-  xp = xp[:, :strides[0] * (ho - 1) + kh, :strides[1] * (wo - 1) + kw]
+  # Pad to exactly the rows and columns the windows read.
+  hi = [s * (o - 1) + k - n - lo for s, o, k, n, (lo, _) in
+        zip(strides, (ho, wo), (kh, kw), x.shape[1:3], pads)]
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pads[0][0], hi[0], 0),
+                                            (pads[1][0], hi[1], 0), (0, 0, 0)))
 
   def gemm(xc, gc):  # [b, Hp, Wp, Cin], [b, Ho, Wo, Cout] -> [kh*kw*Cin, Cout]
     p = _patches(xc, (kh, kw), strides, (ho, wo))
@@ -79,6 +82,74 @@ def kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: Sequence[int], strides
   if batch > full * chunk:
     dw = dw + gemm(xp[full * chunk:], g[full * chunk:])
   return dw.reshape(kh, kw, cin, cout).astype(x.dtype)
+
+
+def _shifted_sum(z: jax.Array, pads: Pads, out_hw: tuple[int, int]) -> jax.Array:
+  """out[p] = sum_t z[p + t - lo, t]: [B, H, W, kh, kw, C] -> [B, Ho, Wo, C] (stride 1)."""
+  _, h, w, kh, kw, _ = z.shape
+  (lo_h, _), (lo_w, _) = pads
+  zero = jnp.zeros((), z.dtype)
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      # Rows p + i - lo_h of z, zero where outside: a (possibly negative) pad.
+      term = lax.pad(z[:, :, :, i, j], zero, ((0, 0, 0), (lo_h - i, out_hw[0] - h - lo_h + i, 0),
+                                              (lo_w - j, out_hw[1] - w - lo_w + j, 0), (0, 0, 0)))
+      out = term if out is None else out + term
+  return out
+
+
+def narrow_output(kernel_shape: Sequence[int], strides: Sequence[int]) -> bool:
+  """Stride-1 convs to few channels: cheaper as one GEMM then a sum of shifted slices."""
+  kh, kw, cin, cout = kernel_shape
+  return tuple(strides) == (1, 1) and 4 * cout <= cin and kh * kw * cout <= 64
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def narrow_conv2d(x: jax.Array, w: jax.Array, pads: Pads) -> jax.Array:
+  """A stride-1 `_native(x, w, (1, 1), pads)` for small Cout, with GEMMs on the output side.
+
+  XLA's own convolution (and its gradients) to one or a few channels runs at a few
+  GFLOP/s; here every pass reads the input once: [B, H, W, Cin] -> [B, Ho, Wo, Cout].
+  """
+  kh, kw, cin, cout = w.shape
+  z = (x.reshape(-1, cin) @ w.transpose(2, 0, 1, 3).reshape(cin, -1))  # [B*H*W, kh*kw*Cout]
+  out_hw = tuple(n + lo + hi - k + 1 for n, (lo, hi), k in zip(x.shape[1:3], pads, (kh, kw)))
+  return _shifted_sum(z.reshape(x.shape[:3] + (kh, kw, cout)), pads, out_hw)
+
+
+def _narrow_fwd(x, w, pads):
+  return narrow_conv2d(x, w, pads), (x, w)
+
+
+def _narrow_bwd(pads, res, g):
+  x, w = res
+  kh, kw, cin, cout = w.shape
+  (b, h, wd, _), zero = x.shape, jnp.zeros((), g.dtype)
+  # cols[q, t] = g[q - t + lo]: the output positions that input position q fed through tap t.
+  cols = []
+  for i in range(kh):
+    for j in range(kw):
+      lo_h, lo_w = pads[0][0] - i, pads[1][0] - j
+      cols.append(lax.pad(g, zero, ((0, 0, 0), (-lo_h, h - g.shape[1] + lo_h, 0),
+                                    (-lo_w, wd - g.shape[2] + lo_w, 0), (0, 0, 0))))
+  cols = jnp.stack(cols, axis=3).reshape(-1, kh * kw * cout)  # [B*H*W, kh*kw*Cout]
+  w_t = w.transpose(0, 1, 3, 2).reshape(kh * kw * cout, cin)
+  dx = (cols @ w_t).reshape(x.shape)
+  dw = lax.dot_general(x.reshape(-1, cin), cols, (((0,), (0,)), ((), ())),
+                       preferred_element_type=jnp.float32)  # [Cin, kh*kw*Cout]
+  dw = dw.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3).astype(w.dtype)
+  return dx, dw
+
+
+narrow_conv2d.defvjp(_narrow_fwd, _narrow_bwd)
+
+
+def conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
+  """The fastest differentiable form of `_native(x, w, strides, pads)` for these shapes."""
+  if narrow_output(w.shape, strides):
+    return narrow_conv2d(x, w, pads)
+  return conv2d(x, w, strides, pads)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -133,21 +204,65 @@ def subpixel_kernel(w: jax.Array, strides: tuple[int, int]) -> jax.Array:
   return k2.reshape(sel_h.shape[0], sel_w.shape[0], cin, strides[0] * strides[1] * cout)
 
 
+def _native_transpose(x: jax.Array, w: jax.Array, strides: tuple[int, int]) -> jax.Array:
+  return lax.conv_transpose(x, w, strides, "SAME", dimension_numbers=DIMENSION_NUMBERS)
+
+
+def _subpixel(x: jax.Array, w: jax.Array, strides: tuple[int, int], conv) -> jax.Array:
+  """The sub-pixel form: `conv` (stride 1) to sh*sw*Cout channels, then depth-to-space."""
+  kh, kw, _, cout = w.shape
+  (sel_h, first_h), (sel_w, first_w) = (subpixel_selection(kh, strides[0]),
+                                        subpixel_selection(kw, strides[1]))
+  pads = ((-first_h, first_h + sel_h.shape[0] - 1), (-first_w, first_w + sel_w.shape[0] - 1))
+  y = conv(x, subpixel_kernel(w, strides), (1, 1), pads)  # [B, H, W, sh * sw * Cout]
+  b, h, wd, _ = y.shape
+  y = y.reshape(b, h, wd, strides[0], strides[1], cout).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(b, h * strides[0], wd * strides[1], cout)
+
+
+def _forward_conv(x, w, strides, pads):
+  """Forward-only choice between the narrow GEMM form and XLA's convolution."""
+  if narrow_output(w.shape, strides):
+    return narrow_conv2d(x, w, pads)
+  return _native(x, w, strides, pads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def strided_conv_transpose2d(x: jax.Array, w: jax.Array, strides: tuple[int, int]) -> jax.Array:
+  """`_native_transpose` for strides > 1: sub-pixel forward, exact gradients without zeros.
+
+  The input gradient is XLA's strided convolution of g; the kernel gradient is a GEMM of
+  x against g's (strided) patches: dW[k] = sum_p x[p] g[s*p - k + pad_a].
+  """
+  return _subpixel(x, w, strides, _forward_conv)
+
+
+def _strided_transpose_fwd(x, w, strides):
+  return strided_conv_transpose2d(x, w, strides), (x, w)
+
+
+def _strided_transpose_bwd(strides, res, g):
+  x, w = res
+  kh, kw, cin, cout = w.shape
+  dx = jax.vjp(lambda x: _native_transpose(x, w, strides), x)[1](g)[0]
+  # x[p] reaches g[s*p - k + pad_a] through tap k: a strided conv of g with the flipped kernel.
+  pads = tuple((k - 1 - transpose_pads(k, s)[0], 0) for k, s in zip((kh, kw), strides))
+  dw = kernel_grad(g, x, (kh, kw, cout, cin), strides, pads)  # [kh, kw, Cout, Cin], flipped
+  return dx, dw[::-1, ::-1].transpose(0, 1, 3, 2)
+
+
+strided_conv_transpose2d.defvjp(_strided_transpose_fwd, _strided_transpose_bwd)
+
+
 def conv_transpose2d(x: jax.Array, w: jax.Array, strides: tuple[int, int]) -> jax.Array:
   """`lax.conv_transpose(x, w, strides, "SAME")` (NHWC, HWIO, kernel not flipped).
 
   [B, H, W, Cin] -> [B, sh * H, sw * W, Cout].
   """
-  kh, kw, _, cout = w.shape
-  if strides == (1, 1):  # A stride-1 transposed conv is a conv with the same kernel.
-    return conv2d(x, w, (1, 1), (transpose_pads(kh, 1), transpose_pads(kw, 1)))
-  (sel_h, first_h), (sel_w, first_w) = (subpixel_selection(kh, strides[0]),
-                                        subpixel_selection(kw, strides[1]))
-  pads = ((-first_h, first_h + sel_h.shape[0] - 1), (-first_w, first_w + sel_w.shape[0] - 1))
-  y = conv2d(x, subpixel_kernel(w, strides), (1, 1), pads)  # [B, H, W, sh * sw * Cout]
-  b, h, wd, _ = y.shape
-  y = y.reshape(b, h, wd, strides[0], strides[1], cout).transpose(0, 1, 3, 2, 4, 5)
-  return y.reshape(b, h * strides[0], wd * strides[1], cout)
+  kh, kw, _, _ = w.shape
+  if tuple(strides) == (1, 1):  # A stride-1 transposed conv is a conv with the same kernel.
+    return conv(x, w, (1, 1), (transpose_pads(kh, 1), transpose_pads(kw, 1)))
+  return strided_conv_transpose2d(x, w, tuple(strides))
 
 
 def subpixel_supported(kernel_hw: Sequence[int], strides: Sequence[int]) -> bool:

@@ -58,7 +58,7 @@ class Conv(nn.Conv):
     kernel, bias = _params(self, kernel_hw + (inputs.shape[-1], self.features))
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     pads = fast_conv.same_pads(inputs.shape[1:3], kernel_hw, strides)
-    y = fast_conv.conv2d(inputs, kernel, strides, pads)  # [B, Ho, Wo, features]
+    y = fast_conv.conv(inputs, kernel, strides, pads)  # [B, Ho, Wo, features]
     return y if bias is None else y + bias
 
 
