@@ -6,10 +6,13 @@ XLA:CPU's forward convolutions and input gradients are reasonable, but its kerne
 - `conv2d` keeps XLA's convolution for the forward pass and the input gradient and
   computes the kernel gradient as `patches^T @ grad_out`, one GEMM per chunk of the
   batch (each chunk's patch matrix small enough to stay in cache), summed in a scan.
-- `conv_transpose2d` with stride s is a stride-1 `conv2d` to s*s*C_out channels
-  followed by depth-to-space (the sub-pixel form): a constant 0/1 tensor maps the
-  transposed kernel onto the sub-pixel one, so gradients flow back to the same
-  parameters. No multiplications by the zeros of a dilated input.
+- `conv_transpose2d` keeps XLA's forward and input gradient and computes the kernel
+  gradient as a GEMM of the input against the output gradient's strided patches (XLA
+  runs it as a convolution over a dilated input: 20-40x slower). The sub-pixel form
+  (a stride-1 conv to s*s*C_out channels, then depth-to-space) was measured too: its
+  forward is no faster than XLA's on this XLA (1.1-1.7x slower), so it is not used.
+- `narrow_conv2d`: stride-1 convs to a few channels (an image output layer) as GEMMs on
+  the output side, since XLA's own run at a few GFLOP/s there.
 
 Layouts are NHWC inputs and HWIO kernels, as in `flax.linen.Conv`.
 """
@@ -28,6 +31,9 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # Patch matrices of about this many bytes per GEMM fit in the caches of a CPU core.
 PATCH_CHUNK_BYTES = 4 << 20
+# Strided convs from this many input channels up keep XLA's kernel gradient (measured as
+# fast as the GEMM, or faster); from fewer (image inputs) the GEMM is 1.3-3x faster.
+NATIVE_STRIDED_MIN_CIN = 16
 
 
 def same_pads(in_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequence[int]) -> Pads:
@@ -145,13 +151,6 @@ def _narrow_bwd(pads, res, g):
 narrow_conv2d.defvjp(_narrow_fwd, _narrow_bwd)
 
 
-def conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
-  """The fastest differentiable form of `_native(x, w, strides, pads)` for these shapes."""
-  if narrow_output(w.shape, strides):
-    return narrow_conv2d(x, w, pads)
-  return conv2d(x, w, strides, pads)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
   """`lax.conv_general_dilated` (NHWC, HWIO) with a GEMM kernel gradient. [B, Ho, Wo, Cout]"""
@@ -171,6 +170,15 @@ def _conv2d_bwd(strides, pads, res, g):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
+  """The fastest differentiable form of `_native(x, w, strides, pads)` for these shapes."""
+  if narrow_output(w.shape, strides):
+    return narrow_conv2d(x, w, pads)
+  if tuple(strides) != (1, 1) and w.shape[2] >= NATIVE_STRIDED_MIN_CIN:
+    return _native(x, w, strides, pads)  # XLA's kernel gradient is fine for these.
+  return conv2d(x, w, strides, pads)
+
+
 def transpose_pads(k: int, s: int) -> tuple[int, int]:
   """lax.conv_transpose's padding of the dilated input for padding="SAME"."""
   pad_len = k + s - 2
@@ -178,63 +186,18 @@ def transpose_pads(k: int, s: int) -> tuple[int, int]:
   return pad_a, pad_len - pad_a
 
 
-@functools.cache
-def subpixel_selection(k: int, s: int) -> tuple[np.ndarray, int]:
-  """(S [taps, s, k] 0/1, first tap offset) for one spatial dimension.
-
-  conv_transpose(x)[s*i + r] = sum_kk x[i + d] W[kk] over kk with r + kk - pad_a = s*d:
-  output phase r reads input offsets d through S[d - first, r, kk].
-  """
-  pad_a, _ = transpose_pads(k, s)
-  offsets = {(r, kk): (r + kk - pad_a) // s for r in range(s) for kk in range(k)
-             if (r + kk - pad_a) % s == 0}
-  first, last = min(offsets.values()), max(offsets.values())
-  sel = np.zeros((last - first + 1, s, k), np.float32)
-  for (r, kk), d in offsets.items():
-    sel[d - first, r, kk] = 1.0
-  return sel, first
-
-
-def subpixel_kernel(w: jax.Array, strides: tuple[int, int]) -> jax.Array:
-  """[kh, kw, Cin, Cout] transposed kernel -> [th, tw, Cin, sh * sw * Cout] stride-1 kernel."""
-  kh, kw, cin, cout = w.shape
-  sel_h, _ = subpixel_selection(kh, strides[0])
-  sel_w, _ = subpixel_selection(kw, strides[1])
-  k2 = jnp.einsum("arh,bqw,hwio->abirqo", sel_h, sel_w, w, precision=lax.Precision.HIGHEST)
-  return k2.reshape(sel_h.shape[0], sel_w.shape[0], cin, strides[0] * strides[1] * cout)
-
-
 def _native_transpose(x: jax.Array, w: jax.Array, strides: tuple[int, int]) -> jax.Array:
   return lax.conv_transpose(x, w, strides, "SAME", dimension_numbers=DIMENSION_NUMBERS)
 
 
-def _subpixel(x: jax.Array, w: jax.Array, strides: tuple[int, int], conv) -> jax.Array:
-  """The sub-pixel form: `conv` (stride 1) to sh*sw*Cout channels, then depth-to-space."""
-  kh, kw, _, cout = w.shape
-  (sel_h, first_h), (sel_w, first_w) = (subpixel_selection(kh, strides[0]),
-                                        subpixel_selection(kw, strides[1]))
-  pads = ((-first_h, first_h + sel_h.shape[0] - 1), (-first_w, first_w + sel_w.shape[0] - 1))
-  y = conv(x, subpixel_kernel(w, strides), (1, 1), pads)  # [B, H, W, sh * sw * Cout]
-  b, h, wd, _ = y.shape
-  y = y.reshape(b, h, wd, strides[0], strides[1], cout).transpose(0, 1, 3, 2, 4, 5)
-  return y.reshape(b, h * strides[0], wd * strides[1], cout)
-
-
-def _forward_conv(x, w, strides, pads):
-  """Forward-only choice between the narrow GEMM form and XLA's convolution."""
-  if narrow_output(w.shape, strides):
-    return narrow_conv2d(x, w, pads)
-  return _native(x, w, strides, pads)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def strided_conv_transpose2d(x: jax.Array, w: jax.Array, strides: tuple[int, int]) -> jax.Array:
-  """`_native_transpose` for strides > 1: sub-pixel forward, exact gradients without zeros.
+  """`_native_transpose` for strides > 1, with a GEMM kernel gradient.
 
-  The input gradient is XLA's strided convolution of g; the kernel gradient is a GEMM of
-  x against g's (strided) patches: dW[k] = sum_p x[p] g[s*p - k + pad_a].
+  The forward and input gradient (a strided convolution of g) stay XLA's; the kernel
+  gradient is a GEMM of x against g's strided patches: dW[k] = sum_p x[p] g[s*p - k + pad_a].
   """
-  return _subpixel(x, w, strides, _forward_conv)
+  return _native_transpose(x, w, strides)
 
 
 def _strided_transpose_fwd(x, w, strides):
@@ -263,12 +226,3 @@ def conv_transpose2d(x: jax.Array, w: jax.Array, strides: tuple[int, int]) -> ja
   if tuple(strides) == (1, 1):  # A stride-1 transposed conv is a conv with the same kernel.
     return conv(x, w, (1, 1), (transpose_pads(kh, 1), transpose_pads(kw, 1)))
   return strided_conv_transpose2d(x, w, tuple(strides))
-
-
-def subpixel_supported(kernel_hw: Sequence[int], strides: Sequence[int]) -> bool:
-  """Whether the sub-pixel form's padding is non-negative (true for the usual k >= s)."""
-  for k, s in zip(kernel_hw, strides):
-    sel, first = subpixel_selection(k, s)
-    if first > 0 or first + sel.shape[0] - 1 < 0:
-      return False
-  return True

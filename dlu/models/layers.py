@@ -63,15 +63,14 @@ class Conv(nn.Conv):
 
 
 class ConvTranspose(nn.ConvTranspose):
-  """`flax.linen.ConvTranspose`; on CPU, the sub-pixel form (see `fast_conv.conv_transpose2d`)."""
+  """`flax.linen.ConvTranspose`; on CPU, a GEMM kernel gradient (see `fast_conv.conv_transpose2d`)."""
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
     kernel_hw, strides = _pair(self.kernel_size), _pair(self.strides)
     if (self.transpose_kernel or self.preferred_element_type is not None
         or not _fast_path_applies(inputs, kernel_hw, strides, (self.kernel_dilation,),
-                                  self.padding, self.mask, self.precision)
-        or not fast_conv.subpixel_supported(kernel_hw, strides)):
+                                  self.padding, self.mask, self.precision)):
       return super().__call__(inputs)
     kernel, bias = _params(self, kernel_hw + (inputs.shape[-1], self.features))
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
