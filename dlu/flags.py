@@ -50,10 +50,13 @@ flags.DEFINE_integer("num_images", 64, "Images in each saved grid.")
 flags.DEFINE_enum("parallelism", "jit", ["jit", "pmap"],
                   "jit: one program over a ('data',) mesh; pmap: jax.pmap with pmean of gradients.")
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, event files and images go.")
+flags.DEFINE_integer("steps_per_dispatch", 1,
+                     "Training steps per jitted dispatch (a lax.scan over K steps on batches gathered "
+                     "in device memory); logging, eval and checkpoints happen between dispatches.")
 flags.DEFINE_bool("debug_nans", False, "Turn on JAX NaN checking to find the operation that makes one.")
 
 _POSITIVE_INTS = ("batch_size", "num_steps", "eval_every", "log_every", "checkpoint_every",
-                  "keep_checkpoints", "eval_batch_size", "num_images")
+                  "keep_checkpoints", "eval_batch_size", "num_images", "steps_per_dispatch")
 _NON_NEGATIVE = ("warmup_steps", "weight_decay", "grad_clip")
 
 

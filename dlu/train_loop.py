@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dlu import checkpointing, data, evaluation, families, parallel, steps
+from dlu import checkpointing, data, device_data, evaluation, families, parallel, steps
 from dlu import flags as dlu_flags
 from dlu.errors import UsageError
 from dlu.families import DataSpec, EvalContext, Family
@@ -106,7 +106,7 @@ class Evaluator:
 # Flags that change how a run is driven or logged, not what its state holds.
 _RUN_FLAGS = frozenset({"num_steps", "eval_every", "log_every", "checkpoint_every", "workdir",
                         "keep_checkpoints", "eval_batch_size", "num_images", "parallelism",
-                        "debug_nans", "data_dir", "idx_dir"})
+                        "debug_nans", "data_dir", "idx_dir", "steps_per_dispatch"})
 
 
 def _differing_flags(workdir: str, cfg: dlu_flags.Config) -> list[str]:
@@ -213,6 +213,12 @@ def _train(exp: Experiment, workdir: str, ckpt: checkpointing.Checkpointer, writ
   pmap = cfg.parallelism == "pmap"
   host_state = parallel.unreplicate if pmap else (lambda s: s)
 
+  feed = device_data.make_feed(exp.family, exp.mesh, exp.dataset.x_train, exp.sampler, train_step,
+                               exp.train_rng, parallelism=cfg.parallelism,
+                               steps_per_dispatch=cfg.steps_per_dispatch)
+  boundaries = (cfg.log_every, cfg.checkpoint_every, cfg.eval_every,
+                *exp.family.step_boundaries())
+
   step = int(state.step)
   if pmap:
     state = parallel.replicate_for_pmap(jax.device_get(state))
@@ -221,13 +227,9 @@ def _train(exp: Experiment, workdir: str, ckpt: checkpointing.Checkpointer, writ
   t0 = time.perf_counter()
   while step < cfg.num_steps:
     state = exp.family.before_step(state, step)
-    indices = exp.sampler.indices(step)
-    local = {"image": exp.dataset.x_train[indices]}
-    if exp.family.needs_index:
-      local["index"] = indices.astype(np.int32)
-    batch = parallel.pmap_batch(local) if pmap else parallel.global_batch(exp.mesh, local)
-    state, last_metrics = train_step(state, batch, exp.train_rng)
-    step += 1
+    n = device_data.dispatch_length(step, cfg.num_steps, cfg.steps_per_dispatch, boundaries)
+    state, last_metrics = feed(state, step, n)
+    step += n
     if t0 is not None:
       jax.block_until_ready(last_metrics)
       if lead:

@@ -101,6 +101,10 @@ class Family:
   def prepare(self, dataset: data.ImageData, ctx: EvalContext) -> None:
     """Host-side set-up before the state is initialised."""
 
+  def step_boundaries(self) -> tuple[int, ...]:
+    """Intervals that multi-step dispatches must not cross (e.g. a `before_step` period)."""
+    return ()
+
   def before_step(self, state: TrainState, step: int) -> TrainState:
     """Host-side work before train step `step`, on the state as the loop holds it."""
     return state

@@ -218,6 +218,9 @@ class DEC(Family):
                     for k, v in clustering.scores(self.dataset.y_train, assign).items()})
     return state.replace(extra=jax.device_put(extra, parallel.replicated(self.ctx.mesh)))
 
+  def step_boundaries(self):
+    return (self.cfg.target_update_every,)
+
   def before_step(self, state, step):
     if step % self.cfg.target_update_every:
       return state

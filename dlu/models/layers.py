@@ -1,19 +1,81 @@
 """Building blocks shared by the model families.
 
-`Conv` and `ConvTranspose` are the convolution layers every dlu model uses, so a
-faster formulation for one backend replaces them in one place.
+`Conv` and `ConvTranspose` are the convolution layers every dlu model uses. They are
+`flax.linen.Conv`/`ConvTranspose` (same fields, parameter names and shapes, same
+results), computed on CPU by the formulations of `fast_conv`, which XLA:CPU runs
+several times faster; other backends keep the native ops.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-Conv = nn.Conv
-ConvTranspose = nn.ConvTranspose
+from dlu.models import fast_conv
+
+
+# Read at trace time; False makes every backend use the native ops (to compare them).
+FAST_CPU_CONV = True
+
+
+def _pair(value: Any) -> tuple[int, ...]:
+  if value is None:
+    return (1, 1)
+  return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _fast_path_applies(inputs: jax.Array, kernel_hw: tuple[int, ...], strides: tuple[int, ...],
+                       dilations: Sequence[Any], padding: Any, mask: Any, precision: Any) -> bool:
+  """The cases `fast_conv` covers (what dlu's models use); anything else stays native."""
+  return (FAST_CPU_CONV and jax.default_backend() == "cpu" and inputs.ndim == 4 and len(kernel_hw) == 2
+          and len(strides) == 2 and all(s in (1, 2) for s in strides)
+          and all(_pair(d) == (1, 1) for d in dilations) and isinstance(padding, str)
+          and padding == "SAME" and mask is None and precision is None
+          and jnp.issubdtype(inputs.dtype, jnp.floating))
+
+
+def _params(module: nn.Module, kernel_shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array | None]:
+  """`kernel` then `bias`, created exactly as flax creates them (same names, order and init)."""
+  kernel = module.param("kernel", module.kernel_init, kernel_shape, module.param_dtype)
+  bias = (module.param("bias", module.bias_init, (module.features,), module.param_dtype)
+          if module.use_bias else None)
+  return kernel, bias
+
+
+class Conv(nn.Conv):
+  """`flax.linen.Conv`; on CPU, a GEMM kernel gradient (see `fast_conv.conv2d`)."""
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    kernel_hw, strides = _pair(self.kernel_size), _pair(self.strides)
+    if (self.feature_group_count != 1 or not _fast_path_applies(
+        inputs, kernel_hw, strides, (self.input_dilation, self.kernel_dilation), self.padding,
+        self.mask, self.precision)):
+      return super().__call__(inputs)
+    kernel, bias = _params(self, kernel_hw + (inputs.shape[-1], self.features))
+    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    pads = fast_conv.same_pads(inputs.shape[1:3], kernel_hw, strides)
+    y = fast_conv.conv(inputs, kernel, strides, pads)  # [B, Ho, Wo, features]
+    return y if bias is None else y + bias
+
+
+class ConvTranspose(nn.ConvTranspose):
+  """`flax.linen.ConvTranspose`; on CPU, a GEMM kernel gradient (see `fast_conv.conv_transpose2d`)."""
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    kernel_hw, strides = _pair(self.kernel_size), _pair(self.strides)
+    if (self.transpose_kernel or self.preferred_element_type is not None
+        or not _fast_path_applies(inputs, kernel_hw, strides, (self.kernel_dilation,),
+                                  self.padding, self.mask, self.precision)):
+      return super().__call__(inputs)
+    kernel, bias = _params(self, kernel_hw + (inputs.shape[-1], self.features))
+    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    y = fast_conv.conv_transpose2d(inputs, kernel, strides)  # [B, sh * H, sw * W, features]
+    return y if bias is None else y + bias
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu, "leaky_relu": nn.leaky_relu, "gelu": nn.gelu, "tanh": jnp.tanh,

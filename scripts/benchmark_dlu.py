@@ -1,0 +1,133 @@
+"""dlu's side of `scripts/benchmark.py`: the real train step on device-resident batches.
+
+Each model is built by `dlu.train_loop.build` from flags, exactly as `experiments.train`
+builds it, and trained through `dlu.device_data`'s feed with `--steps_per_dispatch`.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+from absl import flags as absl_flags
+
+absl_flags.FLAGS.mark_as_parsed()  # dlu's flags are read as defaults; nothing is parsed here.
+
+from dlu import device_data, families, steps, train_loop  # noqa: E402
+from dlu import flags as dlu_flags  # noqa: E402
+from dlu.models import layers  # noqa: E402
+
+
+def version() -> str:
+  return (f"jax {jax.__version__}, flax {flax.__version__}, {jax.default_backend()} backend, "
+          f"{jax.device_count()} device(s)")
+
+
+def count_flops(jaxpr) -> float:
+  """Multiply-adds x 2 of the matmuls and convolutions in a jaxpr, sub-programs included.
+
+  Convolutions over a dilated input (transposed convs and their gradients) count only the
+  products with actual input values, not with the inserted zeros.
+  """
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    out = math.prod(eqn.outvars[0].aval.shape) if eqn.outvars else 0
+    if name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2 * out * math.prod(lhs[d] for d in contract)
+    elif name == "conv_general_dilated":
+      spec = eqn.params["dimension_numbers"].rhs_spec  # (out feature, in feature, spatial...)
+      rhs = eqn.invars[1].aval.shape
+      window = math.prod(rhs[d] for d in spec[2:]) * rhs[spec[1]]
+      total += 2 * out * window / math.prod(eqn.params["lhs_dilation"])
+    times = eqn.params.get("length", 1) if name == "scan" else 1
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else (value,):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          total += times * count_flops(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          total += times * count_flops(sub)
+  return total
+
+
+class Runner:
+  """The worker protocol of scripts/benchmark.py for dlu."""
+
+  def __init__(self, dataset: str, batch_size: int, steps_per_dispatch: int,
+               model_flags: dict[str, dict]):
+    self.dataset, self.batch_size, self.k = dataset, batch_size, steps_per_dispatch
+    self.model_flags, self.runs = model_flags, {}
+    self.workdir = tempfile.mkdtemp(prefix="dlu_benchmark_")
+
+  def _config(self, model: str):
+    if model not in families.names():
+      raise KeyError(f"no model {model!r} in this dlu (it has {', '.join(families.names())})")
+    known = set(vars(dlu_flags.make_config()))
+    overrides = {k: v for k, v in self.model_flags[model].items() if k in known}
+    return dlu_flags.make_config(model=model, dataset=self.dataset, batch_size=self.batch_size,
+                                 steps_per_dispatch=self.k, **overrides)
+
+  def setup(self, model: str, latent_dim: int) -> float:
+    """Seconds to the end of the first step, compilation included (as the loop prints it)."""
+    del latent_dim  # in the model's flags
+    exp = train_loop.build(self._config(model), self.workdir)
+    state = steps.make_init(exp.family, exp.mesh)[0](exp.init_rng)
+    train_step = steps.make_train_step(exp.family, exp.mesh)
+    feed = device_data.make_feed(exp.family, exp.mesh, exp.dataset.x_train, exp.sampler,
+                                 train_step, exp.train_rng, steps_per_dispatch=self.k)
+    t = time.perf_counter()
+    state, metrics = feed(state, 0, self.k)
+    jax.block_until_ready(metrics)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    state, metrics = feed(state, self.k, self.k)
+    jax.block_until_ready(metrics)
+    dispatch = time.perf_counter() - t
+    self.runs[model] = {"exp": exp, "feed": feed, "state": state, "step": 2 * self.k,
+                        "train_step": train_step}
+    # The first dispatch ran K steps; the first step alone ends K-1 step times earlier.
+    return first - dispatch * (self.k - 1) / self.k
+
+  def run(self, model: str, num_steps: int) -> float:
+    run = self.runs[model]
+    feed, state, step = run["feed"], run["state"], run["step"]
+    t = time.perf_counter()
+    for _ in range(max(1, num_steps // self.k)):
+      state, metrics = feed(state, step, self.k)
+      step += self.k
+    jax.block_until_ready((state, metrics))
+    seconds = time.perf_counter() - t
+    run["state"], run["step"] = state, step
+    return seconds * num_steps / (max(1, num_steps // self.k) * self.k)
+
+  def flops_per_example(self, model: str) -> float:
+    """FLOPs of one training step of the model as written (native convs), per example."""
+    exp = self.runs[model]["exp"] if model in self.runs else train_loop.build(
+        self._config(model), self.workdir)
+    state = jax.eval_shape(exp.family.init_state, exp.init_rng)
+    batch = {"image": jax.ShapeDtypeStruct((self.batch_size,) + exp.spec.image_shape, jnp.uint8)}
+    fast, layers.FAST_CPU_CONV = layers.FAST_CPU_CONV, False
+    try:
+      jaxpr = jax.make_jaxpr(exp.family.train_step)(state, batch, exp.train_rng)
+    finally:
+      layers.FAST_CPU_CONV = fast
+    return count_flops(jaxpr.jaxpr) / self.batch_size
+
+  def matmul_peak(self) -> float:
+    """GFLOP/s of a float32 2048x2048 matmul, best of 5."""
+    n = 2048
+    a, b = (jax.random.normal(jax.random.key(i), (n, n)) for i in range(2))
+    mm = jax.jit(jnp.matmul)
+    jax.block_until_ready(mm(a, b))
+    best = math.inf
+    for _ in range(5):
+      t = time.perf_counter()
+      jax.block_until_ready(mm(a, b))
+      best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9

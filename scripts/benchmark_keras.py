@@ -1,0 +1,160 @@
+"""The benchmark's models in Keras 3 on TensorFlow, trained with `fit` as Keras users do.
+
+Imported only by `scripts/benchmark.py --worker=keras`; dlu never imports it. The VAE and
+the GAN override `train_step`, as in the Keras examples. Step times are taken between
+batch-end callbacks, so `fit`'s per-call set-up is not counted against Keras.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import layers  # noqa: E402
+
+
+def version() -> str:
+  return f"keras {keras.__version__}, tensorflow {tf.__version__}"
+
+
+def _encoder(out_dim):
+  return keras.Sequential([keras.Input((28, 28, 1)),
+                           layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
+                           layers.Conv2D(64, 3, strides=2, padding="same", activation="relu"),
+                           layers.Flatten(), layers.Dense(out_dim)])
+
+
+def _decoder(in_dim):
+  return keras.Sequential([keras.Input((in_dim,)), layers.Dense(7 * 7 * 64, activation="relu"),
+                           layers.Reshape((7, 7, 64)),
+                           layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu"),
+                           layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu"),
+                           layers.Conv2DTranspose(1, 3, strides=1, padding="same")])
+
+
+class VAE(keras.Model):
+  """Conv VAE, dynamically binarised Bernoulli likelihood, one posterior sample."""
+
+  def __init__(self, latent_dim):
+    super().__init__()
+    self.latent_dim = latent_dim
+    self.encoder, self.decoder = _encoder(2 * latent_dim), _decoder(latent_dim)
+
+  def train_step(self, x):
+    x = tf.cast(tf.random.uniform(tf.shape(x)) < x, tf.float32)
+    with tf.GradientTape() as tape:
+      h = self.encoder(x, training=True)
+      mean, log_var = h[:, :self.latent_dim], h[:, self.latent_dim:]
+      z = mean + tf.exp(0.5 * log_var) * tf.random.normal(tf.shape(mean))
+      logits = self.decoder(z, training=True)
+      nll = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), [1, 2, 3])
+      kl = 0.5 * tf.reduce_sum(mean ** 2 + tf.exp(log_var) - 1 - log_var, 1)
+      loss = tf.reduce_mean(nll + kl)
+    grads = tape.gradient(loss, self.trainable_weights)
+    self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+    return {"loss": loss}
+
+
+class DCGAN(keras.Model):
+  """One discriminator then one generator update per batch, non-saturating loss."""
+
+  def __init__(self, latent_dim):
+    super().__init__()
+    self.latent_dim = latent_dim
+    self.generator = keras.Sequential([
+        keras.Input((latent_dim,)), layers.Dense(7 * 7 * 128, use_bias=False),
+        layers.Reshape((7, 7, 128)), layers.BatchNormalization(), layers.ReLU(),
+        layers.Conv2DTranspose(64, 4, strides=2, padding="same", use_bias=False),
+        layers.BatchNormalization(), layers.ReLU(),
+        layers.Conv2DTranspose(1, 4, strides=2, padding="same", activation="tanh")])
+    self.discriminator = keras.Sequential([
+        keras.Input((28, 28, 1)), layers.Conv2D(64, 4, strides=2, padding="same"), layers.LeakyReLU(0.2),
+        layers.Conv2D(128, 4, strides=2, padding="same"), layers.LeakyReLU(0.2),
+        layers.Flatten(), layers.Dense(1)])
+    self.bce = keras.losses.BinaryCrossentropy(from_logits=True)
+
+  def compile(self, d_optimizer, g_optimizer):
+    super().compile()
+    self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
+
+  def train_step(self, real):
+    real = real * 2 - 1
+    b = tf.shape(real)[0]
+    z = tf.random.normal((b, self.latent_dim))
+    with tf.GradientTape() as tape:
+      fake = self.generator(z, training=True)
+      d_loss = (self.bce(tf.ones((b, 1)), self.discriminator(real, training=True))
+                + self.bce(tf.zeros((b, 1)), self.discriminator(fake, training=True)))
+    grads = tape.gradient(d_loss, self.discriminator.trainable_weights)
+    self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_weights))
+    with tf.GradientTape() as tape:
+      fake = self.generator(z, training=True)
+      g_loss = self.bce(tf.ones((b, 1)), self.discriminator(fake, training=True))
+    grads = tape.gradient(g_loss, self.generator.trainable_weights)
+    self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_weights))
+    return {"d_loss": d_loss, "g_loss": g_loss}
+
+
+def build(model: str, latent_dim: int) -> keras.Model:
+  keras.utils.set_random_seed(0)
+  if model == "ae_seed":
+    net = keras.Sequential([keras.Input((28, 28, 1)), layers.Flatten(), layers.Dense(128, activation="relu"),
+                            layers.Dense(784), layers.Reshape((28, 28, 1))])
+    net.compile(keras.optimizers.Adam(1e-3), loss="mse")
+  elif model == "ae_mlp":
+    widths = [512, 256, 32, 256, 512]
+    net = keras.Sequential([keras.Input((28, 28, 1)), layers.Flatten()]
+                           + [layers.Dense(w, activation=None if w == 32 else "relu") for w in widths]
+                           + [layers.Dense(784), layers.Reshape((28, 28, 1))])
+    net.compile(keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+  elif model == "ae_conv":
+    net = keras.Sequential([_encoder(latent_dim), _decoder(latent_dim)])
+    net.compile(keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+  elif model == "conv_vae":
+    net = VAE(latent_dim)
+    net.compile(keras.optimizers.Adam(1e-3))
+  elif model == "dcgan":
+    net = DCGAN(latent_dim)
+    net.compile(keras.optimizers.Adam(2e-4, beta_1=0.5), keras.optimizers.Adam(2e-4, beta_1=0.5))
+  else:
+    raise KeyError(model)
+  return net
+
+
+class _StepTimes(keras.callbacks.Callback):
+  def on_train_batch_end(self, batch, logs=None):
+    self.times.append(time.perf_counter())
+
+
+class Runner:
+  """The worker protocol: set up a model (timing its first step), then run timed steps."""
+
+  def __init__(self, x: np.ndarray, batch_size: int):
+    self.x = x.astype(np.float32) / 255.0  # [N, 28, 28, 1]
+    self.batch_size, self.nets = batch_size, {}
+
+  def _fit(self, model: str, steps: int) -> list[float]:
+    net, timer = self.nets[model], _StepTimes()
+    timer.times = [time.perf_counter()]
+    target = None if model in ("conv_vae", "dcgan") else self.x
+    # A tf.data pipeline of the in-memory array, shuffled each epoch, as in the Keras guides.
+    ds = tf.data.Dataset.from_tensor_slices(self.x if target is None else (self.x, target))
+    ds = ds.shuffle(len(self.x)).repeat().batch(self.batch_size, drop_remainder=True)
+    net.fit(ds.prefetch(tf.data.AUTOTUNE), epochs=1, steps_per_epoch=steps, verbose=0,
+            callbacks=[timer])
+    return timer.times
+
+  def setup(self, model: str, latent_dim: int) -> float:
+    self.nets[model] = build(model, latent_dim)
+    times = self._fit(model, 1)
+    return times[-1] - times[0]
+
+  def run(self, model: str, steps: int) -> float:
+    times = self._fit(model, steps + 1)
+    return times[-1] - times[1]  # `steps` steps, from the end of the first batch

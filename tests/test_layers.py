@@ -1,0 +1,93 @@
+"""dlu's Conv/ConvTranspose compute what flax's compute: parameters, outputs and all gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlu.models import autoencoder, fast_conv, layers
+
+
+def _assert_close(ours, theirs, rtol=2e-5):
+  """Within float32 rounding, relative to each array's scale (kernel grads are large sums)."""
+  def check(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=0, atol=rtol * max(1.0, float(np.abs(b).max())))
+  jax.tree.map(check, ours, theirs)
+
+
+def _random_like(tree, seed):
+  """NumPy draws: each new shape of jax.random costs a compilation (seconds), these do not."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), tree)
+
+
+def _outputs_and_grads(module, params, x, probe):
+  def loss(params, x):
+    y = module.apply({"params": params}, x)
+    return jnp.sum(y * probe), y
+  (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+  return y, grads
+
+
+CASES = [  # (layer, kernel, stride, input H x W, batch, in -> out channels)
+    ("Conv", 3, 1, (7, 7), 3, (5, 4)), ("Conv", 3, 2, (8, 8), 3, (5, 4)),
+    ("Conv", 3, 2, (7, 9), 2, (5, 4)), ("Conv", 4, 2, (8, 8), 2, (5, 4)),
+    ("Conv", 3, 1, (6, 6), 2, (8, 1)),  # few output channels: the narrow GEMM form
+    ("ConvTranspose", 3, 1, (6, 6), 3, (5, 4)), ("ConvTranspose", 3, 2, (4, 4), 3, (5, 4)),
+    ("ConvTranspose", 4, 2, (5, 3), 2, (5, 4)), ("ConvTranspose", 5, 2, (4, 4), 2, (5, 4)),
+    ("ConvTranspose", 3, 1, (6, 6), 2, (8, 1)), ("ConvTranspose", 4, 2, (4, 4), 2, (8, 1)),
+]
+
+
+@pytest.mark.parametrize("layer,k,s,hw,batch,channels", CASES)
+def test_matches_flax(layer, k, s, hw, batch, channels, monkeypatch):
+  (cin, cout), pixels = channels, hw[0] * hw[1] * max(s, 1) ** 2
+  # Small chunks, so the batch is split into a scan over chunks plus a remainder.
+  monkeypatch.setattr(fast_conv, "PATCH_CHUNK_BYTES", 2 * pixels * k * k * max(cin, cout) * 4)
+  ours = getattr(layers, layer)(cout, (k, k), strides=(s, s), padding="SAME")
+  theirs = getattr(nn, layer)(cout, (k, k), strides=(s, s), padding="SAME")
+  x = _random_like(jax.ShapeDtypeStruct((batch,) + hw + (cin,), jnp.float32), 0)
+  params = _random_like(jax.eval_shape(theirs.init, jax.random.key(0), x)["params"], 1)
+  probe = _random_like(jax.eval_shape(theirs.apply, {"params": params}, x), 2)
+  y, grads = _outputs_and_grads(ours, params, x, probe)
+  y_flax, grads_flax = _outputs_and_grads(theirs, params, x, probe)
+  _assert_close(y, y_flax)
+  _assert_close(grads, grads_flax)
+
+
+def test_same_parameters_as_flax():
+  x = jnp.zeros((1, 8, 8, 3))
+  init = lambda ours, theirs: (ours.init(jax.random.key(1), x), theirs.init(jax.random.key(1), x))
+  ours, theirs = jax.jit(lambda: (init(layers.Conv(4, (3, 3), strides=2), nn.Conv(4, (3, 3), strides=2)),
+                                  init(layers.ConvTranspose(4, (3, 3), strides=(2, 2)),
+                                       nn.ConvTranspose(4, (3, 3), strides=(2, 2)))))()
+  jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+
+
+def test_unsupported_settings_fall_back_to_flax():
+  x = _random_like(jax.ShapeDtypeStruct((2, 6, 6, 3), jnp.float32), 0)
+  for ours, theirs in [(layers.Conv(4, (3, 3), padding="VALID"), nn.Conv(4, (3, 3), padding="VALID")),
+                       (layers.Conv(4, (3, 3), strides=3), nn.Conv(4, (3, 3), strides=3)),
+                       (layers.ConvTranspose(4, (3, 3), strides=(2, 2), transpose_kernel=True),
+                        nn.ConvTranspose(4, (3, 3), strides=(2, 2), transpose_kernel=True))]:
+    variables = _random_like(jax.eval_shape(theirs.init, jax.random.key(1), x), 1)
+    np.testing.assert_array_equal(jax.jit(ours.apply)(variables, x),
+                                  jax.jit(theirs.apply)(variables, x))
+
+
+def test_conv_autoencoder_same_loss_and_grads_as_native_ops(monkeypatch):
+  model = autoencoder.ConvAutoencoder((8, 8, 1), channels=(4, 8), latent_dim=3)
+  x = _random_like(jax.ShapeDtypeStruct((4, 8, 8, 1), jnp.float32), 0)
+  params = _random_like(jax.eval_shape(model.init, jax.random.key(1), x)["params"], 1)
+
+  def loss_and_grads():
+    loss = lambda p: jnp.mean((model.apply({"params": p}, x) - x) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  fast = loss_and_grads()
+  monkeypatch.setattr(layers, "FAST_CPU_CONV", False)
+  native = loss_and_grads()
+  _assert_close(fast, native)
