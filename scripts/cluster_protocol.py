@@ -52,6 +52,8 @@ def main() -> None:
   parser.add_argument("--ae_flagfile", default=CONFIGS["ae"])
   parser.add_argument("--dec_flagfile", default=CONFIGS["dec"])
   parser.add_argument("--idec_flagfile", default=CONFIGS["idec"])
+  parser.add_argument("--skip_baselines", action="store_true",
+                      help="no baselines, probe or plot even for the first seed (already measured)")
   parser.add_argument("--train_args", default="", help="extra flags for every training run")
   parser.add_argument("--eval_args", default="", help="extra flags for every evaluation")
   opts = parser.parse_args()
@@ -74,7 +76,7 @@ def main() -> None:
         train_s = run(["experiments.train", f"--flagfile={flagfiles[method]}",
                        f"--workdir={workdir}", f"--init_from={ae_dir}", f"--seed={seed}",
                        *train_extra], log)
-      first = seed == seeds[0] and method == "ae"
+      first = seed == seeds[0] and method == "ae" and not opts.skip_baselines
       extra = [] if first else ["--nobaselines", "--noprobe", "--embedding_plot=none"]
       eval_s = run(["experiments.evaluate", f"--workdir={workdir}", "--cluster_split=all",
                     *AE_EVALS.get(method, []), *extra, *eval_extra], log)
