@@ -61,7 +61,7 @@ class Runner:
 
   def __init__(self, dataset: str, batch_size: int, steps_per_dispatch: int,
                model_flags: dict[str, dict]):
-    self.dataset, self.batch_size, self.k = dataset, batch_size, steps_per_dispatch
+    self.dataset, self.batch_size, self.default_k = dataset, batch_size, steps_per_dispatch
     self.model_flags, self.runs = model_flags, {}
     self.workdir = tempfile.mkdtemp(prefix="dlu_benchmark_")
 
@@ -70,41 +70,45 @@ class Runner:
       raise KeyError(f"no model {model!r} in this dlu (it has {', '.join(families.names())})")
     known = set(vars(dlu_flags.make_config()))
     overrides = {k: v for k, v in self.model_flags[model].items() if k in known}
+    overrides.setdefault("steps_per_dispatch", self.default_k)
     return dlu_flags.make_config(model=model, dataset=self.dataset, batch_size=self.batch_size,
-                                 steps_per_dispatch=self.k, **overrides)
+                                 **overrides)
 
-  def setup(self, model: str, latent_dim: int) -> float:
-    """Seconds to the end of the first step, compilation included (as the loop prints it)."""
+  def setup(self, model: str, latent_dim: int) -> tuple[float, float]:
+    """(seconds to the end of the first step, compilation included, as the loop prints it;
+    seconds per step after it)."""
     del latent_dim  # in the model's flags
-    exp = train_loop.build(self._config(model), self.workdir)
+    cfg = self._config(model)
+    exp = train_loop.build(cfg, self.workdir)
     state = steps.make_init(exp.family, exp.mesh)[0](exp.init_rng)
     train_step = steps.make_train_step(exp.family, exp.mesh)
+    k = cfg.steps_per_dispatch
     feed = device_data.make_feed(exp.family, exp.mesh, exp.dataset.x_train, exp.sampler,
-                                 train_step, exp.train_rng, steps_per_dispatch=self.k)
+                                 train_step, exp.train_rng, steps_per_dispatch=k)
     t = time.perf_counter()
-    state, metrics = feed(state, 0, self.k)
+    state, metrics = feed(state, 0, k)
     jax.block_until_ready(metrics)
     first = time.perf_counter() - t
     t = time.perf_counter()
-    state, metrics = feed(state, self.k, self.k)
+    state, metrics = feed(state, k, k)
     jax.block_until_ready(metrics)
-    dispatch = time.perf_counter() - t
-    self.runs[model] = {"exp": exp, "feed": feed, "state": state, "step": 2 * self.k,
-                        "train_step": train_step}
-    # The first dispatch ran K steps; the first step alone ends K-1 step times earlier.
-    return first - dispatch * (self.k - 1) / self.k
+    step_s = (time.perf_counter() - t) / k
+    self.runs[model] = {"exp": exp, "feed": feed, "state": state, "step": 2 * k, "k": k}
+    # The first dispatch ran K steps; the first step alone ended K-1 steps earlier.
+    return first - step_s * (k - 1), step_s
 
   def run(self, model: str, num_steps: int) -> float:
     run = self.runs[model]
-    feed, state, step = run["feed"], run["state"], run["step"]
+    feed, state, step, k = run["feed"], run["state"], run["step"], run["k"]
+    dispatches = max(1, num_steps // k)
     t = time.perf_counter()
-    for _ in range(max(1, num_steps // self.k)):
-      state, metrics = feed(state, step, self.k)
-      step += self.k
+    for _ in range(dispatches):
+      state, metrics = feed(state, step, k)
+      step += k
     jax.block_until_ready((state, metrics))
     seconds = time.perf_counter() - t
     run["state"], run["step"] = state, step
-    return seconds * num_steps / (max(1, num_steps // self.k) * self.k)
+    return seconds * num_steps / (dispatches * k)  # seconds for `num_steps` steps
 
   def flops_per_example(self, model: str) -> float:
     """FLOPs of one training step of the model as written (native convs), per example."""
@@ -131,3 +135,6 @@ class Runner:
       jax.block_until_ready(mm(a, b))
       best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best / 1e9
+
+  def steps_per_dispatch(self, model: str) -> int:
+    return self.runs[model]["k"]

@@ -54,6 +54,14 @@ def _patches(xp: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int]
   return jnp.concatenate(cols, axis=-1).reshape(-1, kh * kw * xp.shape[-1])
 
 
+def _chunk_size(batch: int, bytes_per_example: int) -> int:
+  """Examples per GEMM: patches of about PATCH_CHUNK_BYTES, a divisor of the batch if one is
+  close (one program for the scan body, none for a remainder: faster to compile)."""
+  target = int(max(1, min(batch, PATCH_CHUNK_BYTES // bytes_per_example)))
+  divisor = max(d for d in range(1, target + 1) if batch % d == 0)
+  return divisor if 2 * divisor >= target else target
+
+
 def kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: Sequence[int], strides: tuple[int, int],
                 pads: Pads) -> jax.Array:
   """d(loss)/d(kernel) of `_native(x, kernel, strides, pads)` given g = d(loss)/d(output).
@@ -74,8 +82,7 @@ def kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: Sequence[int], strides
     return lax.dot_general(p, gc.reshape(-1, cout), (((0,), (0,)), ((), ())),
                            preferred_element_type=jnp.float32)
 
-  per_example = ho * wo * kh * kw * cin * 4
-  chunk = int(max(1, min(batch, PATCH_CHUNK_BYTES // per_example)))
+  chunk = _chunk_size(batch, ho * wo * kh * kw * cin * 4)
   full = batch // chunk
   dw = jnp.zeros((kh * kw * cin, cout), jnp.float32)
   if full > 1:
