@@ -96,7 +96,7 @@ def _run_steps(cfg, mesh, batches):
 @pytest.mark.parametrize("overrides", [
     dict(model="vae", likelihood="gaussian", binarize="none", learn_variance=True,
          kl_warmup_steps=2),
-    dict(model="conv_vae", objective="iwae", train_samples=2),
+    dict(model="vae", objective="iwae", train_samples=2),
 ])
 def test_vae_step_on_eight_devices_equals_one(overrides):
   assert jax.device_count() == 8
@@ -114,6 +114,26 @@ def test_vae_step_on_eight_devices_equals_one(overrides):
   if overrides.get("kl_warmup_steps"):
     assert [m["kl_weight"] for m in m1] == [0.0, 0.5, 1.0]
     assert m1[-1]["loss"] == pytest.approx(-m1[-1]["elbo"], rel=1e-6)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_conv_vae_functions_trace(likelihood):
+  """Shapes through every jitted function of conv_vae, without compiling them (XLA:CPU convs are slow)."""
+  cfg = dlu_flags.make_config(model="conv_vae", conv_channels=["4", "8"], latent_dim=2,
+                              objective="iwae", train_samples=3, iwae_samples=6, iwae_chunk=16,
+                              likelihood=likelihood, learn_variance=likelihood == "gaussian",
+                              binarize="dynamic" if likelihood == "bernoulli" else "none")
+  family = families.get("conv_vae")(cfg, SPEC)
+  rng = jax.random.key(0)
+  state = jax.eval_shape(family.init_state, rng)
+  images = jax.ShapeDtypeStruct((8, 8, 8, 1), jnp.uint8)
+  new_state, metrics = jax.eval_shape(family.train_step, state, {"image": images}, rng)
+  assert jax.tree.map(lambda a: a.shape, new_state.params) == jax.tree.map(lambda a: a.shape, state.params)
+  assert {"loss", "elbo", "recon", "kl", "kl_weight"} <= set(metrics)
+  assert jax.eval_shape(family.iwae_bound, state, images, rng).shape == (8,)
+  assert jax.eval_shape(family.posterior_mean, state, images, rng).shape == (8, 2)
+  grids = jax.eval_shape(family.images, state, {"image": images}, rng)
+  assert grids["manifold"].shape == (15, 15, 8, 8, 1) and grids["samples"].shape == (1, 8, 8, 8, 1)
 
 
 def test_the_step_draws_new_noise_each_step():
@@ -156,6 +176,10 @@ def test_elbo_equals_the_iwae_bound_at_k1(trained):
   assert abs(diff.mean()) < 4 * diff.std() / np.sqrt(len(diff))
   assert family.final_metrics(state, exp.dataset, exp.ctx)["nll_iwae"] == pytest.approx(
       -bound.mean(), rel=1e-5)
+  # --iwae_examples scores the first test images in a smaller batch, binarised as before.
+  first = families.get("vae")(exp.cfg.replace(iwae_samples=1, iwae_examples=40), exp.spec)
+  assert first.final_metrics(state, exp.dataset, exp.ctx)["nll_iwae"] == pytest.approx(
+      -bound[:40].mean(), rel=1e-5)
 
 
 def test_the_iwae_bound_rises_with_k_on_a_trained_model(trained):
@@ -186,13 +210,6 @@ def test_images_and_active_units(trained):
   assert emb.shape == (5, 2)
 
 
-def _cli(module, *args):
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env={**os.environ},
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, f"{module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-  return proc.stdout
-
-
 def _params(workdir, step):
   path = os.path.join(workdir, "checkpoints", str(step), "default")
   return ocp.StandardCheckpointer().restore(os.path.abspath(path))["params"]
@@ -201,13 +218,11 @@ def _params(workdir, step):
 @pytest.mark.slow
 def test_vae_digits_end_to_end_with_resume_and_evaluate(tmp_path):
   split, straight = str(tmp_path / "split"), str(tmp_path / "straight")
-  common = [f"--flagfile={VAE_DIGITS}", "--eval_every=50", "--checkpoint_every=50"]
-  _cli("experiments.train", *common, f"--workdir={split}", "--num_steps=50")
-  out = _cli("experiments.train", *common, f"--workdir={split}", "--num_steps=100")
-  assert "Resuming vae on digits from step 50" in out and "step 100/100" in out
   cfg = dlu_flags.config_from_flagfile(VAE_DIGITS, num_steps=100, eval_every=50,
                                        checkpoint_every=50)
-  train_loop.train_and_evaluate(cfg, straight)
+  train_loop.train_and_evaluate(cfg.replace(num_steps=50), split)
+  train_loop.train_and_evaluate(cfg, split)  # resumes at 50
+  train_loop.train_and_evaluate(cfg.replace(eval_every=100), straight)
   # The resumed run drew the same batches and the same noise as the uninterrupted one.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                _params(split, 100), _params(straight, 100))
@@ -223,13 +238,17 @@ def test_vae_digits_end_to_end_with_resume_and_evaluate(tmp_path):
   final = evals[-1]
   assert final["nll_iwae"] <= -final["elbo"] + 1.0 and final["bits_per_dim"] > 0
   train = [r for r in rows if r["split"] == "train"]
+  assert [r["step"] for r in train] == [50, 100]
   assert {"loss", "elbo", "recon", "kl", "kl_weight"} <= set(train[-1])
   for name in ("samples", "interpolations", "manifold", "reconstructions"):
     assert os.path.exists(os.path.join(split, "images", f"{name}_0000100.png")), name
 
   # experiments.evaluate scores the same binarised test images with the same noise.
-  _cli("experiments.evaluate", f"--workdir={split}")
+  proc = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={split}"],
+                        cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, f"evaluate failed:\n{proc.stdout}\n{proc.stderr}"
   with open(os.path.join(split, "eval.json")) as f:
     results = json.load(f)
+  assert results["step"] == 100 and results["model"] == "vae"
   assert results["nll_iwae"] == pytest.approx(final["nll_iwae"], rel=1e-5)
   assert results["elbo"] == pytest.approx(final["elbo"], rel=1e-5)
