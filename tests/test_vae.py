@@ -252,3 +252,11 @@ def test_vae_digits_end_to_end_with_resume_and_evaluate(tmp_path):
   assert results["step"] == 100 and results["model"] == "vae"
   assert results["nll_iwae"] == pytest.approx(final["nll_iwae"], rel=1e-5)
   assert results["elbo"] == pytest.approx(final["elbo"], rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vae_fashion_mnist", "conv_vae_fashion_mnist",
+                                  "beta_vae_fashion_mnist", "vae_digits"])
+def test_vae_configs_are_valid(name):
+  cfg = dlu_flags.config_from_flagfile(os.path.join(ROOT, "experiments", "configs", f"{name}.flags"))
+  dlu_flags.validate(cfg)
+  assert cfg.model in ("vae", "conv_vae") and cfg.binarize == "dynamic"
