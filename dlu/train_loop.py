@@ -233,7 +233,8 @@ def _train(exp: Experiment, workdir: str, ckpt: checkpointing.Checkpointer, writ
     if t0 is not None:
       jax.block_until_ready(last_metrics)
       if lead:
-        print(f"First step (compilation included) took {time.perf_counter() - t0:.1f} s",
+        what = "step" if n == 1 else f"dispatch ({n} steps)"
+        print(f"First {what} (compilation included) took {time.perf_counter() - t0:.1f} s",
               flush=True)
       t0 = None
     final = step == cfg.num_steps

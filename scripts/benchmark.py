@@ -1,7 +1,7 @@
 """Training throughput of dlu's models beside the same models in PyTorch and Keras.
 
-  python scripts/benchmark.py --out=benchmarks/            # every model, ~15 minutes on 2 cores
-  python scripts/benchmark.py --quick --out=/tmp/bench     # under 5 minutes
+  python scripts/benchmark.py --out=benchmarks/            # every model, ~10 minutes on 2 cores
+  python scripts/benchmark.py --quick --out=/tmp/bench     # a few minutes
   python scripts/benchmark.py --models=ae_conv --frameworks=dlu,pytorch --repeats=9
 
 dlu trains through its real step (`dlu.steps` and `dlu.device_data`, as `experiments.train`
@@ -67,7 +67,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--dataset", default="fashion_mnist", help="dlu dataset name (28x28x1 images)")
   p.add_argument("--steps_per_dispatch", type=int, default=10,
                  help="dlu's --steps_per_dispatch for the MLP models (conv models use 1)")
-  p.add_argument("--quick", action="store_true", help="3 repetitions of ~1 s: under 5 minutes")
+  p.add_argument("--quick", action="store_true", help="3 repetitions of ~0.5 s: a few minutes")
   p.add_argument("--out", default=None, help="write DIR/benchmark.json and DIR/benchmark.md")
   p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   p.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -185,7 +185,8 @@ def run_benchmark(out_dir: str) -> tuple[list[dict], list[str]]:
     workers[fw] = w
     notes.append(f"{fw}: {w.hello['version']}")
   print("\n".join(notes), flush=True)
-  repeats, seconds = (3, 0.6) if FLAGS.quick else (FLAGS.repeats, FLAGS.seconds)
+  repeats, seconds = (3, 0.5) if FLAGS.quick else (FLAGS.repeats, FLAGS.seconds)
+  min_steps = 2 if FLAGS.quick else 3
 
   steps, results, first, flops, dispatch = {}, {}, {}, {}, {}
   for model in FLAGS.models:
@@ -197,7 +198,7 @@ def run_benchmark(out_dir: str) -> tuple[list[dict], list[str]]:
       first[model, fw] = r["first_step_s"]
       # Steps per repetition: about `seconds` long, whole dispatches.
       k = r["steps_per_dispatch"]
-      steps[model, fw] = -(-int(min(1000, max(3, seconds / max(r["step_s"], 1e-6)))) // k) * k
+      steps[model, fw] = -(-int(min(1000, max(min_steps, seconds / max(r["step_s"], 1e-6)))) // k) * k
       if fw == "dlu":
         dispatch[model] = k
       results[model, fw] = []
@@ -252,7 +253,7 @@ def markdown(rows: list[dict], notes: list[str], command: str) -> str:
   ratio = lambda m, fw: (f"{by[m, 'dlu']['examples_per_s'] / by[m, fw]['examples_per_s']:.2f}x"
                          if (m, "dlu") in by and (m, fw) in by else "-")
   lines = [f"`{command}`", "",
-           f"{platform.node() and ''}{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
            f"batch {FLAGS.batch_size}, {FLAGS.dataset}, examples/s median (min-max) over repetitions; "
            f"load average during the runs {min(r.get('load_avg', 99) for r in rows if 'load_avg' in r):.1f}"
            f"-{max(r.get('load_avg', 0) for r in rows if 'load_avg' in r):.1f}.", "",

@@ -6,6 +6,8 @@ XLA:CPU's forward convolutions and input gradients are reasonable, but its kerne
 - `conv2d` keeps XLA's convolution for the forward pass and the input gradient and
   computes the kernel gradient as `patches^T @ grad_out`, one GEMM per chunk of the
   batch (each chunk's patch matrix small enough to stay in cache), summed in a scan.
+  `conv` uses it for stride-1 convs and strided ones from few channels; XLA's kernel
+  gradient of strided convs from many channels is as fast.
 - `conv_transpose2d` keeps XLA's forward and input gradient and computes the kernel
   gradient as a GEMM of the input against the output gradient's strided patches (XLA
   runs it as a convolution over a dilated input: 20-40x slower). The sub-pixel form
