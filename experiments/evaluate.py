@@ -8,8 +8,9 @@ Flags given here (e.g. --eval_batch_size) override those the run recorded in fla
 import json
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from dlu import cli
 from dlu import flags as dlu_flags
 from dlu import run_evaluation
 from dlu.errors import UsageError
@@ -18,10 +19,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # keep library INFO chatter off the console
+  cli.start(argv)
   overrides = {name: FLAGS[name].value for name in vars(dlu_flags.config_from_flags(FLAGS))
                if FLAGS[name].present and name != "workdir"}
   try:

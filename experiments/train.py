@@ -9,9 +9,10 @@ On a cluster the same command runs in every process (see scripts/launch_*).
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from dlu import distributed
+from dlu import cli
 from dlu import flags as dlu_flags
 from dlu import train_loop
 from dlu.errors import UsageError
@@ -20,10 +21,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # keep library INFO chatter off the console
+  cli.start(argv)
   started = False
   try:
     started = distributed.initialize_from_flags(FLAGS)
