@@ -32,11 +32,12 @@ def padded_batches(x: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray,
 def mean_metrics(eval_sums: Callable, state, x: np.ndarray, rng: jax.Array, *, mesh: Mesh,
                  batch_size: int) -> dict[str, float]:
   """Means over all of `x` of a family's per-example eval metrics."""
-  totals = None
+  totals, window = None, parallel.DispatchWindow()
   for i, (images, mask) in enumerate(padded_batches(x, batch_size)):
     batch = parallel.global_batch(mesh, {"image": images})
     sums = eval_sums(state, batch, parallel.global_batch(mesh, mask), jax.random.fold_in(rng, i))
     totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    window.push(totals)
   return {k: float(v) / len(x) for k, v in jax.device_get(totals).items()}
 
 

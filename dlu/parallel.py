@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any
 
@@ -60,3 +61,23 @@ def unreplicate(tree: Any) -> Any:
 @functools.cache
 def is_lead_process() -> bool:
   return jax.process_index() == 0
+
+
+class DispatchWindow:
+  """Keeps at most `depth` dispatched computations queued ahead of the host.
+
+  JAX dispatches asynchronously, so a Python loop of jitted calls can queue hundreds of
+  programs. On CPU devices that share a few cores, a deep queue of programs with collectives
+  can starve one device's participant long enough for XLA's rendezvous timeout to abort the
+  process. Waiting on the output of the call `depth` calls back keeps accelerators fed while
+  bounding the queue.
+  """
+
+  def __init__(self, depth: int = 2):
+    self._pending: collections.deque = collections.deque()
+    self._depth = depth
+
+  def push(self, outputs: Any) -> None:
+    self._pending.append(outputs)
+    while len(self._pending) > self._depth:
+      jax.block_until_ready(self._pending.popleft())

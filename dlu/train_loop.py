@@ -224,11 +224,13 @@ def _train(exp: Experiment, workdir: str, ckpt: checkpointing.Checkpointer, writ
     state = parallel.replicate_for_pmap(jax.device_get(state))
   progress.start(step)
   eval_metrics, last_metrics = {}, None
+  window = parallel.DispatchWindow()
   t0 = time.perf_counter()
   while step < cfg.num_steps:
     state = exp.family.before_step(state, step)
     n = device_data.dispatch_length(step, cfg.num_steps, cfg.steps_per_dispatch, boundaries)
     state, last_metrics = feed(state, step, n)
+    window.push(last_metrics)
     step += n
     if t0 is not None:
       jax.block_until_ready(last_metrics)

@@ -152,9 +152,11 @@ def trained(tmp_path_factory):
   exp = train_loop.build(cfg, str(tmp_path_factory.mktemp("vae")))
   state = steps.make_init(exp.family, exp.mesh)[0](exp.init_rng)
   step = steps.make_train_step(exp.family, exp.mesh)
+  window = parallel.DispatchWindow()
   for s in range(cfg.num_steps):
     batch = parallel.global_batch(exp.mesh, {"image": exp.dataset.x_train[exp.sampler.indices(s)]})
-    state, _ = step(state, batch, exp.train_rng)
+    state, metrics = step(state, batch, exp.train_rng)
+    window.push(metrics)
   return exp, state
 
 
