@@ -21,17 +21,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlu.models.layers import Conv, ConvTranspose
+from dlu.models.layers import Conv, ConvTranspose, conv_kernel_init
 
 OUTPUT_ACTIVATIONS = {"tanh": jnp.tanh, "sigmoid": nn.sigmoid}
 KERNEL = (4, 4)  # DCGAN's stride-2 kernels: 4x4 divides evenly into the 2x upsampling
-
-
-def conv_kernel_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
-  """lecun_normal drawn as [kh * kw * c_in, c_out] and reshaped: the same values (same fans),
-  but XLA:CPU compiles a 4-D truncated normal several times slower."""
-  flat = nn.initializers.lecun_normal()(key, (math.prod(shape[:-1]), shape[-1]), dtype)
-  return flat.reshape(shape)
 
 
 def dcgan_compatible(image_shape: Sequence[int]) -> bool:
