@@ -71,3 +71,13 @@ def test_batch_not_divisible_by_devices_is_an_error():
   from dlu.errors import UsageError
   with pytest.raises(UsageError, match="--batch_size=12 must be divisible by the number of devices"):
     parallel.check_batch_size(12)
+
+
+def test_dispatch_window_waits_on_the_oldest_outputs_beyond_its_depth(monkeypatch):
+  waited = []
+  monkeypatch.setattr(parallel.jax, "block_until_ready", waited.append)
+  window = parallel.DispatchWindow(depth=2)
+  for i in range(5):
+    window.push(i)
+  # The host ran at most two dispatches ahead: it waited on 0, 1, 2, in order.
+  assert waited == [0, 1, 2]
