@@ -30,11 +30,16 @@ def padded_batches(x: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray,
 
 
 def mean_metrics(eval_sums: Callable, state, x: np.ndarray, rng: jax.Array, *, mesh: Mesh,
-                 batch_size: int) -> dict[str, float]:
-  """Means over all of `x` of a family's per-example eval metrics."""
+                 batch_size: int, y: np.ndarray | None = None) -> dict[str, float]:
+  """Means over all of `x` of a family's per-example eval metrics; batches carry `label`
+  (rows of `y`) when `y` is given."""
   totals, window = None, parallel.DispatchWindow()
+  labels = padded_batches(y, batch_size) if y is not None else None
   for i, (images, mask) in enumerate(padded_batches(x, batch_size)):
-    batch = parallel.global_batch(mesh, {"image": images})
+    local = {"image": images}
+    if labels is not None:
+      local["label"] = next(labels)[0]
+    batch = parallel.global_batch(mesh, local)
     sums = eval_sums(state, batch, parallel.global_batch(mesh, mask), jax.random.fold_in(rng, i))
     totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     window.push(totals)

@@ -10,6 +10,7 @@ the data. Every run on that dataset then scores samples with the same features.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -79,17 +80,11 @@ def cache_path(dataset: data.ImageData, cache_dir: str) -> str:
   return os.path.join(cache_dir, CACHE_FOLDER, f"{safe}-{h.hexdigest()[:16]}.msgpack")
 
 
-def _train(dataset: data.ImageData, log: Callable[[str], None]) -> tuple[Classifier, Any]:
-  """Adam on cross-entropy over the labelled train split, on the default device."""
-  model = Classifier(dataset.num_classes)
-  x, y = dataset.x_train, dataset.y_train
-  batch_size = min(RECIPE["batch_size"], len(x))
-  steps_per_epoch = len(x) // batch_size
-  num_steps = max(RECIPE["epochs"] * steps_per_epoch, RECIPE["min_steps"])
-  tx = optax.adam(optax.cosine_decay_schedule(RECIPE["learning_rate"], num_steps))
-  rng = jax.random.key(RECIPE["seed"])
-  params = model.init(rng, jnp.zeros((1,) + dataset.image_shape))["params"]
-  opt_state = tx.init(params)
+@functools.lru_cache(maxsize=8)
+def _update_fn(model: Classifier, num_steps: int, learning_rate: float):
+  """The optimizer and a jitted Adam step on cross-entropy; cached, so repeated trainings
+  with one recipe (experiments.augment) compile once per batch shape."""
+  tx = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps))
 
   @jax.jit
   def step(params, opt_state, images, labels):
@@ -100,22 +95,57 @@ def _train(dataset: data.ImageData, log: Callable[[str], None]) -> tuple[Classif
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  order = np.random.default_rng(RECIPE["seed"])
+  return tx, step
+
+
+def train_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, *, num_steps: int,
+                     batch_size: int = RECIPE["batch_size"],
+                     learning_rate: float = RECIPE["learning_rate"], seed: int = RECIPE["seed"],
+                     log: Callable[[str], None] | None = None) -> tuple[Classifier, Any]:
+  """The feature network's architecture trained on images `x` (as stored) with labels `y`.
+
+  Adam with a cosine decay over `num_steps` minibatches of min(batch_size, len(x)) drawn from
+  per-epoch shuffles (numpy generator `seed`; `seed` also initialises the weights), on the
+  default device. `log` gets one line per epoch.
+  """
+  model = Classifier(num_classes)
+  batch_size = min(batch_size, len(x))
+  steps_per_epoch = len(x) // batch_size
+  tx, step = _update_fn(model, num_steps, learning_rate)
+  rng = jax.random.key(seed)
+  params = model.init(rng, jnp.zeros((1,) + x.shape[1:]))["params"]
+  opt_state = tx.init(params)
+  order = np.random.default_rng(seed)
   perm = order.permutation(len(x))
   t0 = time.perf_counter()
   for i in range(num_steps):
     epoch, j = divmod(i, steps_per_epoch)
     if j == 0 and epoch > 0:
       perm = order.permutation(len(x))
-      log(f"  epoch {epoch}: loss {float(loss):.4f}, {time.perf_counter() - t0:.0f} s")
+      if log is not None:
+        log(f"  epoch {epoch}: loss {float(loss):.4f}, {time.perf_counter() - t0:.0f} s")
     idx = perm[j * batch_size:(j + 1) * batch_size]
     params, opt_state, loss = step(params, opt_state, x[idx], y[idx])
   return model, params
 
 
+def _train(dataset: data.ImageData, log: Callable[[str], None]) -> tuple[Classifier, Any]:
+  """The recipe: RECIPE["epochs"] epochs (at least RECIPE["min_steps"]) of the train split."""
+  batch_size = min(RECIPE["batch_size"], len(dataset.x_train))
+  num_steps = max(RECIPE["epochs"] * (len(dataset.x_train) // batch_size), RECIPE["min_steps"])
+  return train_classifier(dataset.x_train, dataset.y_train, dataset.num_classes,
+                          num_steps=num_steps, batch_size=batch_size,
+                          learning_rate=RECIPE["learning_rate"], seed=RECIPE["seed"], log=log)
+
+
+@functools.lru_cache(maxsize=8)
+def _predict_fn(model: Classifier):
+  return jax.jit(lambda p, v: jnp.argmax(model.apply({"params": p}, data.normalize(v)), -1))
+
+
 def accuracy(model: Classifier, params: Any, x: np.ndarray, y: np.ndarray,
              batch_size: int = 1000) -> float:
-  predict = jax.jit(lambda p, v: jnp.argmax(model.apply({"params": p}, data.normalize(v)), -1))
+  predict = _predict_fn(model)
   correct = 0
   for start in range(0, len(x), batch_size):
     correct += int(np.sum(np.asarray(predict(params, x[start:start + batch_size]))

@@ -89,8 +89,9 @@ class Evaluator:
 
   def __call__(self, step: int, state, *, final: bool = False, split: str = "eval") -> dict:
     exp = self.exp
+    labels = exp.dataset.y_test if exp.family.needs_label else None
     metrics = evaluation.mean_metrics(self.eval_sums, state, exp.dataset.x_test, exp.ctx.rng,
-                                      mesh=exp.mesh, batch_size=exp.ctx.batch_size)
+                                      mesh=exp.mesh, batch_size=exp.ctx.batch_size, y=labels)
     metrics.update(exp.family.split_metrics(state, exp.dataset, exp.ctx))
     if final:
       metrics.update(exp.family.final_metrics(state, exp.dataset, exp.ctx))
@@ -214,7 +215,8 @@ def _train(exp: Experiment, workdir: str, ckpt: checkpointing.Checkpointer, writ
   host_state = parallel.unreplicate if pmap else (lambda s: s)
 
   feed = device_data.make_feed(exp.family, exp.mesh, exp.dataset.x_train, exp.sampler, train_step,
-                               exp.train_rng, parallelism=cfg.parallelism,
+                               exp.train_rng, y_train=exp.dataset.y_train,
+                               parallelism=cfg.parallelism,
                                steps_per_dispatch=cfg.steps_per_dispatch)
   boundaries = (cfg.log_every, cfg.checkpoint_every, cfg.eval_every,
                 *exp.family.step_boundaries())

@@ -84,7 +84,8 @@ class Runner:
     train_step = steps.make_train_step(exp.family, exp.mesh)
     k = cfg.steps_per_dispatch
     feed = device_data.make_feed(exp.family, exp.mesh, exp.dataset.x_train, exp.sampler,
-                                 train_step, exp.train_rng, steps_per_dispatch=k)
+                                 train_step, exp.train_rng, y_train=exp.dataset.y_train,
+                                 steps_per_dispatch=k)
     t = time.perf_counter()
     state, metrics = feed(state, 0, k)
     jax.block_until_ready(metrics)
@@ -116,6 +117,8 @@ class Runner:
         self._config(model), self.workdir)
     state = jax.eval_shape(exp.family.init_state, exp.init_rng)
     batch = {"image": jax.ShapeDtypeStruct((self.batch_size,) + exp.spec.image_shape, jnp.uint8)}
+    if exp.family.needs_label:
+      batch["label"] = jax.ShapeDtypeStruct((self.batch_size,), jnp.int32)
     fast, layers.FAST_CPU_CONV = layers.FAST_CPU_CONV, False
     try:
       jaxpr = jax.make_jaxpr(exp.family.train_step)(state, batch, exp.train_rng)

@@ -8,6 +8,16 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(scope="session")
+def digits_feature_dir(tmp_path_factory):
+  """A data dir holding the digits feature network, trained once for the whole session."""
+  from dlu import data, feature_net  # pylint: disable=g-import-not-at-top  # after XLA_FLAGS
+  path = str(tmp_path_factory.mktemp("data"))
+  feature_net.load_or_train(data.load("digits"), path)
+  return path

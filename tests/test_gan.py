@@ -150,14 +150,6 @@ def test_step_on_one_device_eight_devices_and_pmap_agree():
                s1[-1].extra["ema"])
 
 
-@pytest.fixture(scope="session")
-def digits_feature_dir(tmp_path_factory):
-  """A data dir holding the digits feature network, trained once for the whole session."""
-  path = str(tmp_path_factory.mktemp("data"))
-  feature_net.load_or_train(data.load("digits"), path)
-  return path
-
-
 def test_feature_net_is_trained_once_cached_and_accurate(digits_feature_dir, monkeypatch):
   ds = data.load("digits")
   path = feature_net.cache_path(ds, digits_feature_dir)

@@ -16,8 +16,9 @@ and, host-side, with an `EvalContext` (mesh, batch size, rng, workdir):
   split_metrics(state, dataset, ctx)    at each eval: metrics that are not per-example means (FID)
   final_metrics(state, dataset, ctx)    at the end and in experiments.evaluate (IWAE NLL)
 
-`batch` is a dict with `image`: [B, H, W, C], uint8 or float, as stored, and
-`index`: [B] int32 rows of the training split when the family sets `needs_index`.
+`batch` is a dict with `image`: [B, H, W, C], uint8 or float, as stored,
+`index`: [B] int32 rows of the training split when the family sets `needs_index`, and
+`label`: [B] int32 classes of those rows when it sets `needs_label` (train and eval batches).
 `rng` is the run's train key, the same at every call: a step folds in `state.step` to
 draw its own noise. `axis_name` is set only under pmap; under jit the loss is a mean over the
 global batch and XLA inserts the reductions itself.
@@ -76,6 +77,8 @@ class Family:
   progress_keys: tuple[str, ...] = ("loss",)
   #: whether training batches carry `index`, the examples' rows in the training split.
   needs_index: bool = False
+  #: whether train and eval batches carry `label`, the examples' classes (labelled data only).
+  needs_label: bool = False
 
   def __init__(self, cfg: Config, spec: DataSpec):
     self.cfg = cfg

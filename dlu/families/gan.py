@@ -12,6 +12,13 @@ d_steps > 1 each D update sees different real images, as in WGAN-GP's critic loo
 The last D update and the generator update share one generator forward pass on the
 same noise: both gradients come from one backward, the generator's taken against the
 discriminator before its last update (a simultaneous step).
+
+`--conditional` makes both networks class-conditional (a label embedding beside the
+generator's noise, a projection discriminator; see dlu.models.gan). Training batches then
+carry `label`, and the fakes of each D or G update take the labels of the real rows they
+are scored beside, so every update sees the data's class balance. Evaluation and
+sample-quality metrics draw class-balanced labels, and an extra image grid,
+`samples_by_class`, shows one row per class.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ flags.DEFINE_integer("gan_channels", 64, "dcgan: channels c of the first discrim
                      "hidden generator layer (2c in the middle).")
 flags.DEFINE_list("gan_widths", ["256", "512"], "mlp_gan: generator hidden widths (the "
                   "discriminator uses them reversed).")
+flags.DEFINE_boolean("conditional", False, "Class-conditional GAN (dcgan, mlp_gan): the generator "
+                     "takes a label, the discriminator is a projection discriminator; needs labels.")
 flags.DEFINE_integer("eval_samples", 10000, "Generated samples scored by fid, kid, precision and "
                      "recall at each eval (against the test split); 0 turns them off.")
 
@@ -63,6 +72,10 @@ def _draw(sample: Callable, rng: jax.Array, shape: tuple[int, ...],
   n = jax.lax.axis_size(axis_name)
   full = sample(rng, (n * shape[0],) + shape[1:])
   return jax.lax.dynamic_slice_in_dim(full, jax.lax.axis_index(axis_name) * shape[0], shape[0])
+
+
+#: Columns (noise vectors, the same in every row) of the `samples_by_class` grid.
+BY_CLASS_COLUMNS = 8
 
 
 @register
@@ -95,6 +108,8 @@ class GAN(Family):
       raise UsageError(f"--eval_samples must be 0 (off) or at least 10, got {cfg.eval_samples!r}")
     if cfg.optimizer == "gd":
       raise UsageError("--optimizer=gd (full-batch) does not apply to GANs; use adam, sgd, ...")
+    if not isinstance(cfg.conditional, bool):
+      raise UsageError(f"--conditional must be true or false, got {cfg.conditional!r}")
     n = jax.device_count()
     if cfg.batch_size % (cfg.d_steps * n):
       raise UsageError(f"--batch_size={cfg.batch_size} must be divisible by --d_steps={cfg.d_steps} "
@@ -106,12 +121,18 @@ class GAN(Family):
       h, w, _ = spec.image_shape
       raise UsageError(f"--model=dcgan needs image height and width divisible by 4; "
                        f"the data has {h}x{w} (use --model=mlp_gan)")
+    if cfg.conditional and not spec.num_classes:
+      raise UsageError("--conditional needs a labelled dataset; this one has no labels "
+                       "(train an unconditional GAN: drop --conditional)")
+    #: classes the networks are conditioned on; None: unconditional.
+    self.num_classes = spec.num_classes if cfg.conditional else None
+    self.needs_label = self.num_classes is not None
     self.output_activation = "tanh" if spec.pixel_range == "symmetric" else "sigmoid"
     if cfg.model == "dcgan":
-      self.discriminator = gan_models.DCGANDiscriminator(cfg.gan_channels)
+      self.discriminator = gan_models.DCGANDiscriminator(cfg.gan_channels, self.num_classes)
     else:
       self.discriminator = gan_models.MLPDiscriminator(
-          tuple(reversed(int_list(cfg.gan_widths, "gan_widths"))))
+          tuple(reversed(int_list(cfg.gan_widths, "gan_widths"))), self.num_classes)
     b1 = cfg.gan_b1
     self.g_tx = optim.make_optimizer(cfg, learning_rate=cfg.g_learning_rate or cfg.learning_rate,
                                      b1=b1)
@@ -128,25 +149,38 @@ class GAN(Family):
   def generator(self, axis_name: str | None = None):
     cfg, shape = self.cfg, self.spec.image_shape
     if cfg.model == "dcgan":
-      return gan_models.DCGANGenerator(shape, cfg.gan_channels, self.output_activation, axis_name)
+      return gan_models.DCGANGenerator(shape, cfg.gan_channels, self.output_activation, axis_name,
+                                       self.num_classes)
     return gan_models.MLPGenerator(shape, int_list(cfg.gan_widths, "gan_widths"),
-                                   self.output_activation, axis_name)
+                                   self.output_activation, axis_name, self.num_classes)
 
-  def critic(self, d_params) -> Callable[[jax.Array], jax.Array]:
-    return lambda x: self.discriminator.apply({"params": d_params}, x)
+  def critic(self, d_params, labels: jax.Array | None = None) -> Callable[[jax.Array], jax.Array]:
+    """x -> [B] logits; a conditional critic scores each image against its row of `labels`."""
+    return lambda x: self.discriminator.apply({"params": d_params}, x, labels)
 
-  def sample(self, state: TrainState, z: jax.Array) -> jax.Array:
-    """Images from the averaged generator with running BatchNorm statistics. [B, H, W, C]"""
+  def sample(self, state: TrainState, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    """Images from the averaged generator with running BatchNorm statistics. [B, H, W, C]
+
+    A conditional generator needs `labels` [B], the class of each image.
+    """
     variables = {"params": state.extra["ema"], "batch_stats": state.extra["batch_stats"]}
-    return self.generator().apply(variables, z, train=False)
+    return self.generator().apply(variables, z, labels, train=False)
+
+  def balanced_labels(self, n: int, start: jax.Array | int = 0) -> jax.Array | None:
+    """Classes start, start + 1, ... modulo the class count: each class equally often. [n]"""
+    if self.num_classes is None:
+      return None
+    return (start + jnp.arange(n, dtype=jnp.int32)) % self.num_classes
 
   def to_unit(self, x: jax.Array) -> jax.Array:
     return (x + 1.0) / 2.0 if self.output_activation == "tanh" else x
 
   def init_state(self, rng):
     g_rng, d_rng = jax.random.split(rng)
-    g_vars = self.generator().init(g_rng, jnp.zeros((1, self.cfg.latent_dim)), train=False)
-    d_params = self.discriminator.init(d_rng, jnp.zeros((1,) + self.spec.image_shape))["params"]
+    labels = self.balanced_labels(1)
+    g_vars = self.generator().init(g_rng, jnp.zeros((1, self.cfg.latent_dim)), labels, train=False)
+    d_params = self.discriminator.init(d_rng, jnp.zeros((1,) + self.spec.image_shape),
+                                       labels)["params"]
     params = {"generator": g_vars["params"], "discriminator": d_params}
     opt_state = {"generator": self.g_tx.init(g_vars["params"]),
                  "discriminator": self.d_tx.init(d_params)}
@@ -156,10 +190,13 @@ class GAN(Family):
 
   # --- The step.
 
-  def d_objective(self, d_params, real, fake, rng, axis_name):
-    """The discriminator's loss with its penalties, and what to log of it."""
+  def d_objective(self, d_params, real, fake, rng, axis_name, labels=None):
+    """The discriminator's loss with its penalties, and what to log of it.
+
+    A conditional critic scores real and fake row i against class labels[i].
+    """
     cfg = self.cfg
-    critic = self.critic(d_params)
+    critic = self.critic(d_params, labels)
     real_logit, fake_logit = critic(real), critic(fake)  # [B], [B]
     d_loss = gan_losses.discriminator_loss(real_logit=real_logit, fake_logit=fake_logit,
                                            loss_type=cfg.gan_loss)
@@ -182,40 +219,46 @@ class GAN(Family):
     d = cfg.d_steps
     b = real.shape[0] // d
     slices = jnp.swapaxes(real.reshape((b, d) + real.shape[1:]), 0, 1)  # [d, B/d, H, W, C]
+    # The real rows' classes, sliced alike: each slice's fakes take its labels. [d, B/d]
+    labels = batch["label"].reshape((b, d)).T if self.needs_label else None
     gen = self.generator(axis_name)
     g_params, d_params = state.params["generator"], state.params["discriminator"]
     g_opt, d_opt = state.opt_state["generator"], state.opt_state["discriminator"]
     stats = state.extra["batch_stats"]
     mean = (lambda t: jax.lax.pmean(t, axis_name)) if axis_name else (lambda t: t)
 
-    def generate(g_params, key):
+    def generate(g_params, key, labels_k):
       z = _draw(jax.random.normal, key, (b, cfg.latent_dim), axis_name)
-      fake, updates = gen.apply({"params": g_params, "batch_stats": stats}, z, train=True,
-                                mutable=["batch_stats"])
+      fake, updates = gen.apply({"params": g_params, "batch_stats": stats}, z, labels_k,
+                                train=True, mutable=["batch_stats"])
       return fake, updates["batch_stats"]
 
     def d_update(carry, xs):
       d_params, d_opt = carry
-      real_k, k = xs
+      real_k, labels_k, k = xs
       z_key, gp_key = jax.random.split(jax.random.fold_in(rng, k))
-      fake = jax.lax.stop_gradient(generate(g_params, z_key)[0])
-      grads = jax.grad(lambda p: self.d_objective(p, real_k, fake, gp_key, axis_name)[0])(d_params)
+      fake = jax.lax.stop_gradient(generate(g_params, z_key, labels_k)[0])
+      grads = jax.grad(lambda p: self.d_objective(p, real_k, fake, gp_key, axis_name,
+                                                  labels_k)[0])(d_params)
       updates, d_opt = self.d_tx.update(mean(grads), d_opt, d_params)
       return (optax.apply_updates(d_params, updates), d_opt), None
 
+    last_labels = None if labels is None else labels[-1]
     if d > 1:
-      (d_params, d_opt), _ = jax.lax.scan(d_update, (d_params, d_opt),
-                                          (slices[:-1], jnp.arange(d - 1)))
+      (d_params, d_opt), _ = jax.lax.scan(
+          d_update, (d_params, d_opt),
+          (slices[:-1], None if labels is None else labels[:-1], jnp.arange(d - 1)))
 
     def joint(g_params, d_params):
       # One generator forward; D's loss sees the fakes as constants, G's loss sees D as one,
       # so the gradient of the sum is each network's own (XLA shares the identical forwards).
       z_key, gp_key = jax.random.split(jax.random.fold_in(rng, d - 1))
-      fake, new_stats = generate(g_params, z_key)
+      fake, new_stats = generate(g_params, z_key, last_labels)
       d_total, metrics = self.d_objective(d_params, slices[-1], jax.lax.stop_gradient(fake),
-                                          gp_key, axis_name)
+                                          gp_key, axis_name, last_labels)
       g_loss = gan_losses.generator_loss(
-          fake_logit=self.critic(jax.lax.stop_gradient(d_params))(fake), loss_type=cfg.gan_loss)
+          fake_logit=self.critic(jax.lax.stop_gradient(d_params), last_labels)(fake),
+          loss_type=cfg.gan_loss)
       return d_total + g_loss, ({**metrics, "g_loss": g_loss}, new_stats)
 
     (g_grads, d_grads), (metrics, new_stats) = jax.grad(joint, argnums=(0, 1), has_aux=True)(
@@ -243,15 +286,24 @@ class GAN(Family):
   def eval_metrics(self, state, batch, rng):
     real = self.normalize(batch["image"])
     z = jax.random.normal(rng, (real.shape[0], self.cfg.latent_dim))
-    critic = self.critic(state.params["discriminator"])
-    return {"d_real_test": critic(real), "d_fake_test": critic(self.sample(state, z))}  # [B]
+    labels = batch["label"] if self.needs_label else None  # fakes of the test rows' classes
+    critic = self.critic(state.params["discriminator"], labels)
+    return {"d_real_test": critic(real), "d_fake_test": critic(self.sample(state, z, labels))}
 
   def images(self, state, batch, rng):
     n = batch["image"].shape[0]
     z = jax.random.normal(rng, (n, self.cfg.latent_dim))  # the eval key: the same noise each eval
-    x = jnp.clip(self.to_unit(self.sample(state, z)), 0.0, 1.0)
+    x = jnp.clip(self.to_unit(self.sample(state, z, self.balanced_labels(n))), 0.0, 1.0)
     cols = max(c for c in range(1, 9) if n % c == 0)
-    return {"samples": x.reshape((n // cols, cols) + x.shape[1:])}
+    grids = {"samples": x.reshape((n // cols, cols) + x.shape[1:])}
+    if self.needs_label:  # Row y: class y; column j: the same noise in every row.
+      k, cols = self.num_classes, BY_CLASS_COLUMNS
+      z = jnp.tile(jax.random.normal(jax.random.fold_in(rng, 1), (cols, self.cfg.latent_dim)),
+                   (k, 1))
+      x = self.sample(state, z, jnp.repeat(jnp.arange(k, dtype=jnp.int32), cols))
+      x = jnp.clip(self.to_unit(x), 0.0, 1.0)
+      grids["samples_by_class"] = x.reshape((k, cols) + x.shape[1:])
+    return grids
 
   def embed(self, state, images):
     """Discriminator penultimate features. [B, D]"""
@@ -290,18 +342,23 @@ class GAN(Family):
             "feature_net_acc": self._net.test_accuracy}
 
   def _sample_features(self, state, ctx, n: int) -> np.ndarray:
-    """Feature-net features of n samples of the averaged generator; fixed noise. [n, D]"""
+    """Feature-net features of n samples of the averaged generator; fixed noise and, when
+    conditional, class-balanced labels (as a balanced test split has). [n, D]"""
     cache, bs = self._quality_cache, ctx.batch_size
     if "sample" not in cache:
       repl, sharded = parallel.replicated(ctx.mesh), parallel.data_sharded(ctx.mesh)
-      cache["noise"] = jax.jit(lambda k: jax.random.normal(k, (bs, self.cfg.latent_dim)),
-                               out_shardings=sharded)
+      cache["noise"] = jax.jit(
+          lambda k, start: (jax.random.normal(k, (bs, self.cfg.latent_dim)),
+                            self.balanced_labels(bs, start)),
+          out_shardings=sharded)
       cache["sample"] = jax.jit(
-          lambda s, p, z: self._net.features(p, jnp.clip(self.to_unit(self.sample(s, z)), 0, 1)),
+          lambda s, p, zy: self._net.features(
+              p, jnp.clip(self.to_unit(self.sample(s, *zy)), 0, 1)),
           in_shardings=(repl, repl, sharded), out_shardings=sharded)
     key = jax.random.fold_in(ctx.rng, 1)
     out = []
     for i in range(-(-n // bs)):
-      f = cache["sample"](state, cache["params"], cache["noise"](jax.random.fold_in(key, i)))
+      zy = cache["noise"](jax.random.fold_in(key, i), i * bs)
+      f = cache["sample"](state, cache["params"], zy)
       out.append(np.asarray(multihost_utils.process_allgather(f, tiled=True)))
     return np.concatenate(out)[:n]

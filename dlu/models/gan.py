@@ -9,6 +9,12 @@ as they already are under `jax.jit` over a sharded batch.
 
 Discriminators return one logit per image and have no BatchNorm: the gradient
 penalties need each example's score to depend on that example only.
+
+With `num_classes` set, both are class-conditional: the generator concatenates a
+learned embedding of the label to the noise, and the discriminator is a projection
+discriminator (Miyato & Koyama 2018), logit = linear(phi(x)) + <embed(y), phi(x)>,
+phi its penultimate features. Without it they are the unconditional networks,
+parameter for parameter.
 """
 
 from __future__ import annotations
@@ -32,6 +38,30 @@ def dcgan_compatible(image_shape: Sequence[int]) -> bool:
   return image_shape[0] % 4 == 0 and image_shape[1] % 4 == 0
 
 
+def _with_label(z: jax.Array, labels: jax.Array | None, num_classes: int | None) -> jax.Array:
+  """The noise, and the label's embedding (of the noise's width) beside it. [B, L or 2L]"""
+  if num_classes is None:
+    return z
+  if labels is None:
+    raise ValueError("a class-conditional generator needs labels")
+  chex.assert_shape(labels, (z.shape[0],))
+  return jnp.concatenate([z, nn.Embed(num_classes, z.shape[-1], name="label_embed")(labels)], -1)
+
+
+def _projection(features: jax.Array, labels: jax.Array | None, num_classes: int) -> jax.Array:
+  """<embed(y), phi(x)>, the class term of a projection discriminator's logit.
+
+  The embedding starts at the scale of a Dense kernel over the features (std 1/sqrt(D)),
+  so the class term starts as small as the linear one. [B]
+  """
+  if labels is None:
+    raise ValueError("a projection discriminator needs labels")
+  chex.assert_shape(labels, features.shape[:1])
+  embed = nn.Embed(num_classes, features.shape[-1], name="class_embed",
+                   embedding_init=nn.initializers.lecun_normal(in_axis=-1, out_axis=-2))
+  return jnp.sum(embed(labels) * features, axis=-1)
+
+
 def _batch_norm(train: bool, axis_name: str | None, name: str) -> nn.BatchNorm:
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name=axis_name, name=name)
 
@@ -39,17 +69,21 @@ def _batch_norm(train: bool, axis_name: str | None, name: str) -> nn.BatchNorm:
 class DCGANGenerator(nn.Module):
   """Noise -> Dense to (H/4, W/4, 2c) -> BN, relu -> ConvT(c, s2) -> BN, relu -> ConvT(C, s2).
 
-  28x28 starts at 7x7, 32x32 at 8x8, the 8x8 digits at 2x2.
+  28x28 starts at 7x7, 32x32 at 8x8, the 8x8 digits at 2x2. With `num_classes`, the
+  label's embedding is concatenated to the noise.
   """
   image_shape: tuple[int, int, int]
   channels: int = 64
   output_activation: str = "tanh"
   axis_name: str | None = None
+  num_classes: int | None = None
 
   @nn.compact
-  def __call__(self, z: jax.Array, *, train: bool = True) -> jax.Array:
+  def __call__(self, z: jax.Array, labels: jax.Array | None = None, *,
+               train: bool = True) -> jax.Array:
     h, w, c_out = self.image_shape
     b = z.shape[0]
+    z = _with_label(z, labels, self.num_classes)
     x = nn.Dense((h // 4) * (w // 4) * 2 * self.channels, use_bias=False, name="dense")(z)
     x = x.reshape((b, h // 4, w // 4, 2 * self.channels))  # [B, H/4, W/4, 2c]
     x = nn.relu(_batch_norm(train, self.axis_name, "bn_0")(x))
@@ -63,8 +97,9 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-  """Image -> Conv(c, s2), leaky relu -> Conv(2c, s2), leaky relu -> Dense(1)."""
+  """Image -> Conv(c, s2), leaky relu -> Conv(2c, s2), leaky relu -> Dense(1) (+ projection)."""
   channels: int = 64
+  num_classes: int | None = None
 
   def setup(self):
     self.convs = [Conv(c, KERNEL, strides=(2, 2), padding="SAME", kernel_init=conv_kernel_init,
@@ -78,21 +113,28 @@ class DCGANDiscriminator(nn.Module):
       x = nn.leaky_relu(conv(x), 0.2)
     return x.reshape((x.shape[0], -1))
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  @nn.compact
+  def __call__(self, x: jax.Array, labels: jax.Array | None = None) -> jax.Array:
     chex.assert_rank(x, 4)
-    return self.logit(self.embed(x))[:, 0]  # [B]
+    features = self.embed(x)
+    logit = self.logit(features)[:, 0]  # [B]
+    if self.num_classes is None:
+      return logit
+    return logit + _projection(features, labels, self.num_classes)
 
 
 class MLPGenerator(nn.Module):
-  """Noise -> Dense(width) -> BN, relu, ... -> Dense(H * W * C) -> image."""
+  """Noise (and label embedding) -> Dense(width) -> BN, relu, ... -> Dense(H * W * C) -> image."""
   image_shape: tuple[int, int, int]
   widths: Sequence[int] = (256, 512)
   output_activation: str = "tanh"
   axis_name: str | None = None
+  num_classes: int | None = None
 
   @nn.compact
-  def __call__(self, z: jax.Array, *, train: bool = True) -> jax.Array:
-    x = z
+  def __call__(self, z: jax.Array, labels: jax.Array | None = None, *,
+               train: bool = True) -> jax.Array:
+    x = _with_label(z, labels, self.num_classes)
     for i, width in enumerate(self.widths):
       x = nn.Dense(width, use_bias=False, name=f"dense_{i}")(x)
       x = nn.relu(_batch_norm(train, self.axis_name, f"bn_{i}")(x))
@@ -102,8 +144,9 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-  """Flattened image -> Dense(width), leaky relu, ... -> Dense(1)."""
+  """Flattened image -> Dense(width), leaky relu, ... -> Dense(1) (+ projection)."""
   widths: Sequence[int] = (512, 256)
+  num_classes: int | None = None
 
   def setup(self):
     self.hidden = [nn.Dense(width, name=f"dense_{i}") for i, width in enumerate(self.widths)]
@@ -116,6 +159,11 @@ class MLPDiscriminator(nn.Module):
       x = nn.leaky_relu(dense(x), 0.2)
     return x
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  @nn.compact
+  def __call__(self, x: jax.Array, labels: jax.Array | None = None) -> jax.Array:
     chex.assert_rank(x, 4)
-    return self.logit(self.embed(x))[:, 0]  # [B]
+    features = self.embed(x)
+    logit = self.logit(features)[:, 0]  # [B]
+    if self.num_classes is None:
+      return logit
+    return logit + _projection(features, labels, self.num_classes)
