@@ -8,8 +8,9 @@ For each seed: train the autoencoder (--ae_flagfile), evaluate it (ae: k-means o
 n2d: UMAP of its embeddings, then a Gaussian mixture, as in N2D), train and evaluate DEC and
 IDEC from it. Runs already finished are not redone (training resumes; evaluation is rerun),
 so the command can be repeated to fill in what is missing. Pixel/PCA baselines, the probe
-and the embedding plot come with the first seed's autoencoder only (they do not depend on
-the clustering method). Prints a table and writes ROOT/protocol.json.
+and the embedding plot come with the first seed's autoencoder only, and UMAP + GMM on raw
+pixels (the floor of n2d) with the first seed's n2d evaluation. Prints a table and writes
+ROOT/protocol.json.
 """
 
 from __future__ import annotations
@@ -76,8 +77,13 @@ def main() -> None:
         train_s = run(["experiments.train", f"--flagfile={flagfiles[method]}",
                        f"--workdir={workdir}", f"--init_from={ae_dir}", f"--seed={seed}",
                        *train_extra], log)
-      first = seed == seeds[0] and method == "ae" and not opts.skip_baselines
-      extra = [] if first else ["--nobaselines", "--noprobe", "--embedding_plot=none"]
+      first = seed == seeds[0] and not opts.skip_baselines
+      if first and method == "ae":
+        extra = []
+      elif first and method == "n2d":  # Its floor: UMAP and a GMM on raw pixels.
+        extra = ["--noprobe", "--embedding_plot=none"]
+      else:
+        extra = ["--nobaselines", "--noprobe", "--embedding_plot=none"]
       eval_s = run(["experiments.evaluate", f"--workdir={workdir}", "--cluster_split=all",
                     *AE_EVALS.get(method, []), *extra, *eval_extra], log)
       with open(os.path.join(workdir, "eval.json")) as f:
@@ -102,13 +108,13 @@ def main() -> None:
     print(f"{method:<8} {results[0]['clustering']:<34} "
           + " ".join(f"{m:>8.4f}±{s:.4f}" for m, s in stats.values())
           + f" {walls[0]:>9.0f} {walls[1]:>8.0f}")
-  first = rows[methods[0]][0] if methods[0] == "ae" else None
-  if first and "baselines" in first:
-    for name, b in first["baselines"].items():
-      print(f"{'baseline':<8} {name:<34} " + " ".join(f"{b[k]:>8.4f}       " for k in SCORES))
+  baselines = {}
+  for method in methods:
+    baselines.update(rows[method][0].get("baselines", {}) if method in AE_EVALS else {})
+  for name, b in baselines.items():
+    print(f"{'baseline':<8} {name:<34} " + " ".join(f"{b[k]:>8.4f}       " for k in SCORES))
   with open(os.path.join(opts.root, "protocol.json"), "w") as f:
-    json.dump({"seeds": seeds, "methods": summary,
-               "baselines": first.get("baselines") if first else None,
+    json.dump({"seeds": seeds, "methods": summary, "baselines": baselines or None,
                "num_clustered": rows[methods[0]][0]["num_clustered"]}, f, indent=2)
 
 

@@ -82,3 +82,17 @@ def test_umap_without_the_package_is_a_usage_error(monkeypatch):
     clustering.manifold(np.zeros((10, 3)), "umap", dim=2, seed=0)
   with pytest.raises(UsageError, match="--manifold must be one of"):
     clustering.manifold(np.zeros((10, 3)), "isomap", dim=2, seed=0)
+
+
+def test_a_manifold_pipeline_gets_the_same_pipeline_on_pixels_as_a_baseline():
+  from dlu import cluster_eval, data
+  from dlu import flags as dlu_flags
+  ds = data.load("digits")
+  cfg = dlu_flags.make_config(dataset="digits", cluster_split="test", manifold="tsne",
+                              cluster_on="gmm", probe=False, kmeans_inits=2)
+  out = cluster_eval.baselines(cfg, ds, ds.y_test, 10, dim=4)
+  assert {"pixels", "pca", "pixels_tsne_gmm"} <= set(out)
+  # A real clustering (chance is ~0.1), about as good as k-means on the pixels (0.71 vs 0.66).
+  assert out["pixels_tsne_gmm"]["acc"] > max(0.6, out["pixels"]["acc"] - 0.05)
+  plain = cluster_eval.baselines(cfg.replace(manifold="none"), ds, ds.y_test, 10, dim=4)
+  assert set(plain) == {"pixels", "pca"}
