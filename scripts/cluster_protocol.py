@@ -108,9 +108,10 @@ def main() -> None:
     print(f"{method:<8} {results[0]['clustering']:<34} "
           + " ".join(f"{m:>8.4f}±{s:.4f}" for m, s in stats.values())
           + f" {walls[0]:>9.0f} {walls[1]:>8.0f}")
-  baselines = {}
-  for method in methods:
-    baselines.update(rows[method][0].get("baselines", {}) if method in AE_EVALS else {})
+  baselines: dict[str, dict] = {}
+  for method in (m for m in methods if m in AE_EVALS):
+    for name, b in rows[method][0].get("baselines", {}).items():
+      baselines.setdefault(name, b)  # ae's come first and carry the probe.
   for name, b in baselines.items():
     print(f"{'baseline':<8} {name:<34} " + " ".join(f"{b[k]:>8.4f}       " for k in SCORES))
   with open(os.path.join(opts.root, "protocol.json"), "w") as f:
