@@ -44,11 +44,40 @@ CASES = [  # (layer, kernel, stride, input H x W, batch, in -> out channels)
 
 @pytest.mark.parametrize("layer,k,s,hw,batch,channels", CASES)
 def test_matches_flax(layer, k, s, hw, batch, channels, monkeypatch):
-  (cin, cout), pixels = channels, hw[0] * hw[1] * max(s, 1) ** 2
+  _check_against_flax(layer, k, (s, s), hw, batch, channels, monkeypatch)
+
+
+@pytest.mark.parametrize("k,s,hw", [((3, 3), (2, 2), (4, 4)), ((4, 4), (2, 2), (5, 3)),
+                                    ((5, 3), (2, 3), (4, 3)), ((3, 3), (3, 3), (3, 4)),
+                                    ((2, 2), (2, 2), (3, 3)), ((1, 1), (2, 2), (3, 3))])
+def test_transposed_conv_by_output_phases_matches_lax(k, s, hw, monkeypatch):
+  monkeypatch.setattr(fast_conv, "PHASE_MIN_COUT", 1)  # every strided case takes the phase form
+  by_phase = all(fast_conv._phase_offsets(kk, ss, lambda r, d, kk=kk, ss=ss:
+                                          fast_conv.transpose_pads(kk, ss)[0] - r + ss * d)
+                 for kk, ss in zip(k, s))
+  assert by_phase == (k != (1, 1))  # 1x1 stride 2 leaves phases without taps: XLA's op.
+  x = _random_like(jax.ShapeDtypeStruct((2,) + hw + (5,), jnp.float32), 0)
+  w = _random_like(jax.ShapeDtypeStruct(k + (5, 4), jnp.float32), 1)
+  g = _random_like(jax.ShapeDtypeStruct((2, hw[0] * s[0], hw[1] * s[1], 4), jnp.float32), 2)
+  theirs = lambda x, w: jax.lax.conv_transpose(x, w, s, "SAME",  # what flax's ConvTranspose runs
+                                               dimension_numbers=fast_conv.DIMENSION_NUMBERS)
+  for f in (theirs, lambda x, w: fast_conv.conv_transpose2d(x, w, s)):
+    y, vjp = jax.vjp(jax.jit(f), x, w)
+    if f is theirs:
+      expected = (y, vjp(g))
+  _assert_close((y, vjp(g)), expected)
+  # In the models (strides 1 and 2) the layer takes this path too: same as flax.
+  if max(s) == 2:
+    _check_against_flax("ConvTranspose", k, s, hw, 2, (5, 4), monkeypatch)
+
+
+def _check_against_flax(layer, k, s, hw, batch, channels, monkeypatch):
+  k = (k, k) if isinstance(k, int) else k
+  (cin, cout), pixels = channels, hw[0] * hw[1] * s[0] * s[1]
   # Small chunks, so the batch is split into a scan over chunks plus a remainder.
-  monkeypatch.setattr(fast_conv, "PATCH_CHUNK_BYTES", 2 * pixels * k * k * max(cin, cout) * 4)
-  ours = getattr(layers, layer)(cout, (k, k), strides=(s, s), padding="SAME")
-  theirs = getattr(nn, layer)(cout, (k, k), strides=(s, s), padding="SAME")
+  monkeypatch.setattr(fast_conv, "PATCH_CHUNK_BYTES", 2 * pixels * k[0] * k[1] * max(cin, cout) * 4)
+  ours = getattr(layers, layer)(cout, k, strides=s, padding="SAME")
+  theirs = getattr(nn, layer)(cout, k, strides=s, padding="SAME")
   x = _random_like(jax.ShapeDtypeStruct((batch,) + hw + (cin,), jnp.float32), 0)
   params = _random_like(jax.eval_shape(theirs.init, jax.random.key(0), x)["params"], 1)
   probe = _random_like(jax.eval_shape(theirs.apply, {"params": params}, x), 2)
@@ -91,3 +120,23 @@ def test_conv_autoencoder_same_loss_and_grads_as_native_ops(monkeypatch):
   monkeypatch.setattr(layers, "FAST_CPU_CONV", False)
   native = loss_and_grads()
   _assert_close(fast, native)
+
+
+@pytest.mark.parametrize("k,s,hw", [((3, 3), (2, 2), (8, 8)), ((4, 4), (2, 2), (6, 4)),
+                                    ((5, 3), (2, 2), (4, 6)), ((3, 3), (3, 3), (6, 9)),
+                                    ((3, 3), (2, 2), (7, 7))])  # odd sides: XLA's gradient
+def test_strided_conv_input_gradient_by_output_phases(k, s, hw, monkeypatch):
+  monkeypatch.setattr(fast_conv, "PHASE_INPUT_GRAD_MIN_CIN", 1)
+  monkeypatch.setattr(fast_conv, "NATIVE_STRIDED_MIN_CIN", 1)
+  x = _random_like(jax.ShapeDtypeStruct((2,) + hw + (5,), jnp.float32), 0)
+  w = _random_like(jax.ShapeDtypeStruct(k + (5, 4), jnp.float32), 1)
+  pads = fast_conv.same_pads(hw, k, s)
+  out = jax.eval_shape(lambda: fast_conv._native(x, w, s, pads))
+  g = _random_like(out, 2)
+  by_phase = fast_conv.strided_conv_input_grad(g, w, s, pads, x.shape)
+  assert (by_phase is None) == (hw == (7, 7))
+  expected = jax.vjp(lambda x, w: fast_conv._native(x, w, s, pads), x, w)[1](g)
+  got = jax.vjp(lambda x, w: fast_conv.conv(x, w, s, pads), x, w)[1](g)
+  _assert_close(got, expected)
+  if max(s) == 2:
+    _check_against_flax("Conv", k, s, hw, 2, (5, 4), monkeypatch)
