@@ -1,4 +1,4 @@
-"""The sweep driver and the cluster launch scripts."""
+"""The sweep driver, the clustering protocol and the cluster launch scripts."""
 
 import csv
 import os
@@ -65,3 +65,29 @@ def test_launch_scripts_parse_and_use_real_flags(script):
   for name in used - {"flagfile"}:
     assert name in flags.FLAGS, f"{script} passes --{name}, which experiments.train does not define"
   assert "experiments.train" in text
+
+
+@pytest.mark.slow
+def test_cluster_protocol_on_digits_averages_seeds_and_keeps_the_baselines(tmp_path):
+  import json
+  import numpy as np
+  root = str(tmp_path / "protocol")
+  cmd = [sys.executable, os.path.join(ROOT, "scripts", "cluster_protocol.py"), f"--root={root}",
+         "--seeds=0,1", "--methods=ae,dec", f"--ae_flagfile={DIGITS}",
+         "--dec_flagfile=experiments/configs/dec_digits.flags",
+         "--eval_args=--kmeans_inits=2 --embedding_plot=pca"]
+  out = subprocess.run(cmd, cwd=ROOT, env={**os.environ}, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stdout + out.stderr
+  result = json.load(open(os.path.join(root, "protocol.json")))
+  assert result["seeds"] == [0, 1] and result["num_clustered"] == 1797  # train and test
+  for method in ("ae", "dec"):
+    acc = result["methods"][method]["acc"]
+    assert len(acc["runs"]) == 2 and all(0.3 < a <= 1 for a in acc["runs"])  # chance is 0.1
+    assert acc["mean"] == pytest.approx(np.mean(acc["runs"]))
+    assert acc["std"] == pytest.approx(np.std(acc["runs"]))
+  assert {"pixels", "pca"} <= set(result["baselines"])
+  assert "linear_probe_acc" in result["baselines"]["pixels"]  # the autoencoder's evaluation
+  assert re.search(r"^dec\s+dec clustering layer\s+0\.\d{4}±0\.\d{4}", out.stdout, re.M)
+  assert sorted(os.listdir(root)) == ["ae_s0", "ae_s1", "dec_s0", "dec_s1", "protocol.json",
+                                      "protocol.log"]
