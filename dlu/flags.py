@@ -128,7 +128,7 @@ def validate(cfg: Config) -> None:
 
 
 def config_from_flagfile(path: str, **overrides: Any) -> Config:
-  """The Config a run's `flags.txt` records, with `overrides` applied."""
+  """The Config a run's `flags.txt` (or any flagfile) records, with `overrides` applied."""
   if not os.path.isfile(path):
     raise UsageError(f"{path} does not exist: expected the flags.txt of a dlu run")
   values = {}
@@ -138,7 +138,14 @@ def config_from_flagfile(path: str, **overrides: Any) -> Config:
       line = line.strip()
       if not line.startswith("--"):
         continue
-      name, _, value = line[2:].partition("=")
+      name, eq, value = line[2:].partition("=")
+      if not eq:  # A bare boolean, as absl reads it: --flag or --noflag.
+        if name.startswith("no") and name not in defined and name[2:] in defined:
+          name, value = name[2:], "false"
+        else:
+          value = "true"
+        if name in defined and not flags.FLAGS[name].boolean:
+          raise UsageError(f"{path}: --{name} needs a value (--{name}=...)")
       if name not in defined:
         raise UsageError(f"{path}: unknown flag --{name}")
       try:
