@@ -273,15 +273,17 @@ def _by_phases(z: jax.Array, w: jax.Array, strides: tuple[int, int], taps) -> ja
   return y.reshape(b, h * strides[0], wd * strides[1], cout)
 
 
+def transpose_taps(k: int, s: int):
+  """(r, d) -> the kernel tap through which x[m + d] reaches output s*m + r of a "SAME"
+  transposed conv along one axis: pad_a - r + s*d."""
+  pad_a = transpose_pads(k, s)[0]
+  return lambda r, d: pad_a - r + s * d
+
+
 def conv_transpose_phases(x: jax.Array, w: jax.Array, strides: tuple[int, int]) -> jax.Array:
   """`_native_transpose` by output phases: no multiplication by the zeros a dilated input
-  would hold, and XLA:CPU runs small stride-1 convs well.
-
-  Along each axis output s*m + r sums x[m + d] times tap pad_a - r + s*d.
-  """
-  pad_a = [transpose_pads(k, s)[0] for k, s in zip(w.shape[:2], strides)]
-  taps = [functools.partial(lambda r, d, p, s: p - r + s * d, p=p, s=s)
-          for p, s in zip(pad_a, strides)]
+  would hold, and XLA:CPU runs small stride-1 convs well."""
+  taps = [transpose_taps(k, s) for k, s in zip(w.shape[:2], strides)]
   y = _by_phases(x, w, strides, taps)
   return _native_transpose(x, w, strides) if y is None else y
 
@@ -295,8 +297,7 @@ def strided_conv_input_grad(g: jax.Array, w: jax.Array, strides: tuple[int, int]
   """
   if any(n != s * m for n, s, m in zip(x_shape[1:3], strides, g.shape[1:3])):
     return None
-  taps = [functools.partial(lambda r, d, lo, s: r + lo - s * d, lo=lo, s=s)
-          for (lo, _), s in zip(pads, strides)]
+  taps = [lambda r, d, lo=lo, s=s: r + lo - s * d for (lo, _), s in zip(pads, strides)]
   return _by_phases(g, w.transpose(0, 1, 3, 2), strides, taps)
 
 
@@ -304,9 +305,9 @@ def strided_conv_input_grad(g: jax.Array, w: jax.Array, strides: tuple[int, int]
 def strided_conv_transpose2d(x: jax.Array, w: jax.Array, strides: tuple[int, int]) -> jax.Array:
   """`_native_transpose` for strides > 1, with a GEMM kernel gradient.
 
-  The forward and input gradient (a strided convolution of g) stay XLA's; the kernel
-  gradient is a GEMM of x against g's strided patches: dW[k] = sum_p x[p] g[s*p - k + pad_a].
-  To many output channels the forward pass is `conv_transpose_phases`.
+  The input gradient (a strided convolution of g) stays XLA's; the kernel gradient is a
+  GEMM of x against g's strided patches: dW[k] = sum_p x[p] g[s*p - k + pad_a]. The
+  forward pass is `conv_transpose_phases` to many output channels, XLA's to few.
   """
   if w.shape[3] >= PHASE_MIN_COUT:
     return conv_transpose_phases(x, w, strides)
