@@ -30,3 +30,34 @@ def psnr(prediction: jax.Array, target: jax.Array, *, low: float = 0.0,
   """Peak signal-to-noise ratio in dB per example, predictions clipped to [low, high]. [B]"""
   err = jnp.maximum(mse(jnp.clip(prediction, low, high), target), 1e-10)
   return 10.0 * jnp.log10((high - low) ** 2 / err)
+
+
+def nt_xent(z1: jax.Array, z2: jax.Array, *, temperature: float,
+            axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+  """SimCLR's normalised-temperature cross-entropy for two views of each example.
+
+  `z1[i]` and `z2[i]` [B, D] are projections of two views of example i. Each of the 2B
+  views must pick its partner out of the other 2B - 1 views of the (global) batch by cosine
+  similarity / `temperature`. Under pmap (`axis_name`) every device's views are scored
+  against the views of all devices, so the loss is the one of the global batch.
+  Returns the cross-entropy of each view and whether its partner ranked first,
+  as [2B] arrays, rows ordered [views 1; views 2].
+  """
+  n, dim = z1.shape
+  z = jnp.concatenate([z1, z2])
+  z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)  # [2B, D]
+  if axis_name is None:
+    keys, offset, total = z, 0, n
+  else:  # Keys in the global order [views 1 of all devices; views 2 of all devices].
+    gathered = jax.lax.all_gather(z.reshape(2, n, dim), axis_name, axis=1, tiled=True)
+    keys, offset = gathered.reshape(-1, dim), jax.lax.axis_index(axis_name) * n
+    total = keys.shape[0] // 2
+  rows = jnp.arange(2 * n)
+  view, i = rows // n, rows % n
+  self_col = view * total + offset + i
+  partner = (1 - view) * total + offset + i
+  logits = z @ keys.T / temperature  # [2B, 2 * total]
+  logits = jnp.where(jnp.arange(keys.shape[0])[None, :] == self_col[:, None], -jnp.inf, logits)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, partner)
+  top1 = (jnp.argmax(logits, axis=-1) == partner).astype(jnp.float32)
+  return loss, top1

@@ -27,6 +27,7 @@ global batch and XLA inserts the reductions itself.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax
@@ -156,6 +157,10 @@ def paired_rows(top: jax.Array, bottom: jax.Array, *, max_cols: int = 8) -> jax.
 class SingleNetworkFamily(Family):
   """A family with one parameter tree, one optimizer and a scalar loss."""
 
+  #: whether `loss` couples the examples of the batch and takes the pmap axis (`axis_name=`)
+  #: to see the examples of the other devices.
+  loss_needs_axis: bool = False
+
   def make_model(self) -> flax.linen.Module:
     raise NotImplementedError
 
@@ -191,7 +196,9 @@ class SingleNetworkFamily(Family):
   def train_step(self, state, batch, rng, *, axis_name=None):
     # The step's own key: fresh noise every step, and the same noise again on resume.
     rng = per_device_rng(jax.random.fold_in(rng, state.step), axis_name)
-    grad_fn = jax.value_and_grad(self.loss, has_aux=True)
+    loss_fn = (functools.partial(self.loss, axis_name=axis_name) if self.loss_needs_axis
+               else self.loss)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, metrics), grads = grad_fn(state.params, batch, rng)
     if axis_name is not None:
       grads = jax.lax.pmean(grads, axis_name)

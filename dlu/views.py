@@ -1,0 +1,56 @@
+"""Random views of images for augmentation-invariant (contrastive) training.
+
+A view is a random crop of the image resized back to full size (area fraction in
+[min_scale, 1], aspect ratio in [3/4, 4/3], as in SimCLR's random resized crop), flipped
+left-right with probability 1/2. Everything is jittable and vmapped over the batch: views
+are drawn inside the train step from the step's key, on device, with no host work.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+MAX_LOG_RATIO = math.log(4 / 3)
+
+
+def crop_and_resize(image: jax.Array, box: jax.Array) -> jax.Array:
+  """The window `box` = (top, left, height, width) of `image` [H, W, C], in pixels, resized
+  (bilinear) to [H, W, C]. The whole image (0, 0, H, W) comes back unchanged."""
+  h, w = image.shape[:2]
+  top, left, height, width = box[0], box[1], box[2], box[3]
+  scale = jnp.stack([h / height, w / width])
+  return jax.image.scale_and_translate(image, image.shape, (0, 1), scale,
+                                       -jnp.stack([top, left]) * scale, "linear", antialias=False)
+
+
+def random_box(key: jax.Array, hw: tuple[int, int], min_scale: float) -> jax.Array:
+  """(top, left, height, width) of a random crop: area fraction in [min_scale, 1] of the
+  image, aspect ratio in [3/4, 4/3] (each side clipped to the image), uniform position."""
+  k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
+  h, w = hw
+  area = jax.random.uniform(k_area, (), minval=min_scale, maxval=1.0)
+  ratio = jnp.exp(jax.random.uniform(k_ratio, (), minval=-MAX_LOG_RATIO, maxval=MAX_LOG_RATIO))
+  height = jnp.minimum(jnp.sqrt(area * ratio) * h, h)
+  width = jnp.minimum(jnp.sqrt(area / ratio) * w, w)
+  top = jax.random.uniform(k_top, ()) * (h - height)
+  left = jax.random.uniform(k_left, ()) * (w - width)
+  return jnp.stack([top, left, height, width])
+
+
+def random_view(key: jax.Array, image: jax.Array, *, min_scale: float, hflip: bool) -> jax.Array:
+  """One random view of `image` [H, W, C] (see module doc). [H, W, C]"""
+  k_box, k_flip = jax.random.split(key)
+  view = crop_and_resize(image, random_box(k_box, image.shape[:2], min_scale))
+  if hflip:
+    view = jnp.where(jax.random.bernoulli(k_flip), view[:, ::-1], view)
+  return view
+
+
+def random_views(key: jax.Array, images: jax.Array, *, min_scale: float,
+                 hflip: bool) -> jax.Array:
+  """An independent random view of each image [B, H, W, C]. [B, H, W, C]"""
+  keys = jax.random.split(key, images.shape[0])
+  return jax.vmap(lambda k, x: random_view(k, x, min_scale=min_scale, hflip=hflip))(keys, images)
