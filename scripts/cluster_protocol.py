@@ -1,16 +1,22 @@
 r"""The clustering protocol papers report: every image (train and test) clustered, the mean
-and standard deviation of ACC/NMI/ARI over seeds, for autoencoder + clustering, DEC and IDEC.
+and standard deviation of ACC/NMI/ARI over seeds, for autoencoder + clustering, DEC, IDEC
+and SimCLR representations.
 
   python scripts/cluster_protocol.py --root=workdirs/protocol --seeds=0,1,2
-  python scripts/cluster_protocol.py --methods=ae,n2d --seeds=0
+  python scripts/cluster_protocol.py --methods=simclr,simclr_umap --seeds=0,1,2
 
-For each seed: train the autoencoder (--ae_flagfile), evaluate it (ae: k-means on its embeddings;
-n2d: UMAP of its embeddings, then a Gaussian mixture, as in N2D), train and evaluate DEC and
-IDEC from it. Runs already finished are not redone (training resumes; evaluation is rerun),
-so the command can be repeated to fill in what is missing. Pixel/PCA baselines, the probe
-and the embedding plot come with the first seed's autoencoder only, and UMAP + GMM on raw
-pixels (the floor of n2d) with the first seed's n2d evaluation. Prints a table and writes
-ROOT/protocol.json.
+For each seed, each method evaluates one run, trained first if it is not there yet:
+  ae           k-means on the autoencoder's embeddings (--ae_flagfile)
+  n2d          UMAP of the same embeddings, then a Gaussian mixture, as in N2D
+  dec, idec    their clustering layers, trained from that autoencoder (--init_from)
+  simclr       k-means on SimCLR's representation (--simclr_flagfile)
+  simclr_umap  UMAP of the same representation, then a Gaussian mixture
+  simclr_umap_kmeans  the same UMAP, then k-means
+Runs already finished are not redone (training resumes; evaluation is rerun), so the command
+can be repeated to fill in what is missing. Pixel/PCA baselines, the probe and the embedding
+plot come with the first seed's autoencoder only, and UMAP + GMM on raw pixels (the floor of
+n2d and simclr_umap) with the first of those evaluated; simclr's first seed adds its probe and
+plot. Prints a table and writes ROOT/protocol.json.
 """
 
 from __future__ import annotations
@@ -27,10 +33,17 @@ import numpy as np
 
 CONFIGS = {"ae": "experiments/configs/ae_dec_fashion_mnist.flags",
            "dec": "experiments/configs/dec_fashion_mnist.flags",
-           "idec": "experiments/configs/idec_fashion_mnist.flags"}
+           "idec": "experiments/configs/idec_fashion_mnist.flags",
+           "simclr": "experiments/configs/simclr_fashion_mnist.flags"}
 SCORES = ("acc", "nmi", "ari")
-#: Evaluations of the autoencoder run itself, by method name.
-AE_EVALS = {"ae": [], "n2d": ["--manifold=umap", "--cluster_on=gmm"]}
+UMAP_GMM = ["--manifold=umap", "--cluster_on=gmm"]
+#: The run each method evaluates, and how.
+RUN = {"ae": "ae", "n2d": "ae", "dec": "dec", "idec": "idec", "simclr": "simclr",
+       "simclr_umap": "simclr", "simclr_umap_kmeans": "simclr"}
+EVAL_ARGS = {"n2d": UMAP_GMM, "simclr_umap": UMAP_GMM,
+             "simclr_umap_kmeans": ["--manifold=umap", "--cluster_on=kmeans"]}
+#: Runs trained from another run's checkpoint.
+INIT_FROM = {"dec": "ae", "idec": "ae"}
 
 
 def run(args: list[str], log: str) -> float:
@@ -49,10 +62,12 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--root", default="workdirs/protocol")
   parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--methods", default="ae,n2d,dec,idec", help="any of ae, n2d, dec, idec")
+  parser.add_argument("--methods", default="ae,n2d,dec,idec",
+                      help=f"any of {', '.join(RUN)}")
   parser.add_argument("--ae_flagfile", default=CONFIGS["ae"])
   parser.add_argument("--dec_flagfile", default=CONFIGS["dec"])
   parser.add_argument("--idec_flagfile", default=CONFIGS["idec"])
+  parser.add_argument("--simclr_flagfile", default=CONFIGS["simclr"])
   parser.add_argument("--skip_baselines", action="store_true",
                       help="no baselines, probe or plot even for the first seed (already measured)")
   parser.add_argument("--train_args", default="", help="extra flags for every training run")
@@ -60,42 +75,51 @@ def main() -> None:
   opts = parser.parse_args()
   seeds = [int(s) for s in opts.seeds.split(",")]
   methods = opts.methods.split(",")
-  flagfiles = {"ae": opts.ae_flagfile, "dec": opts.dec_flagfile, "idec": opts.idec_flagfile}
+  unknown = sorted(set(methods) - set(RUN))
+  if unknown:
+    parser.error(f"--methods: unknown {', '.join(unknown)}; accepted: {', '.join(RUN)}")
+  flagfiles = {run: getattr(opts, f"{run}_flagfile") for run in CONFIGS}
   os.makedirs(opts.root, exist_ok=True)
   log = os.path.join(opts.root, "protocol.log")
   train_extra, eval_extra = shlex.split(opts.train_args), shlex.split(opts.eval_args)
 
   rows: dict[str, list[dict]] = {m: [] for m in methods}
+  pixel_floor = True  # UMAP + GMM on raw pixels, with the first UMAP evaluation.
   for seed in seeds:
-    ae_dir = os.path.join(opts.root, f"ae_s{seed}")
-    train_s = run(["experiments.train", f"--flagfile={flagfiles['ae']}", f"--workdir={ae_dir}",
-                   f"--seed={seed}", *train_extra], log)
+    train_s: dict[str, float] = {}
+
+    def trained(name: str) -> str:
+      """The workdir of this seed's run `name`, trained (or resumed) once per seed."""
+      workdir = os.path.join(opts.root, f"{name}_s{seed}")
+      if name not in train_s:
+        init = [f"--init_from={trained(INIT_FROM[name])}"] if name in INIT_FROM else []
+        train_s[name] = run(["experiments.train", f"--flagfile={flagfiles[name]}",
+                             f"--workdir={workdir}", *init, f"--seed={seed}", *train_extra], log)
+      return workdir
+
     for method in methods:
-      on_ae = method in AE_EVALS
-      workdir = ae_dir if on_ae else os.path.join(opts.root, f"{method}_s{seed}")
-      if not on_ae:
-        train_s = run(["experiments.train", f"--flagfile={flagfiles[method]}",
-                       f"--workdir={workdir}", f"--init_from={ae_dir}", f"--seed={seed}",
-                       *train_extra], log)
+      workdir = trained(RUN[method])
       first = seed == seeds[0] and not opts.skip_baselines
       if first and method == "ae":
         extra = []
-      elif first and method == "n2d":  # Its floor: UMAP and a GMM on raw pixels.
-        extra = ["--noprobe", "--embedding_plot=none"]
+      elif first and method == "simclr":  # Its probe and plot; the pixel baselines come with ae.
+        extra = ["--nobaselines"]
+      elif first and pixel_floor and method in EVAL_ARGS:
+        extra, pixel_floor = ["--noprobe", "--embedding_plot=none"], False
       else:
         extra = ["--nobaselines", "--noprobe", "--embedding_plot=none"]
       eval_s = run(["experiments.evaluate", f"--workdir={workdir}", "--cluster_split=all",
-                    *AE_EVALS.get(method, []), *extra, *eval_extra], log)
+                    *EVAL_ARGS.get(method, []), *extra, *eval_extra], log)
       with open(os.path.join(workdir, "eval.json")) as f:
         result = json.load(f)
-      result.update(seed=seed, train_wall_s=train_s, eval_wall_s=eval_s)
+      result.update(seed=seed, train_wall_s=train_s[RUN[method]], eval_wall_s=eval_s)
       rows[method].append(result)
       print(f"{method} seed {seed}: " + " ".join(f"{k}={result[k]:.4f}" for k in SCORES)
-            + f" ({result['clustering']}; train {train_s:.0f} s, evaluate {eval_s:.0f} s)",
-            flush=True)
+            + f" ({result['clustering']}; train {train_s[RUN[method]]:.0f} s, "
+            f"evaluate {eval_s:.0f} s)", flush=True)
 
   summary = {}
-  print(f"\n{'method':<8} {'clustering':<34} " + " ".join(f"{k.upper():>15}" for k in SCORES)
+  print(f"\n{'method':<18} {'clustering':<34} " + " ".join(f"{k.upper():>15}" for k in SCORES)
         + f" {'train s':>9} {'eval s':>8}")
   for method, results in rows.items():
     stats = {k: (float(np.mean([r[k] for r in results])), float(np.std([r[k] for r in results])))
@@ -105,15 +129,17 @@ def main() -> None:
                        **{k: {"mean": m, "std": s, "runs": [r[k] for r in results]}
                           for k, (m, s) in stats.items()},
                        "train_wall_s": walls[0], "eval_wall_s": walls[1]}
-    print(f"{method:<8} {results[0]['clustering']:<34} "
+    if "linear_probe_acc" in results[0]:  # The first seed's, where it was measured.
+      summary[method]["linear_probe_acc"] = results[0]["linear_probe_acc"]
+    print(f"{method:<18} {results[0]['clustering']:<34} "
           + " ".join(f"{m:>8.4f}±{s:.4f}" for m, s in stats.values())
           + f" {walls[0]:>9.0f} {walls[1]:>8.0f}")
   baselines: dict[str, dict] = {}
-  for method in (m for m in methods if m in AE_EVALS):
+  for method in (m for m in methods if m not in INIT_FROM):
     for name, b in rows[method][0].get("baselines", {}).items():
       baselines.setdefault(name, b)  # ae's come first and carry the probe.
   for name, b in baselines.items():
-    print(f"{'baseline':<8} {name:<34} " + " ".join(f"{b[k]:>8.4f}       " for k in SCORES))
+    print(f"{'baseline':<18} {name:<34} " + " ".join(f"{b[k]:>8.4f}       " for k in SCORES))
   with open(os.path.join(opts.root, "protocol.json"), "w") as f:
     json.dump({"seeds": seeds, "methods": summary, "baselines": baselines or None,
                "num_clustered": rows[methods[0]][0]["num_clustered"]}, f, indent=2)
