@@ -34,6 +34,16 @@ def int_list(cfg_value, flag: str) -> tuple[int, ...]:
   return values
 
 
+def conv_channels(cfg, shape: tuple[int, int, int]) -> tuple[int, ...]:
+  """--conv_channels, checked against the image: each strided layer halves height and width."""
+  channels = int_list(cfg.conv_channels, "conv_channels")
+  if not ae_models.conv_compatible(shape, len(channels)):
+    raise UsageError(f"--model={cfg.model} with {len(channels)} strided layers (--conv_channels) "
+                     f"needs image height and width divisible by {2 ** len(channels)}; "
+                     f"the data has {shape[0]}x{shape[1]}")
+  return channels
+
+
 @register
 class Autoencoder(SingleNetworkFamily):
   models = ("ae_seed", "ae_mlp", "ae_conv")
@@ -64,12 +74,8 @@ class Autoencoder(SingleNetworkFamily):
     if cfg.model == "ae_mlp":
       return ae_models.MLPAutoencoder(shape, encoder_widths=int_list(cfg.widths, "widths"),
                                       latent_dim=cfg.latent_dim)
-    channels = int_list(cfg.conv_channels, "conv_channels")
-    if not ae_models.conv_compatible(shape, len(channels)):
-      raise UsageError(f"--model=ae_conv with {len(channels)} strided layers (--conv_channels) "
-                       f"needs image height and width divisible by {2 ** len(channels)}; "
-                       f"the data has {shape[0]}x{shape[1]}")
-    return ae_models.ConvAutoencoder(shape, channels=channels, latent_dim=cfg.latent_dim)
+    return ae_models.ConvAutoencoder(shape, channels=conv_channels(cfg, shape),
+                                     latent_dim=cfg.latent_dim)
 
   def corrupt(self, x: jax.Array, rng: jax.Array) -> jax.Array:
     level = self.cfg.noise_level

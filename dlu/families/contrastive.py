@@ -19,9 +19,8 @@ from absl import flags
 
 from dlu import losses, views
 from dlu.errors import UsageError
-from dlu.families.autoencoder import int_list
+from dlu.families.autoencoder import conv_channels, int_list
 from dlu.families.base import SingleNetworkFamily, paired_rows, register, to_unit
-from dlu.models import autoencoder as ae_models
 from dlu.models.contrastive import ContrastiveNet
 
 flags.DEFINE_float("temperature", 0.5, "simclr_*: temperature of the NT-Xent loss.")
@@ -56,12 +55,7 @@ class SimCLR(SingleNetworkFamily):
   def make_model(self):
     cfg, shape = self.cfg, self.spec.image_shape
     if cfg.model == "simclr_conv":
-      channels = int_list(cfg.conv_channels, "conv_channels")
-      if not ae_models.conv_compatible(shape, len(channels)):
-        raise UsageError(f"--model=simclr_conv with {len(channels)} strided layers "
-                         f"(--conv_channels) needs image height and width divisible by "
-                         f"{2 ** len(channels)}; the data has {shape[0]}x{shape[1]}")
-      return ContrastiveNet("conv", channels=channels, feature_dim=cfg.latent_dim,
+      return ContrastiveNet("conv", channels=conv_channels(cfg, shape), feature_dim=cfg.latent_dim,
                             projection=int_list(cfg.projection_dims, "projection_dims"))
     return ContrastiveNet("mlp", widths=int_list(cfg.widths, "widths"), feature_dim=cfg.latent_dim,
                           projection=int_list(cfg.projection_dims, "projection_dims"))

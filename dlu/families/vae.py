@@ -36,9 +36,8 @@ from absl import flags
 
 from dlu import evaluation, likelihoods
 from dlu.errors import UsageError
-from dlu.families.autoencoder import int_list
+from dlu.families.autoencoder import conv_channels, int_list
 from dlu.families.base import SingleNetworkFamily, paired_rows, register, to_unit
-from dlu.models import autoencoder as ae_models
 from dlu.models import vae as vae_models
 
 flags.DEFINE_enum("likelihood", "bernoulli", ["bernoulli", "gaussian"],
@@ -102,12 +101,7 @@ class VAE(SingleNetworkFamily):
   def make_model(self):
     cfg, shape = self.cfg, self.spec.image_shape
     if cfg.model == "conv_vae":
-      channels = int_list(cfg.conv_channels, "conv_channels")
-      if not ae_models.conv_compatible(shape, len(channels)):
-        raise UsageError(f"--model=conv_vae with {len(channels)} strided layers (--conv_channels) "
-                         f"needs image height and width divisible by {2 ** len(channels)}; "
-                         f"the data has {shape[0]}x{shape[1]}")
-      return vae_models.VAE(shape, cfg.latent_dim, "conv", channels=channels,
+      return vae_models.VAE(shape, cfg.latent_dim, "conv", channels=conv_channels(cfg, shape),
                             learn_variance=cfg.learn_variance)
     return vae_models.VAE(shape, cfg.latent_dim, "mlp", widths=int_list(cfg.widths, "widths"),
                           learn_variance=cfg.learn_variance)
