@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from dlu import families, flags as dlu_flags, losses, parallel, steps, views
+from dlu import families, flags as dlu_flags, losses, parallel, views
 from dlu.errors import UsageError
 from dlu.families import DataSpec
+from test_steps import run_steps
 
 SPEC = DataSpec((8, 8, 1), 10, 64)
 
@@ -69,43 +70,25 @@ def test_nt_xent_matches_the_definition_and_pmap_sees_the_global_batch():
   np.testing.assert_allclose(per_device.reshape(8, 2, 2), full.transpose(1, 0, 2), rtol=1e-5)
 
 
-def _run(model, mesh, parallelism, x, batches):
-  cfg = dlu_flags.make_config(model=model, optimizer="sgd", learning_rate=0.1, widths=["32"],
-                              conv_channels=["4", "8"], latent_dim=16, projection_dims=["16", "8"],
-                              dataset="digits")
-  family = families.get(model)(cfg, SPEC)
-  state = steps.make_init(family, mesh)[0](jax.random.key(0))
-  step = steps.make_train_step(family, mesh, parallelism=parallelism)
-  if parallelism == "pmap":
-    state = parallel.replicate_for_pmap(jax.device_get(state))
-  for idx in batches:
-    local = {"image": x[idx]}
-    batch = parallel.pmap_batch(local) if parallelism == "pmap" else parallel.global_batch(mesh, local)
-    state, metrics = step(state, batch, jax.random.key(1))
-  if parallelism == "pmap":
-    state = parallel.unreplicate(state)
-  return jax.device_get(state), jax.device_get(metrics)
-
-
 @pytest.mark.parametrize("model", ["simclr_mlp", "simclr_conv"])
 def test_one_device_and_eight_devices_agree(model):
   assert jax.device_count() == 8
+  cfg = dlu_flags.make_config(model=model, optimizer="sgd", learning_rate=0.1, widths=["32"],
+                              conv_channels=["4", "8"], latent_dim=16, projection_dims=["16", "8"],
+                              dataset="digits")
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (SPEC.num_train, 8, 8, 1), dtype=np.uint8)
-  batches = [rng.permutation(SPEC.num_train)[:32] for _ in range(3)]
+  batches = [x[rng.permutation(SPEC.num_train)[:32]] for _ in range(3)]
   one = Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,))
-  s1, m1 = _run(model, one, "jit", x, batches)
-  s8, m8 = _run(model, parallel.make_mesh(), "jit", x, batches)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), s1.params, s8.params)
+  p1, m1 = run_steps(cfg, one, "jit", batches)
+  p8, m8 = run_steps(cfg, parallel.make_mesh(), "jit", batches)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), p1, p8)
   np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
-  fresh = steps.make_init(families.get(model)(dlu_flags.make_config(
-      model=model, widths=["32"], conv_channels=["4", "8"], latent_dim=16,
-      projection_dims=["16", "8"], dataset="digits"), SPEC), one)[0](jax.random.key(0))
-  moved = jax.tree.map(lambda a, b: float(np.abs(a - np.asarray(b)).max()), s1.params,
-                       jax.device_get(fresh.params))
+  fresh = families.get(model)(cfg, SPEC).init_params(jax.random.key(0))
+  moved = jax.tree.map(lambda a, b: float(np.abs(a - np.asarray(b)).max()), p1, fresh)
   assert min(jax.tree.leaves(moved)) > 0  # Every parameter, encoder and head, is trained.
   # Under pmap each device draws its own views; the loss is still over the global batch.
-  _, mp = _run(model, parallel.make_mesh(), "pmap", x, batches)
+  _, mp = run_steps(cfg, parallel.make_mesh(), "pmap", batches)
   loss, top1 = np.asarray(mp["loss"]), np.asarray(mp["top1"])  # [devices], equal after pmean.
   np.testing.assert_allclose(loss, loss[0])
   assert np.isfinite(loss[0]) and 0 <= top1[0] <= 1 and abs(loss[0] - float(m1["loss"])) < 0.5

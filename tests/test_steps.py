@@ -11,7 +11,8 @@ from dlu.families import DataSpec
 SPEC = DataSpec((8, 8, 1), 10, 512)
 
 
-def _run(cfg, mesh, parallelism, batches):
+def run_steps(cfg, mesh, parallelism, batches):
+  """Params and last metrics after one train step per batch of images (also used by other tests)."""
   family = families.get(cfg.model)(cfg, SPEC)
   init, _ = steps.make_init(family, mesh)
   state = init(jax.random.key(0))
@@ -39,12 +40,12 @@ def test_one_device_eight_devices_and_pmap_agree(model, optimizer, with_pmap):
   rng = np.random.default_rng(0)
   batches = [rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8) for _ in range(3)]
   one = Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,))
-  p1, m1 = _run(cfg, one, "jit", batches)
-  p8, m8 = _run(cfg, parallel.make_mesh(), "jit", batches)
+  p1, m1 = run_steps(cfg, one, "jit", batches)
+  p8, m8 = run_steps(cfg, parallel.make_mesh(), "jit", batches)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, p8)
   np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
   if with_pmap:
-    pp, mp = _run(cfg, parallel.make_mesh(), "pmap", batches)
+    pp, mp = run_steps(cfg, parallel.make_mesh(), "pmap", batches)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, pp)
     np.testing.assert_allclose(m1["loss"], mp["loss"], rtol=1e-5)
   # Parameters actually moved.

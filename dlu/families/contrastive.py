@@ -42,8 +42,8 @@ class SimCLR(SingleNetworkFamily):
     if cfg.latent_dim < 1:
       raise UsageError(f"--latent_dim must be a positive integer, got {cfg.latent_dim!r}")
     int_list(cfg.projection_dims, "projection_dims")
-    int_list(cfg.widths if cfg.model == "simclr_mlp" else cfg.conv_channels,
-             "widths" if cfg.model == "simclr_mlp" else "conv_channels")
+    encoder_flag = "widths" if cfg.model == "simclr_mlp" else "conv_channels"
+    int_list(getattr(cfg, encoder_flag), encoder_flag)
     if not cfg.temperature > 0:
       raise UsageError(f"--temperature must be > 0, got {cfg.temperature!r}")
     if not 0 < cfg.crop_min_scale <= 1:
