@@ -61,3 +61,27 @@ def nt_xent(z1: jax.Array, z2: jax.Array, *, temperature: float,
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, partner)
   top1 = (jnp.argmax(logits, axis=-1) == partner).astype(jnp.float32)
   return loss, top1
+
+
+def cluster_contrast(p1: jax.Array, p2: jax.Array, *, temperature: float,
+                     axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+  """The cluster-level loss of contrastive clustering (Li et al., AAAI 2021).
+
+  `p1[i]` and `p2[i]` [B, K] are cluster probabilities of two views of example i. Each
+  cluster is represented by its column over the (global) batch, and each of the 2K columns
+  must pick out the same cluster's column of the other view (NT-Xent on columns), plus
+  log K - H for the entropy H of each view's average assignment, which keeps every cluster
+  in use. Under pmap (`axis_name`) the columns span the batches of all devices, and every
+  device computes the same value. Returns the loss and the mean of the two entropies.
+  """
+  if axis_name is not None:
+    p1, p2 = (jax.lax.all_gather(p, axis_name, axis=0, tiled=True) for p in (p1, p2))
+  k = p1.shape[1]
+  entropy = lambda p: -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-12)))
+  marginal = (entropy(jnp.mean(p1, axis=0)) + entropy(jnp.mean(p2, axis=0))) / 2
+  c = jnp.concatenate([p1.T, p2.T])  # [2K, B]
+  c = c / jnp.maximum(jnp.linalg.norm(c, axis=-1, keepdims=True), 1e-12)
+  logits = jnp.where(jnp.eye(2 * k, dtype=bool), -jnp.inf, c @ c.T / temperature)
+  partner = (jnp.arange(2 * k) + k) % (2 * k)
+  contrast = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, partner))
+  return contrast + 2 * (jnp.log(k) - marginal), marginal

@@ -2,7 +2,9 @@
 
 A view is a random crop of the image resized back to full size (area fraction in
 [min_scale, 1], aspect ratio in [3/4, 4/3], as in SimCLR's random resized crop), flipped
-left-right with probability 1/2. Everything is jittable and vmapped over the batch: views
+left-right with probability 1/2, and optionally with its intensities jittered: multiplied by
+a random factor in [1 - brightness, 1 + brightness] and raised to a random power in
+[exp(-gamma), exp(gamma)] (views are in [0, 1], so black stays black). Everything is jittable and vmapped over the batch: views
 are drawn inside the train step from the step's key, on device, with no host work.
 """
 
@@ -40,17 +42,36 @@ def random_box(key: jax.Array, hw: tuple[int, int], min_scale: float) -> jax.Arr
   return jnp.stack([top, left, height, width])
 
 
-def random_view(key: jax.Array, image: jax.Array, *, min_scale: float, hflip: bool) -> jax.Array:
-  """One random view of `image` [H, W, C] (see module doc). [H, W, C]"""
+def jitter_intensity(key: jax.Array, image: jax.Array, *, brightness: float,
+                     gamma: float) -> jax.Array:
+  """`image` in [0, 1] times a factor in [1 - brightness, 1 + brightness], clipped to [0, 1],
+  then to a power in [exp(-gamma), exp(gamma)] (both uniform; 0 turns either off)."""
+  k_scale, k_power = jax.random.split(key)
+  if brightness:
+    image = jnp.clip(image * jax.random.uniform(k_scale, (), minval=1 - brightness,
+                                                maxval=1 + brightness), 0.0, 1.0)
+  if gamma:
+    power = jnp.exp(jax.random.uniform(k_power, (), minval=-gamma, maxval=gamma))
+    image = jnp.where(image > 0, jnp.maximum(image, 1e-6) ** power, 0.0)
+  return image
+
+
+def random_view(key: jax.Array, image: jax.Array, *, min_scale: float, hflip: bool,
+                brightness: float = 0.0, gamma: float = 0.0) -> jax.Array:
+  """One random view of `image` [H, W, C] in [0, 1] (see module doc). [H, W, C]"""
   k_box, k_flip = jax.random.split(key)
   view = crop_and_resize(image, random_box(k_box, image.shape[:2], min_scale))
   if hflip:
     view = jnp.where(jax.random.bernoulli(k_flip), view[:, ::-1], view)
+  if brightness or gamma:
+    view = jitter_intensity(jax.random.fold_in(key, 1), view, brightness=brightness, gamma=gamma)
   return view
 
 
-def random_views(key: jax.Array, images: jax.Array, *, min_scale: float,
-                 hflip: bool) -> jax.Array:
-  """An independent random view of each image [B, H, W, C]. [B, H, W, C]"""
+def random_views(key: jax.Array, images: jax.Array, *, min_scale: float, hflip: bool,
+                 brightness: float = 0.0, gamma: float = 0.0) -> jax.Array:
+  """An independent random view of each image [B, H, W, C] in [0, 1]. [B, H, W, C]"""
   keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(lambda k, x: random_view(k, x, min_scale=min_scale, hflip=hflip))(keys, images)
+  view = lambda k, x: random_view(k, x, min_scale=min_scale, hflip=hflip, brightness=brightness,
+                                  gamma=gamma)
+  return jax.vmap(view)(keys, images)

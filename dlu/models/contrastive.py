@@ -1,5 +1,6 @@
 """Encoders trained by contrast of random views (SimCLR): an encoder to the representation
-that downstream use keeps (`encode`), and a projection head the loss alone sees."""
+that downstream use keeps (`encode`), a projection head the loss alone sees, and optionally
+a cluster head (contrastive clustering) giving logits over `num_clusters` clusters."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from dlu.models.layers import MLP
 class ContrastiveNet(nn.Module):
   """encoder: "mlp" (flattened image -> `widths` -> `feature_dim`) or "conv" (strided
   convolutions with `channels`, then a dense layer to `feature_dim`), ReLU features; then
-  the projection MLP (`projection`, ReLU between layers, linear output)."""
+  the projection MLP (`projection`, ReLU between layers, linear output); with `num_clusters`,
+  also the cluster head on the representation (`projection[0]` hidden units, then logits)."""
   encoder: str = "mlp"
   widths: Sequence[int] = (1024, 512)
   channels: Sequence[int] = (32, 64)
   feature_dim: int = 256
   projection: Sequence[int] = (256, 128)
+  num_clusters: int = 0
 
   def setup(self):
     if self.encoder == "conv":
@@ -29,6 +32,8 @@ class ContrastiveNet(nn.Module):
     else:
       self.backbone = MLP(tuple(self.widths) + (self.feature_dim,))
     self.head = MLP(tuple(self.projection))
+    if self.num_clusters:
+      self.cluster_head = MLP((self.projection[0], self.num_clusters))
 
   def encode(self, x: jax.Array) -> jax.Array:
     """The representation. [B, feature_dim]"""
@@ -36,7 +41,13 @@ class ContrastiveNet(nn.Module):
       x = x.reshape((x.shape[0], -1))
     return nn.relu(self.backbone(x))
 
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def cluster_logits(self, x: jax.Array) -> jax.Array:
+    """Logits of the cluster head. [B, num_clusters]"""
+    return self.cluster_head(self.encode(x))
+
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Representation [B, feature_dim], projection [B, projection[-1]] and cluster logits
+    [B, num_clusters] (None without a cluster head)."""
     chex.assert_rank(x, 4)
     h = self.encode(x)
-    return h, self.head(h)  # [B, feature_dim], [B, projection[-1]]
+    return h, self.head(h), self.cluster_head(h) if self.num_clusters else None
