@@ -1,6 +1,6 @@
 r"""The clustering protocol papers report: every image (train and test) clustered, the mean
 and standard deviation of ACC/NMI/ARI over seeds, for autoencoder + clustering, DEC, IDEC
-and SimCLR representations.
+SimCLR representations and contrastive clustering (SimCLR with a cluster head).
 
   python scripts/cluster_protocol.py --root=workdirs/protocol --seeds=0,1,2
   python scripts/cluster_protocol.py --methods=simclr,simclr_umap --seeds=0,1,2
@@ -12,6 +12,7 @@ For each seed, each method evaluates one run, trained first if it is not there y
   simclr       k-means on SimCLR's representation (--simclr_flagfile)
   simclr_umap  UMAP of the same representation, then a Gaussian mixture
   simclr_umap_kmeans  the same UMAP, then k-means
+  cc           the cluster head of a SimCLR run with --cluster_head (--cc_flagfile)
 Runs already finished are not redone (training resumes; evaluation is rerun), so the command
 can be repeated to fill in what is missing. Pixel/PCA baselines, the probe and the embedding
 plot come with the first seed's autoencoder only, and UMAP + GMM on raw pixels (the floor of
@@ -34,16 +35,20 @@ import numpy as np
 CONFIGS = {"ae": "experiments/configs/ae_dec_fashion_mnist.flags",
            "dec": "experiments/configs/dec_fashion_mnist.flags",
            "idec": "experiments/configs/idec_fashion_mnist.flags",
-           "simclr": "experiments/configs/simclr_fashion_mnist.flags"}
+           "simclr": "experiments/configs/simclr_fashion_mnist.flags",
+           "cc": "experiments/configs/cc_fashion_mnist.flags"}
 SCORES = ("acc", "nmi", "ari")
 UMAP_GMM = ["--manifold=umap", "--cluster_on=gmm"]
 #: The run each method evaluates, and how.
 RUN = {"ae": "ae", "n2d": "ae", "dec": "dec", "idec": "idec", "simclr": "simclr",
-       "simclr_umap": "simclr", "simclr_umap_kmeans": "simclr"}
+       "simclr_umap": "simclr", "simclr_umap_kmeans": "simclr", "cc": "cc"}
 EVAL_ARGS = {"n2d": UMAP_GMM, "simclr_umap": UMAP_GMM,
              "simclr_umap_kmeans": ["--manifold=umap", "--cluster_on=kmeans"]}
 #: Runs trained from another run's checkpoint.
 INIT_FROM = {"dec": "ae", "idec": "ae"}
+#: Methods scored by the run's own clustering layer; their evaluation's baseline is k-means
+#: on that run's embeddings, kept with the method rather than among the data's baselines.
+HEADS = ("dec", "idec", "cc")
 
 
 def run(args: list[str], log: str) -> float:
@@ -68,6 +73,7 @@ def main() -> None:
   parser.add_argument("--dec_flagfile", default=CONFIGS["dec"])
   parser.add_argument("--idec_flagfile", default=CONFIGS["idec"])
   parser.add_argument("--simclr_flagfile", default=CONFIGS["simclr"])
+  parser.add_argument("--cc_flagfile", default=CONFIGS["cc"])
   parser.add_argument("--skip_baselines", action="store_true",
                       help="no baselines, probe or plot even for the first seed (already measured)")
   parser.add_argument("--train_args", default="", help="extra flags for every training run")
@@ -102,7 +108,7 @@ def main() -> None:
       first = seed == seeds[0] and not opts.skip_baselines
       if first and method == "ae":
         extra = []
-      elif first and method == "simclr":  # Its probe and plot; the pixel baselines come with ae.
+      elif first and method in ("simclr", "cc"):  # Probe and plot; pixel baselines come with ae.
         extra = ["--nobaselines"]
       elif first and pixel_floor and method in EVAL_ARGS:
         extra, pixel_floor = ["--noprobe", "--embedding_plot=none"], False
@@ -131,11 +137,13 @@ def main() -> None:
                        "train_wall_s": walls[0], "eval_wall_s": walls[1]}
     if "linear_probe_acc" in results[0]:  # The first seed's, where it was measured.
       summary[method]["linear_probe_acc"] = results[0]["linear_probe_acc"]
+    if method in HEADS and "baselines" in results[0]:  # k-means on its embeddings, first seed.
+      summary[method]["baselines"] = results[0]["baselines"]
     print(f"{method:<18} {results[0]['clustering']:<34} "
           + " ".join(f"{m:>8.4f}±{s:.4f}" for m, s in stats.values())
           + f" {walls[0]:>9.0f} {walls[1]:>8.0f}")
   baselines: dict[str, dict] = {}
-  for method in (m for m in methods if m not in INIT_FROM):
+  for method in (m for m in methods if m not in HEADS):
     for name, b in rows[method][0].get("baselines", {}).items():
       baselines.setdefault(name, b)  # ae's come first and carry the probe.
   for name, b in baselines.items():

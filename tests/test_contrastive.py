@@ -187,8 +187,8 @@ def _python(module, *args):
 @pytest.mark.slow
 def test_digits_run_learns_views_and_clusters_and_evaluates(tmp_path):
   workdir = str(tmp_path / "simclr")
-  _python("experiments.train", "--flagfile=experiments/configs/simclr_digits.flags",
-          f"--workdir={workdir}", "--cluster_head", "--brightness=0.3")
+  _python("experiments.train", "--flagfile=experiments/configs/cc_digits.flags",
+          f"--workdir={workdir}")
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   evals = [r for r in rows if r["split"] == "eval"]
   train = [r for r in rows if r["split"] == "train"]
