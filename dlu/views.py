@@ -4,8 +4,9 @@ A view is a random crop of the image resized back to full size (area fraction in
 [min_scale, 1], aspect ratio in [3/4, 4/3], as in SimCLR's random resized crop), flipped
 left-right with probability 1/2, and optionally with its intensities jittered: multiplied by
 a random factor in [1 - brightness, 1 + brightness] and raised to a random power in
-[exp(-gamma), exp(gamma)] (views are in [0, 1], so black stays black). Everything is jittable and vmapped over the batch: views
-are drawn inside the train step from the step's key, on device, with no host work.
+[exp(-gamma), exp(gamma)] (views are in [0, 1], so black stays black). Everything is
+jittable and vmapped over the batch: views are drawn inside the train step from the step's
+key, on device, with no host work.
 """
 
 from __future__ import annotations

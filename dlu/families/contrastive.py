@@ -43,8 +43,8 @@ flags.DEFINE_float("crop_min_scale", 0.5, "simclr_*: smallest area fraction of a
 flags.DEFINE_boolean("hflip", True, "simclr_*: flip views left-right with probability 1/2.")
 flags.DEFINE_float("brightness", 0.0, "simclr_*: views' intensities are multiplied by a random "
                    "factor in [1 - brightness, 1 + brightness] (clipped to the pixel range).")
-flags.DEFINE_float("intensity_gamma", 0.0, "simclr_*: views' intensities (in [0, 1]) are raised to a random "
-                   "power in [exp(-gamma), exp(gamma)].")
+flags.DEFINE_float("intensity_gamma", 0.0, "simclr_*: views' intensities (in [0, 1]) are "
+                   "raised to a random power in [exp(-gamma), exp(gamma)].")
 flags.DEFINE_boolean("cluster_head", False, "simclr_*: also learn a clustering: a softmax head "
                      "over --n_clusters clusters trained by contrastive clustering's cluster "
                      "loss; experiments.evaluate scores its assignments.")
