@@ -148,7 +148,10 @@ def test_one_device_and_eight_devices_agree(model, cluster_head):
   p8, m8 = run_steps(cfg, parallel.make_mesh(), "jit", batches)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), p1, p8)
   np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
-  fresh = families.get(model)(cfg, SPEC).init_params(jax.random.key(0))
+  family = families.get(model)(cfg, SPEC)
+  # experiments.evaluate scores a head's assignments, else clusters the embeddings.
+  assert (family.assignments is None) == (not cluster_head)
+  fresh = family.init_params(jax.random.key(0))
   moved = jax.tree.map(lambda a, b: float(np.abs(a - np.asarray(b)).max()), p1, fresh)
   assert min(jax.tree.leaves(moved)) > 0  # Every parameter, encoder and head, is trained.
   # Under pmap each device draws its own views; the loss is still over the global batch.
