@@ -187,6 +187,18 @@ def _python(module, *args):
   return out
 
 
+def test_cluster_head_on_unlabelled_data_needs_n_clusters():
+  cfg = dlu_flags.make_config(model="simclr_mlp", cluster_head=True, widths=["8"], latent_dim=4,
+                              projection_dims=["4"])
+  unlabelled = DataSpec((8, 8, 1), None, 64)
+  with pytest.raises(UsageError, match="--cluster_head needs --n_clusters"):
+    families.get("simclr_mlp")(cfg, unlabelled).init_params(jax.random.key(0))
+  cfg = dlu_flags.make_config(model="simclr_mlp", cluster_head=True, n_clusters=3, widths=["8"],
+                              latent_dim=4, projection_dims=["4"])
+  params = families.get("simclr_mlp")(cfg, unlabelled).init_params(jax.random.key(0))
+  assert params["cluster_head"]["dense_1"]["kernel"].shape == (4, 3)
+
+
 @pytest.mark.slow
 def test_digits_run_learns_views_and_clusters_and_evaluates(tmp_path):
   workdir = str(tmp_path / "simclr")
