@@ -67,3 +67,11 @@ def embed_split(embed: Callable, state, x: np.ndarray, *, mesh: Mesh,
                 batch_size: int) -> np.ndarray:
   """Embeddings of every row of `x`, in order, on every process. [N, D]"""
   return per_example(embed, state, x, mesh=mesh, batch_size=batch_size)
+
+
+def cluster_assignments(probs: Callable, state, x: np.ndarray, *, mesh: Mesh,
+                        batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Soft [N, K] and hard [N] assignments of every row of `x` by a clustering layer's
+  `probs(state, images)`, jitted over images (`steps.jit_over_images`)."""
+  q = per_example(probs, state, x, mesh=mesh, batch_size=batch_size)
+  return q, q.argmax(axis=1).astype(np.int32)

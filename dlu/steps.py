@@ -57,9 +57,14 @@ def make_images(family: Family, mesh: Mesh) -> Callable:
   return jax.jit(family.images, in_shardings=(repl, repl, repl), out_shardings=repl)
 
 
-def make_embed(family: Family, mesh: Mesh) -> Callable:
+def jit_over_images(fn: Callable, mesh: Mesh) -> Callable:
+  """(state, images) -> [B, ...] values per image, sharded like the batch."""
   repl, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-  return jax.jit(family.embed, in_shardings=(repl, sharded), out_shardings=sharded)
+  return jax.jit(fn, in_shardings=(repl, sharded), out_shardings=sharded)
+
+
+def make_embed(family: Family, mesh: Mesh) -> Callable:
+  return jit_over_images(family.embed, mesh)
 
 
 def make_per_example(fn: Callable, mesh: Mesh) -> Callable:

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from dlu import clustering, data, evaluation, losses, parallel, views
+from dlu import clustering, data, evaluation, losses, steps, views
 from dlu.errors import UsageError
 from dlu.families.autoencoder import conv_channels, int_list
 from dlu.families.base import SingleNetworkFamily, paired_rows, register, to_unit
@@ -161,8 +161,7 @@ class SimCLR(SingleNetworkFamily):
 
   # --- Host-side hooks.
   def prepare(self, dataset, ctx):
-    repl, sharded = parallel.replicated(ctx.mesh), parallel.data_sharded(ctx.mesh)
-    self._probs = jax.jit(self.cluster_probs, in_shardings=(repl, sharded), out_shardings=sharded)
+    self._probs = steps.jit_over_images(self.cluster_probs, ctx.mesh)
     self._ctx = ctx
 
   @property
@@ -173,9 +172,8 @@ class SimCLR(SingleNetworkFamily):
       return None
 
     def assign(state, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-      q = evaluation.embed_split(self._probs, state, x, mesh=self._ctx.mesh,
-                                 batch_size=self._ctx.batch_size)
-      return q, q.argmax(axis=1).astype(np.int32)
+      return evaluation.cluster_assignments(self._probs, state, x, mesh=self._ctx.mesh,
+                                            batch_size=self._ctx.batch_size)
     return assign
 
   def split_metrics(self, state, dataset, ctx):

@@ -125,8 +125,7 @@ class DEC(Family):
   def set_data(self, dataset: data.ImageData, ctx: EvalContext) -> None:
     """The training split the targets are computed over, and where to compute them."""
     self.dataset, self.ctx = dataset, ctx
-    repl, sharded = parallel.replicated(ctx.mesh), parallel.data_sharded(ctx.mesh)
-    self._probs = jax.jit(self.cluster_probs, in_shardings=(repl, sharded), out_shardings=sharded)
+    self._probs = steps.jit_over_images(self.cluster_probs, ctx.mesh)
 
   @property
   def tx(self) -> optax.GradientTransformation:
@@ -203,9 +202,8 @@ class DEC(Family):
   # --- Host-side hooks.
   def assignments(self, state, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Soft assignments [N, K] and hard ones [N] of every row of `x`."""
-    q = evaluation.embed_split(self._probs, state, x, mesh=self.ctx.mesh,
-                               batch_size=self.ctx.batch_size)
-    return q, q.argmax(axis=1).astype(np.int32)
+    return evaluation.cluster_assignments(self._probs, state, x, mesh=self.ctx.mesh,
+                                          batch_size=self.ctx.batch_size)
 
   def refresh_target(self, state: TrainState) -> TrainState:
     """Recomputes p over the whole training split; records how many assignments moved."""
