@@ -1,11 +1,11 @@
 """Structure in a trained run's representation, for experiments.evaluate: clustering
-scores (ACC/NMI/ARI), a linear probe, a 2-D map of the test embeddings, and the same
+scores (ACC/NMI/ARI), a linear probe and a k-nearest-neighbour probe, a 2-D map of the test embeddings, and the same
 numbers for raw pixels and PCA beside them.
 
 The embedding is the family's `embed` (an autoencoder's code, a VAE's encoder mean,
 a GAN discriminator's penultimate features). A family with its own clustering head
 (DEC, IDEC: `assignments(state, x)`) is scored by that head, and k-means on its
-embeddings becomes one more baseline. Labels score clusterings and train the probe;
+embeddings becomes one more baseline. Labels score clusterings and fit the probes;
 nothing else sees them.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 from absl import flags
 
 from dlu import clustering, data, evaluation, parallel, steps
+from dlu.errors import UsageError
 from dlu.families.dec import num_clusters
 from dlu.run_evaluation import register_evaluator
 
@@ -31,7 +32,10 @@ flags.DEFINE_integer("manifold_dim", 0, "evaluate: dimensions of --manifold's ma
 flags.DEFINE_enum("cluster_split", "all", ["all", "train", "test"],
                   "evaluate: the images clustered and scored (all: train and test together).")
 flags.DEFINE_boolean("probe", True, "evaluate: fit a linear probe (logistic regression) on train "
-                     "embeddings, score it on the test split.")
+                     "embeddings, score it on the test split; also the --knn_probe.")
+flags.DEFINE_integer("knn_probe", 20, "evaluate --probe: k of a k-nearest-neighbour probe (cosine "
+                     "similarity to the train embeddings, majority vote) scored on the test split; "
+                     "0: none.")
 flags.DEFINE_boolean("baselines", True, "evaluate: the same scores for raw pixels and PCA.")
 flags.DEFINE_enum("embedding_plot", "tsne", list(clustering.PLOTS),
                   "evaluate: 2-D map of the test embeddings saved as a PNG coloured by label.")
@@ -60,6 +64,17 @@ def pipeline_name(cfg) -> str:
   return f"{cfg.cluster_on} on {mapped}embeddings"
 
 
+def probes(cfg, z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray,
+           y_test: np.ndarray) -> dict[str, float]:
+  """`linear_probe_acc` and (with --knn_probe) `knn_probe_acc` of features (--probe)."""
+  if not cfg.probe:
+    return {}
+  out = {"linear_probe_acc": clustering.linear_probe(z_train, y_train, z_test, y_test)}
+  if cfg.knn_probe:
+    out["knn_probe_acc"] = clustering.knn_probe(z_train, y_train, z_test, y_test, k=cfg.knn_probe)
+  return out
+
+
 def baselines(cfg, ds: data.ImageData, y: np.ndarray, k: int, dim: int) -> dict[str, Any]:
   """Pixels and PCA (at the embedding's dimension): k-means scores and probe accuracy.
 
@@ -73,9 +88,7 @@ def baselines(cfg, ds: data.ImageData, y: np.ndarray, k: int, dim: int) -> dict[
   t = time.perf_counter()
   out["pixels"] = clustering.scores(y, clustering.kmeans(x, k, seed=cfg.seed,
                                                           n_init=cfg.kmeans_inits)[0])
-  if cfg.probe:
-    out["pixels"]["linear_probe_acc"] = clustering.linear_probe(x_train, ds.y_train, x_test,
-                                                                ds.y_test)
+  out["pixels"].update(probes(cfg, x_train, ds.y_train, x_test, ds.y_test))
   out["pixels"]["time_s"] = time.perf_counter() - t
   if cfg.manifold != "none":
     t = time.perf_counter()
@@ -86,9 +99,8 @@ def baselines(cfg, ds: data.ImageData, y: np.ndarray, k: int, dim: int) -> dict[
   x_pca, model = clustering.pca(x, dim, seed=cfg.seed)
   out["pca"] = {"dim": dim, **clustering.scores(y, clustering.kmeans(
       x_pca, k, seed=cfg.seed, n_init=cfg.kmeans_inits)[0])}
-  if cfg.probe:
-    out["pca"]["linear_probe_acc"] = clustering.linear_probe(
-        model.transform(x_train), ds.y_train, model.transform(x_test), ds.y_test)
+  out["pca"].update(probes(cfg, model.transform(x_train), ds.y_train, model.transform(x_test),
+                          ds.y_test))
   out["pca"]["time_s"] = time.perf_counter() - t
   return out
 
@@ -106,7 +118,14 @@ def embedding_plot(cfg, z_test: np.ndarray, y_test: np.ndarray, path: str) -> st
   return clustering.scatter_plot(points, y, path, title=title)
 
 
-@register_evaluator
+def check_flags(exp) -> None:
+  """The evaluation flags above, before anything is computed."""
+  cfg, num_train = exp.cfg, len(exp.dataset.x_train)
+  if cfg.probe and not 0 <= cfg.knn_probe <= num_train:
+    raise UsageError(f"--knn_probe={cfg.knn_probe}: expected a number of neighbours between 1 "
+                     f"and the {num_train} train examples, or 0 for none")
+
+
 def representation_metrics(exp, state) -> dict[str, Any]:
   """Clustering, probe, baselines and plot of the run's embeddings (see module doc)."""
   cfg, ds, family = exp.cfg, exp.dataset, exp.family
@@ -143,7 +162,7 @@ def representation_metrics(exp, state) -> dict[str, Any]:
 
   if cfg.probe:
     t = time.perf_counter()
-    results["linear_probe_acc"] = clustering.linear_probe(z_train, ds.y_train, z_test, ds.y_test)
+    results.update(probes(cfg, z_train, ds.y_train, z_test, ds.y_test))
     timings["probe"] = time.perf_counter() - t
   if cfg.baselines:
     t = time.perf_counter()
@@ -160,3 +179,6 @@ def representation_metrics(exp, state) -> dict[str, Any]:
     timings["plot"] = time.perf_counter() - t
   results["time_s"] = {name: round(v, 2) for name, v in timings.items()}
   return results
+
+
+register_evaluator(representation_metrics, check=check_flags)

@@ -126,6 +126,17 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
   return float(probe.score(np.asarray(x_test, np.float32), y_test))
 
 
+def knn_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+              y_test: np.ndarray, *, k: int = 20) -> float:
+  """Test accuracy of a k-nearest-neighbour classifier on the train features (cosine
+  similarity, majority vote of the `k` nearest): how well labels agree with each point's
+  neighbourhood, which is what clustering the features can use."""
+  from sklearn.neighbors import KNeighborsClassifier
+  probe = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute")
+  probe.fit(np.asarray(x_train, np.float32), y_train)
+  return float(probe.score(np.asarray(x_test, np.float32), y_test))
+
+
 def scatter_plot(points: np.ndarray, labels: np.ndarray | None, path: str, *,
                  title: str = "") -> str:
   """A PNG scatter of 2-D `points` [N, 2] coloured by label."""

@@ -16,10 +16,16 @@ from dlu.train_loop import Evaluator, Experiment, build, restore_or_init, write_
 
 #: Functions (experiment, state) -> {name: value} run by every evaluation of a workdir.
 EVALUATORS: list[Callable[[Experiment, Any], dict[str, Any]]] = []
+#: Functions (experiment) that raise UsageError for flags an evaluator cannot use, run
+#: before any evaluation.
+CHECKS: list[Callable[[Experiment], None]] = []
 
 
-def register_evaluator(fn: Callable[[Experiment, Any], dict[str, Any]]):
+def register_evaluator(fn: Callable[[Experiment, Any], dict[str, Any]], *,
+                       check: Callable[[Experiment], None] | None = None):
   EVALUATORS.append(fn)
+  if check is not None:
+    CHECKS.append(check)
   return fn
 
 
@@ -41,6 +47,8 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> dict[str, Any]:
     raise UsageError(f"--workdir={workdir!r} is not a directory: expected the workdir of a dlu run")
   cfg = dlu_flags.config_from_flagfile(flagfile, **overrides)
   exp = build(cfg, workdir)
+  for check in CHECKS:
+    check(exp)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
   writer = MetricWriter(workdir, enabled=parallel.is_lead_process())
   try:

@@ -135,8 +135,9 @@ def main() -> None:
                        **{k: {"mean": m, "std": s, "runs": [r[k] for r in results]}
                           for k, (m, s) in stats.items()},
                        "train_wall_s": walls[0], "eval_wall_s": walls[1]}
-    if "linear_probe_acc" in results[0]:  # The first seed's, where it was measured.
-      summary[method]["linear_probe_acc"] = results[0]["linear_probe_acc"]
+    for probe in ("linear_probe_acc", "knn_probe_acc"):  # The first seed's, where measured.
+      if probe in results[0]:
+        summary[method][probe] = results[0][probe]
     if method in HEADS and "baselines" in results[0]:  # k-means on its embeddings, first seed.
       summary[method]["baselines"] = results[0]["baselines"]
     print(f"{method:<18} {results[0]['clustering']:<34} "

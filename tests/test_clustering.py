@@ -68,12 +68,28 @@ def test_linear_probe_and_pixels_kmeans_on_separable_data(tmp_path):
   y = rng.integers(0, 3, 300)
   x = (centres[y] + rng.normal(size=(300, 8))).astype(np.float32)
   assert clustering.linear_probe(x[:200], y[:200], x[200:], y[200:]) > 0.95
+  assert clustering.knn_probe(x[:200], y[:200], x[200:], y[200:], k=5) > 0.95
   labels, centroids = clustering.kmeans(x, 3, seed=0, n_init=2)
   assert centroids.shape == (3, 8) and clustering.cluster_acc(y, labels) > 0.95
   assert clustering.cluster_acc(y, clustering.gmm(x, 3, seed=0)) > 0.95
   path = clustering.scatter_plot(clustering.pca(x, 2)[0], y, str(tmp_path / "map.png"), title="t")
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_knn_probe_votes_by_cosine_similarity():
+  # Labels follow the direction of the points, not their length: cosine neighbours get them
+  # all right, whatever the scale; a majority of k=3 outvotes one mislabelled neighbour.
+  angles = np.linspace(0, np.pi / 2, 40)
+  x_train = np.stack([np.cos(angles), np.sin(angles)], 1) * np.linspace(0.1, 10, 40)[:, None]
+  y_train = (angles > np.pi / 4).astype(int)
+  x_test = np.array([[1.0, 0.1], [0.1, 1.0], [100.0, 1.0], [0.01, 0.2]])
+  y_test = np.array([0, 1, 0, 1])
+  assert clustering.knn_probe(x_train, y_train, x_test, y_test, k=1) == 1.0
+  y_noisy = y_train.copy()
+  y_noisy[0] = 1  # The nearest neighbour of [100, 1] now has the wrong label.
+  assert clustering.knn_probe(x_train, y_noisy, x_test[2:3], y_test[2:3], k=1) == 0.0
+  assert clustering.knn_probe(x_train, y_noisy, x_test[2:3], y_test[2:3], k=3) == 1.0
 
 
 def test_umap_without_the_package_is_a_usage_error(monkeypatch):

@@ -128,13 +128,23 @@ def test_pretrain_dec_evaluate_end_to_end(tmp_path):
   assert out.returncode == 0, out.stdout + out.stderr
   result = json.load(open(os.path.join(dec, "eval.json")))
   assert result["model"] == "dec" and result["num_clustered"] == 1797
-  for name in ("acc", "nmi", "ari", "linear_probe_acc"):
+  for name in ("acc", "nmi", "ari", "linear_probe_acc", "knn_probe_acc"):
     assert 0 < result[name] <= 1, name
   assert result["acc"] > 0.3 and result["linear_probe_acc"] > 0.5  # chance is 0.1
+  assert result["knn_probe_acc"] > 0.5
   assert {"pixels", "pca", "kmeans_on_embeddings"} <= set(result["baselines"])
-  assert {"acc", "nmi", "ari", "linear_probe_acc"} <= set(result["baselines"]["pixels"])
+  assert {"acc", "nmi", "ari", "linear_probe_acc", "knn_probe_acc"} <= set(
+      result["baselines"]["pixels"])
+  assert result["baselines"]["pixels"]["knn_probe_acc"] > 0.9  # 8x8 digits' neighbours agree.
   assert result["baselines"]["pca"]["dim"] == result["embedding_dim"]
   with open(result["embedding_plot"], "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   evaluated = [json.loads(line) for line in open(os.path.join(dec, "metrics.jsonl"))][-1]
   assert evaluated["split"] == "evaluate" and "baselines/pixels/acc" in evaluated
+
+  # A bad evaluation flag fails before anything is evaluated or written.
+  written = {name: open(os.path.join(dec, name)).read() for name in ("eval.json", "metrics.jsonl")}
+  cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={dec}", "--knn_probe=-1"]
+  out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, timeout=300)
+  assert out.returncode == 2 and "--knn_probe=-1: expected a number of neighbours" in out.stderr
+  assert written == {name: open(os.path.join(dec, name)).read() for name in written}

@@ -91,7 +91,7 @@ def test_cluster_protocol_on_digits_averages_seeds_and_keeps_the_baselines(tmp_p
   assert re.search(r"^cc\s+simclr_mlp clustering layer\s+0\.\d{4}±0\.\d{4}", out.stdout, re.M)
   cc = result["methods"]["cc"]
   assert cc["clustering"] == "simclr_mlp clustering layer"
-  assert 0.5 < cc["linear_probe_acc"] <= 1
+  assert 0.5 < cc["linear_probe_acc"] <= 1 and 0.5 < cc["knn_probe_acc"] <= 1
   assert 0.3 < cc["baselines"]["kmeans_on_embeddings"]["acc"] <= 1  # its representation
   assert "kmeans_on_embeddings" not in result["baselines"]  # which is not the data's floor
   assert sorted(os.listdir(root)) == ["ae_s0", "ae_s1", "cc_s0", "cc_s1", "protocol.json",
