@@ -1,6 +1,6 @@
 """Structure in a trained run's representation, for experiments.evaluate: clustering
-scores (ACC/NMI/ARI), a linear probe and a k-nearest-neighbour probe, a 2-D map of the test embeddings, and the same
-numbers for raw pixels and PCA beside them.
+scores (ACC/NMI/ARI), a linear and a k-nearest-neighbour probe, a 2-D map of the test
+embeddings, and the same numbers for raw pixels and PCA beside them.
 
 The embedding is the family's `embed` (an autoencoder's code, a VAE's encoder mean,
 a GAN discriminator's penultimate features). A family with its own clustering head
