@@ -3,9 +3,9 @@ scores (ACC/NMI/ARI), a linear and a k-nearest-neighbour probe, a 2-D map of the
 embeddings, and the same numbers for raw pixels and PCA beside them.
 
 The embedding is the family's `embed` (an autoencoder's code, a VAE's encoder mean,
-a GAN discriminator's penultimate features). A family with its own clustering head
-(DEC, IDEC: `assignments(state, x)`) is scored by that head, and k-means on its
-embeddings becomes one more baseline. Labels score clusterings and fit the probes;
+a GAN discriminator's penultimate features). A family with its own clustering layer
+(DEC, IDEC, SimCLR with --cluster_head: `assignments(state, x)`) is scored by that layer,
+and k-means on its embeddings becomes one more baseline. Labels score clusterings and fit the probes;
 nothing else sees them.
 """
 

@@ -14,10 +14,10 @@ For each seed, each method evaluates one run, trained first if it is not there y
   simclr_umap_kmeans  the same UMAP, then k-means
   cc           the cluster head of a SimCLR run with --cluster_head (--cc_flagfile)
 Runs already finished are not redone (training resumes; evaluation is rerun), so the command
-can be repeated to fill in what is missing. Pixel/PCA baselines, the probe and the embedding
+can be repeated to fill in what is missing. Pixel/PCA baselines, the probes and the embedding
 plot come with the first seed's autoencoder only, and UMAP + GMM on raw pixels (the floor of
-n2d and simclr_umap) with the first of those evaluated; simclr's first seed adds its probe and
-plot. Prints a table and writes ROOT/protocol.json.
+n2d and simclr_umap) with the first of those evaluated; simclr's and cc's first seeds add their
+probes and plots. Prints a table and writes ROOT/protocol.json.
 """
 
 from __future__ import annotations
