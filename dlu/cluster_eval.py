@@ -1,6 +1,7 @@
 """Structure in a trained run's representation, for experiments.evaluate: clustering
-scores (ACC/NMI/ARI), a linear and a k-nearest-neighbour probe, a 2-D map of the test
-embeddings, and the same numbers for raw pixels and PCA beside them.
+scores (ACC/NMI/ARI), a linear and a k-nearest-neighbour probe, optionally the purity of
+many small k-means clusters, a 2-D map of the test embeddings, and the same numbers for raw
+pixels and PCA beside them.
 
 The embedding is the family's `embed` (an autoencoder's code, a VAE's encoder mean,
 a GAN discriminator's penultimate features). A family with its own clustering layer
@@ -36,6 +37,11 @@ flags.DEFINE_boolean("probe", True, "evaluate: fit a linear probe (logistic regr
 flags.DEFINE_integer("knn_probe", 20, "evaluate --probe: k of a k-nearest-neighbour probe (cosine "
                      "similarity to the train embeddings, majority vote) scored on the test split; "
                      "0: none.")
+flags.DEFINE_integer("purity_clusters", 0, "evaluate: also split the clustered features into this "
+                     "many k-means clusters (more than --n_clusters) and report "
+                     "`overcluster_purity`, the fraction of points whose cluster's most common "
+                     "label is their own: how class-pure the features' small regions are (a "
+                     "clustering into --n_clusters rarely beats it); 0: none.")
 flags.DEFINE_boolean("baselines", True, "evaluate: the same scores for raw pixels and PCA.")
 flags.DEFINE_enum("embedding_plot", "tsne", list(clustering.PLOTS),
                   "evaluate: 2-D map of the test embeddings saved as a PNG coloured by label.")
@@ -75,6 +81,14 @@ def probes(cfg, z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray,
   return out
 
 
+def overcluster(cfg, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+  """`overcluster_purity` of --purity_clusters k-means clusters of `x` [N, D] (if set)."""
+  if not cfg.purity_clusters:
+    return {}
+  pred = clustering.kmeans(x, cfg.purity_clusters, seed=cfg.seed, n_init=1)[0]
+  return {"overcluster_purity": clustering.purity(y, pred)}
+
+
 def baselines(cfg, ds: data.ImageData, y: np.ndarray, k: int, dim: int) -> dict[str, Any]:
   """Pixels and PCA (at the embedding's dimension): k-means scores and probe accuracy.
 
@@ -89,6 +103,7 @@ def baselines(cfg, ds: data.ImageData, y: np.ndarray, k: int, dim: int) -> dict[
   out["pixels"] = clustering.scores(y, clustering.kmeans(x, k, seed=cfg.seed,
                                                           n_init=cfg.kmeans_inits)[0])
   out["pixels"].update(probes(cfg, x_train, ds.y_train, x_test, ds.y_test))
+  out["pixels"].update(overcluster(cfg, x, y))
   out["pixels"]["time_s"] = time.perf_counter() - t
   if cfg.manifold != "none":
     t = time.perf_counter()
@@ -101,6 +116,7 @@ def baselines(cfg, ds: data.ImageData, y: np.ndarray, k: int, dim: int) -> dict[
       x_pca, k, seed=cfg.seed, n_init=cfg.kmeans_inits)[0])}
   out["pca"].update(probes(cfg, model.transform(x_train), ds.y_train, model.transform(x_test),
                           ds.y_test))
+  out["pca"].update(overcluster(cfg, x_pca, y))
   out["pca"]["time_s"] = time.perf_counter() - t
   return out
 
@@ -120,10 +136,17 @@ def embedding_plot(cfg, z_test: np.ndarray, y_test: np.ndarray, path: str) -> st
 
 def check_flags(exp) -> None:
   """The evaluation flags above, before anything is computed."""
-  cfg, num_train = exp.cfg, len(exp.dataset.x_train)
+  cfg, ds = exp.cfg, exp.dataset
+  num_train = len(ds.x_train)
   if cfg.probe and not 0 <= cfg.knn_probe <= num_train:
     raise UsageError(f"--knn_probe={cfg.knn_probe}: expected a number of neighbours between 1 "
                      f"and the {num_train} train examples, or 0 for none")
+  if cfg.purity_clusters:
+    k, num_clustered = num_clusters(cfg, ds), len(_split(cfg, ds.x_train, ds.x_test))
+    if not k < cfg.purity_clusters <= num_clustered:
+      raise UsageError(f"--purity_clusters={cfg.purity_clusters}: expected more clusters than "
+                       f"--n_clusters ({k}) and at most the {num_clustered} images clustered, "
+                       "or 0 for none")
 
 
 def representation_metrics(exp, state) -> dict[str, Any]:
@@ -164,6 +187,10 @@ def representation_metrics(exp, state) -> dict[str, Any]:
     t = time.perf_counter()
     results.update(probes(cfg, z_train, ds.y_train, z_test, ds.y_test))
     timings["probe"] = time.perf_counter() - t
+  if cfg.purity_clusters:
+    t = time.perf_counter()
+    results.update(overcluster(cfg, _split(cfg, z_train, z_test), y))
+    timings["purity"] = time.perf_counter() - t
   if cfg.baselines:
     t = time.perf_counter()
     base.update(baselines(cfg, ds, y, k, z_train.shape[1]))

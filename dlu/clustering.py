@@ -42,6 +42,12 @@ def cluster_acc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
   return float(counts[rows, cols].sum() / counts.sum())
 
 
+def purity(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+  """Fraction of points whose cluster's most common label is their own (many clusters may
+  share a label, so it only grows as clusters split)."""
+  return float(confusion(y_true, y_pred).max(axis=1).sum() / len(np.asarray(y_true).ravel()))
+
+
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
   """`acc`, `nmi` (arithmetic normalisation) and `ari` of a clustering."""
   return {"acc": cluster_acc(y_true, y_pred),

@@ -135,7 +135,8 @@ def main() -> None:
                        **{k: {"mean": m, "std": s, "runs": [r[k] for r in results]}
                           for k, (m, s) in stats.items()},
                        "train_wall_s": walls[0], "eval_wall_s": walls[1]}
-    for probe in ("linear_probe_acc", "knn_probe_acc"):  # The first seed's, where measured.
+    # The first seed's, where measured (--eval_args=--purity_clusters=N for the last).
+    for probe in ("linear_probe_acc", "knn_probe_acc", "overcluster_purity"):
       if probe in results[0]:
         summary[method][probe] = results[0][probe]
     if method in HEADS and "baselines" in results[0]:  # k-means on its embeddings, first seed.

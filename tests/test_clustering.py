@@ -40,6 +40,17 @@ def test_extra_clusters_are_errors_and_chance_is_low():
   assert s["acc"] < 0.15 and s["nmi"] < 0.02 and abs(s["ari"]) < 0.02
 
 
+def test_purity_counts_each_clusters_majority_label():
+  y = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+  # Splitting a class over several clusters costs nothing; mixing classes in one does.
+  assert clustering.purity(y, np.arange(8)) == 1.0
+  assert clustering.purity(y, np.array([5, 5, 7, 3, 3, 3, 3, 3])) == 6 / 8  # 3 + 3 of 5
+  assert clustering.purity(y, np.zeros(8)) == 3 / 8
+  # One-to-one ACC can only be lower: two clusters of class 0 cannot both be matched.
+  pred = np.array([0, 0, 1, 2, 2, 2, 2, 2])
+  assert clustering.purity(y, pred) == 6 / 8 and clustering.cluster_acc(y, pred) == 5 / 8
+
+
 def test_soft_assignment_and_target_distribution():
   rng = np.random.default_rng(0)
   z = rng.normal(size=(64, 5)).astype(np.float32)

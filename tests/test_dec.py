@@ -123,7 +123,7 @@ def test_pretrain_dec_evaluate_end_to_end(tmp_path):
   assert {"acc", "nmi", "ari"} <= set(next(r for r in rows if r["split"] == "eval"))
 
   cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={dec}",
-         "--embedding_plot=pca", "--kmeans_inits=2"]
+         "--embedding_plot=pca", "--kmeans_inits=2", "--purity_clusters=40"]
   out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, timeout=300)
   assert out.returncode == 0, out.stdout + out.stderr
   result = json.load(open(os.path.join(dec, "eval.json")))
@@ -136,6 +136,11 @@ def test_pretrain_dec_evaluate_end_to_end(tmp_path):
   assert {"acc", "nmi", "ari", "linear_probe_acc", "knn_probe_acc"} <= set(
       result["baselines"]["pixels"])
   assert result["baselines"]["pixels"]["knn_probe_acc"] > 0.9  # 8x8 digits' neighbours agree.
+  # 40 small clusters are purer than the 10 found, for the embeddings and for the pixels.
+  assert result["acc"] < result["overcluster_purity"] <= 1
+  pixels = result["baselines"]["pixels"]
+  assert pixels["acc"] < pixels["overcluster_purity"] and pixels["overcluster_purity"] > 0.85
+  assert "overcluster_purity" in result["baselines"]["pca"]
   assert result["baselines"]["pca"]["dim"] == result["embedding_dim"]
   with open(result["embedding_plot"], "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -144,7 +149,10 @@ def test_pretrain_dec_evaluate_end_to_end(tmp_path):
 
   # A bad evaluation flag fails before anything is evaluated or written.
   written = {name: open(os.path.join(dec, name)).read() for name in ("eval.json", "metrics.jsonl")}
-  cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={dec}", "--knn_probe=-1"]
-  out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, timeout=300)
-  assert out.returncode == 2 and "--knn_probe=-1: expected a number of neighbours" in out.stderr
+  for flag, message in (("--knn_probe=-1", "--knn_probe=-1: expected a number of neighbours"),
+                        ("--purity_clusters=5", "--purity_clusters=5: expected more clusters "
+                         "than --n_clusters (10)")):
+    cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={dec}", flag]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, timeout=300)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
   assert written == {name: open(os.path.join(dec, name)).read() for name in written}

@@ -75,7 +75,7 @@ def test_cluster_protocol_on_digits_averages_seeds_and_keeps_the_baselines(tmp_p
   cmd = [sys.executable, os.path.join(ROOT, "scripts", "cluster_protocol.py"), f"--root={root}",
          "--seeds=0,1", "--methods=ae,cc", f"--ae_flagfile={DIGITS}",
          "--cc_flagfile=experiments/configs/cc_digits.flags",
-         "--eval_args=--kmeans_inits=2 --embedding_plot=pca"]
+         "--eval_args=--kmeans_inits=2 --embedding_plot=pca --purity_clusters=30"]
   out = subprocess.run(cmd, cwd=ROOT, env={**os.environ}, capture_output=True, text=True,
                        timeout=600)
   assert out.returncode == 0, out.stdout + out.stderr
@@ -92,6 +92,7 @@ def test_cluster_protocol_on_digits_averages_seeds_and_keeps_the_baselines(tmp_p
   cc = result["methods"]["cc"]
   assert cc["clustering"] == "simclr_mlp clustering layer"
   assert 0.5 < cc["linear_probe_acc"] <= 1 and 0.5 < cc["knn_probe_acc"] <= 1
+  assert 0.5 < cc["overcluster_purity"] <= 1
   assert 0.3 < cc["baselines"]["kmeans_on_embeddings"]["acc"] <= 1  # its representation
   assert "kmeans_on_embeddings" not in result["baselines"]  # which is not the data's floor
   assert sorted(os.listdir(root)) == ["ae_s0", "ae_s1", "cc_s0", "cc_s1", "protocol.json",
