@@ -45,7 +45,8 @@ def cluster_acc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def purity(y_true: np.ndarray, y_pred: np.ndarray) -> float:
   """Fraction of points whose cluster's most common label is their own (many clusters may
   share a label, so it only grows as clusters split)."""
-  return float(confusion(y_true, y_pred).max(axis=1).sum() / len(np.asarray(y_true).ravel()))
+  counts = confusion(y_true, y_pred)
+  return float(counts.max(axis=1).sum() / counts.sum())
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
