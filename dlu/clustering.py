@@ -122,10 +122,10 @@ def pca(x: np.ndarray, dim: int, *, seed: int = 0,
 def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                  y_test: np.ndarray, *, max_iter: int = 200) -> float:
   """Test accuracy of a logistic regression on standardised train features."""
+  from sklearn.exceptions import ConvergenceWarning
   from sklearn.linear_model import LogisticRegression
   from sklearn.pipeline import make_pipeline
   from sklearn.preprocessing import StandardScaler
-  from sklearn.exceptions import ConvergenceWarning
   probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", ConvergenceWarning)
@@ -166,13 +166,6 @@ def scatter_plot(points: np.ndarray, labels: np.ndarray | None, path: str, *,
   fig.savefig(path)
   plt.close(fig)
   return path
-
-
-def soft_assign(z: np.ndarray, centroids: np.ndarray, alpha: float = 1.0) -> np.ndarray:
-  """NumPy reference of DEC's Student-t soft assignment q [N, K]."""
-  d2 = ((z[:, None, :] - centroids[None]) ** 2).sum(-1)
-  q = (1.0 + d2 / alpha) ** (-(alpha + 1.0) / 2.0)
-  return q / q.sum(1, keepdims=True)
 
 
 def target_distribution(q: np.ndarray) -> np.ndarray:

@@ -13,7 +13,8 @@ Batches hold `image`, plus `index` (the rows) for families that set `needs_index
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,6 @@ from jax.sharding import Mesh
 from dlu import parallel
 from dlu.data import BatchSampler
 from dlu.errors import UsageError
-from dlu.families.base import Family
 
 # Larger training splits stay in host memory and are fed one batch per step.
 MAX_DEVICE_BYTES = 2 << 30
@@ -44,7 +44,7 @@ def dispatch_length(step: int, num_steps: int, steps_per_dispatch: int,
   return n
 
 
-def _check_labels(family: Family, y_train: np.ndarray | None) -> np.ndarray | None:
+def _check_labels(family: Any, y_train: np.ndarray | None) -> np.ndarray | None:
   """The labels the family's batches need (int32), or None when it needs none."""
   if not family.needs_label:
     return None
@@ -54,7 +54,7 @@ def _check_labels(family: Family, y_train: np.ndarray | None) -> np.ndarray | No
   return np.asarray(y_train, np.int32)
 
 
-def make_multi_step(family: Family, mesh: Mesh) -> Callable:
+def make_multi_step(family: Any, mesh: Mesh) -> Callable:
   """(state, arrays, indices [K, B], rng) -> (state, metrics of the last step), state donated.
 
   `arrays`: {"image": x_train} and, for families that need labels, {"label": y_train}.
@@ -83,7 +83,7 @@ class DeviceFeed:
   bit-identical results; n > 1 runs the steps in one `lax.scan`.
   """
 
-  def __init__(self, family: Family, mesh: Mesh, x_train: np.ndarray, sampler: BatchSampler,
+  def __init__(self, family: Any, mesh: Mesh, x_train: np.ndarray, sampler: BatchSampler,
                train_step: Callable, rng: jax.Array, *, y_train: np.ndarray | None = None):
     self.sampler, self.train_step, self.rng = sampler, train_step, rng
     self._replicated = parallel.replicated(mesh)
@@ -135,7 +135,7 @@ class HostFeed:
     return self.train_step(state, batch, self.rng)
 
 
-def make_feed(family: Family, mesh: Mesh, x_train: np.ndarray, sampler: BatchSampler,
+def make_feed(family: Any, mesh: Mesh, x_train: np.ndarray, sampler: BatchSampler,
               train_step: Callable, rng: jax.Array, *, y_train: np.ndarray | None = None,
               parallelism: str = "jit", steps_per_dispatch: int = 1) -> DeviceFeed | HostFeed:
   """A DeviceFeed when the split fits in device memory under jit, otherwise a HostFeed.

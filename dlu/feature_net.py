@@ -15,7 +15,8 @@ import hashlib
 import os
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import flax.serialization
@@ -26,8 +27,7 @@ import optax
 from absl import logging
 
 from dlu import data
-from dlu.models.gan import conv_kernel_init
-from dlu.models.layers import Conv
+from dlu.models.layers import Conv, conv_kernel_init
 
 # The training recipe; changing any of it changes the cache key.
 RECIPE = {"version": 1, "channels": (32, 64), "width": 128, "batch_size": 128, "epochs": 3,
@@ -117,7 +117,7 @@ def train_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, *, num_step
   opt_state = tx.init(params)
   order = np.random.default_rng(seed)
   perm = order.permutation(len(x))
-  t0 = time.perf_counter()
+  t0, loss = time.perf_counter(), float("nan")
   for i in range(num_steps):
     epoch, j = divmod(i, steps_per_epoch)
     if j == 0 and epoch > 0:

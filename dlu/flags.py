@@ -1,8 +1,10 @@
-"""Flags shared by every model family, and the run configuration built from them.
+"""Flags of every run (model, data, optimisation, schedule), and the Config built from them.
 
-Family-specific flags live beside each family (`dlu/families/*.py`); importing
-`dlu.families` defines them all. A `Config` is a plain snapshot of flag values,
-so library code and tests never read the global absl state.
+Other flags live beside the code that reads them: model flags shared by several families in
+`dlu.model_flags`, a family's own in its module under `dlu/families/`, evaluators' in
+`dlu/evaluators/`. A `Config` holds the values of every flag defined by the dlu modules
+imported so far (`dlu.experiment` imports them all), so library code and tests never read
+the global absl state. Nothing here knows the families.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ _NON_NEGATIVE = ("warmup_steps", "weight_decay", "grad_clip")
 class Config(types.SimpleNamespace):
   """A read-only snapshot of flag values with attribute access."""
 
-  def replace(self, **changes: Any) -> "Config":
+  def replace(self, **changes: Any) -> Config:
     unknown = sorted(set(changes) - set(vars(self)))
     if unknown:
       raise UsageError(f"unknown flag(s): {', '.join('--' + k for k in unknown)}")
@@ -83,7 +85,6 @@ class Config(types.SimpleNamespace):
 
 def _all_flag_values(flag_values: flags.FlagValues) -> dict[str, Any]:
   # Only the flags dlu defines: absl's own (logtostderr, ...) are not part of a run.
-  import dlu.families  # noqa: F401  (defines the family flags)
   # Process-launch flags (dlu.distributed) differ per process and are not part of a run.
   names = {f.name for module, fl in flag_values.flags_by_module_dict().items()
            if module.startswith(("dlu.", "experiments.")) and module != "dlu.distributed"
@@ -101,30 +102,53 @@ def make_config(**overrides: Any) -> Config:
   return Config(**defaults).replace(**overrides)
 
 
-def validate(cfg: Config) -> None:
-  """Raise UsageError naming the first flag whose value cannot work."""
-  from dlu import families
-  for name in _POSITIVE_INTS:
+def require_positive(cfg: Config, *names: str) -> None:
+  """UsageError unless each flag `names` holds an integer >= 1."""
+  for name in names:
     value = getattr(cfg, name)
-    if not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise UsageError(f"--{name} must be a positive integer, got {value!r}")
-  for name in _NON_NEGATIVE:
-    if getattr(cfg, name) < 0:
-      raise UsageError(f"--{name} must be >= 0, got {getattr(cfg, name)!r}")
-  if not cfg.learning_rate > 0:
-    raise UsageError(f"--learning_rate must be > 0, got {cfg.learning_rate!r}")
-  if not 0 <= cfg.momentum < 1:
-    raise UsageError(f"--momentum must be in [0, 1), got {cfg.momentum!r}")
-  for name in ("b1", "b2"):
-    if not 0 <= getattr(cfg, name) < 1:
-      raise UsageError(f"--{name} must be in [0, 1), got {getattr(cfg, name)!r}")
+
+
+def require_non_negative(cfg: Config, *names: str) -> None:
+  """UsageError unless each flag `names` holds a number >= 0."""
+  for name in names:
+    value = getattr(cfg, name)
+    if not value >= 0:
+      raise UsageError(f"--{name} must be >= 0, got {value!r}")
+
+
+def require_fraction(cfg: Config, *names: str) -> None:
+  """UsageError unless each flag `names` holds a number in [0, 1)."""
+  for name in names:
+    value = getattr(cfg, name)
+    if not 0 <= value < 1:
+      raise UsageError(f"--{name} must be in [0, 1), got {value!r}")
+
+
+def require_above_zero(cfg: Config, *names: str) -> None:
+  """UsageError unless each flag `names` holds a number > 0."""
+  for name in names:
+    value = getattr(cfg, name)
+    if not value > 0:
+      raise UsageError(f"--{name} must be > 0, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+  """Raise UsageError naming the first run flag whose value cannot work.
+
+  The model's own flags are checked by `dlu.families.validate`, which calls this first.
+  """
+  require_positive(cfg, *_POSITIVE_INTS)
+  require_non_negative(cfg, *_NON_NEGATIVE)
+  require_above_zero(cfg, "learning_rate")
+  require_fraction(cfg, "momentum", "b1", "b2")
   if cfg.warmup_steps >= cfg.num_steps and cfg.warmup_steps > 0:
     raise UsageError(f"--warmup_steps ({cfg.warmup_steps}) must be smaller than --num_steps ({cfg.num_steps})")
   for name, value in sorted(vars(cfg).items()):  # Every enum flag, the families' too.
     accepted = getattr(flags.FLAGS[name].parser, "enum_values", None) if name in flags.FLAGS else None
     if accepted and value not in accepted:
       raise UsageError(f"--{name} must be one of {', '.join(accepted)}; got {value!r}")
-  families.get(cfg.model).validate(cfg)
 
 
 def config_from_flagfile(path: str, **overrides: Any) -> Config:

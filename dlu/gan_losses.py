@@ -11,7 +11,7 @@ batch, so under `jax.jit` over a sharded batch it is the global mean.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -85,3 +85,18 @@ def cluster_contrast(p1: jax.Array, p2: jax.Array, *, temperature: float,
   partner = (jnp.arange(2 * k) + k) % (2 * k)
   contrast = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, partner))
   return contrast + 2 * (jnp.log(k) - marginal), marginal
+
+
+def soft_assign(z: jax.Array, centroids: jax.Array, alpha: float = 1.0) -> jax.Array:
+  """DEC's Student-t soft assignments (Xie et al., 2016) of embeddings `z` [B, D] to
+  `centroids` [K, D]: q_ij ∝ (1 + |z_i - mu_j|^2 / alpha)^(-(alpha + 1) / 2). [B, K]"""
+  d2 = jnp.sum(jnp.square(z[:, None, :] - centroids[None]), axis=-1)  # [B, K]
+  # Normalised in log space: far points would underflow a plain power for large alpha.
+  logits = -(alpha + 1.0) / 2.0 * jnp.log1p(d2 / alpha)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def kl_divergence(p: jax.Array, q: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """KL(p_i || q_i) per example of distributions [B, K]; p is a fixed target. [B]"""
+  p = jax.lax.stop_gradient(p)
+  return jnp.sum(p * (jnp.log(p + eps) - jnp.log(q + eps)), axis=-1)

@@ -1,14 +1,22 @@
-"""Device mesh, shardings and global batches built from each process's own rows."""
+"""Data parallelism: the device mesh, shardings, global batches built from each process's
+own rows, and a family's pure functions jitted (or pmapped) over them.
+
+No I/O here. A family is anything with the methods of `dlu.families.base.Family`; this
+module only wraps them with shardings and donation, so it sits below the families.
+"""
 
 from __future__ import annotations
 
 import collections
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.jax_utils
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dlu.errors import UsageError
 
@@ -81,3 +89,62 @@ class DispatchWindow:
     self._pending.append(outputs)
     while len(self._pending) > self._depth:
       jax.block_until_ready(self._pending.popleft())
+
+
+# --- A family's functions, compiled over the mesh.
+
+def make_train_step(family: Any, mesh: Mesh, *, parallelism: str = "jit") -> Callable:
+  """(state, batch, rng) -> (state, metrics), the state donated.
+
+  jit: parameters replicated and the batch sharded over 'data'; the loss is a mean
+  over the global batch, so its gradient is already the global one.
+  pmap: the state carries a leading device axis and gradients are pmean-ed.
+  """
+  if parallelism == "pmap":
+    step = functools.partial(family.train_step, axis_name=DATA_AXIS)
+    return jax.pmap(step, axis_name=DATA_AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+  repl, sharded = replicated(mesh), data_sharded(mesh)
+  return jax.jit(family.train_step, in_shardings=(repl, sharded, repl),
+                 out_shardings=(repl, repl), donate_argnums=(0,))
+
+
+def make_init(family: Any, mesh: Mesh) -> tuple[Callable, Any]:
+  """A jitted init that builds the state replicated (never first on device 0), and its shapes."""
+  repl = replicated(mesh)
+  init = jax.jit(family.init_state, out_shardings=repl)
+  abstract = jax.eval_shape(family.init_state, jax.random.key(0))
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), abstract)
+  return init, abstract
+
+
+def make_eval_sums(family: Any, mesh: Mesh) -> Callable:
+  """(state, batch, mask, rng) -> {metric: sum over unmasked examples}."""
+
+  def sums(state, batch, mask, rng):
+    metrics = family.eval_metrics(state, batch, rng)
+    return {k: jnp.sum(jnp.where(mask, v, 0.0)) for k, v in metrics.items()}
+
+  repl, sharded = replicated(mesh), data_sharded(mesh)
+  return jax.jit(sums, in_shardings=(repl, sharded, sharded, repl), out_shardings=repl)
+
+
+def make_images(family: Any, mesh: Mesh) -> Callable:
+  """(state, batch, rng) -> the family's image grids, on every device."""
+  repl = replicated(mesh)
+  return jax.jit(family.images, in_shardings=(repl, repl, repl), out_shardings=repl)
+
+
+def jit_over_images(fn: Callable, mesh: Mesh) -> Callable:
+  """(state, images) -> [B, ...] values per image, sharded like the batch."""
+  repl, sharded = replicated(mesh), data_sharded(mesh)
+  return jax.jit(fn, in_shardings=(repl, sharded), out_shardings=sharded)
+
+
+def make_embed(family: Any, mesh: Mesh) -> Callable:
+  return jit_over_images(family.embed, mesh)
+
+
+def make_per_example(fn: Callable, mesh: Mesh) -> Callable:
+  """(state, images, rng) -> [B, ...] values per example, sharded like the batch."""
+  repl, sharded = replicated(mesh), data_sharded(mesh)
+  return jax.jit(fn, in_shardings=(repl, sharded, repl), out_shardings=sharded)

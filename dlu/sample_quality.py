@@ -8,7 +8,8 @@ comparisons never hold a full N x N matrix.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import scipy.linalg

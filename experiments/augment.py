@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from dlu import augment, cli
+from dlu import cli, few_shot
 from dlu.errors import UsageError
 
 flags.DEFINE_list("real_per_class", ["10", "100", "1000"], "Real labelled training examples per "
@@ -47,14 +47,14 @@ def _real_per_class() -> list[int]:
 def main(argv):
   cli.start(argv)
   try:
-    results = augment.run(FLAGS.workdir, real_per_class=_real_per_class(),
+    results = few_shot.run(FLAGS.workdir, real_per_class=_real_per_class(),
                           synthetic_per_class=FLAGS.synthetic_per_class, seeds=FLAGS.seeds,
                           steps=FLAGS.classifier_steps, batch_size=FLAGS.classifier_batch_size,
                           learning_rate=FLAGS.classifier_learning_rate)
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(augment.table(results))
+  print(few_shot.table(results))
   print(f"\nResults: {FLAGS.workdir}/augment.json\nPlot:    {FLAGS.workdir}/augment.png", flush=True)
 
 

@@ -10,9 +10,8 @@ import sys
 
 from absl import app, flags
 
-from dlu import cli
+from dlu import cli, evaluate
 from dlu import flags as dlu_flags
-from dlu import run_evaluation
 from dlu.errors import UsageError
 
 FLAGS = flags.FLAGS
@@ -23,7 +22,7 @@ def main(argv):
   overrides = {name: FLAGS[name].value for name in vars(dlu_flags.config_from_flags(FLAGS))
                if FLAGS[name].present and name != "workdir"}
   try:
-    results = run_evaluation.evaluate_workdir(FLAGS.workdir, **overrides)
+    results = evaluate.evaluate_workdir(FLAGS.workdir, **overrides)
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

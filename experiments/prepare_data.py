@@ -8,8 +8,7 @@ tfds datasets are downloaded, which needs `pip install 'dlu[prepare]'`.
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from dlu import data
 from dlu.errors import UsageError

@@ -11,10 +11,8 @@ import sys
 
 from absl import app, flags
 
-from dlu import distributed
-from dlu import cli
+from dlu import cli, distributed, train_loop
 from dlu import flags as dlu_flags
-from dlu import train_loop
 from dlu.errors import UsageError
 
 FLAGS = flags.FLAGS

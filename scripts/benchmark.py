@@ -4,7 +4,7 @@
   python scripts/benchmark.py --quick --out=/tmp/bench     # a few minutes
   python scripts/benchmark.py --models=ae_conv --frameworks=dlu,pytorch --repeats=9
 
-dlu trains through its real step (`dlu.steps` and `dlu.device_data`, as `experiments.train`
+dlu trains through its real step (`dlu.parallel` and `dlu.device_data`, as `experiments.train`
 runs it); the peers are written as their users write them (`benchmark_torch.py`,
 `benchmark_keras.py`; install them with `scripts/benchmark_requirements.txt`, or their
 rows are skipped). Each framework runs in its own worker process, so thread pools and
@@ -24,7 +24,6 @@ import platform
 import subprocess
 import sys
 import time
-
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]

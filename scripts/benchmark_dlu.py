@@ -1,6 +1,6 @@
 """dlu's side of `scripts/benchmark.py`: the real train step on device-resident batches.
 
-Each model is built by `dlu.train_loop.build` from flags, exactly as `experiments.train`
+Each model is built by `dlu.experiment.build` from flags, exactly as `experiments.train`
 builds it, and trained through `dlu.device_data`'s feed with `--steps_per_dispatch`.
 """
 
@@ -17,7 +17,7 @@ from absl import flags as absl_flags
 
 absl_flags.FLAGS.mark_as_parsed()  # dlu's flags are read as defaults; nothing is parsed here.
 
-from dlu import device_data, families, steps, train_loop  # noqa: E402
+from dlu import device_data, experiment, families, parallel  # noqa: E402
 from dlu import flags as dlu_flags  # noqa: E402
 from dlu.models import layers  # noqa: E402
 
@@ -79,9 +79,9 @@ class Runner:
     seconds per step after it)."""
     del latent_dim  # in the model's flags
     cfg = self._config(model)
-    exp = train_loop.build(cfg, self.workdir)
-    state = steps.make_init(exp.family, exp.mesh)[0](exp.init_rng)
-    train_step = steps.make_train_step(exp.family, exp.mesh)
+    exp = experiment.build(cfg, self.workdir)
+    state = parallel.make_init(exp.family, exp.mesh)[0](exp.init_rng)
+    train_step = parallel.make_train_step(exp.family, exp.mesh)
     k = cfg.steps_per_dispatch
     feed = device_data.make_feed(exp.family, exp.mesh, exp.dataset.x_train, exp.sampler,
                                  train_step, exp.train_rng, y_train=exp.dataset.y_train,
@@ -113,7 +113,7 @@ class Runner:
 
   def flops_per_example(self, model: str) -> float:
     """FLOPs of one training step of the model as written (native convs), per example."""
-    exp = self.runs[model]["exp"] if model in self.runs else train_loop.build(
+    exp = self.runs[model]["exp"] if model in self.runs else experiment.build(
         self._config(model), self.workdir)
     state = jax.eval_shape(exp.family.init_state, exp.init_rng)
     batch = {"image": jax.ShapeDtypeStruct((self.batch_size,) + exp.spec.image_shape, jnp.uint8)}

@@ -11,6 +11,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
+import dlu.evaluate  # noqa: E402,F401  (defines every flag, as the entry points do)
+import dlu.train_loop  # noqa: E402,F401
+
 flags.FLAGS.mark_as_parsed()
 
 

@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import Mesh
 from PIL import Image
 
-from dlu import augment, data, device_data, families, feature_net, parallel, steps, train_loop
+from dlu import data, device_data, experiment, families, feature_net, few_shot, parallel
 from dlu import flags as dlu_flags
 from dlu.errors import UsageError
 from dlu.families import DataSpec, Family
@@ -77,7 +77,7 @@ def test_conditional_on_unlabelled_data_fails_early(tmp_path):
   path = tmp_path / "unlabelled.npz"
   np.savez(path, x=x)
   with pytest.raises(UsageError, match="--conditional"):
-    train_loop.build(_cfg(dataset=f"npz:{path}"), str(tmp_path / "run"))
+    experiment.build(_cfg(dataset=f"npz:{path}"), str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
 
 
@@ -124,13 +124,13 @@ def test_conditional_step_on_one_device_and_eight_devices_agree():
   cfg = _cfg(d_steps=2, optimizer="sgd", learning_rate=0.05, ema_decay=0.9)
   family = families.get(cfg.model)(cfg, SPEC)
   one, eight = Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,)), parallel.make_mesh()
-  init = jax.device_get(steps.make_init(family, one)[0](jax.random.key(0)))
+  init = jax.device_get(parallel.make_init(family, one)[0](jax.random.key(0)))
   rng = np.random.default_rng(0)
   batches = [{"image": rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8),
               "label": rng.integers(0, 10, 32).astype(np.int32)} for _ in range(2)]
-  step_one = steps.make_train_step(family, one)
+  step_one = parallel.make_train_step(family, one)
   s1, m1 = _run(step_one, one, init, batches)
-  s8, m8 = _run(steps.make_train_step(family, eight), eight, init, batches)
+  s8, m8 = _run(parallel.make_train_step(family, eight), eight, init, batches)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4), s1, s8)
   for name in m1:
     np.testing.assert_allclose(m1[name], m8[name], rtol=1e-4, atol=1e-6)
@@ -184,7 +184,7 @@ def test_cdcgan_digits_samples_show_the_requested_classes(cdcgan_run, digits_fea
   grid = Image.open(os.path.join(cdcgan_run, "images", "samples_by_class_0000300.png"))
   assert grid.size == (8 * 33 + 1, 10 * 33 + 1)  # 8 columns, 10 classes; 8x8 shown at 32x32
 
-  x, y = augment.conditional_samples(cdcgan_run, 30, seed=1)
+  x, y = few_shot.conditional_samples(cdcgan_run, 30, seed=1)
   assert x.shape == (300, 8, 8, 1) and x.dtype == np.uint8
   np.testing.assert_array_equal(np.bincount(y), np.full(10, 30))
   ds = data.load("digits")
@@ -219,17 +219,17 @@ def test_augment_end_to_end(cdcgan_run):
 @pytest.mark.slow
 def test_augment_checks_its_workdir_and_k(cdcgan_run, tmp_path):
   with pytest.raises(UsageError, match="not a directory"):
-    augment.load_conditional_gan(str(tmp_path / "missing"))
+    few_shot.load_conditional_gan(str(tmp_path / "missing"))
   with open(tmp_path / "flags.txt", "w") as f:
     f.write(_cfg(conditional=False).to_flagfile())
   with pytest.raises(UsageError, match="without --conditional"):
-    augment.load_conditional_gan(str(tmp_path))
-  exp, state = augment.load_conditional_gan(cdcgan_run)
+    few_shot.load_conditional_gan(str(tmp_path))
+  exp, state = few_shot.load_conditional_gan(cdcgan_run)
   smallest = int(np.bincount(exp.dataset.y_train).min())
   with pytest.raises(UsageError, match=f"--real_per_class values must be in 1..{smallest}"):
-    augment.measure(exp, state, real_per_class=[10, smallest + 1], synthetic_per_class=1,
+    few_shot.measure(exp, state, real_per_class=[10, smallest + 1], synthetic_per_class=1,
                     seeds=1, steps=1, batch_size=8, learning_rate=1e-3)
   # Nested subsets: a smaller k's rows are among a larger one's, k of each class.
-  small, large = (augment.few_per_class(exp.dataset.y_train, k, 10, seed=0) for k in (3, 7))
+  small, large = (few_shot.few_per_class(exp.dataset.y_train, k, 10, seed=0) for k in (3, 7))
   assert set(small) <= set(large)
   np.testing.assert_array_equal(np.bincount(exp.dataset.y_train[large]), np.full(10, 7))

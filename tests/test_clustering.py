@@ -6,9 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlu import clustering
+from dlu import clustering, losses
 from dlu.errors import UsageError
-from dlu.models import dec as dec_models
 
 
 def test_acc_is_one_for_any_relabelling_of_perfect_clusters():
@@ -56,10 +55,14 @@ def test_soft_assignment_and_target_distribution():
   z = rng.normal(size=(64, 5)).astype(np.float32)
   mu = rng.normal(size=(4, 5)).astype(np.float32)
   for alpha in (1.0, 3.0):
-    q = np.asarray(dec_models.soft_assign(jnp.asarray(z), jnp.asarray(mu), alpha))
-    np.testing.assert_allclose(q, clustering.soft_assign(z, mu, alpha), rtol=1e-5, atol=1e-7)
-  p = np.asarray(dec_models.target_distribution(jnp.asarray(q)))
-  np.testing.assert_allclose(p, clustering.target_distribution(q), rtol=1e-5, atol=1e-7)
+    q = np.asarray(losses.soft_assign(jnp.asarray(z), jnp.asarray(mu), alpha))
+    d2 = ((z[:, None, :] - mu[None]) ** 2).sum(-1)  # The Student-t kernel, written plainly.
+    reference = (1.0 + d2 / alpha) ** (-(alpha + 1.0) / 2.0)
+    np.testing.assert_allclose(q, reference / reference.sum(1, keepdims=True), rtol=1e-5,
+                               atol=1e-7)
+  p = clustering.target_distribution(q)
+  weight = q.astype(np.float64) ** 2 / q.sum(0)
+  np.testing.assert_allclose(p, weight / weight.sum(1, keepdims=True), rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-6)
   assert (p >= 0).all()
   # Sharper: every row's largest probability grows, its entropy falls, its argmax stays
@@ -68,9 +71,9 @@ def test_soft_assignment_and_target_distribution():
   assert (p.max(1) >= q.max(1) - 1e-6).mean() > 0.9
   assert entropy(p).mean() < entropy(q).mean()
   # KL(p || q) >= 0, and 0 when q already is the target.
-  kl = np.asarray(dec_models.kl_divergence(jnp.asarray(p), jnp.asarray(q)))
+  kl = np.asarray(losses.kl_divergence(jnp.asarray(p), jnp.asarray(q)))
   assert (kl > 0).all()
-  np.testing.assert_allclose(dec_models.kl_divergence(jnp.asarray(p), jnp.asarray(p)), 0, atol=1e-6)
+  np.testing.assert_allclose(losses.kl_divergence(jnp.asarray(p), jnp.asarray(p)), 0, atol=1e-6)
 
 
 def test_linear_probe_and_pixels_kmeans_on_separable_data(tmp_path):
@@ -112,14 +115,15 @@ def test_umap_without_the_package_is_a_usage_error(monkeypatch):
 
 
 def test_a_manifold_pipeline_gets_the_same_pipeline_on_pixels_as_a_baseline():
-  from dlu import cluster_eval, data
+  from dlu import data
   from dlu import flags as dlu_flags
+  from dlu.evaluators import representation
   ds = data.load("digits")
   cfg = dlu_flags.make_config(dataset="digits", cluster_split="test", manifold="tsne",
                               cluster_on="gmm", probe=False, kmeans_inits=2)
-  out = cluster_eval.baselines(cfg, ds, ds.y_test, 10, dim=4)
+  out = representation.baselines(cfg, ds, ds.y_test, 10, dim=4)
   assert {"pixels", "pca", "pixels_tsne_gmm"} <= set(out)
   # A real clustering (chance is ~0.1), about as good as k-means on the pixels (0.71 vs 0.66).
   assert out["pixels_tsne_gmm"]["acc"] > max(0.6, out["pixels"]["acc"] - 0.05)
-  plain = cluster_eval.baselines(cfg.replace(manifold="none"), ds, ds.y_test, 10, dim=4)
+  plain = representation.baselines(cfg.replace(manifold="none"), ds, ds.y_test, 10, dim=4)
   assert set(plain) == {"pixels", "pca"}

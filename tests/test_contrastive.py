@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh
+from test_steps import run_steps
 
-from dlu import families, flags as dlu_flags, losses, parallel, views
+from dlu import families, losses, parallel, views
+from dlu import flags as dlu_flags
 from dlu.errors import UsageError
 from dlu.families import DataSpec
-from test_steps import run_steps
 
 SPEC = DataSpec((8, 8, 1), 10, 64)
 
@@ -177,7 +178,7 @@ def test_one_device_and_eight_devices_agree(model, cluster_head):
 ])
 def test_validation_names_the_flag(overrides, message):
   with pytest.raises(UsageError, match=message):
-    dlu_flags.validate(dlu_flags.make_config(model="simclr_mlp", **overrides))
+    families.validate(dlu_flags.make_config(model="simclr_mlp", **overrides))
 
 
 def _python(module, *args):

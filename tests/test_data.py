@@ -4,19 +4,18 @@ import gzip
 import importlib
 import importlib.util
 
-from absl import flags
-from absl.testing import flagsaver
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
+from absl import flags
+from absl.testing import flagsaver
+from PIL import Image
 
 from dlu import data
-from dlu import tfds_offline
+from dlu.data import sources, tfds_offline
 from dlu.errors import UsageError
-
 
 # --- digits ---
 
@@ -210,7 +209,7 @@ def test_unprepared_dataset_without_tensorflow(tmp_path, monkeypatch):
   with pytest.raises(UsageError, match=r"--dataset=mnist is not prepared .*pip install 'dlu\[prepare\]'.*"
                                        r"experiments.prepare_data --dataset=mnist"):
     data.load("mnist", data_dir=str(tmp_path))
-  monkeypatch.setattr(data, "DEFAULT_IDX_DIR", str(tmp_path / "no_idx_files"))
+  monkeypatch.setattr(sources, "DEFAULT_IDX_DIR", str(tmp_path / "no_idx_files"))
   with pytest.raises(UsageError, match="--dataset=fashion_mnist is not prepared .*--idx_dir="):
     data.prepare("fashion_mnist", data_dir=str(tmp_path))
 

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from dlu import device_data, flags as dlu_flags, steps, train_loop
+from dlu import device_data, experiment, families, parallel, train_loop
+from dlu import flags as dlu_flags
 from dlu.errors import UsageError
 
 
@@ -19,9 +20,9 @@ def _cfg(**overrides):
 
 
 def test_four_steps_per_dispatch_match_one(tmp_path):
-  exp = train_loop.build(_cfg(), str(tmp_path))
-  init = steps.make_init(exp.family, exp.mesh)[0]
-  train_step = steps.make_train_step(exp.family, exp.mesh)  # one compilation, shared by all feeds
+  exp = experiment.build(_cfg(), str(tmp_path))
+  init = parallel.make_init(exp.family, exp.mesh)[0]
+  train_step = parallel.make_train_step(exp.family, exp.mesh)  # one compilation, shared by all feeds
   feed = device_data.make_feed(exp.family, exp.mesh, exp.dataset.x_train, exp.sampler, train_step,
                                exp.train_rng, steps_per_dispatch=4)
   host = device_data.HostFeed(exp.mesh, exp.dataset.x_train, exp.sampler, train_step,
@@ -65,8 +66,8 @@ def test_run_with_steps_per_dispatch_logs_where_k1_does(tmp_path):
 
 def test_bad_steps_per_dispatch_is_a_usage_error(tmp_path):
   with pytest.raises(UsageError, match="--steps_per_dispatch must be a positive integer"):
-    dlu_flags.validate(_cfg(steps_per_dispatch=0))
-  exp = train_loop.build(_cfg(), str(tmp_path))
+    families.validate(_cfg(steps_per_dispatch=0))
+  exp = experiment.build(_cfg(), str(tmp_path))
   with pytest.raises(UsageError, match="--steps_per_dispatch=4 needs .* --parallelism=pmap"):
     device_data.make_feed(exp.family, exp.mesh, exp.dataset.x_train, exp.sampler, None,
                           exp.train_rng, parallelism="pmap", steps_per_dispatch=4)

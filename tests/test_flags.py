@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from dlu import families
 from dlu import flags as dlu_flags
 from dlu.errors import UsageError
 
@@ -26,12 +27,12 @@ from dlu.errors import UsageError
 ])
 def test_validation_names_the_flag(overrides, message):
   with pytest.raises(UsageError, match=message.replace("(", r"\(")):
-    dlu_flags.validate(dlu_flags.make_config(**overrides))
+    families.validate(dlu_flags.make_config(**overrides))
 
 
 def test_defaults_are_valid_and_flagfile_round_trips():
   cfg = dlu_flags.make_config(model="ae_mlp", widths=["64", "32"])
-  dlu_flags.validate(cfg)
+  families.validate(cfg)
   text = cfg.to_flagfile()
   assert "--model=ae_mlp\n" in text and "--widths=64,32\n" in text
   assert "--logtostderr" not in text  # absl's own flags are not part of a run
@@ -54,14 +55,14 @@ def test_every_shipped_config_parses_and_validates(path, tmp_path):
     (tmp_path / "ae").mkdir()
     shutil.copy(os.path.join(os.path.dirname(path), f"{ae}.flags"), tmp_path / "ae" / "flags.txt")
     cfg = cfg.replace(init_from=str(tmp_path / "ae"))
-  dlu_flags.validate(cfg)
+  families.validate(cfg)
   assert cfg.num_steps >= 1 and cfg.dataset in ("digits", "fashion_mnist")
   if os.path.basename(path).startswith("cdcgan"):
     assert cfg.conditional  # a bare --conditional line reads as absl reads it
 
 
 def test_bare_boolean_lines_in_a_flagfile(tmp_path):
-  from dlu import cluster_eval  # noqa: F401  (defines --baselines, True by default)
+  from dlu import evaluators  # noqa: F401  (defines --baselines, True by default)
   path = tmp_path / "run.flags"
   path.write_text("--model=dcgan\n--conditional\n--nobaselines\n")
   cfg = dlu_flags.config_from_flagfile(str(path))

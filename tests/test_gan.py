@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from dlu import data, families, feature_net, parallel, run_evaluation, steps
+from dlu import data, evaluate, families, feature_net, parallel
 from dlu import flags as dlu_flags
 from dlu.errors import UsageError
 from dlu.families import DataSpec
@@ -78,7 +78,7 @@ def test_evaluation_uses_running_averages_not_the_batch():
 ])
 def test_bad_flags(overrides, message):
   with pytest.raises(UsageError, match=message):
-    dlu_flags.validate(_cfg(**overrides))
+    families.validate(_cfg(**overrides))
 
 
 def test_dcgan_needs_sides_divisible_by_four():
@@ -98,7 +98,7 @@ def test_state_holds_both_networks_optimizers_and_the_ema():
 def _run(family, mesh, parallelism, state, batches):
   """Host copies of the state after each step, and the last metrics."""
   states = [state]
-  step = steps.make_train_step(family, mesh, parallelism=parallelism)
+  step = parallel.make_train_step(family, mesh, parallelism=parallelism)
   if parallelism == "pmap":
     state = parallel.replicate_for_pmap(state)
   else:
@@ -120,7 +120,7 @@ def test_step_on_one_device_eight_devices_and_pmap_agree():
              learning_rate=0.05, ema_decay=0.9)
   family = families.get(cfg.model)(cfg, SPEC)
   one = Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,))
-  init = jax.device_get(steps.make_init(family, one)[0](jax.random.key(0)))
+  init = jax.device_get(parallel.make_init(family, one)[0](jax.random.key(0)))
   rng = np.random.default_rng(0)
   batches = [rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8) for _ in range(2)]
   s1, m1 = _run(family, one, "jit", init, batches)
@@ -211,7 +211,7 @@ def test_dcgan_digits_end_to_end_with_resume_and_evaluate(tmp_path, digits_featu
   assert emb["embeddings"].shape == (297, 2 * 2 * 16)  # discriminator features
 
   # experiments.evaluate's library call: the same sample-quality metrics into eval.json.
-  results = run_evaluation.evaluate_workdir(workdir)
+  results = evaluate.evaluate_workdir(workdir)
   assert results["step"] == 40 and quality <= set(results)
   np.testing.assert_allclose(results["fid"], evals[1]["fid"], rtol=1e-4)
   with open(os.path.join(workdir, "eval.json")) as f:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from dlu import flags as dlu_flags
-from dlu.checkpointing import read_checkpoint
 from dlu import train_loop
+from dlu.checkpointing import read_checkpoint
 from dlu.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -70,6 +70,7 @@ def test_launch_scripts_parse_and_use_real_flags(script):
 @pytest.mark.slow
 def test_cluster_protocol_on_digits_averages_seeds_and_keeps_the_baselines(tmp_path):
   import json
+
   import numpy as np
   root = str(tmp_path / "protocol")
   cmd = [sys.executable, os.path.join(ROOT, "scripts", "cluster_protocol.py"), f"--root={root}",

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from dlu import families, flags as dlu_flags, parallel, steps
+from dlu import families, parallel
+from dlu import flags as dlu_flags
 from dlu.families import DataSpec
 
 SPEC = DataSpec((8, 8, 1), 10, 512)
@@ -14,9 +15,9 @@ SPEC = DataSpec((8, 8, 1), 10, 512)
 def run_steps(cfg, mesh, parallelism, batches):
   """Params and last metrics after one train step per batch of images (also used by other tests)."""
   family = families.get(cfg.model)(cfg, SPEC)
-  init, _ = steps.make_init(family, mesh)
+  init, _ = parallel.make_init(family, mesh)
   state = init(jax.random.key(0))
-  step = steps.make_train_step(family, mesh, parallelism=parallelism)
+  step = parallel.make_train_step(family, mesh, parallelism=parallelism)
   if parallelism == "pmap":
     state = parallel.replicate_for_pmap(jax.device_get(state))
   for images in batches:
@@ -49,7 +50,7 @@ def test_one_device_eight_devices_and_pmap_agree(model, optimizer, with_pmap):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, pp)
     np.testing.assert_allclose(m1["loss"], mp["loss"], rtol=1e-5)
   # Parameters actually moved.
-  fresh = steps.make_init(families.get(model)(cfg, SPEC), one)[0](jax.random.key(0)).params
+  fresh = parallel.make_init(families.get(model)(cfg, SPEC), one)[0](jax.random.key(0)).params
   moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), jax.device_get(fresh), p1)
   assert max(jax.tree.leaves(moved)) > 1e-4
 
@@ -58,8 +59,8 @@ def test_step_metrics_include_norms_and_no_retrace():
   cfg = dlu_flags.make_config(model="ae_seed", hidden_units=8, optimizer="sgd")
   mesh = parallel.make_mesh()
   family = families.get("ae_seed")(cfg, SPEC)
-  state = steps.make_init(family, mesh)[0](jax.random.key(0))
-  step = steps.make_train_step(family, mesh)
+  state = parallel.make_init(family, mesh)[0](jax.random.key(0))
+  step = parallel.make_train_step(family, mesh)
   images = np.zeros((16, 8, 8, 1), np.uint8)
   for _ in range(3):
     state, metrics = step(state, parallel.global_batch(mesh, {"image": images}), jax.random.key(0))

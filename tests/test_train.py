@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from dlu import experiment, train_loop
 from dlu import flags as dlu_flags
 from dlu.checkpointing import read_checkpoint
-from dlu import train_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "experiments", "configs", "ae_digits.flags")
@@ -86,7 +86,7 @@ def test_full_batch_gradient_descent(tmp_path):
   cfg = dlu_flags.make_config(model="ae_seed", hidden_units=8, dataset="digits", optimizer="gd",
                               learning_rate=0.5, num_steps=3, log_every=1, eval_every=3,
                               checkpoint_every=3, num_images=8)
-  exp = train_loop.build(cfg, str(tmp_path))
+  exp = experiment.build(cfg, str(tmp_path))
   assert exp.sampler.global_batch_size == 1496  # 1500 train images, whole multiples of 8 devices
   metrics = train_loop.train_and_evaluate(cfg, str(tmp_path / "gd"))
   assert np.isfinite(metrics["mse"])

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh
 
-from dlu import evaluation, families, parallel, steps, train_loop
+from dlu import batched_eval, experiment, families, parallel, train_loop
 from dlu import flags as dlu_flags
 from dlu.errors import UsageError
 from dlu.families import DataSpec
@@ -58,7 +58,7 @@ def test_learned_variance_is_one_parameter_per_pixel():
 ])
 def test_validation_names_the_flag(overrides, message):
   with pytest.raises(UsageError, match=message.replace("(", r"\(")):
-    dlu_flags.validate(dlu_flags.make_config(**{"model": "vae", **overrides}))
+    families.validate(dlu_flags.make_config(**{"model": "vae", **overrides}))
 
 
 def test_conv_vae_needs_divisible_image_sizes():
@@ -84,8 +84,8 @@ def test_samples_per_chunk_divides_and_bounds_the_decodes():
 
 def _run_steps(cfg, mesh, batches):
   family = families.get(cfg.model)(cfg, SPEC)
-  state = steps.make_init(family, mesh)[0](jax.random.key(0))
-  step = steps.make_train_step(family, mesh)
+  state = parallel.make_init(family, mesh)[0](jax.random.key(0))
+  step = parallel.make_train_step(family, mesh)
   history = []
   for images in batches:
     state, metrics = step(state, parallel.global_batch(mesh, {"image": images}), jax.random.key(1))
@@ -149,9 +149,9 @@ def test_the_step_draws_new_noise_each_step():
 def trained(tmp_path_factory):
   """A tiny VAE trained 400 steps on digits, its experiment (data, mesh, eval context)."""
   cfg = dlu_flags.config_from_flagfile(VAE_DIGITS, num_steps=400)
-  exp = train_loop.build(cfg, str(tmp_path_factory.mktemp("vae")))
-  state = steps.make_init(exp.family, exp.mesh)[0](exp.init_rng)
-  step = steps.make_train_step(exp.family, exp.mesh)
+  exp = experiment.build(cfg, str(tmp_path_factory.mktemp("vae")))
+  state = parallel.make_init(exp.family, exp.mesh)[0](exp.init_rng)
+  step = parallel.make_train_step(exp.family, exp.mesh)
   window = parallel.DispatchWindow()
   for s in range(cfg.num_steps):
     batch = parallel.global_batch(exp.mesh, {"image": exp.dataset.x_train[exp.sampler.indices(s)]})
@@ -169,9 +169,9 @@ def test_elbo_equals_the_iwae_bound_at_k1(trained):
   x, eval_metrics = exp.dataset.x_test, jax.jit(exp.family.eval_metrics)
   elbo = np.concatenate([  # per test image, closed-form KL, the eval's binarisation
       jax.device_get(eval_metrics(state, {"image": images}, jax.random.fold_in(exp.ctx.rng, i))["elbo"])
-      for i, (images, _) in enumerate(evaluation.padded_batches(x, exp.ctx.batch_size))])[:len(x)]
+      for i, (images, _) in enumerate(batched_eval.padded_batches(x, exp.ctx.batch_size))])[:len(x)]
   family = _with_iwae_samples(exp, 1)
-  bound = evaluation.per_example(jax.jit(family.iwae_bound), state, x, mesh=exp.mesh,
+  bound = batched_eval.per_example(jax.jit(family.iwae_bound), state, x, mesh=exp.mesh,
                                  batch_size=exp.ctx.batch_size, rng=exp.ctx.rng)
   # Both are unbiased one-sample estimates of each image's ELBO (on the same binary image).
   diff = bound - elbo
@@ -260,5 +260,5 @@ def test_vae_digits_end_to_end_with_resume_and_evaluate(tmp_path):
                                   "beta_vae_fashion_mnist", "vae_digits"])
 def test_vae_configs_are_valid(name):
   cfg = dlu_flags.config_from_flagfile(os.path.join(ROOT, "experiments", "configs", f"{name}.flags"))
-  dlu_flags.validate(cfg)
+  families.validate(cfg)
   assert cfg.model in ("vae", "conv_vae") and cfg.binarize == "dynamic"

@@ -1,9 +1,25 @@
-"""Model families by `--model` name. Importing this package registers them all."""
+"""Model families by `--model` name. Importing this package registers them all (and defines
+their flags); `validate` checks a Config's run, shared and family flags."""
 
-from dlu.families.base import (Batch, DataSpec, EvalContext, Family, Metrics, SingleNetworkFamily,  # noqa: F401
-                               TrainState, get, names, register)
-from dlu.families import autoencoder  # noqa: F401,E402
-from dlu.families import contrastive  # noqa: F401,E402
-from dlu.families import dec  # noqa: F401,E402
-from dlu.families import gan  # noqa: F401,E402
-from dlu.families import vae  # noqa: F401,E402
+from dlu import flags as _flags
+from dlu import model_flags as _model_flags
+from dlu.families import autoencoder, contrastive, dec, gan, vae  # noqa: F401  (registers them)
+from dlu.families.base import (  # noqa: F401
+  Batch,
+  DataSpec,
+  EvalContext,
+  Family,
+  Metrics,
+  SingleNetworkFamily,
+  TrainState,
+  get,
+  names,
+  register,
+)
+
+
+def validate(cfg: _flags.Config) -> None:
+  """Raise UsageError naming the first flag of `cfg` whose value cannot work."""
+  _flags.validate(cfg)
+  _model_flags.validate(cfg)
+  get(cfg.model).validate(cfg)

@@ -8,40 +8,18 @@ from absl import flags
 
 from dlu import losses
 from dlu.errors import UsageError
-from dlu.families.base import SingleNetworkFamily, paired_rows, register, to_unit
+from dlu.families.base import SingleNetworkFamily, register
+from dlu.flags import require_positive
+from dlu.grids import paired_rows, to_unit
+from dlu.model_flags import conv_channels, int_list
 from dlu.models import autoencoder as ae_models
 
 flags.DEFINE_integer("hidden_units", 128, "ae_seed: width of the one hidden (code) layer.")
-flags.DEFINE_list("widths", ["512", "256"], "ae_mlp, vae: encoder widths (the decoder mirrors them).")
-flags.DEFINE_list("conv_channels", ["32", "64"], "ae_conv, conv_vae: channels of the strided conv layers.")
-flags.DEFINE_integer("latent_dim", 32, "Size of the code (ae_mlp, ae_conv and later families).")
 flags.DEFINE_enum("recon_loss", "mse", ["mse", "bce"],
                   "mse: linear output, squared error; bce: sigmoid output, binary cross-entropy.")
 flags.DEFINE_enum("noise", "none", ["none", "gaussian", "masking"],
                   "Denoising autoencoder: corrupt the training inputs with this noise.")
 flags.DEFINE_float("noise_level", 0.0, "Noise stddev (gaussian) or drop probability (masking).")
-
-
-def int_list(cfg_value, flag: str) -> tuple[int, ...]:
-  try:
-    values = tuple(int(v) for v in cfg_value)
-  except (TypeError, ValueError):
-    raise UsageError(f"--{flag} must be a comma-separated list of positive integers, "
-                     f"got {cfg_value!r}") from None
-  if not values or min(values) < 1:
-    raise UsageError(f"--{flag} must be a comma-separated list of positive integers, "
-                     f"got {cfg_value!r}")
-  return values
-
-
-def conv_channels(cfg, shape: tuple[int, int, int]) -> tuple[int, ...]:
-  """--conv_channels, checked against the image: each strided layer halves height and width."""
-  channels = int_list(cfg.conv_channels, "conv_channels")
-  if not ae_models.conv_compatible(shape, len(channels)):
-    raise UsageError(f"--model={cfg.model} with {len(channels)} strided layers (--conv_channels) "
-                     f"needs image height and width divisible by {2 ** len(channels)}; "
-                     f"the data has {shape[0]}x{shape[1]}")
-  return channels
 
 
 @register
@@ -50,10 +28,9 @@ class Autoencoder(SingleNetworkFamily):
 
   @classmethod
   def validate(cls, cfg):
-    if cfg.model == "ae_seed" and cfg.hidden_units < 1:
-      raise UsageError(f"--hidden_units must be a positive integer, got {cfg.hidden_units!r}")
-    if cfg.latent_dim < 1:
-      raise UsageError(f"--latent_dim must be a positive integer, got {cfg.latent_dim!r}")
+    if cfg.model == "ae_seed":
+      require_positive(cfg, "hidden_units")
+    require_positive(cfg, "latent_dim")
     if cfg.model == "ae_mlp":
       int_list(cfg.widths, "widths")
     if cfg.model == "ae_conv":

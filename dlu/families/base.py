@@ -13,8 +13,11 @@ and, host-side, with an `EvalContext` (mesh, batch size, rng, workdir):
 
   prepare(dataset, ctx)                 once before init (e.g. load a pretrained encoder)
   before_step(state, step)              before each train step (e.g. DEC's target refresh)
-  split_metrics(state, dataset, ctx)    at each eval: metrics that are not per-example means (FID)
-  final_metrics(state, dataset, ctx)    at the end and in experiments.evaluate (IWAE NLL)
+  split_metrics(state, dataset, ctx)    metrics that are not per-example means (FID)
+  final_metrics(state, dataset, ctx)    expensive end-of-run metrics (IWAE NLL)
+
+The evaluators (`dlu.evaluators`: `metrics`, `likelihood`, `images`, `clustering`) decide
+when these run and where their results go.
 
 `batch` is a dict with `image`: [B, H, W, C], uint8 or float, as stored,
 `index`: [B] int32 rows of the training split when the family sets `needs_index`, and
@@ -35,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlu import data
+from dlu import data, optim
+from dlu.errors import UsageError
 from dlu.flags import Config
 
 Batch = dict[str, jax.Array]
@@ -124,6 +128,11 @@ class Family:
   def embed(self, state: TrainState, images: jax.Array) -> jax.Array:
     raise NotImplementedError(f"{type(self).__name__} has no embedding")
 
+  @property
+  def has_embedding(self) -> bool:
+    """Whether `embed` is defined (evaluators that need embeddings check it)."""
+    return type(self).embed is not Family.embed
+
   def normalize(self, images: jax.Array) -> jax.Array:
     return data.normalize(images, self.spec.pixel_range)
 
@@ -136,22 +145,6 @@ def norms(*, grads: Any, params: Any, updates: Any) -> Metrics:
 def per_device_rng(rng: jax.Array, axis_name: str | None) -> jax.Array:
   """Under pmap each device draws its own noise; under jit the draw is already global."""
   return rng if axis_name is None else jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-
-
-def to_unit(x: jax.Array, pixel_range: str) -> jax.Array:
-  """Model-space pixels back to [0, 1] for display, clipped."""
-  low = -1.0 if pixel_range == "symmetric" else 0.0
-  return (jnp.clip(x, low, 1.0) - low) / (1.0 - low)
-
-
-def paired_rows(top: jax.Array, bottom: jax.Array, *, max_cols: int = 8) -> jax.Array:
-  """[N, H, W, C] pairs as a grid whose rows alternate `top` and `bottom` (e.g. originals
-  above their reconstructions). [2 * N / cols, cols, H, W, C]"""
-  n = top.shape[0]
-  cols = max(c for c in range(1, max_cols + 1) if n % c == 0)
-  rows = lambda v: v.reshape((n // cols, cols) + v.shape[1:])
-  grid = jnp.stack([rows(top), rows(bottom)], axis=1)
-  return grid.reshape((2 * (n // cols), cols) + top.shape[1:])
 
 
 class SingleNetworkFamily(Family):
@@ -169,7 +162,6 @@ class SingleNetworkFamily(Family):
     raise NotImplementedError
 
   def make_optimizer(self) -> optax.GradientTransformation:
-    from dlu import optim
     return optim.make_optimizer(self.cfg)
 
   @property
@@ -225,7 +217,6 @@ def names() -> list[str]:
 
 
 def get(model: str) -> type[Family]:
-  from dlu.errors import UsageError
   if model not in _REGISTRY:
     raise UsageError(f"--model={model!r} is not a model; accepted: {', '.join(names())}")
   return _REGISTRY[model]

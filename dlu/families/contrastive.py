@@ -29,10 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from dlu import clustering, data, evaluation, losses, steps, views
+from dlu import batched_eval, clustering, data, losses, parallel, views
 from dlu.errors import UsageError
-from dlu.families.autoencoder import conv_channels, int_list
-from dlu.families.base import SingleNetworkFamily, paired_rows, register, to_unit
+from dlu.families.base import SingleNetworkFamily, register
+from dlu.flags import require_above_zero, require_fraction, require_non_negative, require_positive
+from dlu.grids import paired_rows, to_unit
+from dlu.model_flags import conv_channels, int_list, num_clusters
 from dlu.models.contrastive import ContrastiveNet
 
 flags.DEFINE_float("temperature", 0.5, "simclr_*: temperature of the NT-Xent loss.")
@@ -60,21 +62,15 @@ class SimCLR(SingleNetworkFamily):
 
   @classmethod
   def validate(cls, cfg):
-    if cfg.latent_dim < 1:
-      raise UsageError(f"--latent_dim must be a positive integer, got {cfg.latent_dim!r}")
+    require_positive(cfg, "latent_dim")
     int_list(cfg.projection_dims, "projection_dims")
     encoder_flag = "widths" if cfg.model == "simclr_mlp" else "conv_channels"
     int_list(getattr(cfg, encoder_flag), encoder_flag)
-    if not cfg.temperature > 0:
-      raise UsageError(f"--temperature must be > 0, got {cfg.temperature!r}")
+    require_above_zero(cfg, "temperature", "cluster_temperature")
     if not 0 < cfg.crop_min_scale <= 1:
       raise UsageError(f"--crop_min_scale is an area fraction in (0, 1], got {cfg.crop_min_scale!r}")
-    if not 0 <= cfg.brightness < 1:
-      raise UsageError(f"--brightness must be in [0, 1), got {cfg.brightness!r}")
-    if not cfg.intensity_gamma >= 0:
-      raise UsageError(f"--intensity_gamma must be >= 0, got {cfg.intensity_gamma!r}")
-    if not cfg.cluster_temperature > 0:
-      raise UsageError(f"--cluster_temperature must be > 0, got {cfg.cluster_temperature!r}")
+    require_fraction(cfg, "brightness")
+    require_non_negative(cfg, "intensity_gamma")
     if cfg.batch_size < 2:
       raise UsageError(f"simclr needs other images in the batch: --batch_size >= 2, "
                        f"got {cfg.batch_size}")
@@ -84,12 +80,10 @@ class SimCLR(SingleNetworkFamily):
     """K of the cluster head (0 without one)."""
     if not self.cfg.cluster_head:
       return 0
-    if self.cfg.n_clusters:
-      return self.cfg.n_clusters
-    if not self.spec.num_classes:
+    if not (self.cfg.n_clusters or self.spec.num_classes):
       raise UsageError("--cluster_head needs --n_clusters: the data has no labels to count "
                        "classes from")
-    return self.spec.num_classes
+    return num_clusters(self.cfg, self.spec.num_classes)
 
   def make_model(self):
     cfg, shape = self.cfg, self.spec.image_shape
@@ -161,7 +155,7 @@ class SimCLR(SingleNetworkFamily):
 
   # --- Host-side hooks.
   def prepare(self, dataset, ctx):
-    self._probs = steps.jit_over_images(self.cluster_probs, ctx.mesh)
+    self._probs = parallel.jit_over_images(self.cluster_probs, ctx.mesh)
     self._ctx = ctx
 
   @property
@@ -172,7 +166,7 @@ class SimCLR(SingleNetworkFamily):
       return None
 
     def assign(state, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-      return evaluation.cluster_assignments(self._probs, state, x, mesh=self._ctx.mesh,
+      return batched_eval.cluster_assignments(self._probs, state, x, mesh=self._ctx.mesh,
                                             batch_size=self._ctx.batch_size)
     return assign
 

@@ -18,36 +18,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import flags
 
-from dlu import checkpointing, clustering, data, evaluation, losses, parallel, steps
+from dlu import batched_eval, checkpointing, clustering, data, losses, parallel
 from dlu import flags as dlu_flags
 from dlu.errors import UsageError
 from dlu.families.autoencoder import Autoencoder
-from dlu.families.base import EvalContext, Family, TrainState, get, norms, register
-from dlu.models import dec as dec_models
+from dlu.families.base import EvalContext, SingleNetworkFamily, TrainState, get, register
+from dlu.flags import require_above_zero, require_non_negative, require_positive
+from dlu.model_flags import num_clusters
 
 flags.DEFINE_string("init_from", None,
                     "dec/idec: workdir of the trained autoencoder run to start from.")
-flags.DEFINE_integer("n_clusters", 0,
-                     "Clusters for dec/idec and experiments.evaluate; 0: the dataset's class count.")
 flags.DEFINE_integer("target_update_every", 140,
                      "dec/idec: recompute the target distribution over the training split every N steps.")
 flags.DEFINE_float("gamma", 0.1, "idec: weight of the clustering (KL) loss beside the reconstruction loss.")
 flags.DEFINE_float("alpha", 1.0, "dec/idec: degrees of freedom of the Student-t kernel.")
-flags.DEFINE_integer("kmeans_inits", 10, "k-means restarts (best inertia kept), for DEC's centroids "
-                     "and experiments.evaluate.")
 
 SCORES = ("acc", "nmi", "ari")
-
-
-def num_clusters(cfg: dlu_flags.Config, dataset: data.ImageData) -> int:
-  if cfg.n_clusters:
-    return cfg.n_clusters
-  if not dataset.num_classes:
-    raise UsageError(f"--n_clusters is needed: {dataset.name} has no labels to count classes from")
-  return dataset.num_classes
 
 
 def has_checkpoint(workdir: str) -> bool:
@@ -67,15 +55,20 @@ def load_autoencoder(workdir: str, spec, mesh) -> tuple[Autoencoder, TrainState]
     raise UsageError(f"--init_from={workdir!r} holds no checkpoint: train the autoencoder first")
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
   try:
-    state = ckpt.restore(steps.make_init(family, mesh)[1])
+    state = ckpt.restore(parallel.make_init(family, mesh)[1])
   finally:
     ckpt.close()
   return family, state
 
 
 @register
-class DEC(Family):
-  """Encoder + clustering layer (dec), plus the decoder's reconstruction loss (idec)."""
+class DEC(SingleNetworkFamily):
+  """Encoder + clustering layer (dec), plus the decoder's reconstruction loss (idec).
+
+  One parameter tree {"ae", "centroids"} and the base class's optimizer and step; the step
+  adds each example's row of the target to its batch (`target`), and the loss is
+  deterministic given it.
+  """
   models = ("dec", "idec")
   needs_index = True
 
@@ -86,17 +79,9 @@ class DEC(Family):
     if not os.path.isfile(os.path.join(cfg.init_from, "flags.txt")):
       raise UsageError(f"--init_from={cfg.init_from!r} is not the workdir of a dlu run "
                        "(it has no flags.txt)")
-    if cfg.n_clusters < 0:
-      raise UsageError(f"--n_clusters must be >= 0 (0: the class count), got {cfg.n_clusters!r}")
-    if cfg.target_update_every < 1:
-      raise UsageError(f"--target_update_every must be a positive integer, "
-                       f"got {cfg.target_update_every!r}")
-    if not cfg.alpha > 0:
-      raise UsageError(f"--alpha must be > 0, got {cfg.alpha!r}")
-    if not cfg.gamma >= 0:
-      raise UsageError(f"--gamma must be >= 0, got {cfg.gamma!r}")
-    if cfg.kmeans_inits < 1:
-      raise UsageError(f"--kmeans_inits must be a positive integer, got {cfg.kmeans_inits!r}")
+    require_positive(cfg, "target_update_every")
+    require_above_zero(cfg, "alpha")
+    require_non_negative(cfg, "gamma")
 
   # --- Host-side set-up.
   def prepare(self, dataset, ctx):
@@ -105,13 +90,13 @@ class DEC(Family):
       raise UsageError(f"--init_from={self.cfg.init_from!r} was trained with --dataset="
                        f"{ae.cfg.dataset} --pixel_range={ae.cfg.pixel_range}; this run has "
                        f"--dataset={self.cfg.dataset} --pixel_range={self.cfg.pixel_range}")
-    k = num_clusters(self.cfg, dataset)
+    k = num_clusters(self.cfg, dataset.num_classes, dataset.name)
     if has_checkpoint(ctx.workdir):  # resuming or evaluating: the checkpoint holds the centroids
       z_dim = jax.eval_shape(ae.embed, ae_state, jnp.zeros((1,) + self.spec.image_shape)).shape[-1]
       centroids = np.zeros((k, z_dim), np.float32)
     else:
-      embed = steps.make_embed(ae, ctx.mesh)
-      z = evaluation.embed_split(embed, ae_state, dataset.x_train, mesh=ctx.mesh,
+      embed = parallel.make_embed(ae, ctx.mesh)
+      z = batched_eval.embed_split(embed, ae_state, dataset.x_train, mesh=ctx.mesh,
                                  batch_size=ctx.batch_size)
       centroids = clustering.kmeans(z, k, seed=self.cfg.seed, n_init=self.cfg.kmeans_inits)[1]
     self.set_pretrained(ae, jax.device_get(ae_state.params), centroids)
@@ -125,14 +110,7 @@ class DEC(Family):
   def set_data(self, dataset: data.ImageData, ctx: EvalContext) -> None:
     """The training split the targets are computed over, and where to compute them."""
     self.dataset, self.ctx = dataset, ctx
-    self._probs = steps.jit_over_images(self.cluster_probs, ctx.mesh)
-
-  @property
-  def tx(self) -> optax.GradientTransformation:
-    if not hasattr(self, "_tx"):
-      from dlu import optim
-      self._tx = optim.make_optimizer(self.cfg)
-    return self._tx
+    self._probs = parallel.jit_over_images(self.cluster_probs, ctx.mesh)
 
   @property
   def scored(self) -> bool:
@@ -154,12 +132,13 @@ class DEC(Family):
   def encode(self, ae_params, x: jax.Array) -> jax.Array:
     return self.ae.model.apply({"params": ae_params}, x, method="encode")  # [B, D]
 
-  def loss(self, params, batch, extra) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(self, params, batch, rng) -> tuple[jax.Array, dict[str, jax.Array]]:
+    del rng  # deterministic given the targets
     x = self.normalize(batch["image"])
     z = self.encode(params["ae"], x)
-    q = dec_models.soft_assign(z, params["centroids"], self.cfg.alpha)  # [B, K]
-    p = extra["p"][batch["index"]]  # [B, K], fixed between target updates
-    kl = jnp.mean(dec_models.kl_divergence(p, q))
+    q = losses.soft_assign(z, params["centroids"], self.cfg.alpha)  # [B, K]
+    p = batch["target"]  # [B, K], fixed between target updates
+    kl = jnp.mean(losses.kl_divergence(p, q))
     if self.cfg.model == "dec":
       return kl, {"kl": kl}
     out = self.ae.model.apply({"params": params["ae"]}, z, method="decode")
@@ -167,28 +146,20 @@ class DEC(Family):
     return recon + self.cfg.gamma * kl, {"kl": kl, "recon": recon}
 
   def train_step(self, state, batch, rng, *, axis_name=None):
-    del rng  # deterministic given the targets
-    grad_fn = jax.value_and_grad(self.loss, has_aux=True)
-    (loss, metrics), grads = grad_fn(state.params, batch, state.extra)
-    if axis_name is not None:
-      grads = jax.lax.pmean(grads, axis_name)
-      loss, metrics = jax.lax.pmean((loss, metrics), axis_name)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    batch = {**batch, "target": state.extra["p"][batch["index"]]}
+    state, metrics = super().train_step(state, batch, rng, axis_name=axis_name)
     # Scores of the training split at the last target update (labels only score).
-    refreshed = {k: v for k, v in state.extra.items() if k not in ("p", "assign")}
-    metrics = {"loss": loss, **metrics, **refreshed,
-               **norms(grads=grads, params=params, updates=updates)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    metrics.update({k: v for k, v in state.extra.items() if k not in ("p", "assign")})
+    return state, metrics
 
   def cluster_probs(self, state, images: jax.Array) -> jax.Array:
     z = self.encode(state.params["ae"], self.normalize(images))
-    return dec_models.soft_assign(z, state.params["centroids"], self.cfg.alpha)  # [B, K]
+    return losses.soft_assign(z, state.params["centroids"], self.cfg.alpha)  # [B, K]
 
   def eval_metrics(self, state, batch, rng):
     x = self.normalize(batch["image"])
     z = self.encode(state.params["ae"], x)
-    q = dec_models.soft_assign(z, state.params["centroids"], self.cfg.alpha)
+    q = losses.soft_assign(z, state.params["centroids"], self.cfg.alpha)
     out = self.ae.model.apply({"params": state.params["ae"]}, z, method="decode")
     recon = jax.nn.sigmoid(out) if self.ae.cfg.recon_loss == "bce" else out
     return {"mse": losses.mse(recon, x), "confidence": jnp.max(q, axis=-1)}
@@ -202,7 +173,7 @@ class DEC(Family):
   # --- Host-side hooks.
   def assignments(self, state, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Soft assignments [N, K] and hard ones [N] of every row of `x`."""
-    return evaluation.cluster_assignments(self._probs, state, x, mesh=self.ctx.mesh,
+    return batched_eval.cluster_assignments(self._probs, state, x, mesh=self.ctx.mesh,
                                           batch_size=self.ctx.batch_size)
 
   def refresh_target(self, state: TrainState) -> TrainState:

@@ -23,7 +23,8 @@ sample-quality metrics draw class-balanced labels, and an extra image grid,
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,10 +33,12 @@ import optax
 from absl import flags
 from jax.experimental import multihost_utils
 
-from dlu import data, evaluation, feature_net, gan_losses, optim, parallel, sample_quality
+from dlu import batched_eval, data, feature_net, gan_losses, optim, parallel, sample_quality
 from dlu.errors import UsageError
-from dlu.families.autoencoder import int_list
 from dlu.families.base import Family, TrainState, register
+from dlu.flags import require_fraction, require_non_negative, require_positive
+from dlu.grids import as_grid
+from dlu.model_flags import int_list
 from dlu.models import gan as gan_models
 
 flags.DEFINE_enum("gan_loss", "ns", list(gan_losses.LOSS_TYPES),
@@ -88,18 +91,11 @@ class GAN(Family):
     if cfg.gan_loss not in gan_losses.LOSS_TYPES:
       raise UsageError(f"--gan_loss must be one of {', '.join(gan_losses.LOSS_TYPES)}; "
                        f"got {cfg.gan_loss!r}")
-    for name in ("latent_dim", "d_steps", "gan_channels"):
-      if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
-        raise UsageError(f"--{name} must be a positive integer, got {getattr(cfg, name)!r}")
+    require_positive(cfg, "latent_dim", "d_steps", "gan_channels")
     if cfg.model == "mlp_gan":
       int_list(cfg.gan_widths, "gan_widths")
-    if not 0 <= cfg.ema_decay < 1:
-      raise UsageError(f"--ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
-    if not 0 <= cfg.gan_b1 < 1:
-      raise UsageError(f"--gan_b1 must be in [0, 1), got {cfg.gan_b1!r}")
-    for name in ("gp_weight", "r1_weight"):
-      if not getattr(cfg, name) >= 0:
-        raise UsageError(f"--{name} must be >= 0, got {getattr(cfg, name)!r}")
+    require_fraction(cfg, "ema_decay", "gan_b1")
+    require_non_negative(cfg, "gp_weight", "r1_weight")
     for name in ("g_learning_rate", "d_learning_rate"):
       if getattr(cfg, name) is not None and not getattr(cfg, name) > 0:
         raise UsageError(f"--{name} must be > 0 (or unset for --learning_rate), "
@@ -294,8 +290,7 @@ class GAN(Family):
     n = batch["image"].shape[0]
     z = jax.random.normal(rng, (n, self.cfg.latent_dim))  # the eval key: the same noise each eval
     x = jnp.clip(self.to_unit(self.sample(state, z, self.balanced_labels(n))), 0.0, 1.0)
-    cols = max(c for c in range(1, 9) if n % c == 0)
-    grids = {"samples": x.reshape((n // cols, cols) + x.shape[1:])}
+    grids = {"samples": as_grid(x)}
     if self.needs_label:  # Row y: class y; column j: the same noise in every row.
       k, cols = self.num_classes, BY_CLASS_COLUMNS
       z = jnp.tile(jax.random.normal(jax.random.fold_in(rng, 1), (cols, self.cfg.latent_dim)),
@@ -331,7 +326,7 @@ class GAN(Family):
       cache["embed"] = jax.jit(lambda p, x: self._net.features(p, data.normalize(x)),
                                in_shardings=(repl, parallel.data_sharded(ctx.mesh)),
                                out_shardings=parallel.data_sharded(ctx.mesh))
-      real = lambda x: evaluation.embed_split(cache["embed"], cache["params"], x, mesh=ctx.mesh,
+      real = lambda x: batched_eval.embed_split(cache["embed"], cache["params"], x, mesh=ctx.mesh,
                                               batch_size=ctx.batch_size)
       cache["test"] = real(dataset.x_test)
       rows = np.sort(np.random.default_rng(0).choice(len(dataset.x_train),

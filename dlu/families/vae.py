@@ -34,10 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from dlu import evaluation, likelihoods
+from dlu import batched_eval, likelihoods, parallel
 from dlu.errors import UsageError
-from dlu.families.autoencoder import conv_channels, int_list
-from dlu.families.base import SingleNetworkFamily, paired_rows, register, to_unit
+from dlu.families.base import SingleNetworkFamily, register
+from dlu.flags import require_non_negative, require_positive
+from dlu.grids import as_grid, paired_rows, to_unit
+from dlu.model_flags import conv_channels, int_list
 from dlu.models import vae as vae_models
 
 flags.DEFINE_enum("likelihood", "bernoulli", ["bernoulli", "gaussian"],
@@ -73,18 +75,13 @@ class VAE(SingleNetworkFamily):
 
   @classmethod
   def validate(cls, cfg):
-    if cfg.latent_dim < 1:
-      raise UsageError(f"--latent_dim must be a positive integer, got {cfg.latent_dim!r}")
+    require_positive(cfg, "latent_dim")
     if cfg.model == "vae":
       int_list(cfg.widths, "widths")
     else:
       int_list(cfg.conv_channels, "conv_channels")
-    for name in ("train_samples", "iwae_samples", "iwae_chunk"):
-      if getattr(cfg, name) < 1:
-        raise UsageError(f"--{name} must be a positive integer, got {getattr(cfg, name)!r}")
-    for name in ("beta", "kl_warmup_steps", "iwae_examples"):
-      if getattr(cfg, name) < 0:
-        raise UsageError(f"--{name} must be >= 0, got {getattr(cfg, name)!r}")
+    require_positive(cfg, "train_samples", "iwae_samples", "iwae_chunk")
+    require_non_negative(cfg, "beta", "kl_warmup_steps", "iwae_examples")
     if cfg.likelihood == "bernoulli" and cfg.pixel_range != "unit":
       raise UsageError("--likelihood=bernoulli needs --pixel_range=unit (targets in [0, 1])")
     if cfg.binarize == "dynamic" and cfg.likelihood != "bernoulli":
@@ -206,14 +203,13 @@ class VAE(SingleNetworkFamily):
 
   def _per_example(self, name: str, mesh):
     """The jitted (state, images, rng) -> [B, ...] method `name`, built once per mesh."""
-    from dlu import steps  # steps imports the families: bind late
     cache = self.__dict__.setdefault("_jitted", {})
     if (name, mesh) not in cache:
-      cache[name, mesh] = steps.make_per_example(getattr(self, name), mesh)
+      cache[name, mesh] = parallel.make_per_example(getattr(self, name), mesh)
     return cache[name, mesh]
 
   def split_metrics(self, state, dataset, ctx):
-    means = evaluation.per_example(self._per_example("posterior_mean", ctx.mesh), state,
+    means = batched_eval.per_example(self._per_example("posterior_mean", ctx.mesh), state,
                                    dataset.x_test, mesh=ctx.mesh, batch_size=ctx.batch_size,
                                    rng=ctx.rng)
     return {"active_units": int(np.sum(np.var(means, axis=0) > ACTIVE_UNIT_THRESHOLD))}
@@ -222,8 +218,8 @@ class VAE(SingleNetworkFamily):
     x = dataset.x_test[:self.cfg.iwae_examples or None]
     # Fewer images than an eval batch: a smaller batch, not padding that is scored too. The
     # binarisation of the first rows does not change (JAX draws each element from its index).
-    batch_size = min(ctx.batch_size, evaluation.round_batch_size(len(x)))
-    bounds = evaluation.per_example(self._per_example("iwae_bound", ctx.mesh), state, x,
+    batch_size = min(ctx.batch_size, batched_eval.round_batch_size(len(x)))
+    bounds = batched_eval.per_example(self._per_example("iwae_bound", ctx.mesh), state, x,
                                     mesh=ctx.mesh, batch_size=batch_size, rng=ctx.rng)
     nll = -float(np.mean(bounds))
     bin_width = None
@@ -246,8 +242,7 @@ class VAE(SingleNetworkFamily):
 
     # Prior samples from the same noise at every eval (the key is the run's eval key).
     z = jax.random.normal(jax.random.fold_in(rng, _SAMPLES_KEY), (n, d))
-    cols = max(c for c in range(1, 9) if n % c == 0)
-    grids["samples"] = show(self.decode(params, z)).reshape((n // cols, cols) + x.shape[1:])
+    grids["samples"] = as_grid(show(self.decode(params, z)))
 
     # Each row: a test image, decodes along the line between two posterior means, another.
     pairs = min(8, n // 2)

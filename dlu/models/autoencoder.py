@@ -8,13 +8,13 @@ for a Bernoulli (binary cross-entropy) one.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import chex
 import flax.linen as nn
 import jax
 
-from dlu.models.layers import Conv, ConvTranspose, MLP
+from dlu.models.layers import MLP, Conv, ConvTranspose
 
 
 class MLPAutoencoder(nn.Module):

@@ -4,7 +4,7 @@ a cluster head (contrastive clustering) giving logits over `num_clusters` cluste
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import chex
 import flax.linen as nn

@@ -24,7 +24,7 @@ Layouts are NHWC inputs and HWIO kernels, as in `flax.linen.Conv`.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -149,7 +149,7 @@ def _narrow_fwd(x, w, pads):
 def _narrow_bwd(pads, res, g):
   x, w = res
   kh, kw, cin, cout = w.shape
-  (b, h, wd, _), zero = x.shape, jnp.zeros((), g.dtype)
+  (_, h, wd, _), zero = x.shape, jnp.zeros((), g.dtype)
   # cols[q, t] = g[q - t + lo]: the output positions that input position q fed through tap t.
   cols = []
   for i in range(kh):

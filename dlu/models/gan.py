@@ -20,7 +20,7 @@ parameter for parameter.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import chex
 import flax.linen as nn
@@ -96,7 +96,23 @@ class DCGANGenerator(nn.Module):
     return OUTPUT_ACTIVATIONS[self.output_activation](x)  # [B, H, W, C]
 
 
-class DCGANDiscriminator(nn.Module):
+class _Discriminator(nn.Module):
+  """A critic's logit from its `embed` features, plus a projection term when conditional.
+
+  Subclasses define `num_classes`, `embed` and a Dense(1) `logit` layer in `setup`.
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    chex.assert_rank(x, 4)
+    features = self.embed(x)
+    logit = self.logit(features)[:, 0]  # [B]
+    if self.num_classes is None:
+      return logit
+    return logit + _projection(features, labels, self.num_classes)
+
+
+class DCGANDiscriminator(_Discriminator):
   """Image -> Conv(c, s2), leaky relu -> Conv(2c, s2), leaky relu -> Dense(1) (+ projection)."""
   channels: int = 64
   num_classes: int | None = None
@@ -112,15 +128,6 @@ class DCGANDiscriminator(nn.Module):
     for conv in self.convs:
       x = nn.leaky_relu(conv(x), 0.2)
     return x.reshape((x.shape[0], -1))
-
-  @nn.compact
-  def __call__(self, x: jax.Array, labels: jax.Array | None = None) -> jax.Array:
-    chex.assert_rank(x, 4)
-    features = self.embed(x)
-    logit = self.logit(features)[:, 0]  # [B]
-    if self.num_classes is None:
-      return logit
-    return logit + _projection(features, labels, self.num_classes)
 
 
 class MLPGenerator(nn.Module):
@@ -143,7 +150,7 @@ class MLPGenerator(nn.Module):
     return OUTPUT_ACTIVATIONS[self.output_activation](x)
 
 
-class MLPDiscriminator(nn.Module):
+class MLPDiscriminator(_Discriminator):
   """Flattened image -> Dense(width), leaky relu, ... -> Dense(1) (+ projection)."""
   widths: Sequence[int] = (512, 256)
   num_classes: int | None = None
@@ -158,12 +165,3 @@ class MLPDiscriminator(nn.Module):
     for dense in self.hidden:
       x = nn.leaky_relu(dense(x), 0.2)
     return x
-
-  @nn.compact
-  def __call__(self, x: jax.Array, labels: jax.Array | None = None) -> jax.Array:
-    chex.assert_rank(x, 4)
-    features = self.embed(x)
-    logit = self.logit(features)[:, 0]  # [B]
-    if self.num_classes is None:
-      return logit
-    return logit + _projection(features, labels, self.num_classes)

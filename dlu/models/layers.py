@@ -9,14 +9,14 @@ several times faster; other backends keep the native ops.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from dlu.models import fast_conv
-
 
 # Read at trace time; False makes every backend use the native ops (to compare them).
 FAST_CPU_CONV = True

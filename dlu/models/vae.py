@@ -9,7 +9,7 @@ Sampling and the bounds are the family's business (dlu/families/vae.py), not the
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import chex
 import flax.linen as nn

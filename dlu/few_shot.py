@@ -1,7 +1,7 @@
 """Class-conditional GAN samples as training data, and what they are worth to a classifier.
 
-    exp, state = augment.load_conditional_gan("workdirs/cdcgan")
-    x, y = augment.sample_classes(exp, state, augment.balanced(100, exp.spec.num_classes), seed=0)
+    exp, state = few_shot.load_conditional_gan("workdirs/cdcgan")
+    x, y = few_shot.sample_classes(exp, state, few_shot.balanced(100, exp.spec.num_classes), seed=0)
 
 `measure` trains the feature network's architecture (dlu.feature_net.Classifier) on k real
 labelled examples per class, alone and with generated examples added, and on generated
@@ -17,17 +17,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dlu import checkpointing, feature_net, parallel
+from dlu import experiment, feature_net, parallel
 from dlu import flags as dlu_flags
 from dlu.errors import UsageError
+from dlu.experiment import Experiment
 from dlu.families.gan import GAN
-from dlu.train_loop import Experiment, build, restore_or_init
 
 CONDITIONAL_MODELS = GAN.models
 
@@ -45,15 +46,8 @@ def load_conditional_gan(workdir: str) -> tuple[Experiment, Any]:
     what = f"--model={cfg.model}" + (" without --conditional" if cfg.model in GAN.models else "")
     raise UsageError(f"--workdir={workdir} holds a {what} run; expected a class-conditional GAN "
                      f"(--model={'|'.join(CONDITIONAL_MODELS)} --conditional)")
-  exp = build(cfg.replace(eval_samples=0), workdir)  # no sample-quality metrics: no feature net
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
-  try:
-    if ckpt.latest_step() is None:
-      raise UsageError(f"{workdir}/checkpoints holds no checkpoint: train the run first")
-    state, _ = restore_or_init(exp, ckpt)
-  finally:
-    ckpt.close()
-  return exp, state
+  # No sample-quality metrics, so no feature network to load or train.
+  return experiment.load_run(workdir, eval_samples=0)
 
 
 def balanced(per_class: int, num_classes: int) -> np.ndarray:

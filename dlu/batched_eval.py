@@ -1,8 +1,9 @@
-"""Whole-split evaluation: metric means and embeddings over padded, sharded batches."""
+"""A split evaluated whole: metric means, per-example values, embeddings and cluster
+assignments of every row, computed over padded batches sharded across the devices."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -72,6 +73,6 @@ def embed_split(embed: Callable, state, x: np.ndarray, *, mesh: Mesh,
 def cluster_assignments(probs: Callable, state, x: np.ndarray, *, mesh: Mesh,
                         batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   """Soft [N, K] and hard [N] assignments of every row of `x` by a clustering layer's
-  `probs(state, images)`, jitted over images (`steps.jit_over_images`)."""
+  `probs(state, images)`, jitted over images (`parallel.jit_over_images`)."""
   q = per_example(probs, state, x, mesh=mesh, batch_size=batch_size)
   return q, q.argmax(axis=1).astype(np.int32)

@@ -26,10 +26,10 @@ import zipfile
 import zlib
 from typing import Any
 
-from absl import logging
 import numpy as np
+from absl import logging
 
-from dlu.data import ACCEPTED_FORMS, ImageData
+from dlu.data.arrays import ACCEPTED_FORMS, ImageData
 from dlu.errors import UsageError
 
 CACHE_FILE = "dlu_arrays.npz"

@@ -1,7 +1,8 @@
-"""Structure in a trained run's representation, for experiments.evaluate: clustering
-scores (ACC/NMI/ARI), a linear and a k-nearest-neighbour probe, optionally the purity of
-many small k-means clusters, a 2-D map of the test embeddings, and the same numbers for raw
-pixels and PCA beside them.
+"""The `clustering` evaluator: structure in a run's representation. Clustering scores
+(ACC/NMI/ARI), a linear and a k-nearest-neighbour probe, optionally the purity of many small
+k-means clusters, a 2-D map of the test embeddings, and the same numbers for raw pixels and
+PCA beside them. experiments.evaluate runs it; training runs it with
+`--evaluators=...,clustering[:N]`.
 
 The embedding is the family's `embed` (an autoencoder's code, a VAE's encoder mean,
 a GAN discriminator's penultimate features). A family with its own clustering layer
@@ -19,10 +20,10 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from dlu import clustering, data, evaluation, parallel, steps
+from dlu import clustering, data, parallel
 from dlu.errors import UsageError
-from dlu.families.dec import num_clusters
-from dlu.run_evaluation import register_evaluator
+from dlu.evaluators.registry import Inputs, register
+from dlu.model_flags import num_clusters
 
 flags.DEFINE_enum("cluster_on", "kmeans", list(clustering.CLUSTERERS),
                   "evaluate: how embeddings are clustered (gmm: full-covariance Gaussian mixture).")
@@ -137,35 +138,29 @@ def embedding_plot(cfg, z_test: np.ndarray, y_test: np.ndarray, path: str) -> st
 def check_flags(exp) -> None:
   """The evaluation flags above, before anything is computed."""
   cfg, ds = exp.cfg, exp.dataset
+  if ds.y_train is None or ds.y_test is None:
+    return  # Nothing is scored (the evaluator does not run).
   num_train = len(ds.x_train)
   if cfg.probe and not 0 <= cfg.knn_probe <= num_train:
     raise UsageError(f"--knn_probe={cfg.knn_probe}: expected a number of neighbours between 1 "
                      f"and the {num_train} train examples, or 0 for none")
   if cfg.purity_clusters:
-    k, num_clustered = num_clusters(cfg, ds), len(_split(cfg, ds.x_train, ds.x_test))
+    k, num_clustered = num_clusters(cfg, ds.num_classes, ds.name), len(_split(cfg, ds.x_train, ds.x_test))
     if not k < cfg.purity_clusters <= num_clustered:
       raise UsageError(f"--purity_clusters={cfg.purity_clusters}: expected more clusters than "
                        f"--n_clusters ({k}) and at most the {num_clustered} images clustered, "
                        "or 0 for none")
 
 
-def representation_metrics(exp, state) -> dict[str, Any]:
-  """Clustering, probe, baselines and plot of the run's embeddings (see module doc)."""
+@register("clustering", needs=("embeddings", "labels"), check=check_flags)
+def representation_metrics(exp, state, inputs: Inputs) -> dict[str, Any]:
+  """Clustering, probes, baselines and plot of the run's embeddings (see module doc)."""
   cfg, ds, family = exp.cfg, exp.dataset, exp.family
-  if ds.y_train is None or ds.y_test is None:
-    print(f"No clustering scores: {ds.name} has no labels to score them with", flush=True)
-    return {}
-  embed = steps.make_embed(family, exp.mesh)
   t = time.perf_counter()
-  try:
-    z_train, z_test = (evaluation.embed_split(embed, state, x, mesh=exp.mesh,
-                                              batch_size=exp.ctx.batch_size)
-                       for x in (ds.x_train, ds.x_test))
-  except NotImplementedError:
-    return {}
+  z_train, z_test = inputs.embeddings(state, "train"), inputs.embeddings(state, "test")
   timings = {"embed": time.perf_counter() - t}
   y = _split(cfg, ds.y_train, ds.y_test)
-  k = num_clusters(cfg, ds)
+  k = num_clusters(cfg, ds.num_classes, ds.name)
   results: dict[str, Any] = {"n_clusters": k, "cluster_split": cfg.cluster_split,
                              "num_clustered": len(y), "embedding_dim": int(z_train.shape[1])}
   base: dict[str, Any] = {}
@@ -207,5 +202,3 @@ def representation_metrics(exp, state) -> dict[str, Any]:
   results["time_s"] = {name: round(v, 2) for name, v in timings.items()}
   return results
 
-
-register_evaluator(representation_metrics, check=check_flags)

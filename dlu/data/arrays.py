@@ -1,0 +1,134 @@
+"""The in-memory form of every dataset, pixel scaling, and the checks local sources apply.
+
+The bottom of dlu.data: it imports no other module of the package; the local sources,
+tfds_offline and the entry points (sources) build on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from dlu.errors import UsageError
+
+PIXEL_RANGES = ("unit", "symmetric")
+ACCEPTED_FORMS = ("digits, fashion_mnist, mnist, cifar10, ... (any tfds image dataset, as "
+                  "NAME[/CONFIG][:VERSION]), npz:PATH, folder:DIR")
+VALID_CHANNELS = (1, 3, 4)
+HELD_OUT_FRACTION = 0.1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous: compare by identity
+class ImageData:
+  """A whole dataset held in host memory; small enough to batch from RAM or device memory."""
+
+  name: str
+  x_train: np.ndarray  # [N, H, W, C] uint8 in 0..255, or float32 in [0, 1]
+  y_train: np.ndarray | None  # [N] int32; None when unlabelled
+  x_test: np.ndarray  # [M, H, W, C], same dtype and image shape as x_train
+  y_test: np.ndarray | None  # [M] int32
+  num_classes: int | None
+
+  def __post_init__(self):
+    # Catches mismatched splits at construction, not deep inside a jitted step.
+    if self.x_train.ndim != 4 or self.x_test.shape[1:] != self.x_train.shape[1:]:
+      raise UsageError(f"ImageData({self.name}): x_train {self.x_train.shape} and x_test "
+                       f"{self.x_test.shape} must both be [N, H, W, C] with the same image shape")
+    for x, y, split in ((self.x_train, self.y_train, "train"), (self.x_test, self.y_test, "test")):
+      if y is not None and y.shape != (len(x),):
+        raise UsageError(f"ImageData({self.name}): y_{split} has shape {y.shape}, expected ({len(x)},)")
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(int(d) for d in self.x_train.shape[1:])  # type: ignore[return-value]
+
+
+def normalize(x: Any, pixel_range: str = "unit") -> Any:
+  """Maps stored pixels to the model's input range.
+
+  Only array methods are used, so numpy stays numpy, jax stays jax, and it traces under
+  `jax.jit` (the dtype is static). Data stays uint8 until here: 4x less memory.
+  """
+  if pixel_range not in PIXEL_RANGES:
+    raise UsageError(f"--pixel_range={pixel_range!r} is not supported; expected one of "
+                     f"{', '.join(repr(r) for r in PIXEL_RANGES)}")
+  if not hasattr(x, "dtype"):
+    x = np.asarray(x)
+  if x.dtype == np.uint8:
+    x = x.astype(np.float32)
+    # Written so that 0 and 255 land exactly on the ends of the range, also under XLA.
+    return x / np.float32(255) if pixel_range == "unit" else (x * 2 - 255) / np.float32(255)
+  if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:  # (bfloat16 is no np.floating)
+    raise UsageError(f"normalize: expected uint8 or float pixels, got {x.dtype}")
+  return x if pixel_range == "unit" else x * 2 - 1
+
+
+# --- Checks shared by the local sources (npz, folder). ---
+
+def _check_images(x: Any, what: str) -> np.ndarray:
+  """`x` as [N, H, W, C] uint8, or float32 in [0, 1]; `what` names its origin in errors."""
+  x = np.asarray(x)
+  if x.ndim == 3:
+    x = x[..., None]
+  if x.ndim != 4 or x.shape[-1] not in VALID_CHANNELS:
+    raise UsageError(f"{what} has shape {x.shape}; expected images [N, H, W] or [N, H, W, C] "
+                     f"with C in {', '.join(map(str, VALID_CHANNELS))}")
+  if x.shape[0] == 0 or 0 in x.shape[1:3]:
+    raise UsageError(f"{what} is empty (shape {x.shape})")
+  if x.dtype == np.uint8:
+    return x
+  if not np.issubdtype(x.dtype, np.floating):
+    raise UsageError(f"{what} has dtype {x.dtype}; expected uint8 in 0..255 or float in [0, 1]")
+  x = x.astype(np.float32)
+  if not np.all((x >= 0) & (x <= 1)):  # also false for NaN
+    raise UsageError(f"{what} is float with values outside [0, 1] (min {np.nanmin(x):g}, max "
+                     f"{np.nanmax(x):g}); expected uint8 in 0..255 or float in [0, 1]")
+  return x
+
+
+def _check_labels(y: Any, num_examples: int, what: str) -> np.ndarray:
+  y = np.asarray(y)
+  if y.ndim != 1 or len(y) != num_examples:
+    raise UsageError(f"{what} has shape {y.shape}; expected ({num_examples},), one label per image")
+  if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+    raise UsageError(f"{what} has dtype {y.dtype}; expected integer class indices")
+  if y.min() < 0:
+    raise UsageError(f"{what} has negative labels (min {y.min()}); expected class indices 0..K-1")
+  return y.astype(np.int32)
+
+
+def _held_out_split(x: np.ndarray, y: np.ndarray | None, what: str) -> tuple[Any, Any, Any, Any]:
+  """A fixed shuffle (seed 0) whose last 10% (at least one) is the test split: same in every run."""
+  if len(x) < 2:
+    raise UsageError(f"{what} has {len(x)} image; at least 2 are needed to hold out a test split")
+  perm = np.random.default_rng(0).permutation(len(x))
+  num_test = max(1, int(len(x) * HELD_OUT_FRACTION))
+  train, test = perm[:-num_test], perm[-num_test:]
+  return x[train], None if y is None else y[train], x[test], None if y is None else y[test]
+
+
+def assemble(name: str, what: str, x: Any, y: Any = None, x_test: Any = None, y_test: Any = None,
+              num_classes: int | None = None) -> ImageData:
+  """Validates a local source's arrays; holds out a test split when none is given."""
+  x = _check_images(x, f"{what}: x")
+  y = None if y is None else _check_labels(y, len(x), f"{what}: y")
+  if x_test is None:
+    if y_test is not None:
+      raise UsageError(f"{what}: has y_test but no x_test")
+    x, y, x_test, y_test = _held_out_split(x, y, what)
+  else:
+    x_test = _check_images(x_test, f"{what}: x_test")
+    if x_test.shape[1:] != x.shape[1:]:
+      raise UsageError(f"{what}: x_test images are {'x'.join(map(str, x_test.shape[1:]))} but x images "
+                       f"are {'x'.join(map(str, x.shape[1:]))} (HxWxC); both need the same shape")
+    if x_test.dtype != x.dtype:
+      raise UsageError(f"{what}: x_test is {x_test.dtype} but x is {x.dtype}; both need the same dtype")
+    if (y is None) != (y_test is None):
+      raise UsageError(f"{what}: labels for only one split; give both y and y_test, or neither")
+    y_test = None if y_test is None else _check_labels(y_test, len(x_test), f"{what}: y_test")
+  if y is not None and num_classes is None:
+    num_classes = int(max(y.max(initial=0), y_test.max(initial=0))) + 1
+  return ImageData(name=name, x_train=x, y_train=y, x_test=x_test, y_test=y_test,
+                   num_classes=num_classes if y is not None else None)

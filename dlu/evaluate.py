@@ -1,0 +1,40 @@
+"""Evaluate a trained run from its workdir: every evaluator (`dlu.evaluators`: the family's
+metrics and end-of-run bounds, image grids, clustering and probes of its embeddings), into
+eval.json, one `evaluate` row of metrics.jsonl, TensorBoard, and embeddings_test.npz."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from dlu import evaluators, experiment, metric_writers, parallel
+from dlu.metric_writers import to_python
+
+
+def evaluate_workdir(workdir: str, **overrides: Any) -> dict[str, Any]:
+  """Restores the latest checkpoint of `workdir` and evaluates it; returns what eval.json holds.
+
+  `overrides` replace flags the run recorded (e.g. eval_batch_size, cluster_on). Every
+  check of them runs before anything is written.
+  """
+  exp, state = experiment.load_run(workdir, **overrides)
+  schedule = evaluators.full_schedule(exp)
+  lead = parallel.is_lead_process()
+  writer = metric_writers.create_default_writer(workdir, lead=lead, console=False)
+  try:
+    step = int(state.step)
+    evaluation = evaluators.Evaluation(exp, writer, schedule)
+    results = evaluation(step, state, final=True, split="evaluate")
+    experiment.write_embeddings(exp, state, os.path.join(workdir, "embeddings_test.npz"),
+                                evaluation.inputs.cached_embeddings("test", step))
+    results = {"step": step, "model": exp.cfg.model, "dataset": exp.cfg.dataset,
+               **{k: v if isinstance(v, dict) else to_python(v) for k, v in results.items()}}
+    if lead:
+      path = os.path.join(workdir, "eval.json")
+      with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+      os.replace(path + ".tmp", path)
+    return results
+  finally:
+    writer.close()

@@ -1,0 +1,221 @@
+"""Evaluators by name: what a run measures, what each needs, and when training runs it.
+
+An evaluator is a function `(exp, state, inputs) -> {name: value}` registered under a name
+with what it needs of the run (`embeddings`: the family's `embed`; `labels`: labels on both
+splits) and its default schedule. Values may nest: eval.json keeps them as they are,
+metrics.jsonl and TensorBoard get the numbers flattened as `a/b/c`.
+
+Training runs the evaluators named by `--evaluators` (`training_schedule`), each `name` at its default schedule,
+`name:N` every N steps, `name:final` only after the last step (and every one of them after
+the last step); their results at one step form one `eval` row. `experiments.evaluate` runs
+every registered evaluator whose needs the run meets (`full_schedule`), once, into one `evaluate` row and
+eval.json. `exp` is a `dlu.experiment.Experiment` (cfg, dataset, family, mesh, ctx).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from absl import flags
+
+from dlu import batched_eval, parallel
+from dlu.errors import UsageError
+from dlu.metric_writers import MetricWriter, to_python
+
+flags.DEFINE_list("evaluators", ["metrics", "images", "likelihood"],
+                  "Evaluators run during training: NAME (its default schedule: metrics, images "
+                  "and clustering every --eval_every, likelihood at the end), NAME:N (every N "
+                  "steps) or NAME:final; all of them also after the last step. "
+                  "experiments.evaluate runs every evaluator. See dlu.evaluators.names().")
+
+#: What an evaluator may need of a run.
+NEEDS = ("embeddings", "labels")
+#: A default schedule: every --eval_every steps.
+EVAL_EVERY = "eval_every"
+#: A schedule: only after the last step.
+FINAL = "final"
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+  name: str
+  fn: Callable[[Any, Any, Inputs], Mapping[str, Any]]
+  needs: frozenset[str] = frozenset()
+  every: str = EVAL_EVERY  # the default schedule: EVAL_EVERY or FINAL
+  check: Callable[[Any], None] | None = None  # flags it reads, checked before anything runs
+  doc: str = ""
+
+
+_REGISTRY: dict[str, Evaluator] = {}
+
+
+def register(name: str, *, needs: tuple[str, ...] = (), every: str = EVAL_EVERY,
+             check: Callable[[Any], None] | None = None):
+  """Decorator: registers `fn(exp, state, inputs)` as the evaluator `name`."""
+  unknown = set(needs) - set(NEEDS)
+  if unknown or every not in (EVAL_EVERY, FINAL) or name in _REGISTRY:
+    raise ValueError(f"evaluator {name!r}: bad registration (needs {needs}, every {every!r})")
+
+  def add(fn):
+    _REGISTRY[name] = Evaluator(name, fn, frozenset(needs), every, check,
+                                (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
+    return fn
+  return add
+
+
+def names() -> list[str]:
+  return list(_REGISTRY)
+
+
+def get(name: str) -> Evaluator:
+  if name not in _REGISTRY:
+    raise UsageError(f"--evaluators: {name!r} is not an evaluator; accepted: {', '.join(names())}")
+  return _REGISTRY[name]
+
+
+def unmet_needs(evaluator: Evaluator, exp: Any) -> str | None:
+  """Why `exp` cannot give `evaluator` what it needs, or None."""
+  ds = exp.dataset
+  if "labels" in evaluator.needs and (ds.y_train is None or ds.y_test is None):
+    return f"{ds.name} has no labels to score it with"
+  if "embeddings" in evaluator.needs and not exp.family.has_embedding:
+    return f"--model={exp.cfg.model} has no embedding"
+  return None
+
+
+def parse_schedule(specs: list[str], eval_every: int) -> list[tuple[Evaluator, int | None]]:
+  """--evaluators as (evaluator, every N steps or None for only after the last step)."""
+  schedule, seen = [], set()
+  for spec in specs:
+    name, _, when = str(spec).strip().partition(":")
+    evaluator = get(name)
+    if name in seen:
+      raise UsageError(f"--evaluators names {name!r} twice")
+    seen.add(name)
+    if not when:
+      every = eval_every if evaluator.every == EVAL_EVERY else None
+    elif when == FINAL:
+      every = None
+    else:
+      try:
+        every = int(when)
+      except ValueError:
+        every = 0
+      if every < 1:
+        raise UsageError(f"--evaluators={spec}: expected NAME, NAME:N with N a positive number "
+                         f"of steps, or NAME:{FINAL}")
+    schedule.append((evaluator, every))
+  return schedule
+
+
+class Inputs:
+  """What evaluators at one step share: compiled functions (kept for the run) and the
+  embeddings of each split (computed once per step, for whichever evaluator asks first)."""
+
+  def __init__(self, exp: Any, writer: MetricWriter):
+    self.exp, self.writer = exp, writer
+    self.step: int = 0
+    self._compiled: dict[str, Any] = {}
+    self._embeddings: dict[str, np.ndarray] = {}
+
+  def start(self, step: int) -> None:
+    self.step = step
+    self._embeddings.clear()
+
+  def compiled(self, key: str, build: Callable[[], Any]) -> Any:
+    if key not in self._compiled:
+      self._compiled[key] = build()
+    return self._compiled[key]
+
+  def embeddings(self, state: Any, split: str) -> np.ndarray:
+    """The family's embeddings of every row of the `train` or `test` split. [N, D]"""
+    if split not in self._embeddings:
+      exp = self.exp
+      embed = self.compiled("embed", lambda: parallel.make_embed(exp.family, exp.mesh))
+      x = exp.dataset.x_train if split == "train" else exp.dataset.x_test
+      self._embeddings[split] = batched_eval.embed_split(embed, state, x, mesh=exp.mesh,
+                                                         batch_size=exp.ctx.batch_size)
+    return self._embeddings[split]
+
+  def cached_embeddings(self, split: str, step: int) -> np.ndarray | None:
+    """The `split` embeddings computed at `step`, if an evaluator asked for them."""
+    return self._embeddings.get(split) if step == self.step else None
+
+  def save_images(self, grids: Mapping[str, np.ndarray]) -> list[str]:
+    return self.writer.write_images(self.step, grids)
+
+
+def flat_scalars(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+  """The numbers of a nested dict, named by their path (`baselines/pixels/acc`)."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(flat_scalars(v, f"{prefix}{k}/"))
+    else:
+      v = to_python(v) if isinstance(v, (np.ndarray, np.generic)) else v
+      if isinstance(v, (int, float)) and not isinstance(v, bool):
+        out[prefix + k] = v
+  return out
+
+
+def training_schedule(exp: Any) -> list[tuple[Evaluator, int | None]]:
+  """--evaluators as (evaluator, every N steps or None), its flags checked; UsageError
+  naming the flag when an evaluator cannot run on this run."""
+  schedule = parse_schedule(list(exp.cfg.evaluators), exp.cfg.eval_every)
+  for evaluator, _ in schedule:
+    why = unmet_needs(evaluator, exp)
+    if why:
+      raise UsageError(f"--evaluators: {evaluator.name} cannot run: {why}")
+    if evaluator.check is not None:
+      evaluator.check(exp)
+  return schedule
+
+
+def full_schedule(exp: Any, *, log: Callable[[str], None] = print
+                  ) -> list[tuple[Evaluator, int | None]]:
+  """Every registered evaluator the run can feed, once, its flags checked (experiments.evaluate)."""
+  schedule = []
+  for evaluator in _REGISTRY.values():
+    why = unmet_needs(evaluator, exp)
+    if why:
+      log(f"No {evaluator.name} evaluation: {why}")
+      continue
+    if evaluator.check is not None:
+      evaluator.check(exp)
+    schedule.append((evaluator, None))
+  return schedule
+
+
+class Evaluation:
+  """Runs a schedule of evaluators (`training_schedule` or `full_schedule`, built before
+  anything is written) on a run's state; their results at a step form one row."""
+
+  def __init__(self, exp: Any, writer: MetricWriter,
+               schedule: list[tuple[Evaluator, int | None]]):
+    self.exp, self.writer, self.schedule = exp, writer, schedule
+    self.inputs = Inputs(exp, writer)
+
+  def boundaries(self) -> tuple[int, ...]:
+    """The step intervals evaluation happens at (multi-step dispatches stop there)."""
+    return tuple(sorted({every for _, every in self.schedule if every}))
+
+  def due(self, step: int, final: bool) -> list[Evaluator]:
+    return [e for e, every in self.schedule if final or (every and step % every == 0)]
+
+  def __call__(self, step: int, state: Any, *, final: bool = False,
+               split: str = "eval") -> dict[str, Any]:
+    """Runs the evaluators due at `step` (all of them when `final`); writes their numbers as
+    one `split` row and returns their results merged (nested values kept)."""
+    due = self.due(step, final)
+    if not due:
+      return {}
+    self.inputs.start(step)
+    results: dict[str, Any] = {}
+    for evaluator in due:
+      results.update(evaluator.fn(self.exp, state, self.inputs))
+    self.writer.write_scalars(step, split, flat_scalars(results))
+    self.writer.flush()
+    return results

@@ -1,0 +1,63 @@
+"""Model flags that several families (and the evaluators) read, with their parsers.
+
+A family's own flags live in its module under `dlu/families/`; the ones here are shared:
+the code size, the MLP widths and conv channels of the encoders (autoencoders, VAEs,
+SimCLR), and the number of clusters (DEC/IDEC, the contrastive cluster head, and the
+clustering evaluator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from absl import flags
+
+from dlu.errors import UsageError
+from dlu.flags import Config, require_positive
+from dlu.models.autoencoder import conv_compatible
+
+flags.DEFINE_integer("latent_dim", 32, "Size of the code (ae_mlp, ae_conv and later families).")
+flags.DEFINE_list("widths", ["512", "256"], "ae_mlp, vae: encoder widths (the decoder mirrors them).")
+flags.DEFINE_list("conv_channels", ["32", "64"], "ae_conv, conv_vae: channels of the strided conv layers.")
+flags.DEFINE_integer("n_clusters", 0,
+                     "Clusters for dec/idec and experiments.evaluate; 0: the dataset's class count.")
+flags.DEFINE_integer("kmeans_inits", 10, "k-means restarts (best inertia kept), for DEC's centroids "
+                     "and experiments.evaluate.")
+
+
+def int_list(cfg_value: Sequence[str], flag: str) -> tuple[int, ...]:
+  """A list flag's values as positive integers; UsageError naming `flag` otherwise."""
+  try:
+    values = tuple(int(v) for v in cfg_value)
+  except (TypeError, ValueError):
+    values = ()
+  if not values or min(values) < 1:
+    raise UsageError(f"--{flag} must be a comma-separated list of positive integers, "
+                     f"got {cfg_value!r}")
+  return values
+
+
+def conv_channels(cfg: Config, shape: tuple[int, int, int]) -> tuple[int, ...]:
+  """--conv_channels, checked against the image: each strided layer halves height and width."""
+  channels = int_list(cfg.conv_channels, "conv_channels")
+  if not conv_compatible(shape, len(channels)):
+    raise UsageError(f"--model={cfg.model} with {len(channels)} strided layers (--conv_channels) "
+                     f"needs image height and width divisible by {2 ** len(channels)}; "
+                     f"the data has {shape[0]}x{shape[1]}")
+  return channels
+
+
+def num_clusters(cfg: Config, num_classes: int | None, dataset_name: str = "the data") -> int:
+  """--n_clusters, or the class count when it is 0; UsageError when there is neither."""
+  if cfg.n_clusters:
+    return cfg.n_clusters
+  if not num_classes:
+    raise UsageError(f"--n_clusters is needed: {dataset_name} has no labels to count classes from")
+  return num_classes
+
+
+def validate(cfg: Config) -> None:
+  """The shared flags every family may read; each family checks the encoder flags it uses."""
+  if cfg.n_clusters < 0:
+    raise UsageError(f"--n_clusters must be >= 0 (0: the class count), got {cfg.n_clusters!r}")
+  require_positive(cfg, "kmeans_inits")

@@ -1,0 +1,95 @@
+"""Work the training loop does every so many steps, as small objects it calls after each
+dispatch (the shape of clu's periodic actions).
+
+    actions = [ReportProgress(num_steps, every_steps=100, ...), PeriodicCallback(...)]
+    for action in actions:
+      action(step, final=step == num_steps)
+
+An action runs when `step` is a multiple of its `every_steps` or the run's last step, and
+the `every_steps` of all actions bound the length of a multi-step dispatch
+(`dlu.device_data.dispatch_length`), so with several steps per dispatch they still run at
+the same steps as with one.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from dlu.metric_writers import MetricWriter, format_value, to_python
+
+
+class PeriodicAction:
+  """Runs `run(step, **kwargs)` when `due(step, final)`; returns whether it ran."""
+
+  def __init__(self, *, every_steps: int, on_final: bool = True):
+    self.every_steps, self.on_final = every_steps, on_final
+
+  def due(self, step: int, final: bool = False) -> bool:
+    return step % self.every_steps == 0 or (final and self.on_final)
+
+  def __call__(self, step: int, *, final: bool = False, **kwargs: Any) -> bool:
+    if not self.due(step, final):
+      return False
+    self.run(step, **kwargs)
+    return True
+
+  def run(self, step: int, **kwargs: Any) -> None:
+    raise NotImplementedError
+
+
+class PeriodicCallback(PeriodicAction):
+  """Calls `callback(step, **kwargs)` on schedule."""
+
+  def __init__(self, *, every_steps: int, callback: Callable[..., Any], on_final: bool = True):
+    super().__init__(every_steps=every_steps, on_final=on_final)
+    self.callback = callback
+
+  def run(self, step, **kwargs):
+    self.callback(step, **kwargs)
+
+
+class ReportProgress(PeriodicAction):
+  """The train metrics of a step: a `train` row to `writer` (with `steps_per_s`) and
+  `step 500/5000 | loss 0.0123 | 250 steps/s | 64,000 ex/s | ETA 0:00:18` on the console.
+
+  `run(step, metrics=...)` keeps `rate`, the steps/s since the last report (evaluations
+  excluded: call `restart(step)` after one).
+  """
+
+  def __init__(self, num_steps: int, *, every_steps: int, batch_size: int,
+               writer: MetricWriter | None = None, keys: Sequence[str] = ("loss",),
+               enabled: bool = True, stream=None):
+    super().__init__(every_steps=every_steps)
+    self.num_steps, self.batch_size, self.keys = num_steps, batch_size, tuple(keys)
+    self.writer = writer or MetricWriter()
+    self.enabled, self.stream = enabled, stream or sys.stdout
+    self.rate = 0.0
+    self._last_time: float | None = None
+    self._last_step: int | None = None
+
+  def restart(self, step: int) -> None:
+    """Time from now: what happened since the last report does not count against steps/s."""
+    self._last_time, self._last_step = time.perf_counter(), step
+
+  def run(self, step: int, *, metrics: Mapping[str, Any]) -> None:
+    now = time.perf_counter()
+    self.rate = 0.0
+    if self._last_time is not None and step > self._last_step:
+      self.rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_time, self._last_step = now, step
+    if self.enabled:
+      print(self.line(step, metrics), file=self.stream, flush=True)
+    self.writer.write_scalars(step, "train", {**metrics, "steps_per_s": self.rate})
+
+  def line(self, step: int, metrics: Mapping[str, Any]) -> str:
+    parts = [f"step {step}/{self.num_steps}"]
+    parts += [f"{k} {format_value(to_python(metrics[k]))}" for k in self.keys if k in metrics]
+    if self.rate:
+      eta = int((self.num_steps - step) / self.rate)
+      parts += [f"{self.rate:.1f} steps/s", f"{self.rate * self.batch_size:,.0f} ex/s",
+                f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"]
+    return " | ".join(parts)
+

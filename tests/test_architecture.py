@@ -1,0 +1,31 @@
+"""The house's shape: import contracts (setup.cfg) hold, and the code passes ruff."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tool(name: str) -> str:
+  path = os.path.join(os.path.dirname(sys.executable), name)
+  return path if os.path.exists(path) else (shutil.which(name) or name)
+
+
+def test_import_contracts_hold():
+  """No import cycles (function-level imports included), no upward imports between layers,
+  models import no training code."""
+  out = subprocess.run([_tool("lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+  assert "BROKEN" not in out.stdout and "0 broken" in out.stdout
+
+
+@pytest.mark.parametrize("args", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_ruff(args):
+  out = subprocess.run([_tool("ruff"), *args, "dlu", "experiments", "scripts", "tests"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
