@@ -46,8 +46,7 @@ def load_conditional_gan(workdir: str) -> tuple[Experiment, Any]:
     what = f"--model={cfg.model}" + (" without --conditional" if cfg.model in GAN.models else "")
     raise UsageError(f"--workdir={workdir} holds a {what} run; expected a class-conditional GAN "
                      f"(--model={'|'.join(CONDITIONAL_MODELS)} --conditional)")
-  # No sample-quality metrics, so no feature network to load or train.
-  return experiment.load_run(workdir, eval_samples=0)
+  return experiment.load_run(workdir)
 
 
 def balanced(per_class: int, num_classes: int) -> np.ndarray:

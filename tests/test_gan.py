@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from dlu import data, evaluate, families, feature_net, parallel
+from dlu import data, evaluate, evaluators, families, feature_net, parallel
 from dlu import flags as dlu_flags
 from dlu.errors import UsageError
 from dlu.families import DataSpec
@@ -72,7 +73,6 @@ def test_evaluation_uses_running_averages_not_the_batch():
     (dict(ema_decay=1.0), r"--ema_decay must be in \[0, 1\)"),
     (dict(gp_weight=-1.0), "--gp_weight must be >= 0"),
     (dict(d_learning_rate=0.0), "--d_learning_rate must be > 0"),
-    (dict(eval_samples=5), "--eval_samples must be 0 .* or at least 10"),
     (dict(optimizer="gd"), "--optimizer=gd"),
     (dict(model="mlp_gan", gan_widths=["0"]), "--gan_widths must be a comma-separated list"),
 ])
@@ -164,13 +164,20 @@ def test_feature_net_is_trained_once_cached_and_accurate(digits_feature_dir, mon
   assert feature_net.cache_path(other, digits_feature_dir) != path
 
 
-def test_unlabelled_data_skips_sample_quality(capsys):
+def test_sample_quality_evaluator_needs_samples_and_labels(capsys):
   ds = data.load("digits")
   unlabelled = data.ImageData("blobs", ds.x_train, None, ds.x_test, None, None)
-  family = families.get("dcgan")(_cfg(), SPEC)
-  family.prepare(unlabelled, ctx=None)
-  assert "no labels" in capsys.readouterr().out
-  assert family.split_metrics(None, unlabelled, ctx=None) == {}
+  gan = types.SimpleNamespace(cfg=_cfg(), dataset=unlabelled, family=families.get("dcgan")(_cfg(), SPEC))
+  assert [e.name for e, _ in evaluators.training_schedule(gan)] == ["metrics", "likelihood",
+                                                                     "images"]
+  assert "No sample_quality evaluation: blobs has no labels" in capsys.readouterr().out
+  ae_cfg = dlu_flags.make_config(model="ae_seed")
+  ae = types.SimpleNamespace(cfg=ae_cfg, dataset=ds, family=families.get("ae_seed")(ae_cfg, SPEC))
+  assert "sample_quality" not in [e.name for e, _ in evaluators.training_schedule(ae)]
+  assert capsys.readouterr().out == ""  # a model that draws no samples skips it quietly
+  with pytest.raises(UsageError, match="--eval_samples must be 0 .* or at least 10"):
+    labelled = types.SimpleNamespace(cfg=_cfg(eval_samples=5), dataset=ds, family=gan.family)
+    evaluators.training_schedule(labelled)
 
 
 def _train(*args):

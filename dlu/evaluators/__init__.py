@@ -1,13 +1,14 @@
 """What a run measures, by name: evaluators run during training (`--evaluators`) and by
 experiments.evaluate. Importing this package registers the built-in ones (and their flags).
 
-  metrics      the family's eval metrics on the test split, and its split metrics
-  likelihood   the family's end-of-run metrics (VAEs: nll_iwae, bits_per_dim)
-  images       the family's image grids
-  clustering   clustering scores, probes and baselines of the embeddings (labelled data)
+  metrics         the family's eval metrics on the test split, and its split metrics
+  sample_quality  FID, KID, precision and recall of a generative family's samples
+  likelihood      the family's end-of-run metrics (VAEs: nll_iwae, bits_per_dim)
+  images          the family's image grids
+  clustering      clustering scores, probes and baselines of the embeddings (labelled data)
 """
 
-from dlu.evaluators import family_metrics, representation  # noqa: F401  (registers them)
+from dlu.evaluators import family_metrics, representation, sample_quality  # noqa: F401
 from dlu.evaluators.registry import (  # noqa: F401
                                      Evaluation,
                                      Evaluator,

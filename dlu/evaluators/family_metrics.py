@@ -14,7 +14,7 @@ from dlu.evaluators.registry import FINAL, Inputs, register
 @register("metrics")
 def test_split_metrics(exp: Any, state: Any, inputs: Inputs) -> dict[str, Any]:
   """The family's per-example eval metrics averaged over the test split, and its split
-  metrics (sample quality, clustering-layer scores, active units)."""
+  metrics (clustering-layer scores, active units)."""
   eval_sums = inputs.compiled("eval_sums", lambda: parallel.make_eval_sums(exp.family, exp.mesh))
   labels = exp.dataset.y_test if exp.family.needs_label else None
   metrics = batched_eval.mean_metrics(eval_sums, state, exp.dataset.x_test, exp.ctx.rng,

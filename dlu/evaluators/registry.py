@@ -1,8 +1,8 @@
 """Evaluators by name: what a run measures, what each needs, and when training runs it.
 
 An evaluator is a function `(exp, state, inputs) -> {name: value}` registered under a name
-with what it needs of the run (`embeddings`: the family's `embed`; `labels`: labels on both
-splits) and its default schedule. Values may nest: eval.json keeps them as they are,
+with what it needs of the run (`embeddings`: the family's `embed`; `samples`: its
+`samples_from_noise`; `labels`: labels on both splits) and its default schedule. Values may nest: eval.json keeps them as they are,
 metrics.jsonl and TensorBoard get the numbers flattened as `a/b/c`.
 
 Training runs the evaluators named by `--evaluators` (`training_schedule`), each `name` at its default schedule,
@@ -25,14 +25,15 @@ from dlu import batched_eval, parallel
 from dlu.errors import UsageError
 from dlu.metric_writers import MetricWriter, to_python
 
-flags.DEFINE_list("evaluators", ["metrics", "images", "likelihood"],
-                  "Evaluators run during training: NAME (its default schedule: metrics, images "
-                  "and clustering every --eval_every, likelihood at the end), NAME:N (every N "
-                  "steps) or NAME:final; all of them also after the last step. "
-                  "experiments.evaluate runs every evaluator. See dlu.evaluators.names().")
+flags.DEFINE_list("evaluators", ["metrics", "sample_quality", "likelihood", "images"],
+                  "Evaluators run during training: NAME (its default schedule: likelihood at the "
+                  "end, the others every --eval_every), NAME:N (every N steps) or NAME:final; all "
+                  "of them also after the last step. Those a run cannot feed (samples of a model "
+                  "that draws none, scores without labels) are skipped. experiments.evaluate "
+                  "runs every evaluator. See dlu.evaluators.names().")
 
 #: What an evaluator may need of a run.
-NEEDS = ("embeddings", "labels")
+NEEDS = ("embeddings", "samples", "labels")
 #: A default schedule: every --eval_every steps.
 EVAL_EVERY = "eval_every"
 #: A schedule: only after the last step.
@@ -76,14 +77,27 @@ def get(name: str) -> Evaluator:
   return _REGISTRY[name]
 
 
-def unmet_needs(evaluator: Evaluator, exp: Any) -> str | None:
-  """Why `exp` cannot give `evaluator` what it needs, or None."""
-  ds = exp.dataset
+def unmet_needs(evaluator: Evaluator, exp: Any) -> tuple[str, str] | None:
+  """(what is missing, why) when `exp` cannot give `evaluator` what it needs, else None."""
+  family, ds = exp.family, exp.dataset
+  if "embeddings" in evaluator.needs and not family.has_embedding:
+    return "embeddings", f"--model={exp.cfg.model} has no embedding"
+  if "samples" in evaluator.needs and not family.has_samples:
+    return "samples", f"--model={exp.cfg.model} draws no samples"
   if "labels" in evaluator.needs and (ds.y_train is None or ds.y_test is None):
-    return f"{ds.name} has no labels to score it with"
-  if "embeddings" in evaluator.needs and not exp.family.has_embedding:
-    return f"--model={exp.cfg.model} has no embedding"
+    return "labels", f"{ds.name} has no labels to score it with"
   return None
+
+
+def _runnable(evaluator: Evaluator, exp: Any, log: Callable[[str], None]) -> bool:
+  """Whether `evaluator` can run on `exp`. A model without the capability skips it quietly;
+  data without labels is said once."""
+  unmet = unmet_needs(evaluator, exp)
+  if unmet is None:
+    return True
+  if unmet[0] == "labels" and parallel.is_lead_process():
+    log(f"No {evaluator.name} evaluation: {unmet[1]}")
+  return False
 
 
 def parse_schedule(specs: list[str], eval_every: int) -> list[tuple[Evaluator, int | None]]:
@@ -161,16 +175,16 @@ def flat_scalars(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
   return out
 
 
-def training_schedule(exp: Any) -> list[tuple[Evaluator, int | None]]:
-  """--evaluators as (evaluator, every N steps or None), its flags checked; UsageError
-  naming the flag when an evaluator cannot run on this run."""
-  schedule = parse_schedule(list(exp.cfg.evaluators), exp.cfg.eval_every)
-  for evaluator, _ in schedule:
-    why = unmet_needs(evaluator, exp)
-    if why:
-      raise UsageError(f"--evaluators: {evaluator.name} cannot run: {why}")
-    if evaluator.check is not None:
-      evaluator.check(exp)
+def training_schedule(exp: Any, *, log: Callable[[str], None] = print
+                      ) -> list[tuple[Evaluator, int | None]]:
+  """--evaluators as (evaluator, every N steps or None for the end only), less those the run
+  cannot feed, their flags checked (UsageError naming the flag)."""
+  schedule = []
+  for evaluator, every in parse_schedule(list(exp.cfg.evaluators), exp.cfg.eval_every):
+    if _runnable(evaluator, exp, log):
+      if evaluator.check is not None:
+        evaluator.check(exp)
+      schedule.append((evaluator, every))
   return schedule
 
 
@@ -179,13 +193,10 @@ def full_schedule(exp: Any, *, log: Callable[[str], None] = print
   """Every registered evaluator the run can feed, once, its flags checked (experiments.evaluate)."""
   schedule = []
   for evaluator in _REGISTRY.values():
-    why = unmet_needs(evaluator, exp)
-    if why:
-      log(f"No {evaluator.name} evaluation: {why}")
-      continue
-    if evaluator.check is not None:
-      evaluator.check(exp)
-    schedule.append((evaluator, None))
+    if _runnable(evaluator, exp, log):
+      if evaluator.check is not None:
+        evaluator.check(exp)
+      schedule.append((evaluator, None))
   return schedule
 
 

@@ -8,6 +8,7 @@ functions (under jit or pmap) and never looks inside the state:
   eval_metrics(state, batch, rng)       -> {name: [B] per-example values}
   images(state, batch, rng)             -> {name: [rows, cols, H, W, C] in [0, 1]}
   embed(state, images)                  -> [B, D]
+  sample_noise(rng, start, n), samples_from_noise(state, noise) -> [n, H, W, C] in [0, 1]
 
 and, host-side, with an `EvalContext` (mesh, batch size, rng, workdir):
 
@@ -132,6 +133,19 @@ class Family:
   def has_embedding(self) -> bool:
     """Whether `embed` is defined (evaluators that need embeddings check it)."""
     return type(self).embed is not Family.embed
+
+  def sample_noise(self, rng: jax.Array, start: jax.Array | int, n: int) -> Any:
+    """Inputs of n samples (noise, and labels for conditional models from class `start`)."""
+    raise NotImplementedError(f"{type(self).__name__} draws no samples")
+
+  def samples_from_noise(self, state: TrainState, noise: Any) -> jax.Array:
+    """Samples in [0, 1] from `sample_noise`'s output. [n, H, W, C]"""
+    raise NotImplementedError(f"{type(self).__name__} draws no samples")
+
+  @property
+  def has_samples(self) -> bool:
+    """Whether the family draws samples (the sample_quality evaluator needs them)."""
+    return type(self).samples_from_noise is not Family.samples_from_noise
 
   def normalize(self, images: jax.Array) -> jax.Array:
     return data.normalize(images, self.spec.pixel_range)

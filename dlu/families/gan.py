@@ -24,16 +24,13 @@ sample-quality metrics draw class-balanced labels, and an extra image grid,
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import flags
-from jax.experimental import multihost_utils
 
-from dlu import batched_eval, data, feature_net, gan_losses, optim, parallel, sample_quality
+from dlu import gan_losses, optim
 from dlu.errors import UsageError
 from dlu.families.base import Family, TrainState, register
 from dlu.flags import require_fraction, require_non_negative, require_positive
@@ -60,8 +57,6 @@ flags.DEFINE_list("gan_widths", ["256", "512"], "mlp_gan: generator hidden width
                   "discriminator uses them reversed).")
 flags.DEFINE_boolean("conditional", False, "Class-conditional GAN (dcgan, mlp_gan): the generator "
                      "takes a label, the discriminator is a projection discriminator; needs labels.")
-flags.DEFINE_integer("eval_samples", 10000, "Generated samples scored by fid, kid, precision and "
-                     "recall at each eval (against the test split); 0 turns them off.")
 
 
 def _draw(sample: Callable, rng: jax.Array, shape: tuple[int, ...],
@@ -100,8 +95,6 @@ class GAN(Family):
       if getattr(cfg, name) is not None and not getattr(cfg, name) > 0:
         raise UsageError(f"--{name} must be > 0 (or unset for --learning_rate), "
                          f"got {getattr(cfg, name)!r}")
-    if cfg.eval_samples != 0 and not (isinstance(cfg.eval_samples, int) and cfg.eval_samples >= 10):
-      raise UsageError(f"--eval_samples must be 0 (off) or at least 10, got {cfg.eval_samples!r}")
     if cfg.optimizer == "gd":
       raise UsageError("--optimizer=gd (full-batch) does not apply to GANs; use adam, sgd, ...")
     if not isinstance(cfg.conditional, bool):
@@ -137,8 +130,6 @@ class GAN(Family):
                         warmup_steps=cfg.warmup_steps * cfg.d_steps)
     self.d_tx = optim.make_optimizer(d_cfg, learning_rate=cfg.d_learning_rate or cfg.learning_rate,
                                      b1=b1)
-    self._net: feature_net.FeatureNet | None = None
-    self._quality_cache: dict[str, Any] = {}
 
   # --- Networks.
 
@@ -305,55 +296,13 @@ class GAN(Family):
     return self.discriminator.apply({"params": state.params["discriminator"]},
                                     self.normalize(images), method="embed")
 
-  def prepare(self, dataset, ctx):
-    if self.cfg.eval_samples == 0:
-      return
-    if dataset.y_train is None or dataset.y_test is None:
-      print(f"{dataset.name} has no labels: no feature network to score samples with, so fid, "
-            "kid, precision and recall are not computed", flush=True)
-      return
-    self._net = feature_net.load_or_train(dataset, self.cfg.data_dir or data.default_data_dir())
+  # --- Samples for the sample_quality evaluator.
 
-  def split_metrics(self, state, dataset, ctx):
-    """fid, kid, precision, recall of --eval_samples samples vs the test split; fid_floor:
-    the same FID of as many real train images, what real data scores."""
-    if self._net is None:
-      return {}
-    cache, n = self._quality_cache, self.cfg.eval_samples
-    if "test" not in cache:
-      repl = parallel.replicated(ctx.mesh)
-      cache["params"] = jax.device_put(self._net.params, repl)
-      cache["embed"] = jax.jit(lambda p, x: self._net.features(p, data.normalize(x)),
-                               in_shardings=(repl, parallel.data_sharded(ctx.mesh)),
-                               out_shardings=parallel.data_sharded(ctx.mesh))
-      real = lambda x: batched_eval.embed_split(cache["embed"], cache["params"], x, mesh=ctx.mesh,
-                                              batch_size=ctx.batch_size)
-      cache["test"] = real(dataset.x_test)
-      rows = np.sort(np.random.default_rng(0).choice(len(dataset.x_train),
-                                                     min(n, len(dataset.x_train)), replace=False))
-      cache["fid_floor"] = sample_quality.fid(real(dataset.x_train[rows]), cache["test"])
-    fake = self._sample_features(state, ctx, n)
-    return {**sample_quality.all_metrics(cache["test"], fake), "fid_floor": cache["fid_floor"],
-            "feature_net_acc": self._net.test_accuracy}
+  def sample_noise(self, rng: jax.Array, start: jax.Array | int, n: int):
+    """The generator's inputs for n samples: noise [n, latent_dim] and, when conditional,
+    class-balanced labels starting at class `start` [n] (None otherwise)."""
+    return jax.random.normal(rng, (n, self.cfg.latent_dim)), self.balanced_labels(n, start)
 
-  def _sample_features(self, state, ctx, n: int) -> np.ndarray:
-    """Feature-net features of n samples of the averaged generator; fixed noise and, when
-    conditional, class-balanced labels (as a balanced test split has). [n, D]"""
-    cache, bs = self._quality_cache, ctx.batch_size
-    if "sample" not in cache:
-      repl, sharded = parallel.replicated(ctx.mesh), parallel.data_sharded(ctx.mesh)
-      cache["noise"] = jax.jit(
-          lambda k, start: (jax.random.normal(k, (bs, self.cfg.latent_dim)),
-                            self.balanced_labels(bs, start)),
-          out_shardings=sharded)
-      cache["sample"] = jax.jit(
-          lambda s, p, zy: self._net.features(
-              p, jnp.clip(self.to_unit(self.sample(s, *zy)), 0, 1)),
-          in_shardings=(repl, repl, sharded), out_shardings=sharded)
-    key = jax.random.fold_in(ctx.rng, 1)
-    out = []
-    for i in range(-(-n // bs)):
-      zy = cache["noise"](jax.random.fold_in(key, i), i * bs)
-      f = cache["sample"](state, cache["params"], zy)
-      out.append(np.asarray(multihost_utils.process_allgather(f, tiled=True)))
-    return np.concatenate(out)[:n]
+  def samples_from_noise(self, state: TrainState, noise) -> jax.Array:
+    """Images in [0, 1] of the averaged generator from `sample_noise`'s output. [n, H, W, C]"""
+    return jnp.clip(self.to_unit(self.sample(state, *noise)), 0, 1)
