@@ -26,12 +26,20 @@ def padded_batches(x: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray,
   for start in range(0, len(x), batch_size):
     idx = np.arange(start, start + batch_size)
     mask = idx < len(x)
-    idx = np.where(mask, idx, 0)[index * per_process:(index + 1) * per_process]
-    yield x[idx], mask[index * per_process:(index + 1) * per_process]
+    idx = np.where(mask, idx, 0)[index * per_process : (index + 1) * per_process]
+    yield x[idx], mask[index * per_process : (index + 1) * per_process]
 
 
-def mean_metrics(eval_sums: Callable, state, x: np.ndarray, rng: jax.Array, *, mesh: Mesh,
-                 batch_size: int, y: np.ndarray | None = None) -> dict[str, float]:
+def mean_metrics(
+  eval_sums: Callable,
+  state,
+  x: np.ndarray,
+  rng: jax.Array,
+  *,
+  mesh: Mesh,
+  batch_size: int,
+  y: np.ndarray | None = None,
+) -> dict[str, float]:
   """Means over all of `x` of a family's per-example eval metrics; batches carry `label`
   (rows of `y`) when `y` is given."""
   totals, window = None, parallel.DispatchWindow()
@@ -47,8 +55,9 @@ def mean_metrics(eval_sums: Callable, state, x: np.ndarray, rng: jax.Array, *, m
   return {k: float(v) / len(x) for k, v in jax.device_get(totals).items()}
 
 
-def per_example(fn: Callable, state, x: np.ndarray, *, mesh: Mesh, batch_size: int,
-                rng: jax.Array | None = None) -> np.ndarray:
+def per_example(
+  fn: Callable, state, x: np.ndarray, *, mesh: Mesh, batch_size: int, rng: jax.Array | None = None
+) -> np.ndarray:
   """fn's rows for every row of `x`, in order, on every process. [N, ...]
 
   `fn(state, images)`, or `fn(state, images, rng_i)` when `rng` is given, returns a value
@@ -61,17 +70,19 @@ def per_example(fn: Callable, state, x: np.ndarray, *, mesh: Mesh, batch_size: i
     if rng is not None:
       args += (jax.random.fold_in(rng, i),)
     out.append(np.asarray(multihost_utils.process_allgather(fn(*args), tiled=True)))
-  return np.concatenate(out)[:len(x)]
+  return np.concatenate(out)[: len(x)]
 
 
-def embed_split(embed: Callable, state, x: np.ndarray, *, mesh: Mesh,
-                batch_size: int) -> np.ndarray:
+def embed_split(
+  embed: Callable, state, x: np.ndarray, *, mesh: Mesh, batch_size: int
+) -> np.ndarray:
   """Embeddings of every row of `x`, in order, on every process. [N, D]"""
   return per_example(embed, state, x, mesh=mesh, batch_size=batch_size)
 
 
-def cluster_assignments(probs: Callable, state, x: np.ndarray, *, mesh: Mesh,
-                        batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def cluster_assignments(
+  probs: Callable, state, x: np.ndarray, *, mesh: Mesh, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Soft [N, K] and hard [N] assignments of every row of `x` by a clustering layer's
   `probs(state, images)`, jitted over images (`parallel.jit_over_images`)."""
   q = per_example(probs, state, x, mesh=mesh, batch_size=batch_size)

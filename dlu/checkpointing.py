@@ -20,8 +20,9 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           cleanup_tmp_directories=True)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, cleanup_tmp_directories=True
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -72,7 +73,9 @@ def read_checkpoint(workdir: str, step: int | None = None) -> Any:
   """
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   if step is None:
-    steps = [int(s) for s in os.listdir(directory) if s.isdigit()] if os.path.isdir(directory) else []
+    steps = (
+      [int(s) for s in os.listdir(directory) if s.isdigit()] if os.path.isdir(directory) else []
+    )
     if not steps:
       raise UsageError(f"{directory} holds no checkpoint")
     step = max(steps)
@@ -80,6 +83,9 @@ def read_checkpoint(workdir: str, step: int | None = None) -> Any:
   checkpointer = ocp.StandardCheckpointer()
   tree = checkpointer.metadata(path).item_metadata.tree
   device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree,
-                          is_leaf=lambda m: hasattr(m, "shape"))
+  abstract = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+    tree,
+    is_leaf=lambda m: hasattr(m, "shape"),
+  )
   return jax.device_get(checkpointer.restore(path, abstract))

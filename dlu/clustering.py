@@ -51,14 +51,17 @@ def purity(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
   """`acc`, `nmi` (arithmetic normalisation) and `ari` of a clustering."""
-  return {"acc": cluster_acc(y_true, y_pred),
-          "nmi": float(skmetrics.normalized_mutual_info_score(y_true, y_pred)),
-          "ari": float(skmetrics.adjusted_rand_score(y_true, y_pred))}
+  return {
+    "acc": cluster_acc(y_true, y_pred),
+    "nmi": float(skmetrics.normalized_mutual_info_score(y_true, y_pred)),
+    "ari": float(skmetrics.adjusted_rand_score(y_true, y_pred)),
+  }
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 10) -> tuple[np.ndarray, np.ndarray]:
   """Assignments [N] and centroids [k, D] of the best of `n_init` k-means++ runs."""
   from sklearn.cluster import KMeans
+
   km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(np.asarray(x, np.float32))
   return km.labels_.astype(np.int32), km.cluster_centers_.astype(np.float32)
 
@@ -66,12 +69,14 @@ def kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 10) -> tuple[np.nd
 def gmm(x: np.ndarray, k: int, *, seed: int, n_init: int = 1) -> np.ndarray:
   """Assignments [N] of a full-covariance Gaussian mixture (as in N2D)."""
   from sklearn.mixture import GaussianMixture
+
   model = GaussianMixture(k, covariance_type="full", n_init=n_init, random_state=seed)
   return model.fit_predict(np.asarray(x, np.float64)).astype(np.int32)
 
 
-def cluster(x: np.ndarray, k: int, *, method: str = "kmeans", seed: int = 0,
-            n_init: int = 10) -> np.ndarray:
+def cluster(
+  x: np.ndarray, k: int, *, method: str = "kmeans", seed: int = 0, n_init: int = 10
+) -> np.ndarray:
   if method == "kmeans":
     return kmeans(x, k, seed=seed, n_init=n_init)[0]
   if method == "gmm":
@@ -83,13 +88,15 @@ def _umap(flag: str):
   try:
     import umap  # noqa: PLC0415  (optional: pip install -e '.[cluster]')
   except ImportError:
-    raise UsageError(f"--{flag}=umap needs umap-learn: pip install -e '.[cluster]' "
-                     "(or pip install umap-learn)") from None
+    raise UsageError(
+      f"--{flag}=umap needs umap-learn: pip install -e '.[cluster]' (or pip install umap-learn)"
+    ) from None
   return umap
 
 
-def manifold(x: np.ndarray, method: str, *, dim: int, seed: int,
-             flag: str = "manifold") -> np.ndarray:
+def manifold(
+  x: np.ndarray, method: str, *, dim: int, seed: int, flag: str = "manifold"
+) -> np.ndarray:
   """A `dim`-dimensional nonlinear map of `x` [N, D] -> [N, dim] that keeps local structure.
 
   UMAP uses N2D's settings (20 neighbours, min_dist 0), which favour tight clusters.
@@ -98,11 +105,13 @@ def manifold(x: np.ndarray, method: str, *, dim: int, seed: int,
   if method == "none":
     return x
   if method == "umap":
-    reducer = _umap(flag).UMAP(n_components=dim, n_neighbors=20, min_dist=0.0,
-                               metric="euclidean", random_state=seed)
+    reducer = _umap(flag).UMAP(
+      n_components=dim, n_neighbors=20, min_dist=0.0, metric="euclidean", random_state=seed
+    )
     return reducer.fit_transform(x).astype(np.float32)
   if method == "tsne":
     from sklearn.manifold import TSNE
+
     if dim > 3:
       raise UsageError(f"--{flag}=tsne maps to at most 3 dimensions; got {dim}")
     return TSNE(dim, init="pca", random_state=seed).fit_transform(x).astype(np.float32)
@@ -111,21 +120,30 @@ def manifold(x: np.ndarray, method: str, *, dim: int, seed: int,
   raise UsageError(f"--{flag} must be one of {', '.join(MANIFOLDS)}; got {method!r}")
 
 
-def pca(x: np.ndarray, dim: int, *, seed: int = 0,
-        fit_on: np.ndarray | None = None) -> tuple[np.ndarray, object]:
+def pca(
+  x: np.ndarray, dim: int, *, seed: int = 0, fit_on: np.ndarray | None = None
+) -> tuple[np.ndarray, object]:
   """`x` projected on the top `dim` principal components (of `fit_on`, default `x`)."""
   from sklearn.decomposition import PCA
+
   model = PCA(dim, random_state=seed).fit(np.asarray(x if fit_on is None else fit_on, np.float32))
   return model.transform(np.asarray(x, np.float32)).astype(np.float32), model
 
 
-def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                 y_test: np.ndarray, *, max_iter: int = 200) -> float:
+def linear_probe(
+  x_train: np.ndarray,
+  y_train: np.ndarray,
+  x_test: np.ndarray,
+  y_test: np.ndarray,
+  *,
+  max_iter: int = 200,
+) -> float:
   """Test accuracy of a logistic regression on standardised train features."""
   from sklearn.exceptions import ConvergenceWarning
   from sklearn.linear_model import LogisticRegression
   from sklearn.pipeline import make_pipeline
   from sklearn.preprocessing import StandardScaler
+
   probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", ConvergenceWarning)
@@ -133,32 +151,43 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
   return float(probe.score(np.asarray(x_test, np.float32), y_test))
 
 
-def knn_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-              y_test: np.ndarray, *, k: int = 20) -> float:
+def knn_probe(
+  x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *, k: int = 20
+) -> float:
   """Test accuracy of a k-nearest-neighbour classifier on the train features (cosine
   similarity, majority vote of the `k` nearest): how well labels agree with each point's
   neighbourhood, which is what clustering the features can use."""
   from sklearn.neighbors import KNeighborsClassifier
+
   probe = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute")
   probe.fit(np.asarray(x_train, np.float32), y_train)
   return float(probe.score(np.asarray(x_test, np.float32), y_test))
 
 
-def scatter_plot(points: np.ndarray, labels: np.ndarray | None, path: str, *,
-                 title: str = "") -> str:
+def scatter_plot(
+  points: np.ndarray, labels: np.ndarray | None, path: str, *, title: str = ""
+) -> str:
   """A PNG scatter of 2-D `points` [N, 2] coloured by label."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
   colours = None if labels is None else np.asarray(labels)
-  sc = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=3, alpha=0.7,
-                  linewidths=0)
+  sc = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=3, alpha=0.7, linewidths=0)
   if colours is not None:
     classes = np.unique(colours)
     handles = [plt.Line2D([], [], ls="", marker="o", color=sc.cmap(sc.norm(c))) for c in classes]
-    ax.legend(handles, [str(c) for c in classes], title="label", loc="center left",
-              bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=1.2)
+    ax.legend(
+      handles,
+      [str(c) for c in classes],
+      title="label",
+      loc="center left",
+      bbox_to_anchor=(1.0, 0.5),
+      frameon=False,
+      markerscale=1.2,
+    )
   ax.set_xticks([])
   ax.set_yticks([])
   ax.set_title(title, fontsize=9)
@@ -170,5 +199,5 @@ def scatter_plot(points: np.ndarray, labels: np.ndarray | None, path: str, *,
 
 def target_distribution(q: np.ndarray) -> np.ndarray:
   """DEC's sharpened target: p_ij ∝ q_ij^2 / f_j with f_j = sum_i q_ij; rows sum to 1."""
-  weight = q ** 2 / q.sum(0)
+  weight = q**2 / q.sum(0)
   return (weight / weight.sum(1, keepdims=True)).astype(np.float32)

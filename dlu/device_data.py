@@ -34,8 +34,9 @@ def _replicate(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
-def dispatch_length(step: int, num_steps: int, steps_per_dispatch: int,
-                    boundaries: tuple[int, ...]) -> int:
+def dispatch_length(
+  step: int, num_steps: int, steps_per_dispatch: int, boundaries: tuple[int, ...]
+) -> int:
   """Steps in the dispatch that starts after `step`: at most K, never past a multiple of a
   boundary (log, eval, checkpoint intervals) or `num_steps`, so those happen as with K=1."""
   n = min(steps_per_dispatch, num_steps - step)
@@ -49,8 +50,9 @@ def _check_labels(family: Any, y_train: np.ndarray | None) -> np.ndarray | None:
   if not family.needs_label:
     return None
   if y_train is None:
-    raise UsageError("this model trains on labelled batches (--conditional), but the training "
-                     "split has no labels")
+    raise UsageError(
+      "this model trains on labelled batches (--conditional), but the training split has no labels"
+    )
   return np.asarray(y_train, np.int32)
 
 
@@ -63,17 +65,24 @@ def make_multi_step(family: Any, mesh: Mesh) -> Callable:
 
   def multi_step(state, arrays, indices, rng):
     def one(state, idx):  # The same step as K=1, on a batch sharded as global_batch shards it.
-      batch = {name: jax.lax.with_sharding_constraint(jnp.take(v, idx, axis=0), sharded)
-               for name, v in arrays.items()}
+      batch = {
+        name: jax.lax.with_sharding_constraint(jnp.take(v, idx, axis=0), sharded)
+        for name, v in arrays.items()
+      }
       if family.needs_index:
         batch["index"] = jax.lax.with_sharding_constraint(idx, sharded)
       return family.train_step(state, batch, rng)
+
     state, metrics = jax.lax.scan(one, state, indices)
     return state, jax.tree.map(lambda m: m[-1], metrics)
 
   # K is the leading size of `indices`: one compilation per distinct K.
-  return jax.jit(multi_step, in_shardings=(repl, repl, repl, repl), out_shardings=(repl, repl),
-                 donate_argnums=(0,))
+  return jax.jit(
+    multi_step,
+    in_shardings=(repl, repl, repl, repl),
+    out_shardings=(repl, repl),
+    donate_argnums=(0,),
+  )
 
 
 class DeviceFeed:
@@ -83,8 +92,17 @@ class DeviceFeed:
   bit-identical results; n > 1 runs the steps in one `lax.scan`.
   """
 
-  def __init__(self, family: Any, mesh: Mesh, x_train: np.ndarray, sampler: BatchSampler,
-               train_step: Callable, rng: jax.Array, *, y_train: np.ndarray | None = None):
+  def __init__(
+    self,
+    family: Any,
+    mesh: Mesh,
+    x_train: np.ndarray,
+    sampler: BatchSampler,
+    train_step: Callable,
+    rng: jax.Array,
+    *,
+    y_train: np.ndarray | None = None,
+  ):
     self.sampler, self.train_step, self.rng = sampler, train_step, rng
     self._replicated = parallel.replicated(mesh)
     # [N, H, W, C] as stored (uint8: 4x less), and [N] int32 labels when the family needs them.
@@ -116,9 +134,18 @@ class DeviceFeed:
 class HostFeed:
   """One step per dispatch on batches gathered in host memory (pmap, or data too large)."""
 
-  def __init__(self, mesh: Mesh, x_train: np.ndarray, sampler: BatchSampler, train_step: Callable,
-               rng: jax.Array, *, pmap: bool, with_index: bool = False,
-               labels: np.ndarray | None = None):
+  def __init__(
+    self,
+    mesh: Mesh,
+    x_train: np.ndarray,
+    sampler: BatchSampler,
+    train_step: Callable,
+    rng: jax.Array,
+    *,
+    pmap: bool,
+    with_index: bool = False,
+    labels: np.ndarray | None = None,
+  ):
     """`labels`: [N] int32 put in each batch as `label`; None for families that need none."""
     self.mesh, self.x_train, self.sampler, self.labels = mesh, x_train, sampler, labels
     self.train_step, self.rng, self.pmap, self.with_index = train_step, rng, pmap, with_index
@@ -135,9 +162,18 @@ class HostFeed:
     return self.train_step(state, batch, self.rng)
 
 
-def make_feed(family: Any, mesh: Mesh, x_train: np.ndarray, sampler: BatchSampler,
-              train_step: Callable, rng: jax.Array, *, y_train: np.ndarray | None = None,
-              parallelism: str = "jit", steps_per_dispatch: int = 1) -> DeviceFeed | HostFeed:
+def make_feed(
+  family: Any,
+  mesh: Mesh,
+  x_train: np.ndarray,
+  sampler: BatchSampler,
+  train_step: Callable,
+  rng: jax.Array,
+  *,
+  y_train: np.ndarray | None = None,
+  parallelism: str = "jit",
+  steps_per_dispatch: int = 1,
+) -> DeviceFeed | HostFeed:
   """A DeviceFeed when the split fits in device memory under jit, otherwise a HostFeed.
 
   `y_train` feeds the batches' `label` for families that set `needs_label`.
@@ -145,11 +181,24 @@ def make_feed(family: Any, mesh: Mesh, x_train: np.ndarray, sampler: BatchSample
   pmap = parallelism == "pmap"
   fits = x_train.nbytes <= MAX_DEVICE_BYTES
   if steps_per_dispatch > 1 and (pmap or not fits):
-    why = ("--parallelism=pmap" if pmap else
-           f"a training split of {x_train.nbytes / 2**30:.1f} GiB (more than fits in device memory)")
-    raise UsageError(f"--steps_per_dispatch={steps_per_dispatch} needs the training data in device "
-                     f"memory under --parallelism=jit; {why} is fed one step at a time: use 1")
+    why = (
+      "--parallelism=pmap"
+      if pmap
+      else f"a training split of {x_train.nbytes / 2**30:.1f} GiB (more than fits in device memory)"
+    )
+    raise UsageError(
+      f"--steps_per_dispatch={steps_per_dispatch} needs the training data in device "
+      f"memory under --parallelism=jit; {why} is fed one step at a time: use 1"
+    )
   if pmap or not fits:
-    return HostFeed(mesh, x_train, sampler, train_step, rng, pmap=pmap,
-                    with_index=family.needs_index, labels=_check_labels(family, y_train))
+    return HostFeed(
+      mesh,
+      x_train,
+      sampler,
+      train_step,
+      rng,
+      pmap=pmap,
+      with_index=family.needs_index,
+      labels=_check_labels(family, y_train),
+    )
   return DeviceFeed(family, mesh, x_train, sampler, train_step, rng, y_train=y_train)

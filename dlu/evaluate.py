@@ -26,10 +26,18 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> dict[str, Any]:
     step = int(state.step)
     evaluation = evaluators.Evaluation(exp, writer, schedule)
     results = evaluation(step, state, final=True, split="evaluate")
-    experiment.write_embeddings(exp, state, os.path.join(workdir, "embeddings_test.npz"),
-                                evaluation.inputs.cached_embeddings("test", step))
-    results = {"step": step, "model": exp.cfg.model, "dataset": exp.cfg.dataset,
-               **{k: v if isinstance(v, dict) else to_python(v) for k, v in results.items()}}
+    experiment.write_embeddings(
+      exp,
+      state,
+      os.path.join(workdir, "embeddings_test.npz"),
+      evaluation.inputs.cached_embeddings("test", step),
+    )
+    results = {
+      "step": step,
+      "model": exp.cfg.model,
+      "dataset": exp.cfg.dataset,
+      **{k: v if isinstance(v, dict) else to_python(v) for k, v in results.items()},
+    }
     if lead:
       path = os.path.join(workdir, "eval.json")
       with open(path + ".tmp", "w") as f:

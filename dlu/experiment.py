@@ -28,6 +28,7 @@ from dlu.families import DataSpec, EvalContext, Family
 @dataclasses.dataclass
 class Experiment:
   """Everything a run needs, built from a Config without writing anything."""
+
   cfg: dlu_flags.Config
   dataset: data.ImageData
   spec: DataSpec
@@ -57,16 +58,27 @@ def build(cfg: dlu_flags.Config, workdir: str) -> Experiment:
   batch_size = _global_batch_size(cfg, spec.num_train)
   parallel.check_batch_size(batch_size)
   if batch_size > spec.num_train:
-    raise UsageError(f"--batch_size={batch_size} is larger than the training split "
-                     f"({spec.num_train} examples of {cfg.dataset})")
-  sampler = data.BatchSampler(spec.num_train, batch_size, seed=cfg.seed,
-                              process_index=jax.process_index(),
-                              process_count=jax.process_count())
+    raise UsageError(
+      f"--batch_size={batch_size} is larger than the training split "
+      f"({spec.num_train} examples of {cfg.dataset})"
+    )
+  sampler = data.BatchSampler(
+    spec.num_train,
+    batch_size,
+    seed=cfg.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   family = families.get(cfg.model)(cfg, spec)
   init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(cfg.seed), 3)
   mesh = parallel.make_mesh()
-  ctx = EvalContext(mesh=mesh, batch_size=batched_eval.round_batch_size(cfg.eval_batch_size),
-                    rng=eval_rng, workdir=workdir, cfg=cfg)
+  ctx = EvalContext(
+    mesh=mesh,
+    batch_size=batched_eval.round_batch_size(cfg.eval_batch_size),
+    rng=eval_rng,
+    workdir=workdir,
+    cfg=cfg,
+  )
   family.prepare(dataset, ctx)
   jax.eval_shape(family.init_state, init_rng)  # Model/data mismatches surface here, not mid-run.
   return Experiment(cfg, dataset, spec, family, sampler, mesh, ctx, train_rng, init_rng)
@@ -74,9 +86,23 @@ def build(cfg: dlu_flags.Config, workdir: str) -> Experiment:
 
 # Flags that change how a run is driven or logged, not what its state holds (and every flag
 # of the evaluators).
-RUN_FLAGS = frozenset({"num_steps", "eval_every", "log_every", "checkpoint_every", "workdir",
-                       "keep_checkpoints", "eval_batch_size", "num_images", "parallelism",
-                       "debug_nans", "data_dir", "idx_dir", "steps_per_dispatch"})
+RUN_FLAGS = frozenset(
+  {
+    "num_steps",
+    "eval_every",
+    "log_every",
+    "checkpoint_every",
+    "workdir",
+    "keep_checkpoints",
+    "eval_batch_size",
+    "num_images",
+    "parallelism",
+    "debug_nans",
+    "data_dir",
+    "idx_dir",
+    "steps_per_dispatch",
+  }
+)
 
 
 def _state_flag(name: str) -> bool:
@@ -91,8 +117,11 @@ def _differing_flags(workdir: str, cfg: dlu_flags.Config) -> list[str]:
     old = dlu_flags.config_from_flagfile(os.path.join(workdir, "flags.txt"))
   except UsageError:
     return []
-  return [f"--{k} (checkpoint {getattr(old, k)!r}, now {v!r})" for k, v in sorted(vars(cfg).items())
-          if _state_flag(k) and getattr(old, k, v) != v]
+  return [
+    f"--{k} (checkpoint {getattr(old, k)!r}, now {v!r})"
+    for k, v in sorted(vars(cfg).items())
+    if _state_flag(k) and getattr(old, k, v) != v
+  ]
 
 
 def restore_or_init(exp: Experiment, ckpt: checkpointing.Checkpointer) -> tuple[Any, bool]:
@@ -103,11 +132,16 @@ def restore_or_init(exp: Experiment, ckpt: checkpointing.Checkpointer) -> tuple[
   except checkpointing.CheckpointError as e:
     differing = _differing_flags(exp.ctx.workdir, exp.cfg)
     if differing:
-      raise UsageError(f"{exp.ctx.workdir} holds a checkpoint of a different model; flags that "
-                       f"differ: {', '.join(differing)}. Use another --workdir") from None
+      raise UsageError(
+        f"{exp.ctx.workdir} holds a checkpoint of a different model; flags that "
+        f"differ: {', '.join(differing)}. Use another --workdir"
+      ) from None
     earlier = [s for s in ckpt.manager.all_steps() if s < e.step]
-    hint = (f"; move {e.path} aside to resume from step {max(earlier)}" if earlier else
-            "; move it aside to start over")
+    hint = (
+      f"; move {e.path} aside to resume from step {max(earlier)}"
+      if earlier
+      else "; move it aside to start over"
+    )
     raise UsageError(f"{e}{hint}") from None
   return (init(exp.init_rng), False) if state is None else (state, True)
 
@@ -143,16 +177,21 @@ def check_writable(workdir: str) -> None:
     raise UsageError(f"--workdir={workdir} is not writable: {e.strerror or e}") from None
 
 
-def write_embeddings(exp: Experiment, state: Any, path: str,
-                     embeddings: np.ndarray | None = None) -> None:
+def write_embeddings(
+  exp: Experiment, state: Any, path: str, embeddings: np.ndarray | None = None
+) -> None:
   """`embeddings` and `labels` of the test split (labels -1 when the data has none), to an
   npz at `path` (lead process). `embeddings`: already computed ones, else they are."""
   if embeddings is None:
     if not exp.family.has_embedding:
       return
-    embeddings = batched_eval.embed_split(parallel.make_embed(exp.family, exp.mesh), state,
-                                          exp.dataset.x_test, mesh=exp.mesh,
-                                          batch_size=exp.ctx.batch_size)
+    embeddings = batched_eval.embed_split(
+      parallel.make_embed(exp.family, exp.mesh),
+      state,
+      exp.dataset.x_test,
+      mesh=exp.mesh,
+      batch_size=exp.ctx.batch_size,
+    )
   if parallel.is_lead_process():
     y = exp.dataset.y_test
     labels = y if y is not None else np.full(len(embeddings), -1, np.int32)

@@ -30,21 +30,33 @@ from dlu import data
 from dlu.models.layers import Conv, conv_kernel_init
 
 # The training recipe; changing any of it changes the cache key.
-RECIPE = {"version": 1, "channels": (32, 64), "width": 128, "batch_size": 128, "epochs": 3,
-          "min_steps": 300, "learning_rate": 1e-3, "seed": 0}
+RECIPE = {
+  "version": 1,
+  "channels": (32, 64),
+  "width": 128,
+  "batch_size": 128,
+  "epochs": 3,
+  "min_steps": 300,
+  "learning_rate": 1e-3,
+  "seed": 0,
+}
 CACHE_FOLDER = "dlu_feature_net"
 
 
 class Classifier(nn.Module):
   """Conv(32, s2), relu -> Conv(64, s2), relu -> Dense(128), relu [features] -> logits."""
+
   num_classes: int
   channels: tuple[int, ...] = RECIPE["channels"]
   width: int = RECIPE["width"]
 
   def setup(self):
-    self.convs = [Conv(c, (3, 3), strides=(2, 2), padding="SAME", kernel_init=conv_kernel_init,
-                       name=f"conv_{i}")
-                  for i, c in enumerate(self.channels)]
+    self.convs = [
+      Conv(
+        c, (3, 3), strides=(2, 2), padding="SAME", kernel_init=conv_kernel_init, name=f"conv_{i}"
+      )
+      for i, c in enumerate(self.channels)
+    ]
     self.hidden = nn.Dense(self.width)
     self.out = nn.Dense(self.num_classes)
 
@@ -61,6 +73,7 @@ class Classifier(nn.Module):
 @dataclasses.dataclass(frozen=True)
 class FeatureNet:
   """A trained classifier: `features(params, images in [0, 1]) -> [B, width]` is pure."""
+
   model: Classifier
   params: Any
   test_accuracy: float
@@ -91,6 +104,7 @@ def _update_fn(model: Classifier, num_steps: int, learning_rate: float):
     def loss_fn(p):
       logits = model.apply({"params": p}, data.normalize(images))
       return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -98,10 +112,17 @@ def _update_fn(model: Classifier, num_steps: int, learning_rate: float):
   return tx, step
 
 
-def train_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, *, num_steps: int,
-                     batch_size: int = RECIPE["batch_size"],
-                     learning_rate: float = RECIPE["learning_rate"], seed: int = RECIPE["seed"],
-                     log: Callable[[str], None] | None = None) -> tuple[Classifier, Any]:
+def train_classifier(
+  x: np.ndarray,
+  y: np.ndarray,
+  num_classes: int,
+  *,
+  num_steps: int,
+  batch_size: int = RECIPE["batch_size"],
+  learning_rate: float = RECIPE["learning_rate"],
+  seed: int = RECIPE["seed"],
+  log: Callable[[str], None] | None = None,
+) -> tuple[Classifier, Any]:
   """The feature network's architecture trained on images `x` (as stored) with labels `y`.
 
   Adam with a cosine decay over `num_steps` minibatches of min(batch_size, len(x)) drawn from
@@ -124,7 +145,7 @@ def train_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, *, num_step
       perm = order.permutation(len(x))
       if log is not None:
         log(f"  epoch {epoch}: loss {float(loss):.4f}, {time.perf_counter() - t0:.0f} s")
-    idx = perm[j * batch_size:(j + 1) * batch_size]
+    idx = perm[j * batch_size : (j + 1) * batch_size]
     params, opt_state, loss = step(params, opt_state, x[idx], y[idx])
   return model, params
 
@@ -133,9 +154,16 @@ def _train(dataset: data.ImageData, log: Callable[[str], None]) -> tuple[Classif
   """The recipe: RECIPE["epochs"] epochs (at least RECIPE["min_steps"]) of the train split."""
   batch_size = min(RECIPE["batch_size"], len(dataset.x_train))
   num_steps = max(RECIPE["epochs"] * (len(dataset.x_train) // batch_size), RECIPE["min_steps"])
-  return train_classifier(dataset.x_train, dataset.y_train, dataset.num_classes,
-                          num_steps=num_steps, batch_size=batch_size,
-                          learning_rate=RECIPE["learning_rate"], seed=RECIPE["seed"], log=log)
+  return train_classifier(
+    dataset.x_train,
+    dataset.y_train,
+    dataset.num_classes,
+    num_steps=num_steps,
+    batch_size=batch_size,
+    learning_rate=RECIPE["learning_rate"],
+    seed=RECIPE["seed"],
+    log=log,
+  )
 
 
 @functools.lru_cache(maxsize=8)
@@ -143,13 +171,17 @@ def _predict_fn(model: Classifier):
   return jax.jit(lambda p, v: jnp.argmax(model.apply({"params": p}, data.normalize(v)), -1))
 
 
-def accuracy(model: Classifier, params: Any, x: np.ndarray, y: np.ndarray,
-             batch_size: int = 1000) -> float:
+def accuracy(
+  model: Classifier, params: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 1000
+) -> float:
   predict = _predict_fn(model)
   correct = 0
   for start in range(0, len(x), batch_size):
-    correct += int(np.sum(np.asarray(predict(params, x[start:start + batch_size]))
-                          == y[start:start + batch_size]))
+    correct += int(
+      np.sum(
+        np.asarray(predict(params, x[start : start + batch_size])) == y[start : start + batch_size]
+      )
+    )
   return correct / len(x)
 
 
@@ -166,8 +198,9 @@ def _save(path: str, params: Any, test_accuracy: float) -> None:
     print(f"Feature network not cached ({e}); it will be retrained next time", flush=True)
 
 
-def load_or_train(dataset: data.ImageData, cache_dir: str,
-                  log: Callable[[str], None] = print) -> FeatureNet:
+def load_or_train(
+  dataset: data.ImageData, cache_dir: str, log: Callable[[str], None] = print
+) -> FeatureNet:
   """The cached feature network of `dataset`, training (and caching) it on first use."""
   if dataset.y_train is None or dataset.y_test is None or not dataset.num_classes:
     raise ValueError(f"{dataset.name} has no labels to train a feature network on")
@@ -177,14 +210,18 @@ def load_or_train(dataset: data.ImageData, cache_dir: str,
     with open(path, "rb") as f:
       payload = flax.serialization.msgpack_restore(f.read())
     net = FeatureNet(model, payload["params"], float(payload["test_accuracy"]), path)
-    log(f"Feature network for {dataset.name}: test accuracy {net.test_accuracy:.4f} "
-        f"(loaded from {path})")
+    log(
+      f"Feature network for {dataset.name}: test accuracy {net.test_accuracy:.4f} "
+      f"(loaded from {path})"
+    )
     return net
   t0 = time.perf_counter()
   log(f"Training the feature network for {dataset.name} (once; cached in {path}) ...")
   model, params = _train(dataset, log)
   acc = accuracy(model, params, dataset.x_test, dataset.y_test)
   _save(path, params, acc)
-  log(f"Feature network for {dataset.name}: test accuracy {acc:.4f} "
-      f"(trained in {time.perf_counter() - t0:.0f} s)")
+  log(
+    f"Feature network for {dataset.name}: test accuracy {acc:.4f} "
+    f"(trained in {time.perf_counter() - t0:.0f} s)"
+  )
   return FeatureNet(model, jax.device_get(params), acc, path)

@@ -20,45 +20,83 @@ from dlu.errors import UsageError
 # --- Model and data.
 flags.DEFINE_string("model", "ae_seed", "Model name; see dlu.families.names().")
 flags.DEFINE_string(
-    "dataset", "fashion_mnist",
-    "digits | fashion_mnist | mnist | cifar10 | any tfds image dataset | npz:PATH | folder:DIR.")
-flags.DEFINE_string("data_dir", None, "tfds data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
-flags.DEFINE_string("idx_dir", None, "Folder of Fashion-MNIST IDX files used to prepare the dataset offline.")
-flags.DEFINE_enum("pixel_range", "unit", ["unit", "symmetric"], "Pixels scaled to [0, 1] (unit) or [-1, 1].")
+  "dataset",
+  "fashion_mnist",
+  "digits | fashion_mnist | mnist | cifar10 | any tfds image dataset | npz:PATH | folder:DIR.",
+)
+flags.DEFINE_string(
+  "data_dir", None, "tfds data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)."
+)
+flags.DEFINE_string(
+  "idx_dir", None, "Folder of Fashion-MNIST IDX files used to prepare the dataset offline."
+)
+flags.DEFINE_enum(
+  "pixel_range", "unit", ["unit", "symmetric"], "Pixels scaled to [0, 1] (unit) or [-1, 1]."
+)
 
 # --- Optimisation.
 flags.DEFINE_integer("batch_size", 256, "Global batch size, split over all devices.")
 flags.DEFINE_integer("num_steps", 5000, "Total training steps.")
-flags.DEFINE_enum("optimizer", "adam", ["gd", "sgd", "momentum", "adam", "adamw"],
-                  "gd: full-batch gradient descent; sgd: minibatch; momentum; adam; adamw.")
+flags.DEFINE_enum(
+  "optimizer",
+  "adam",
+  ["gd", "sgd", "momentum", "adam", "adamw"],
+  "gd: full-batch gradient descent; sgd: minibatch; momentum; adam; adamw.",
+)
 flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
-flags.DEFINE_enum("schedule", "constant", ["constant", "cosine", "linear"],
-                  "Learning-rate decay after warm-up (to zero at --num_steps for cosine/linear).")
+flags.DEFINE_enum(
+  "schedule",
+  "constant",
+  ["constant", "cosine", "linear"],
+  "Learning-rate decay after warm-up (to zero at --num_steps for cosine/linear).",
+)
 flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps from 0 to --learning_rate.")
 flags.DEFINE_float("momentum", 0.9, "Momentum for --optimizer=momentum.")
 flags.DEFINE_float("b1", 0.9, "Adam beta1.")
 flags.DEFINE_float("b2", 0.999, "Adam beta2.")
-flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (adamw) or L2 added to updates (others).")
+flags.DEFINE_float(
+  "weight_decay", 0.0, "Decoupled weight decay (adamw) or L2 added to updates (others)."
+)
 flags.DEFINE_float("grad_clip", 0.0, "Clip gradients to this global norm; 0 turns clipping off.")
 
 # --- Run.
 flags.DEFINE_integer("seed", 0, "Root seed: parameters, data order and noise all derive from it.")
-flags.DEFINE_integer("eval_every", 1000, "Evaluate on the test split every N steps (and at the end).")
+flags.DEFINE_integer(
+  "eval_every", 1000, "Evaluate on the test split every N steps (and at the end)."
+)
 flags.DEFINE_integer("log_every", 100, "Log train metrics every N steps.")
 flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps (and at the end).")
 flags.DEFINE_integer("keep_checkpoints", 3, "How many checkpoints to keep.")
 flags.DEFINE_integer("eval_batch_size", 1000, "Batch size for evaluation.")
 flags.DEFINE_integer("num_images", 64, "Images in each saved grid.")
-flags.DEFINE_enum("parallelism", "jit", ["jit", "pmap"],
-                  "jit: one program over a ('data',) mesh; pmap: jax.pmap with pmean of gradients.")
+flags.DEFINE_enum(
+  "parallelism",
+  "jit",
+  ["jit", "pmap"],
+  "jit: one program over a ('data',) mesh; pmap: jax.pmap with pmean of gradients.",
+)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, event files and images go.")
-flags.DEFINE_integer("steps_per_dispatch", 1,
-                     "Training steps per jitted dispatch (a lax.scan over K steps on batches gathered "
-                     "in device memory); logging, eval and checkpoints happen between dispatches.")
-flags.DEFINE_bool("debug_nans", False, "Turn on JAX NaN checking to find the operation that makes one.")
+flags.DEFINE_integer(
+  "steps_per_dispatch",
+  1,
+  "Training steps per jitted dispatch (a lax.scan over K steps on batches gathered "
+  "in device memory); logging, eval and checkpoints happen between dispatches.",
+)
+flags.DEFINE_bool(
+  "debug_nans", False, "Turn on JAX NaN checking to find the operation that makes one."
+)
 
-_POSITIVE_INTS = ("batch_size", "num_steps", "eval_every", "log_every", "checkpoint_every",
-                  "keep_checkpoints", "eval_batch_size", "num_images", "steps_per_dispatch")
+_POSITIVE_INTS = (
+  "batch_size",
+  "num_steps",
+  "eval_every",
+  "log_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "eval_batch_size",
+  "num_images",
+  "steps_per_dispatch",
+)
 _NON_NEGATIVE = ("warmup_steps", "weight_decay", "grad_clip")
 
 
@@ -86,9 +124,12 @@ class Config(types.SimpleNamespace):
 def _all_flag_values(flag_values: flags.FlagValues) -> dict[str, Any]:
   # Only the flags dlu defines: absl's own (logtostderr, ...) are not part of a run.
   # Process-launch flags (dlu.distributed) differ per process and are not part of a run.
-  names = {f.name for module, fl in flag_values.flags_by_module_dict().items()
-           if module.startswith(("dlu.", "experiments.")) and module != "dlu.distributed"
-           for f in fl}
+  names = {
+    f.name
+    for module, fl in flag_values.flags_by_module_dict().items()
+    if module.startswith(("dlu.", "experiments.")) and module != "dlu.distributed"
+    for f in fl
+  }
   return {name: flag_values[name].value for name in sorted(names)}
 
 
@@ -144,9 +185,13 @@ def validate(cfg: Config) -> None:
   require_above_zero(cfg, "learning_rate")
   require_fraction(cfg, "momentum", "b1", "b2")
   if cfg.warmup_steps >= cfg.num_steps and cfg.warmup_steps > 0:
-    raise UsageError(f"--warmup_steps ({cfg.warmup_steps}) must be smaller than --num_steps ({cfg.num_steps})")
+    raise UsageError(
+      f"--warmup_steps ({cfg.warmup_steps}) must be smaller than --num_steps ({cfg.num_steps})"
+    )
   for name, value in sorted(vars(cfg).items()):  # Every enum flag, the families' too.
-    accepted = getattr(flags.FLAGS[name].parser, "enum_values", None) if name in flags.FLAGS else None
+    accepted = (
+      getattr(flags.FLAGS[name].parser, "enum_values", None) if name in flags.FLAGS else None
+    )
     if accepted and value not in accepted:
       raise UsageError(f"--{name} must be one of {', '.join(accepted)}; got {value!r}")
 

@@ -27,8 +27,9 @@ def _check(loss_type: str) -> None:
     raise ValueError(f"unknown GAN loss {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
 
 
-def discriminator_loss(*, real_logit: jax.Array, fake_logit: jax.Array,
-                       loss_type: str = "ns") -> jax.Array:
+def discriminator_loss(
+  *, real_logit: jax.Array, fake_logit: jax.Array, loss_type: str = "ns"
+) -> jax.Array:
   """The discriminator's adversarial loss (no penalty), a scalar."""
   _check(loss_type)
   if loss_type == "ns":
@@ -63,8 +64,9 @@ def interpolate(real: jax.Array, fake: jax.Array, weights: jax.Array) -> jax.Arr
   return w * real + (1.0 - w) * fake
 
 
-def gradient_penalty(critic: Critic, *, real: jax.Array, fake: jax.Array,
-                     weights: jax.Array) -> jax.Array:
+def gradient_penalty(
+  critic: Critic, *, real: jax.Array, fake: jax.Array, weights: jax.Array
+) -> jax.Array:
   """WGAN-GP (Gulrajani et al. 2017): mean (||grad_x D(x_hat)|| - 1)^2 on random interpolates.
 
   `weights` [B] are the interpolation coefficients, drawn by the caller (uniform in [0, 1])

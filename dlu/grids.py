@@ -53,5 +53,5 @@ def tile_grid(grid: np.ndarray, *, pad: int = 1) -> np.ndarray:
   for r in range(rows):
     for k in range(cols):
       y, x = pad + r * (h + pad), pad + k * (w + pad)
-      out[y:y + h, x:x + w] = grid[r, k]
+      out[y : y + h, x : x + w] = grid[r, k]
   return np.round(out * 255).astype(np.uint8)

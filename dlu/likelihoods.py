@@ -20,16 +20,18 @@ def _sum_event(values: jax.Array, event_ndims: int) -> jax.Array:
   return jnp.sum(values, axis=tuple(range(values.ndim - event_ndims, values.ndim)))
 
 
-def bernoulli_log_prob(logits: jax.Array, x: jax.Array, *,
-                       event_ndims: int = IMAGE_EVENT_NDIMS) -> jax.Array:
+def bernoulli_log_prob(
+  logits: jax.Array, x: jax.Array, *, event_ndims: int = IMAGE_EVENT_NDIMS
+) -> jax.Array:
   """log Bernoulli(x | sigmoid(logits)) summed over the event; x in {0, 1} (or [0, 1]). [...]"""
   # x log s(l) + (1 - x) log s(-l), with log s(l) = l - softplus(l): one softplus a value.
   values = x * logits - jax.nn.softplus(logits)
   return _sum_event(values, event_ndims)
 
 
-def gaussian_log_prob(mean: jax.Array, log_std: jax.Array | float, x: jax.Array, *,
-                      event_ndims: int = IMAGE_EVENT_NDIMS) -> jax.Array:
+def gaussian_log_prob(
+  mean: jax.Array, log_std: jax.Array | float, x: jax.Array, *, event_ndims: int = IMAGE_EVENT_NDIMS
+) -> jax.Array:
   """log N(x | mean, exp(log_std)^2) summed over the event (a density: may be positive). [...]"""
   return _sum_event(stats.norm.logpdf(x, mean, jnp.exp(log_std)), event_ndims)
 

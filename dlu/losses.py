@@ -25,15 +25,17 @@ def binary_cross_entropy_with_logits(logits: jax.Array, target: jax.Array) -> ja
   return jnp.mean(optax.sigmoid_binary_cross_entropy(_flat(logits), _flat(target)), axis=-1)
 
 
-def psnr(prediction: jax.Array, target: jax.Array, *, low: float = 0.0,
-         high: float = 1.0) -> jax.Array:
+def psnr(
+  prediction: jax.Array, target: jax.Array, *, low: float = 0.0, high: float = 1.0
+) -> jax.Array:
   """Peak signal-to-noise ratio in dB per example, predictions clipped to [low, high]. [B]"""
   err = jnp.maximum(mse(jnp.clip(prediction, low, high), target), 1e-10)
   return 10.0 * jnp.log10((high - low) ** 2 / err)
 
 
-def nt_xent(z1: jax.Array, z2: jax.Array, *, temperature: float,
-            axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+def nt_xent(
+  z1: jax.Array, z2: jax.Array, *, temperature: float, axis_name: str | None = None
+) -> tuple[jax.Array, jax.Array]:
   """SimCLR's normalised-temperature cross-entropy for two views of each example.
 
   `z1[i]` and `z2[i]` [B, D] are projections of two views of example i. Each of the 2B
@@ -63,8 +65,9 @@ def nt_xent(z1: jax.Array, z2: jax.Array, *, temperature: float,
   return loss, top1
 
 
-def cluster_contrast(p1: jax.Array, p2: jax.Array, *, temperature: float,
-                     axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+def cluster_contrast(
+  p1: jax.Array, p2: jax.Array, *, temperature: float, axis_name: str | None = None
+) -> tuple[jax.Array, jax.Array]:
   """The cluster-level loss of contrastive clustering (Li et al., AAAI 2021).
 
   `p1[i]` and `p2[i]` [B, K] are cluster probabilities of two views of example i. Each

@@ -125,6 +125,7 @@ class TensorBoardWriter(MetricWriter):
 
   def __init__(self, logdir: str):
     from tensorboardX import SummaryWriter  # noqa: PLC0415  (slow import: only the lead needs it)
+
     self._tb = SummaryWriter(logdir=logdir, flush_secs=10)
 
   def write_scalars(self, step, split, metrics):
@@ -184,9 +185,11 @@ def create_default_writer(workdir: str, *, lead: bool, console: bool = True) -> 
   a writer of nothing on processes other than the lead."""
   if not lead:
     return MultiWriter([])
-  writers: list[MetricWriter] = [ImageFileWriter(os.path.join(workdir, "images")),
-                                 TensorBoardWriter(workdir),
-                                 JsonlWriter(os.path.join(workdir, "metrics.jsonl"))]
+  writers: list[MetricWriter] = [
+    ImageFileWriter(os.path.join(workdir, "images")),
+    TensorBoardWriter(workdir),
+    JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
+  ]
   if console:
     writers.append(ConsoleWriter())
   return MultiWriter(writers)

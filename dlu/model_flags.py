@@ -17,12 +17,20 @@ from dlu.flags import Config, require_positive
 from dlu.models.autoencoder import conv_compatible
 
 flags.DEFINE_integer("latent_dim", 32, "Size of the code (ae_mlp, ae_conv and later families).")
-flags.DEFINE_list("widths", ["512", "256"], "ae_mlp, vae: encoder widths (the decoder mirrors them).")
-flags.DEFINE_list("conv_channels", ["32", "64"], "ae_conv, conv_vae: channels of the strided conv layers.")
-flags.DEFINE_integer("n_clusters", 0,
-                     "Clusters for dec/idec and experiments.evaluate; 0: the dataset's class count.")
-flags.DEFINE_integer("kmeans_inits", 10, "k-means restarts (best inertia kept), for DEC's centroids "
-                     "and experiments.evaluate.")
+flags.DEFINE_list(
+  "widths", ["512", "256"], "ae_mlp, vae: encoder widths (the decoder mirrors them)."
+)
+flags.DEFINE_list(
+  "conv_channels", ["32", "64"], "ae_conv, conv_vae: channels of the strided conv layers."
+)
+flags.DEFINE_integer(
+  "n_clusters", 0, "Clusters for dec/idec and experiments.evaluate; 0: the dataset's class count."
+)
+flags.DEFINE_integer(
+  "kmeans_inits",
+  10,
+  "k-means restarts (best inertia kept), for DEC's centroids and experiments.evaluate.",
+)
 
 
 def int_list(cfg_value: Sequence[str], flag: str) -> tuple[int, ...]:
@@ -32,8 +40,9 @@ def int_list(cfg_value: Sequence[str], flag: str) -> tuple[int, ...]:
   except (TypeError, ValueError):
     values = ()
   if not values or min(values) < 1:
-    raise UsageError(f"--{flag} must be a comma-separated list of positive integers, "
-                     f"got {cfg_value!r}")
+    raise UsageError(
+      f"--{flag} must be a comma-separated list of positive integers, got {cfg_value!r}"
+    )
   return values
 
 
@@ -41,9 +50,11 @@ def conv_channels(cfg: Config, shape: tuple[int, int, int]) -> tuple[int, ...]:
   """--conv_channels, checked against the image: each strided layer halves height and width."""
   channels = int_list(cfg.conv_channels, "conv_channels")
   if not conv_compatible(shape, len(channels)):
-    raise UsageError(f"--model={cfg.model} with {len(channels)} strided layers (--conv_channels) "
-                     f"needs image height and width divisible by {2 ** len(channels)}; "
-                     f"the data has {shape[0]}x{shape[1]}")
+    raise UsageError(
+      f"--model={cfg.model} with {len(channels)} strided layers (--conv_channels) "
+      f"needs image height and width divisible by {2 ** len(channels)}; "
+      f"the data has {shape[0]}x{shape[1]}"
+    )
   return channels
 
 

@@ -22,8 +22,9 @@ def learning_rate_schedule(cfg: Config, *, learning_rate: float | None = None) -
   return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
-def make_optimizer(cfg: Config, *, learning_rate: float | None = None,
-                   b1: float | None = None) -> optax.GradientTransformation:
+def make_optimizer(
+  cfg: Config, *, learning_rate: float | None = None, b1: float | None = None
+) -> optax.GradientTransformation:
   """The optimizer `--optimizer` names, with clipping, weight decay and schedule.
 
   `learning_rate` and `b1` override the flags for families with several networks.

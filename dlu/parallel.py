@@ -26,8 +26,9 @@ DATA_AXIS = "data"
 def make_mesh() -> Mesh:
   """A 1-D mesh over every device of every process."""
   # Auto axes: XLA propagates shardings from the inputs (the batch) through the step.
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh(
+    (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -93,6 +94,7 @@ class DispatchWindow:
 
 # --- A family's functions, compiled over the mesh.
 
+
 def make_train_step(family: Any, mesh: Mesh, *, parallelism: str = "jit") -> Callable:
   """(state, batch, rng) -> (state, metrics), the state donated.
 
@@ -104,8 +106,12 @@ def make_train_step(family: Any, mesh: Mesh, *, parallelism: str = "jit") -> Cal
     step = functools.partial(family.train_step, axis_name=DATA_AXIS)
     return jax.pmap(step, axis_name=DATA_AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
   repl, sharded = replicated(mesh), data_sharded(mesh)
-  return jax.jit(family.train_step, in_shardings=(repl, sharded, repl),
-                 out_shardings=(repl, repl), donate_argnums=(0,))
+  return jax.jit(
+    family.train_step,
+    in_shardings=(repl, sharded, repl),
+    out_shardings=(repl, repl),
+    donate_argnums=(0,),
+  )
 
 
 def make_init(family: Any, mesh: Mesh) -> tuple[Callable, Any]:

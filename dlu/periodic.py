@@ -59,9 +59,17 @@ class ReportProgress(PeriodicAction):
   excluded: call `restart(step)` after one).
   """
 
-  def __init__(self, num_steps: int, *, every_steps: int, batch_size: int,
-               writer: MetricWriter | None = None, keys: Sequence[str] = ("loss",),
-               enabled: bool = True, stream=None):
+  def __init__(
+    self,
+    num_steps: int,
+    *,
+    every_steps: int,
+    batch_size: int,
+    writer: MetricWriter | None = None,
+    keys: Sequence[str] = ("loss",),
+    enabled: bool = True,
+    stream=None,
+  ):
     super().__init__(every_steps=every_steps)
     self.num_steps, self.batch_size, self.keys = num_steps, batch_size, tuple(keys)
     self.writer = writer or MetricWriter()
@@ -89,7 +97,9 @@ class ReportProgress(PeriodicAction):
     parts += [f"{k} {format_value(to_python(metrics[k]))}" for k in self.keys if k in metrics]
     if self.rate:
       eta = int((self.num_steps - step) / self.rate)
-      parts += [f"{self.rate:.1f} steps/s", f"{self.rate * self.batch_size:,.0f} ex/s",
-                f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"]
+      parts += [
+        f"{self.rate:.1f} steps/s",
+        f"{self.rate * self.batch_size:,.0f} ex/s",
+        f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}",
+      ]
     return " | ".join(parts)
-

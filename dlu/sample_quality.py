@@ -40,8 +40,9 @@ def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
   return (v * np.sqrt(np.maximum(w, 0.0))) @ v.T
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                     sigma2: np.ndarray) -> float:
+def frechet_distance(
+  mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
   """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)): the Frechet distance of two Gaussians.
 
   Tr (S1 S2)^(1/2) is taken as Tr (S1^(1/2) S2 S1^(1/2))^(1/2), the same eigenvalues in a
@@ -135,21 +136,32 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, *, k: int = 3) -> tuple
 def all_metrics(real: np.ndarray, fake: np.ndarray, *, k: int = 3) -> dict[str, float]:
   """fid, kid, precision and recall of `fake` against `real`."""
   precision, recall = precision_recall(real, fake, k=k)
-  return {"fid": fid(real, fake), "kid": kid(real, fake), "precision": precision,
-          "recall": recall}
+  return {"fid": fid(real, fake), "kid": kid(real, fake), "precision": precision, "recall": recall}
 
 
-def features_of(feature_fn: Callable[[np.ndarray], Any], images: np.ndarray, *,
-                batch_size: int = 500) -> np.ndarray:
+def features_of(
+  feature_fn: Callable[[np.ndarray], Any], images: np.ndarray, *, batch_size: int = 500
+) -> np.ndarray:
   """Any feature function (e.g. Inception pool features) mapped over images in batches. [N, D]"""
-  out = [np.asarray(feature_fn(images[i:i + batch_size]), np.float64)
-         for i in range(0, len(images), batch_size)]
+  out = [
+    np.asarray(feature_fn(images[i : i + batch_size]), np.float64)
+    for i in range(0, len(images), batch_size)
+  ]
   return np.concatenate([f.reshape(len(f), -1) for f in out])
 
 
-def score(feature_fn: Callable[[np.ndarray], Any], real_images: np.ndarray,
-          fake_images: np.ndarray, *, batch_size: int = 500, k: int = 3) -> dict[str, float]:
+def score(
+  feature_fn: Callable[[np.ndarray], Any],
+  real_images: np.ndarray,
+  fake_images: np.ndarray,
+  *,
+  batch_size: int = 500,
+  k: int = 3,
+) -> dict[str, float]:
   """fid, kid, precision and recall of generated images against real ones, in the features
   of `feature_fn`."""
-  return all_metrics(features_of(feature_fn, real_images, batch_size=batch_size),
-                     features_of(feature_fn, fake_images, batch_size=batch_size), k=k)
+  return all_metrics(
+    features_of(feature_fn, real_images, batch_size=batch_size),
+    features_of(feature_fn, fake_images, batch_size=batch_size),
+    k=k,
+  )

@@ -24,8 +24,9 @@ class NonFiniteError(RuntimeError):
 def check_finite(step: int, metrics: dict) -> None:
   for name, value in sorted(metrics.items()):
     if not np.all(np.isfinite(value)):
-      raise NonFiniteError(f"non-finite {name} ({value}) at step {step}; "
-                           "the last good checkpoint is kept")
+      raise NonFiniteError(
+        f"non-finite {name} ({value}) at step {step}; the last good checkpoint is kept"
+      )
 
 
 class PreemptionNotice:
@@ -73,39 +74,65 @@ def train_and_evaluate(cfg: dlu_flags.Config, workdir: str) -> dict[str, float]:
     writer.close()
 
 
-def _train(exp: Experiment, workdir: str, ckpt: checkpointing.Checkpointer,
-           writer: metric_writers.MetricWriter, evaluation: evaluators.Evaluation,
-           preemption: PreemptionNotice) -> dict[str, float]:
+def _train(
+  exp: Experiment,
+  workdir: str,
+  ckpt: checkpointing.Checkpointer,
+  writer: metric_writers.MetricWriter,
+  evaluation: evaluators.Evaluation,
+  preemption: PreemptionNotice,
+) -> dict[str, float]:
   cfg, lead = exp.cfg, parallel.is_lead_process()
   state, resumed = experiment.restore_or_init(exp, ckpt)
   if resumed:
     metric_writers.drop_rows_after(writer, int(state.step))
   if lead:
     processes = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
-    print(f"{'Resuming' if resumed else 'Training'} {cfg.model} on {exp.dataset.name} "
-          f"{f'from step {int(state.step)} ' if resumed else ''}in {workdir} "
-          f"({jax.device_count()} {jax.default_backend()} device(s){processes}, "
-          f"global batch {exp.sampler.global_batch_size})", flush=True)
+    print(
+      f"{'Resuming' if resumed else 'Training'} {cfg.model} on {exp.dataset.name} "
+      f"{f'from step {int(state.step)} ' if resumed else ''}in {workdir} "
+      f"({jax.device_count()} {jax.default_backend()} device(s){processes}, "
+      f"global batch {exp.sampler.global_batch_size})",
+      flush=True,
+    )
     with open(os.path.join(workdir, "flags.txt"), "w") as f:
       f.write(cfg.to_flagfile())
     writer.write_hparams(vars(cfg))
   train_step = parallel.make_train_step(exp.family, exp.mesh, parallelism=cfg.parallelism)
   pmap = cfg.parallelism == "pmap"
   host_state = parallel.unreplicate if pmap else (lambda s: s)
-  feed = device_data.make_feed(exp.family, exp.mesh, exp.dataset.x_train, exp.sampler, train_step,
-                               exp.train_rng, y_train=exp.dataset.y_train,
-                               parallelism=cfg.parallelism,
-                               steps_per_dispatch=cfg.steps_per_dispatch)
+  feed = device_data.make_feed(
+    exp.family,
+    exp.mesh,
+    exp.dataset.x_train,
+    exp.sampler,
+    train_step,
+    exp.train_rng,
+    y_train=exp.dataset.y_train,
+    parallelism=cfg.parallelism,
+    steps_per_dispatch=cfg.steps_per_dispatch,
+  )
 
   # Periodic work, in the order it happens after a dispatch. Train metrics are fetched and
   # checked for NaN before they are logged or the state is saved: no checkpoint holds one.
-  report = ReportProgress(cfg.num_steps, every_steps=cfg.log_every,
-                          batch_size=exp.sampler.global_batch_size, writer=writer,
-                          keys=exp.family.progress_keys, enabled=lead)
-  save = PeriodicCallback(every_steps=cfg.checkpoint_every,
-                          callback=lambda step, state: ckpt.save(step, host_state(state)))
-  boundaries = (report.every_steps, save.every_steps, *evaluation.boundaries(),
-                *exp.family.step_boundaries())
+  report = ReportProgress(
+    cfg.num_steps,
+    every_steps=cfg.log_every,
+    batch_size=exp.sampler.global_batch_size,
+    writer=writer,
+    keys=exp.family.progress_keys,
+    enabled=lead,
+  )
+  save = PeriodicCallback(
+    every_steps=cfg.checkpoint_every,
+    callback=lambda step, state: ckpt.save(step, host_state(state)),
+  )
+  boundaries = (
+    report.every_steps,
+    save.every_steps,
+    *evaluation.boundaries(),
+    *exp.family.step_boundaries(),
+  )
 
   step = int(state.step)
   if pmap:
@@ -124,8 +151,9 @@ def _train(exp: Experiment, workdir: str, ckpt: checkpointing.Checkpointer,
       jax.block_until_ready(last_metrics)
       if lead:
         what = "step" if n == 1 else f"dispatch ({n} steps)"
-        print(f"First {what} (compilation included) took {time.perf_counter() - t0:.1f} s",
-              flush=True)
+        print(
+          f"First {what} (compilation included) took {time.perf_counter() - t0:.1f} s", flush=True
+        )
       t0 = None
     final = step == cfg.num_steps
     if report.due(step, final) or save.due(step, final):
@@ -140,15 +168,22 @@ def _train(exp: Experiment, workdir: str, ckpt: checkpointing.Checkpointer,
       check_finite(step, jax.device_get(host_state(last_metrics)))
       ckpt.save(step, host_state(state))
       ckpt.wait()
-      print(f"SIGTERM received: saved a checkpoint at step {step} in {workdir}; "
-            "rerun the same command to resume", flush=True)
+      print(
+        f"SIGTERM received: saved a checkpoint at step {step} in {workdir}; "
+        "rerun the same command to resume",
+        flush=True,
+      )
       return eval_metrics
 
   state = host_state(state)
   if last_metrics is None:  # Already at --num_steps: evaluate what the checkpoint holds.
     eval_metrics = evaluation(step, state, final=True)
-  experiment.write_embeddings(exp, state, os.path.join(workdir, "embeddings_test.npz"),
-                              evaluation.inputs.cached_embeddings("test", step))
+  experiment.write_embeddings(
+    exp,
+    state,
+    os.path.join(workdir, "embeddings_test.npz"),
+    evaluation.inputs.cached_embeddings("test", step),
+  )
   ckpt.wait()
   if lead:
     print_summary(workdir)
@@ -157,10 +192,13 @@ def _train(exp: Experiment, workdir: str, ckpt: checkpointing.Checkpointer,
 
 def print_summary(workdir: str) -> None:
   w = os.path.abspath(workdir)
-  print(f"\nResults in {w}:\n"
-        f"  checkpoints:  {w}/checkpoints\n"
-        f"  metrics:      {w}/metrics.jsonl\n"
-        f"  images:       {w}/images\n"
-        f"  embeddings:   {w}/embeddings_test.npz\n"
-        f"  flags:        {w}/flags.txt\n"
-        f"  TensorBoard:  tensorboard --logdir {w}", flush=True)
+  print(
+    f"\nResults in {w}:\n"
+    f"  checkpoints:  {w}/checkpoints\n"
+    f"  metrics:      {w}/metrics.jsonl\n"
+    f"  images:       {w}/images\n"
+    f"  embeddings:   {w}/embeddings_test.npz\n"
+    f"  flags:        {w}/flags.txt\n"
+    f"  TensorBoard:  tensorboard --logdir {w}",
+    flush=True,
+  )

@@ -25,8 +25,9 @@ def crop_and_resize(image: jax.Array, box: jax.Array) -> jax.Array:
   h, w = image.shape[:2]
   top, left, height, width = box[0], box[1], box[2], box[3]
   scale = jnp.stack([h / height, w / width])
-  return jax.image.scale_and_translate(image, image.shape, (0, 1), scale,
-                                       -jnp.stack([top, left]) * scale, "linear", antialias=False)
+  return jax.image.scale_and_translate(
+    image, image.shape, (0, 1), scale, -jnp.stack([top, left]) * scale, "linear", antialias=False
+  )
 
 
 def random_box(key: jax.Array, hw: tuple[int, int], min_scale: float) -> jax.Array:
@@ -43,22 +44,33 @@ def random_box(key: jax.Array, hw: tuple[int, int], min_scale: float) -> jax.Arr
   return jnp.stack([top, left, height, width])
 
 
-def jitter_intensity(key: jax.Array, image: jax.Array, *, brightness: float,
-                     gamma: float) -> jax.Array:
+def jitter_intensity(
+  key: jax.Array, image: jax.Array, *, brightness: float, gamma: float
+) -> jax.Array:
   """`image` in [0, 1] times a factor in [1 - brightness, 1 + brightness], clipped to [0, 1],
   then to a power in [exp(-gamma), exp(gamma)] (both uniform; 0 turns either off)."""
   k_scale, k_power = jax.random.split(key)
   if brightness:
-    image = jnp.clip(image * jax.random.uniform(k_scale, (), minval=1 - brightness,
-                                                maxval=1 + brightness), 0.0, 1.0)
+    image = jnp.clip(
+      image * jax.random.uniform(k_scale, (), minval=1 - brightness, maxval=1 + brightness),
+      0.0,
+      1.0,
+    )
   if gamma:
     power = jnp.exp(jax.random.uniform(k_power, (), minval=-gamma, maxval=gamma))
     image = jnp.where(image > 0, jnp.maximum(image, 1e-6) ** power, 0.0)
   return image
 
 
-def random_view(key: jax.Array, image: jax.Array, *, min_scale: float, hflip: bool,
-                brightness: float = 0.0, gamma: float = 0.0) -> jax.Array:
+def random_view(
+  key: jax.Array,
+  image: jax.Array,
+  *,
+  min_scale: float,
+  hflip: bool,
+  brightness: float = 0.0,
+  gamma: float = 0.0,
+) -> jax.Array:
   """One random view of `image` [H, W, C] in [0, 1] (see module doc). [H, W, C]"""
   k_box, k_flip = jax.random.split(key)
   view = crop_and_resize(image, random_box(k_box, image.shape[:2], min_scale))
@@ -69,10 +81,18 @@ def random_view(key: jax.Array, image: jax.Array, *, min_scale: float, hflip: bo
   return view
 
 
-def random_views(key: jax.Array, images: jax.Array, *, min_scale: float, hflip: bool,
-                 brightness: float = 0.0, gamma: float = 0.0) -> jax.Array:
+def random_views(
+  key: jax.Array,
+  images: jax.Array,
+  *,
+  min_scale: float,
+  hflip: bool,
+  brightness: float = 0.0,
+  gamma: float = 0.0,
+) -> jax.Array:
   """An independent random view of each image [B, H, W, C] in [0, 1]. [B, H, W, C]"""
   keys = jax.random.split(key, images.shape[0])
-  view = lambda k, x: random_view(k, x, min_scale=min_scale, hflip=hflip, brightness=brightness,
-                                  gamma=gamma)
+  view = lambda k, x: random_view(
+    k, x, min_scale=min_scale, hflip=hflip, brightness=brightness, gamma=gamma
+  )
   return jax.vmap(view)(keys, images)

@@ -17,17 +17,29 @@ from absl import app, flags
 from dlu import cli, few_shot
 from dlu.errors import UsageError
 
-flags.DEFINE_list("real_per_class", ["10", "100", "1000"], "Real labelled training examples per "
-                  "class (each value at most the smallest class of the train split).")
-flags.DEFINE_integer("synthetic_per_class", 1000, "Generated examples per class added to the real "
-                     "ones, and the whole training set of TSTR.")
+flags.DEFINE_list(
+  "real_per_class",
+  ["10", "100", "1000"],
+  "Real labelled training examples per "
+  "class (each value at most the smallest class of the train split).",
+)
+flags.DEFINE_integer(
+  "synthetic_per_class",
+  1000,
+  "Generated examples per class added to the real ones, and the whole training set of TSTR.",
+)
 flags.DEFINE_integer("seeds", 3, "Repetitions (real subsets, generated sets, classifier inits).")
-flags.DEFINE_integer("classifier_steps", 500, "Adam steps of every classifier, whatever its "
-                     "training set (a compute-matched comparison).")
-flags.DEFINE_integer("classifier_batch_size", 128, "Classifier minibatch size (at most the "
-                     "training set).")
-flags.DEFINE_float("classifier_learning_rate", 1e-3, "Classifier peak learning rate (cosine "
-                   "decay to 0).")
+flags.DEFINE_integer(
+  "classifier_steps",
+  500,
+  "Adam steps of every classifier, whatever its training set (a compute-matched comparison).",
+)
+flags.DEFINE_integer(
+  "classifier_batch_size", 128, "Classifier minibatch size (at most the training set)."
+)
+flags.DEFINE_float(
+  "classifier_learning_rate", 1e-3, "Classifier peak learning rate (cosine decay to 0)."
+)
 
 FLAGS = flags.FLAGS
 
@@ -36,26 +48,37 @@ def _real_per_class() -> list[int]:
   try:
     values = [int(v) for v in FLAGS.real_per_class]
   except ValueError:
-    raise UsageError(f"--real_per_class must be a comma-separated list of positive integers, "
-                     f"got {','.join(FLAGS.real_per_class)}") from None
+    raise UsageError(
+      f"--real_per_class must be a comma-separated list of positive integers, "
+      f"got {','.join(FLAGS.real_per_class)}"
+    ) from None
   if not values or min(values) < 1:
-    raise UsageError(f"--real_per_class must be a comma-separated list of positive integers, "
-                     f"got {','.join(FLAGS.real_per_class)}")
+    raise UsageError(
+      f"--real_per_class must be a comma-separated list of positive integers, "
+      f"got {','.join(FLAGS.real_per_class)}"
+    )
   return sorted(set(values))
 
 
 def main(argv):
   cli.start(argv)
   try:
-    results = few_shot.run(FLAGS.workdir, real_per_class=_real_per_class(),
-                          synthetic_per_class=FLAGS.synthetic_per_class, seeds=FLAGS.seeds,
-                          steps=FLAGS.classifier_steps, batch_size=FLAGS.classifier_batch_size,
-                          learning_rate=FLAGS.classifier_learning_rate)
+    results = few_shot.run(
+      FLAGS.workdir,
+      real_per_class=_real_per_class(),
+      synthetic_per_class=FLAGS.synthetic_per_class,
+      seeds=FLAGS.seeds,
+      steps=FLAGS.classifier_steps,
+      batch_size=FLAGS.classifier_batch_size,
+      learning_rate=FLAGS.classifier_learning_rate,
+    )
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(few_shot.table(results))
-  print(f"\nResults: {FLAGS.workdir}/augment.json\nPlot:    {FLAGS.workdir}/augment.png", flush=True)
+  print(
+    f"\nResults: {FLAGS.workdir}/augment.json\nPlot:    {FLAGS.workdir}/augment.png", flush=True
+  )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   cli.start(argv)
-  overrides = {name: FLAGS[name].value for name in vars(dlu_flags.config_from_flags(FLAGS))
-               if FLAGS[name].present and name != "workdir"}
+  overrides = {
+    name: FLAGS[name].value
+    for name in vars(dlu_flags.config_from_flags(FLAGS))
+    if FLAGS[name].present and name != "workdir"
+  }
   try:
     results = evaluate.evaluate_workdir(FLAGS.workdir, **overrides)
   except UsageError as e:

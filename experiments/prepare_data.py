@@ -15,15 +15,22 @@ from dlu.errors import UsageError
 
 # The training flags define the same names; define them only once per process.
 if "dataset" not in flags.FLAGS:
-  flags.DEFINE_string("dataset", "fashion_mnist",
-                      "digits, a tfds name (fashion_mnist, mnist, cifar10, NAME[/CONFIG][:VERSION]), "
-                      "npz:PATH or folder:DIR.")
+  flags.DEFINE_string(
+    "dataset",
+    "fashion_mnist",
+    "digits, a tfds name (fashion_mnist, mnist, cifar10, NAME[/CONFIG][:VERSION]), "
+    "npz:PATH or folder:DIR.",
+  )
 if "data_dir" not in flags.FLAGS:
-  flags.DEFINE_string("data_dir", None, "Where tfds datasets are prepared; default $TFDS_DATA_DIR "
-                      "or ~/tensorflow_datasets.")
+  flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Where tfds datasets are prepared; default $TFDS_DATA_DIR or ~/tensorflow_datasets.",
+  )
 if "idx_dir" not in flags.FLAGS:
-  flags.DEFINE_string("idx_dir", None, "Directory of the Fashion-MNIST IDX files; default "
-                      f"{data.DEFAULT_IDX_DIR}.")
+  flags.DEFINE_string(
+    "idx_dir", None, f"Directory of the Fashion-MNIST IDX files; default {data.DEFAULT_IDX_DIR}."
+  )
 
 FLAGS = flags.FLAGS
 

@@ -32,26 +32,38 @@ MODELS = ("ae_seed", "ae_mlp", "ae_conv", "conv_vae", "dcgan")
 FRAMEWORKS = ("dlu", "pytorch", "keras")
 LATENT = {"ae_seed": 128, "ae_mlp": 32, "ae_conv": 32, "conv_vae": 16, "dcgan": 64}
 DESCRIPTIONS = {
-    "ae_seed": "seed MLP AE 784-128-784, MSE",
-    "ae_mlp": "deep MLP AE 784-512-256-32-256-512-784, BCE",
-    "ae_conv": "conv AE (Conv 32/64 s2, code 32, ConvT 64/32 s2 + 1 s1), BCE",
-    "conv_vae": "conv VAE (same convs, latent 16), ELBO",
-    "dcgan": "DCGAN 28x28 (G: dense, ConvT 64 s2, ConvT 1 s2, BN; D: Conv 64/128 s2), D+G step",
+  "ae_seed": "seed MLP AE 784-128-784, MSE",
+  "ae_mlp": "deep MLP AE 784-512-256-32-256-512-784, BCE",
+  "ae_conv": "conv AE (Conv 32/64 s2, code 32, ConvT 64/32 s2 + 1 s1), BCE",
+  "conv_vae": "conv VAE (same convs, latent 16), ELBO",
+  "dcgan": "DCGAN 28x28 (G: dense, ConvT 64 s2, ConvT 1 s2, BN; D: Conv 64/128 s2), D+G step",
 }
 # dlu flags of each benchmarked model (flags a branch does not define are left out).
 DLU_FLAGS = {
-    "ae_seed": dict(hidden_units=128, recon_loss="mse"),
-    "ae_mlp": dict(widths=["512", "256"], latent_dim=32, recon_loss="bce"),
-    "ae_conv": dict(conv_channels=["32", "64"], latent_dim=32, recon_loss="bce"),
-    "conv_vae": dict(conv_channels=["32", "64"], latent_dim=16, likelihood="bernoulli",
-                     binarize="dynamic", train_samples=1, objective="elbo"),
-    "dcgan": dict(gan_channels=64, latent_dim=64, pixel_range="symmetric", gan_loss="ns",
-                  d_steps=1, learning_rate=2e-4, eval_samples=0),
+  "ae_seed": dict(hidden_units=128, recon_loss="mse"),
+  "ae_mlp": dict(widths=["512", "256"], latent_dim=32, recon_loss="bce"),
+  "ae_conv": dict(conv_channels=["32", "64"], latent_dim=32, recon_loss="bce"),
+  "conv_vae": dict(
+    conv_channels=["32", "64"],
+    latent_dim=16,
+    likelihood="bernoulli",
+    binarize="dynamic",
+    train_samples=1,
+    objective="elbo",
+  ),
+  "dcgan": dict(
+    gan_channels=64,
+    latent_dim=64,
+    pixel_range="symmetric",
+    gan_loss="ns",
+    d_steps=1,
+    learning_rate=2e-4,
+    eval_samples=0,
+  ),
 }
 # Conv steps take 0.1-1 s, so one step per dispatch costs nothing; MLP steps take a few ms.
 for _model in ("ae_conv", "conv_vae", "dcgan"):
   DLU_FLAGS[_model]["steps_per_dispatch"] = 1
-
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -64,8 +76,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--seconds", type=float, default=3.0, help="target duration of one repetition")
   p.add_argument("--batch_size", type=int, default=256)
   p.add_argument("--dataset", default="fashion_mnist", help="dlu dataset name (28x28x1 images)")
-  p.add_argument("--steps_per_dispatch", type=int, default=10,
-                 help="dlu's --steps_per_dispatch for the MLP models (conv models use 1)")
+  p.add_argument(
+    "--steps_per_dispatch",
+    type=int,
+    default=10,
+    help="dlu's --steps_per_dispatch for the MLP models (conv models use 1)",
+  )
   p.add_argument("--quick", action="store_true", help="3 repetitions of ~0.5 s: a few minutes")
   p.add_argument("--out", default=None, help="write DIR/benchmark.json and DIR/benchmark.md")
   p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -78,8 +94,10 @@ FLAGS = argparse.Namespace()
 
 # --- Workers: one process per framework, JSON lines on stdin/stdout. ---
 
+
 def _peak_rss_mb() -> float:
   import resource
+
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -88,18 +106,25 @@ def _worker_main(framework: str) -> None:
   os.dup2(2, 1)  # Whatever the libraries print goes to stderr, not into the protocol.
   send = lambda obj: print(json.dumps(obj), file=proto, flush=True)
   import numpy as np
+
   x = np.load(FLAGS.data)
   try:
     if framework == "dlu":
       import benchmark_dlu as module
-      runner = module.Runner(FLAGS.dataset, FLAGS.batch_size, FLAGS.steps_per_dispatch,
-                             {m: DLU_FLAGS[m] for m in MODELS})
+
+      runner = module.Runner(
+        FLAGS.dataset, FLAGS.batch_size, FLAGS.steps_per_dispatch, {m: DLU_FLAGS[m] for m in MODELS}
+      )
     else:
       module = __import__(f"benchmark_{'torch' if framework == 'pytorch' else 'keras'}")
       runner = module.Runner(x, FLAGS.batch_size)
   except ImportError as e:
-    send({"error": f"{framework} is not installed ({e}); pip install -r "
-                   "scripts/benchmark_requirements.txt"})
+    send(
+      {
+        "error": f"{framework} is not installed ({e}); pip install -r "
+        "scripts/benchmark_requirements.txt"
+      }
+    )
     return
   send({"version": module.version()})
   for line in sys.stdin:
@@ -107,8 +132,11 @@ def _worker_main(framework: str) -> None:
     try:
       if cmd["cmd"] == "setup":
         first, step_s = runner.setup(cmd["model"], LATENT[cmd["model"]])
-        out = {"first_step_s": first, "step_s": step_s,
-               "steps_per_dispatch": getattr(runner, "steps_per_dispatch", lambda m: 1)(cmd["model"])}
+        out = {
+          "first_step_s": first,
+          "step_s": step_s,
+          "steps_per_dispatch": getattr(runner, "steps_per_dispatch", lambda m: 1)(cmd["model"]),
+        }
       elif cmd["cmd"] == "run":
         out = {"seconds": runner.run(cmd["model"], cmd["steps"])}
       elif cmd["cmd"] == "peak":
@@ -124,13 +152,26 @@ def _worker_main(framework: str) -> None:
 
 class Worker:
   def __init__(self, framework: str, data_path: str, log_path: str):
-    args = [sys.executable, os.path.abspath(__file__), f"--worker={framework}", f"--data={data_path}",
-            f"--batch_size={FLAGS.batch_size}", f"--dataset={FLAGS.dataset}",
-            f"--steps_per_dispatch={FLAGS.steps_per_dispatch}"]
+    args = [
+      sys.executable,
+      os.path.abspath(__file__),
+      f"--worker={framework}",
+      f"--data={data_path}",
+      f"--batch_size={FLAGS.batch_size}",
+      f"--dataset={FLAGS.dataset}",
+      f"--steps_per_dispatch={FLAGS.steps_per_dispatch}",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
     self.log = open(log_path, "w")
-    self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=self.log, text=True, env=env, cwd=ROOT)
+    self.proc = subprocess.Popen(
+      args,
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=self.log,
+      text=True,
+      env=env,
+      cwd=ROOT,
+    )
     self.hello = self._read()
 
   def _read(self) -> dict:
@@ -153,6 +194,7 @@ class Worker:
 
 # --- The run. ---
 
+
 def _load() -> float:
   return os.getloadavg()[0]
 
@@ -164,9 +206,11 @@ def _median(v: list[float]) -> float:
 
 def _prepare_data(out_dir: str) -> str:
   from dlu import data
+
   ds = data.load(FLAGS.dataset)
   path = os.path.join(out_dir, "train_images.npy")
   import numpy as np
+
   np.save(path, ds.x_train)
   return path
 
@@ -197,12 +241,17 @@ def run_benchmark(out_dir: str) -> tuple[list[dict], list[str]]:
       first[model, fw] = r["first_step_s"]
       # Steps per repetition: about `seconds` long, whole dispatches.
       k = r["steps_per_dispatch"]
-      steps[model, fw] = -(-int(min(1000, max(min_steps, seconds / max(r["step_s"], 1e-6)))) // k) * k
+      steps[model, fw] = (
+        -(-int(min(1000, max(min_steps, seconds / max(r["step_s"], 1e-6)))) // k) * k
+      )
       if fw == "dlu":
         dispatch[model] = k
       results[model, fw] = []
-      print(f"{model:9s} {fw:8s} first step {first[model, fw]:6.2f} s, {steps[model, fw]} steps "
-            "per repetition", flush=True)
+      print(
+        f"{model:9s} {fw:8s} first step {first[model, fw]:6.2f} s, {steps[model, fw]} steps "
+        "per repetition",
+        flush=True,
+      )
     if "dlu" in workers:
       r = workers["dlu"](cmd="flops", model=model)
       flops[model] = r.get("flops")
@@ -219,21 +268,37 @@ def run_benchmark(out_dir: str) -> tuple[list[dict], list[str]]:
         eps = steps[model, fw] * FLAGS.batch_size / r["seconds"]
         results[model, fw].append(eps)
         loads.setdefault((model, fw), []).append(load)
-        print(f"rep {rep + 1}/{repeats} {model:9s} {fw:8s} {eps:9.0f} ex/s  (load {load:.1f})",
-              flush=True)
+        print(
+          f"rep {rep + 1}/{repeats} {model:9s} {fw:8s} {eps:9.0f} ex/s  (load {load:.1f})",
+          flush=True,
+        )
   peak = _median(peaks) if peaks else None
   for (model, fw), eps in results.items():
-    row = {"model": model, "framework": fw, "examples_per_s": round(_median(eps), 1),
-           "min": round(min(eps), 1), "max": round(max(eps), 1),
-           "first_step_s": round(first[model, fw], 2), "repeats": len(eps),
-           "steps_per_repeat": steps[model, fw], "load_avg": round(_median(loads[model, fw]), 2)}
+    row = {
+      "model": model,
+      "framework": fw,
+      "examples_per_s": round(_median(eps), 1),
+      "min": round(min(eps), 1),
+      "max": round(max(eps), 1),
+      "first_step_s": round(first[model, fw], 2),
+      "repeats": len(eps),
+      "steps_per_repeat": steps[model, fw],
+      "load_avg": round(_median(loads[model, fw]), 2),
+    }
     if flops.get(model) and peak:
       row["gflops"] = round(row["examples_per_s"] * flops[model] / 1e9, 1)
       row["peak_fraction"] = round(row["gflops"] / peak, 3)
     rows.append(row)
   if peak:
-    rows.append({"model": "matmul 2048x2048 float32 (jax)", "framework": "matmul_peak",
-                 "gflops": round(peak, 1), "min": round(min(peaks), 1), "max": round(max(peaks), 1)})
+    rows.append(
+      {
+        "model": "matmul 2048x2048 float32 (jax)",
+        "framework": "matmul_peak",
+        "gflops": round(peak, 1),
+        "min": round(min(peaks), 1),
+        "max": round(max(peaks), 1),
+      }
+    )
   if dispatch:
     notes.append("dlu steps per dispatch: " + ", ".join(f"{m} {k}" for m, k in dispatch.items()))
   for fw, w in workers.items():
@@ -248,35 +313,51 @@ def markdown(rows: list[dict], notes: list[str], command: str) -> str:
   by = {(r["model"], r["framework"]): r for r in rows}
   peak = next((r for r in rows if r["framework"] == "matmul_peak"), None)
   models = [m for m in MODELS if any((m, fw) in by for fw in FRAMEWORKS)]
-  fmt = lambda r: (f"{r['examples_per_s']:,.0f} ({r['min']:,.0f}-{r['max']:,.0f})" if r else "-")
-  ratio = lambda m, fw: (f"{by[m, 'dlu']['examples_per_s'] / by[m, fw]['examples_per_s']:.2f}x"
-                         if (m, "dlu") in by and (m, fw) in by else "-")
-  lines = [f"`{command}`", "",
-           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-           f"batch {FLAGS.batch_size}, {FLAGS.dataset}, examples/s median (min-max) over repetitions; "
-           f"load average during the runs {min(r.get('load_avg', 99) for r in rows if 'load_avg' in r):.1f}"
-           f"-{max(r.get('load_avg', 0) for r in rows if 'load_avg' in r):.1f}.", "",
-           "| model | dlu | PyTorch | Keras | dlu/PyTorch | dlu/Keras | first step s (dlu / PyTorch / Keras) "
-           "| dlu GFLOP/s (% of peak) |", "|---|---|---|---|---|---|---|---|"]
+  fmt = lambda r: f"{r['examples_per_s']:,.0f} ({r['min']:,.0f}-{r['max']:,.0f})" if r else "-"
+  ratio = lambda m, fw: (
+    f"{by[m, 'dlu']['examples_per_s'] / by[m, fw]['examples_per_s']:.2f}x"
+    if (m, "dlu") in by and (m, fw) in by
+    else "-"
+  )
+  lines = [
+    f"`{command}`",
+    "",
+    f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+    f"batch {FLAGS.batch_size}, {FLAGS.dataset}, examples/s median (min-max) over repetitions; "
+    f"load average during the runs {min(r.get('load_avg', 99) for r in rows if 'load_avg' in r):.1f}"
+    f"-{max(r.get('load_avg', 0) for r in rows if 'load_avg' in r):.1f}.",
+    "",
+    "| model | dlu | PyTorch | Keras | dlu/PyTorch | dlu/Keras | first step s (dlu / PyTorch / Keras) "
+    "| dlu GFLOP/s (% of peak) |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for m in models:
     d, t, k = by.get((m, "dlu")), by.get((m, "pytorch")), by.get((m, "keras"))
     firsts = " / ".join(f"{r['first_step_s']:.1f}" if r else "-" for r in (d, t, k))
-    frac = (f"{d['gflops']:.0f} ({100 * d['peak_fraction']:.0f}%)" if d and "gflops" in d else "-")
-    lines.append(f"| {DESCRIPTIONS[m]} | {fmt(d)} | {fmt(t)} | {fmt(k)} | {ratio(m, 'pytorch')} | "
-                 f"{ratio(m, 'keras')} | {firsts} | {frac} |")
+    frac = f"{d['gflops']:.0f} ({100 * d['peak_fraction']:.0f}%)" if d and "gflops" in d else "-"
+    lines.append(
+      f"| {DESCRIPTIONS[m]} | {fmt(d)} | {fmt(t)} | {fmt(k)} | {ratio(m, 'pytorch')} | "
+      f"{ratio(m, 'keras')} | {firsts} | {frac} |"
+    )
   if peak:
-    lines += ["", f"Matmul peak measured in the same run: {peak['gflops']:.0f} GFLOP/s "
-                  f"({peak['min']:.0f}-{peak['max']:.0f})."]
+    lines += [
+      "",
+      f"Matmul peak measured in the same run: {peak['gflops']:.0f} GFLOP/s "
+      f"({peak['min']:.0f}-{peak['max']:.0f}).",
+    ]
   lines += [""] + [f"- {n}" for n in notes]
   return "\n".join(lines) + "\n"
 
 
 def check(args: argparse.Namespace) -> None:
   from dlu.errors import UsageError
+
   for name, accepted in (("models", MODELS), ("frameworks", FRAMEWORKS)):
     unknown = sorted(set(getattr(args, name)) - set(accepted))
     if unknown or not getattr(args, name):
-      raise UsageError(f"--{name}: unknown or empty {', '.join(unknown)}; accepted: {', '.join(accepted)}")
+      raise UsageError(
+        f"--{name}: unknown or empty {', '.join(unknown)}; accepted: {', '.join(accepted)}"
+      )
   for name in ("repeats", "steps_per_dispatch", "batch_size"):
     if getattr(args, name) < 1:
       raise UsageError(f"--{name} must be a positive integer, got {getattr(args, name)}")
@@ -288,6 +369,7 @@ def main(argv: list[str]) -> int:
     _worker_main(FLAGS.worker)
     return 0
   from dlu.errors import UsageError
+
   try:
     check(FLAGS)
   except UsageError as e:

@@ -23,8 +23,10 @@ from dlu.models import layers  # noqa: E402
 
 
 def version() -> str:
-  return (f"jax {jax.__version__}, flax {flax.__version__}, {jax.default_backend()} backend, "
-          f"{jax.device_count()} device(s)")
+  return (
+    f"jax {jax.__version__}, flax {flax.__version__}, {jax.default_backend()} backend, "
+    f"{jax.device_count()} device(s)"
+  )
 
 
 def count_flops(jaxpr) -> float:
@@ -59,8 +61,9 @@ def count_flops(jaxpr) -> float:
 class Runner:
   """The worker protocol of scripts/benchmark.py for dlu."""
 
-  def __init__(self, dataset: str, batch_size: int, steps_per_dispatch: int,
-               model_flags: dict[str, dict]):
+  def __init__(
+    self, dataset: str, batch_size: int, steps_per_dispatch: int, model_flags: dict[str, dict]
+  ):
     self.dataset, self.batch_size, self.default_k = dataset, batch_size, steps_per_dispatch
     self.model_flags, self.runs = model_flags, {}
     self.workdir = tempfile.mkdtemp(prefix="dlu_benchmark_")
@@ -71,8 +74,9 @@ class Runner:
     known = set(vars(dlu_flags.make_config()))
     overrides = {k: v for k, v in self.model_flags[model].items() if k in known}
     overrides.setdefault("steps_per_dispatch", self.default_k)
-    return dlu_flags.make_config(model=model, dataset=self.dataset, batch_size=self.batch_size,
-                                 **overrides)
+    return dlu_flags.make_config(
+      model=model, dataset=self.dataset, batch_size=self.batch_size, **overrides
+    )
 
   def setup(self, model: str, latent_dim: int) -> tuple[float, float]:
     """(seconds to the end of the first step, compilation included, as the loop prints it;
@@ -83,9 +87,16 @@ class Runner:
     state = parallel.make_init(exp.family, exp.mesh)[0](exp.init_rng)
     train_step = parallel.make_train_step(exp.family, exp.mesh)
     k = cfg.steps_per_dispatch
-    feed = device_data.make_feed(exp.family, exp.mesh, exp.dataset.x_train, exp.sampler,
-                                 train_step, exp.train_rng, y_train=exp.dataset.y_train,
-                                 steps_per_dispatch=k)
+    feed = device_data.make_feed(
+      exp.family,
+      exp.mesh,
+      exp.dataset.x_train,
+      exp.sampler,
+      train_step,
+      exp.train_rng,
+      y_train=exp.dataset.y_train,
+      steps_per_dispatch=k,
+    )
     t = time.perf_counter()
     state, metrics = feed(state, 0, k)
     jax.block_until_ready(metrics)
@@ -113,8 +124,11 @@ class Runner:
 
   def flops_per_example(self, model: str) -> float:
     """FLOPs of one training step of the model as written (native convs), per example."""
-    exp = self.runs[model]["exp"] if model in self.runs else experiment.build(
-        self._config(model), self.workdir)
+    exp = (
+      self.runs[model]["exp"]
+      if model in self.runs
+      else experiment.build(self._config(model), self.workdir)
+    )
     state = jax.eval_shape(exp.family.init_state, exp.init_rng)
     batch = {"image": jax.ShapeDtypeStruct((self.batch_size,) + exp.spec.image_shape, jnp.uint8)}
     if exp.family.needs_label:
@@ -137,7 +151,7 @@ class Runner:
       t = time.perf_counter()
       jax.block_until_ready(mm(a, b))
       best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
   def steps_per_dispatch(self, model: str) -> int:
     return self.runs[model]["k"]

@@ -24,18 +24,28 @@ def version() -> str:
 
 
 def _encoder(out_dim):
-  return keras.Sequential([keras.Input((28, 28, 1)),
-                           layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
-                           layers.Conv2D(64, 3, strides=2, padding="same", activation="relu"),
-                           layers.Flatten(), layers.Dense(out_dim)])
+  return keras.Sequential(
+    [
+      keras.Input((28, 28, 1)),
+      layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
+      layers.Conv2D(64, 3, strides=2, padding="same", activation="relu"),
+      layers.Flatten(),
+      layers.Dense(out_dim),
+    ]
+  )
 
 
 def _decoder(in_dim):
-  return keras.Sequential([keras.Input((in_dim,)), layers.Dense(7 * 7 * 64, activation="relu"),
-                           layers.Reshape((7, 7, 64)),
-                           layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu"),
-                           layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu"),
-                           layers.Conv2DTranspose(1, 3, strides=1, padding="same")])
+  return keras.Sequential(
+    [
+      keras.Input((in_dim,)),
+      layers.Dense(7 * 7 * 64, activation="relu"),
+      layers.Reshape((7, 7, 64)),
+      layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu"),
+      layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu"),
+      layers.Conv2DTranspose(1, 3, strides=1, padding="same"),
+    ]
+  )
 
 
 class VAE(keras.Model):
@@ -50,11 +60,13 @@ class VAE(keras.Model):
     x = tf.cast(tf.random.uniform(tf.shape(x)) < x, tf.float32)
     with tf.GradientTape() as tape:
       h = self.encoder(x, training=True)
-      mean, log_var = h[:, :self.latent_dim], h[:, self.latent_dim:]
+      mean, log_var = h[:, : self.latent_dim], h[:, self.latent_dim :]
       z = mean + tf.exp(0.5 * log_var) * tf.random.normal(tf.shape(mean))
       logits = self.decoder(z, training=True)
-      nll = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), [1, 2, 3])
-      kl = 0.5 * tf.reduce_sum(mean ** 2 + tf.exp(log_var) - 1 - log_var, 1)
+      nll = tf.reduce_sum(
+        tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), [1, 2, 3]
+      )
+      kl = 0.5 * tf.reduce_sum(mean**2 + tf.exp(log_var) - 1 - log_var, 1)
       loss = tf.reduce_mean(nll + kl)
     grads = tape.gradient(loss, self.trainable_weights)
     self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
@@ -67,16 +79,30 @@ class DCGAN(keras.Model):
   def __init__(self, latent_dim):
     super().__init__()
     self.latent_dim = latent_dim
-    self.generator = keras.Sequential([
-        keras.Input((latent_dim,)), layers.Dense(7 * 7 * 128, use_bias=False),
-        layers.Reshape((7, 7, 128)), layers.BatchNormalization(), layers.ReLU(),
+    self.generator = keras.Sequential(
+      [
+        keras.Input((latent_dim,)),
+        layers.Dense(7 * 7 * 128, use_bias=False),
+        layers.Reshape((7, 7, 128)),
+        layers.BatchNormalization(),
+        layers.ReLU(),
         layers.Conv2DTranspose(64, 4, strides=2, padding="same", use_bias=False),
-        layers.BatchNormalization(), layers.ReLU(),
-        layers.Conv2DTranspose(1, 4, strides=2, padding="same", activation="tanh")])
-    self.discriminator = keras.Sequential([
-        keras.Input((28, 28, 1)), layers.Conv2D(64, 4, strides=2, padding="same"), layers.LeakyReLU(0.2),
-        layers.Conv2D(128, 4, strides=2, padding="same"), layers.LeakyReLU(0.2),
-        layers.Flatten(), layers.Dense(1)])
+        layers.BatchNormalization(),
+        layers.ReLU(),
+        layers.Conv2DTranspose(1, 4, strides=2, padding="same", activation="tanh"),
+      ]
+    )
+    self.discriminator = keras.Sequential(
+      [
+        keras.Input((28, 28, 1)),
+        layers.Conv2D(64, 4, strides=2, padding="same"),
+        layers.LeakyReLU(0.2),
+        layers.Conv2D(128, 4, strides=2, padding="same"),
+        layers.LeakyReLU(0.2),
+        layers.Flatten(),
+        layers.Dense(1),
+      ]
+    )
     self.bce = keras.losses.BinaryCrossentropy(from_logits=True)
 
   def compile(self, d_optimizer, g_optimizer):
@@ -89,8 +115,9 @@ class DCGAN(keras.Model):
     z = tf.random.normal((b, self.latent_dim))
     with tf.GradientTape() as tape:
       fake = self.generator(z, training=True)
-      d_loss = (self.bce(tf.ones((b, 1)), self.discriminator(real, training=True))
-                + self.bce(tf.zeros((b, 1)), self.discriminator(fake, training=True)))
+      d_loss = self.bce(tf.ones((b, 1)), self.discriminator(real, training=True)) + self.bce(
+        tf.zeros((b, 1)), self.discriminator(fake, training=True)
+      )
     grads = tape.gradient(d_loss, self.discriminator.trainable_weights)
     self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_weights))
     with tf.GradientTape() as tape:
@@ -104,14 +131,23 @@ class DCGAN(keras.Model):
 def build(model: str, latent_dim: int) -> keras.Model:
   keras.utils.set_random_seed(0)
   if model == "ae_seed":
-    net = keras.Sequential([keras.Input((28, 28, 1)), layers.Flatten(), layers.Dense(128, activation="relu"),
-                            layers.Dense(784), layers.Reshape((28, 28, 1))])
+    net = keras.Sequential(
+      [
+        keras.Input((28, 28, 1)),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dense(784),
+        layers.Reshape((28, 28, 1)),
+      ]
+    )
     net.compile(keras.optimizers.Adam(1e-3), loss="mse")
   elif model == "ae_mlp":
     widths = [512, 256, 32, 256, 512]
-    net = keras.Sequential([keras.Input((28, 28, 1)), layers.Flatten()]
-                           + [layers.Dense(w, activation=None if w == 32 else "relu") for w in widths]
-                           + [layers.Dense(784), layers.Reshape((28, 28, 1))])
+    net = keras.Sequential(
+      [keras.Input((28, 28, 1)), layers.Flatten()]
+      + [layers.Dense(w, activation=None if w == 32 else "relu") for w in widths]
+      + [layers.Dense(784), layers.Reshape((28, 28, 1))]
+    )
     net.compile(keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
   elif model == "ae_conv":
     net = keras.Sequential([_encoder(latent_dim), _decoder(latent_dim)])
@@ -146,8 +182,9 @@ class Runner:
     # A tf.data pipeline of the in-memory array, shuffled each epoch, as in the Keras guides.
     ds = tf.data.Dataset.from_tensor_slices(self.x if target is None else (self.x, target))
     ds = ds.shuffle(len(self.x)).repeat().batch(self.batch_size, drop_remainder=True)
-    net.fit(ds.prefetch(tf.data.AUTOTUNE), epochs=1, steps_per_epoch=steps, verbose=0,
-            callbacks=[timer])
+    net.fit(
+      ds.prefetch(tf.data.AUTOTUNE), epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer]
+    )
     return timer.times
 
   def setup(self, model: str, latent_dim: int) -> tuple[float, float]:

@@ -25,8 +25,9 @@ def _conv(cin, cout, k, s):  # 'SAME' for even inputs: output = input / s
 def _deconv(cin, cout, k, s):  # output = input * s
   if s == 1:
     return nn.ConvTranspose2d(cin, cout, k, stride=1, padding=(k - 1) // 2)
-  return nn.ConvTranspose2d(cin, cout, k, stride=s, padding=(k - 1) // 2,
-                            output_padding=s - 1 if k % 2 else 0)
+  return nn.ConvTranspose2d(
+    cin, cout, k, stride=s, padding=(k - 1) // 2, output_padding=s - 1 if k % 2 else 0
+  )
 
 
 class ConvEncoder(nn.Module):
@@ -43,8 +44,9 @@ class ConvDecoder(nn.Module):
   def __init__(self, in_dim):
     super().__init__()
     self.dense = nn.Linear(in_dim, 7 * 7 * 64)
-    self.deconvs = nn.Sequential(_deconv(64, 64, 3, 2), nn.ReLU(), _deconv(64, 32, 3, 2), nn.ReLU(),
-                                 _deconv(32, 1, 3, 1))
+    self.deconvs = nn.Sequential(
+      _deconv(64, 64, 3, 2), nn.ReLU(), _deconv(64, 32, 3, 2), nn.ReLU(), _deconv(32, 1, 3, 1)
+    )
 
   def forward(self, z):
     return self.deconvs(F.relu(self.dense(z)).view(-1, 64, 7, 7))
@@ -74,12 +76,25 @@ class Trainer:
     elif model == "conv_vae":
       self.net = nn.ModuleDict({"enc": ConvEncoder(2 * latent_dim), "dec": ConvDecoder(latent_dim)})
     elif model == "dcgan":
-      self.g = nn.Sequential(nn.Linear(latent_dim, 7 * 7 * 128, bias=False), nn.Unflatten(1, (128, 7, 7)),
-                             nn.BatchNorm2d(128), nn.ReLU(),
-                             nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                             nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh())
-      self.d = nn.Sequential(nn.Conv2d(1, 64, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(64, 128, 4, 2, 1),
-                             nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(7 * 7 * 128, 1))
+      self.g = nn.Sequential(
+        nn.Linear(latent_dim, 7 * 7 * 128, bias=False),
+        nn.Unflatten(1, (128, 7, 7)),
+        nn.BatchNorm2d(128),
+        nn.ReLU(),
+        nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.ConvTranspose2d(64, 1, 4, 2, 1),
+        nn.Tanh(),
+      )
+      self.d = nn.Sequential(
+        nn.Conv2d(1, 64, 4, 2, 1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(64, 128, 4, 2, 1),
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+        nn.Linear(7 * 7 * 128, 1),
+      )
       self.g_opt = torch.optim.Adam(self.g.parameters(), 2e-4, betas=(0.5, 0.999))
       self.d_opt = torch.optim.Adam(self.d.parameters(), 2e-4, betas=(0.5, 0.999))
     else:
@@ -90,7 +105,7 @@ class Trainer:
   def _batch(self) -> torch.Tensor:
     if self.pos + self.batch_size > len(self.x):
       self.perm, self.pos = torch.randperm(len(self.x)), 0
-    idx = self.perm[self.pos:self.pos + self.batch_size]
+    idx = self.perm[self.pos : self.pos + self.batch_size]
     self.pos += self.batch_size
     return self.x[idx].float() / 255.0
 
@@ -108,11 +123,11 @@ class Trainer:
     else:  # conv_vae: dynamically binarised, Bernoulli likelihood, one posterior sample
       x = torch.bernoulli(x)
       h = self.net["enc"](x)
-      mean, log_var = h[:, :self.latent_dim], h[:, self.latent_dim:]
+      mean, log_var = h[:, : self.latent_dim], h[:, self.latent_dim :]
       z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
       logits = self.net["dec"](z)
       nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum((1, 2, 3))
-      kl = 0.5 * (mean ** 2 + log_var.exp() - 1 - log_var).sum(1)
+      kl = 0.5 * (mean**2 + log_var.exp() - 1 - log_var).sum(1)
       loss = (nll + kl).mean()
     loss.backward()
     self.opt.step()
@@ -123,8 +138,9 @@ class Trainer:
     fake = self.g(z)
     self.d_opt.zero_grad(set_to_none=True)
     ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
-    d_loss = (F.binary_cross_entropy_with_logits(self.d(real), ones)
-              + F.binary_cross_entropy_with_logits(self.d(fake.detach()), zeros))
+    d_loss = F.binary_cross_entropy_with_logits(
+      self.d(real), ones
+    ) + F.binary_cross_entropy_with_logits(self.d(fake.detach()), zeros)
     d_loss.backward()
     self.d_opt.step()
     self.g_opt.zero_grad(set_to_none=True)

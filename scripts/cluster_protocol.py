@@ -32,18 +32,31 @@ import time
 
 import numpy as np
 
-CONFIGS = {"ae": "experiments/configs/ae_dec_fashion_mnist.flags",
-           "dec": "experiments/configs/dec_fashion_mnist.flags",
-           "idec": "experiments/configs/idec_fashion_mnist.flags",
-           "simclr": "experiments/configs/simclr_fashion_mnist.flags",
-           "cc": "experiments/configs/cc_fashion_mnist.flags"}
+CONFIGS = {
+  "ae": "experiments/configs/ae_dec_fashion_mnist.flags",
+  "dec": "experiments/configs/dec_fashion_mnist.flags",
+  "idec": "experiments/configs/idec_fashion_mnist.flags",
+  "simclr": "experiments/configs/simclr_fashion_mnist.flags",
+  "cc": "experiments/configs/cc_fashion_mnist.flags",
+}
 SCORES = ("acc", "nmi", "ari")
 UMAP_GMM = ["--manifold=umap", "--cluster_on=gmm"]
 #: The run each method evaluates, and how.
-RUN = {"ae": "ae", "n2d": "ae", "dec": "dec", "idec": "idec", "simclr": "simclr",
-       "simclr_umap": "simclr", "simclr_umap_kmeans": "simclr", "cc": "cc"}
-EVAL_ARGS = {"n2d": UMAP_GMM, "simclr_umap": UMAP_GMM,
-             "simclr_umap_kmeans": ["--manifold=umap", "--cluster_on=kmeans"]}
+RUN = {
+  "ae": "ae",
+  "n2d": "ae",
+  "dec": "dec",
+  "idec": "idec",
+  "simclr": "simclr",
+  "simclr_umap": "simclr",
+  "simclr_umap_kmeans": "simclr",
+  "cc": "cc",
+}
+EVAL_ARGS = {
+  "n2d": UMAP_GMM,
+  "simclr_umap": UMAP_GMM,
+  "simclr_umap_kmeans": ["--manifold=umap", "--cluster_on=kmeans"],
+}
 #: Runs trained from another run's checkpoint.
 INIT_FROM = {"dec": "ae", "idec": "ae"}
 #: Methods scored by the run's own clustering layer; their evaluation's baseline is k-means
@@ -67,15 +80,17 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--root", default="workdirs/protocol")
   parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--methods", default="ae,n2d,dec,idec",
-                      help=f"any of {', '.join(RUN)}")
+  parser.add_argument("--methods", default="ae,n2d,dec,idec", help=f"any of {', '.join(RUN)}")
   parser.add_argument("--ae_flagfile", default=CONFIGS["ae"])
   parser.add_argument("--dec_flagfile", default=CONFIGS["dec"])
   parser.add_argument("--idec_flagfile", default=CONFIGS["idec"])
   parser.add_argument("--simclr_flagfile", default=CONFIGS["simclr"])
   parser.add_argument("--cc_flagfile", default=CONFIGS["cc"])
-  parser.add_argument("--skip_baselines", action="store_true",
-                      help="no baselines, probe or plot even for the first seed (already measured)")
+  parser.add_argument(
+    "--skip_baselines",
+    action="store_true",
+    help="no baselines, probe or plot even for the first seed (already measured)",
+  )
   parser.add_argument("--train_args", default="", help="extra flags for every training run")
   parser.add_argument("--eval_args", default="", help="extra flags for every evaluation")
   opts = parser.parse_args()
@@ -99,8 +114,17 @@ def main() -> None:
       workdir = os.path.join(opts.root, f"{name}_s{seed}")
       if name not in train_s:
         init = [f"--init_from={trained(INIT_FROM[name])}"] if name in INIT_FROM else []
-        train_s[name] = run(["experiments.train", f"--flagfile={flagfiles[name]}",
-                             f"--workdir={workdir}", *init, f"--seed={seed}", *train_extra], log)
+        train_s[name] = run(
+          [
+            "experiments.train",
+            f"--flagfile={flagfiles[name]}",
+            f"--workdir={workdir}",
+            *init,
+            f"--seed={seed}",
+            *train_extra,
+          ],
+          log,
+        )
       return workdir
 
     for method in methods:
@@ -114,36 +138,59 @@ def main() -> None:
         extra, pixel_floor = ["--noprobe", "--embedding_plot=none"], False
       else:
         extra = ["--nobaselines", "--noprobe", "--embedding_plot=none"]
-      eval_s = run(["experiments.evaluate", f"--workdir={workdir}", "--cluster_split=all",
-                    *EVAL_ARGS.get(method, []), *extra, *eval_extra], log)
+      eval_s = run(
+        [
+          "experiments.evaluate",
+          f"--workdir={workdir}",
+          "--cluster_split=all",
+          *EVAL_ARGS.get(method, []),
+          *extra,
+          *eval_extra,
+        ],
+        log,
+      )
       with open(os.path.join(workdir, "eval.json")) as f:
         result = json.load(f)
       result.update(seed=seed, train_wall_s=train_s[RUN[method]], eval_wall_s=eval_s)
       rows[method].append(result)
-      print(f"{method} seed {seed}: " + " ".join(f"{k}={result[k]:.4f}" for k in SCORES)
-            + f" ({result['clustering']}; train {train_s[RUN[method]]:.0f} s, "
-            f"evaluate {eval_s:.0f} s)", flush=True)
+      print(
+        f"{method} seed {seed}: "
+        + " ".join(f"{k}={result[k]:.4f}" for k in SCORES)
+        + f" ({result['clustering']}; train {train_s[RUN[method]]:.0f} s, "
+        f"evaluate {eval_s:.0f} s)",
+        flush=True,
+      )
 
   summary = {}
-  print(f"\n{'method':<18} {'clustering':<34} " + " ".join(f"{k.upper():>15}" for k in SCORES)
-        + f" {'train s':>9} {'eval s':>8}")
+  print(
+    f"\n{'method':<18} {'clustering':<34} "
+    + " ".join(f"{k.upper():>15}" for k in SCORES)
+    + f" {'train s':>9} {'eval s':>8}"
+  )
   for method, results in rows.items():
-    stats = {k: (float(np.mean([r[k] for r in results])), float(np.std([r[k] for r in results])))
-             for k in SCORES}
+    stats = {
+      k: (float(np.mean([r[k] for r in results])), float(np.std([r[k] for r in results])))
+      for k in SCORES
+    }
     walls = [float(np.mean([r[w] for r in results])) for w in ("train_wall_s", "eval_wall_s")]
-    summary[method] = {"clustering": results[0]["clustering"], "seeds": [r["seed"] for r in results],
-                       **{k: {"mean": m, "std": s, "runs": [r[k] for r in results]}
-                          for k, (m, s) in stats.items()},
-                       "train_wall_s": walls[0], "eval_wall_s": walls[1]}
+    summary[method] = {
+      "clustering": results[0]["clustering"],
+      "seeds": [r["seed"] for r in results],
+      **{k: {"mean": m, "std": s, "runs": [r[k] for r in results]} for k, (m, s) in stats.items()},
+      "train_wall_s": walls[0],
+      "eval_wall_s": walls[1],
+    }
     # The first seed's, where measured (--eval_args=--purity_clusters=N for the last).
     for probe in ("linear_probe_acc", "knn_probe_acc", "overcluster_purity"):
       if probe in results[0]:
         summary[method][probe] = results[0][probe]
     if method in HEADS and "baselines" in results[0]:  # k-means on its embeddings, first seed.
       summary[method]["baselines"] = results[0]["baselines"]
-    print(f"{method:<18} {results[0]['clustering']:<34} "
-          + " ".join(f"{m:>8.4f}±{s:.4f}" for m, s in stats.values())
-          + f" {walls[0]:>9.0f} {walls[1]:>8.0f}")
+    print(
+      f"{method:<18} {results[0]['clustering']:<34} "
+      + " ".join(f"{m:>8.4f}±{s:.4f}" for m, s in stats.values())
+      + f" {walls[0]:>9.0f} {walls[1]:>8.0f}"
+    )
   baselines: dict[str, dict] = {}
   for method in (m for m in methods if m not in HEADS):
     for name, b in rows[method][0].get("baselines", {}).items():
@@ -151,8 +198,16 @@ def main() -> None:
   for name, b in baselines.items():
     print(f"{'baseline':<18} {name:<34} " + " ".join(f"{b[k]:>8.4f}       " for k in SCORES))
   with open(os.path.join(opts.root, "protocol.json"), "w") as f:
-    json.dump({"seeds": seeds, "methods": summary, "baselines": baselines or None,
-               "num_clustered": rows[methods[0]][0]["num_clustered"]}, f, indent=2)
+    json.dump(
+      {
+        "seeds": seeds,
+        "methods": summary,
+        "baselines": baselines or None,
+        "num_clustered": rows[methods[0]][0]["num_clustered"],
+      },
+      f,
+      indent=2,
+    )
 
 
 if __name__ == "__main__":

@@ -25,15 +25,15 @@ from dlu.models import layers  # noqa: E402
 
 # (name, dlu layer, flax layer, kernel, stride, input H=W, in channels, out channels)
 OPS = [
-    ("Conv 1->32 3x3 s2, 28->14", "Conv", 3, 2, 28, 1, 32),
-    ("Conv 32->64 3x3 s2, 14->7", "Conv", 3, 2, 14, 32, 64),
-    ("ConvT 64->64 3x3 s2, 7->14", "ConvTranspose", 3, 2, 7, 64, 64),
-    ("ConvT 64->32 3x3 s2, 14->28", "ConvTranspose", 3, 2, 14, 64, 32),
-    ("ConvT 32->1 3x3 s1, 28", "ConvTranspose", 3, 1, 28, 32, 1),
-    ("DCGAN ConvT 128->64 4x4 s2, 7->14", "ConvTranspose", 4, 2, 7, 128, 64),
-    ("DCGAN ConvT 64->1 4x4 s2, 14->28", "ConvTranspose", 4, 2, 14, 64, 1),
-    ("DCGAN Conv 1->64 4x4 s2, 28->14", "Conv", 4, 2, 28, 1, 64),
-    ("DCGAN Conv 64->128 4x4 s2, 14->7", "Conv", 4, 2, 14, 64, 128),
+  ("Conv 1->32 3x3 s2, 28->14", "Conv", 3, 2, 28, 1, 32),
+  ("Conv 32->64 3x3 s2, 14->7", "Conv", 3, 2, 14, 32, 64),
+  ("ConvT 64->64 3x3 s2, 7->14", "ConvTranspose", 3, 2, 7, 64, 64),
+  ("ConvT 64->32 3x3 s2, 14->28", "ConvTranspose", 3, 2, 14, 64, 32),
+  ("ConvT 32->1 3x3 s1, 28", "ConvTranspose", 3, 1, 28, 32, 1),
+  ("DCGAN ConvT 128->64 4x4 s2, 7->14", "ConvTranspose", 4, 2, 7, 128, 64),
+  ("DCGAN ConvT 64->1 4x4 s2, 14->28", "ConvTranspose", 4, 2, 14, 64, 1),
+  ("DCGAN Conv 1->64 4x4 s2, 28->14", "Conv", 4, 2, 28, 1, 64),
+  ("DCGAN Conv 64->128 4x4 s2, 14->7", "Conv", 4, 2, 14, 64, 128),
 ]
 
 
@@ -43,8 +43,11 @@ def _programs(module):
   fwd = jax.jit(lambda p, x, probe: apply(p, x))
   # The output gradient is an argument: as a constant, XLA would constant-fold its padding.
   dx = jax.jit(lambda p, x, probe: jax.grad(lambda x: jnp.vdot(apply(p, x), probe))(x))
-  dw = jax.jit(lambda p, x, probe: jax.grad(
-      lambda k: jnp.vdot(apply({**p, "kernel": k}, x), probe))(p["kernel"]))
+  dw = jax.jit(
+    lambda p, x, probe: jax.grad(lambda k: jnp.vdot(apply({**p, "kernel": k}, x), probe))(
+      p["kernel"]
+    )
+  )
   return {"fwd": fwd, "dx": dx, "dw": dw}
 
 
@@ -61,8 +64,10 @@ def main(argv: list[str]) -> None:
   p.add_argument("--ops", default="", help="comma-separated substrings of op names to run")
   args = p.parse_args(argv)
   rng = np.random.default_rng(0)
-  print(f"batch {args.batch}, best of {args.repeats}, {os.cpu_count()} CPUs, "
-        f"load {os.getloadavg()[0]:.1f}\n")
+  print(
+    f"batch {args.batch}, best of {args.repeats}, {os.cpu_count()} CPUs, "
+    f"load {os.getloadavg()[0]:.1f}\n"
+  )
   print("| op | GFLOP (fwd) | native fwd / dx / dw ms | dlu fwd / dx / dw ms | speed-up (sum) |")
   print("|---|---|---|---|---|")
   for name, layer, k, s, hw, cin, cout in OPS:
@@ -72,7 +77,9 @@ def main(argv: list[str]) -> None:
     native = getattr(nn, layer)(cout, (k, k), strides=(s, s), padding="SAME")
     ours = getattr(layers, layer)(cout, (k, k), strides=(s, s), padding="SAME")
     shapes = jax.eval_shape(native.init, jax.random.key(0), x)["params"]
-    params = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape) * 0.1, jnp.float32), shapes)
+    params = jax.tree.map(
+      lambda a: jnp.asarray(rng.normal(size=a.shape) * 0.1, jnp.float32), shapes
+    )
     out_shape = jax.eval_shape(native.apply, {"params": params}, x).shape
     probe = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
     progs = {"native": _programs(native), "dlu": _programs(ours)}
@@ -89,8 +96,11 @@ def main(argv: list[str]) -> None:
     positions = (hw * hw) if layer == "ConvTranspose" else (out_shape[1] * out_shape[2])
     gflop = 2 * args.batch * positions * k * k * cin * cout / 1e9
     fmt = lambda v: " / ".join(f"{t:.1f}" for t in v)
-    print(f"| {name} | {gflop:.2f} | {fmt(ms['native'])} | {fmt(ms['dlu'])} | "
-          f"{sum(ms['native']) / sum(ms['dlu']):.1f}x |", flush=True)
+    print(
+      f"| {name} | {gflop:.2f} | {fmt(ms['native'])} | {fmt(ms['dlu'])} | "
+      f"{sum(ms['native']) / sum(ms['dlu']):.1f}x |",
+      flush=True,
+    )
   print(f"\nload at the end {os.getloadavg()[0]:.1f}")
 
 

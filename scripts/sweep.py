@@ -51,8 +51,15 @@ def run_name(run: dict[str, str]) -> str:
 
 
 def command(flagfile: str, workdir: str, run: dict[str, str], extra: list[str]) -> list[str]:
-  return [sys.executable, "-m", "experiments.train", f"--flagfile={os.path.abspath(flagfile)}",
-          *extra, *(f"--{k}={v}" for k, v in run.items()), f"--workdir={os.path.abspath(workdir)}"]
+  return [
+    sys.executable,
+    "-m",
+    "experiments.train",
+    f"--flagfile={os.path.abspath(flagfile)}",
+    *extra,
+    *(f"--{k}={v}" for k, v in run.items()),
+    f"--workdir={os.path.abspath(workdir)}",
+  ]
 
 
 def read_rows(workdir: str) -> list[dict[str, Any]]:
@@ -94,7 +101,9 @@ def train(cmd: list[str], log_path: str) -> int:
     return subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def write_results(root: str, grid: dict[str, list[str]], all_runs: list[dict[str, str]]) -> list[dict]:
+def write_results(
+  root: str, grid: dict[str, list[str]], all_runs: list[dict[str, str]]
+) -> list[dict]:
   table = []
   for run in all_runs:
     workdir = os.path.join(root, run_name(run))
@@ -128,6 +137,7 @@ def _number(value: str) -> float | None:
 def plot(root: str, table: list[dict], grid: dict[str, list[str]], metric: str, x_flag: str) -> str:
   """`metric` against `x_flag`, one line per combination of the other flags, seeds averaged."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import numpy as np
@@ -140,8 +150,13 @@ def plot(root: str, table: list[dict], grid: dict[str, list[str]], metric: str, 
     label = ", ".join(f"{k}={v}" for k, v in zip(others, combo)) or metric
     means, stds, positions = [], [], []
     for i, x in enumerate(xs):
-      values = [r[metric] for r in table if r.get(x_flag) == x and r.get(metric) is not None
-                and all(r.get(k) == v for k, v in zip(others, combo))]
+      values = [
+        r[metric]
+        for r in table
+        if r.get(x_flag) == x
+        and r.get(metric) is not None
+        and all(r.get(k) == v for k, v in zip(others, combo))
+      ]
       if values:
         positions.append(_number(x) if numeric else i)
         means.append(float(np.mean(values)))
@@ -155,7 +170,9 @@ def plot(root: str, table: list[dict], grid: dict[str, list[str]], metric: str, 
   else:
     ax.set_xticks(range(len(xs)), xs)
   ax.set_xlabel(x_flag)
-  ax.set_ylabel(metric + (" (mean ± std over seeds)" if "seed" in grid and x_flag != "seed" else ""))
+  ax.set_ylabel(
+    metric + (" (mean ± std over seeds)" if "seed" in grid and x_flag != "seed" else "")
+  )
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
@@ -170,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
   extra: list[str] = []
   if "--" in argv:
     i = argv.index("--")
-    argv, extra = argv[:i], argv[i + 1:]
+    argv, extra = argv[:i], argv[i + 1 :]
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--flagfile", required=True, help="The experiment every run starts from.")
   parser.add_argument("--grid", action="append", default=[], help="NAME=V1,V2,... (repeatable).")
@@ -192,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     raise SystemExit(f"error: --x_flag={x_flag} is not a swept flag ({', '.join(grid)})")
   all_runs = runs(grid)
   root = args.workdir_root
-  commands = {run_name(r): command(args.flagfile, os.path.join(root, run_name(r)), r, extra)
-              for r in all_runs}
+  commands = {
+    run_name(r): command(args.flagfile, os.path.join(root, run_name(r)), r, extra) for r in all_runs
+  }
   if args.dry_run:
     for cmd in commands.values():
       print(shlex.join(cmd))
@@ -201,12 +219,16 @@ def main(argv: list[str] | None = None) -> int:
 
   os.makedirs(os.path.join(root, "logs"), exist_ok=True)
   todo = [name for name in commands if final_eval(os.path.join(root, name)) is None]
-  print(f"{len(all_runs)} runs, {len(all_runs) - len(todo)} finished, {len(todo)} to run "
-        f"({args.parallel} at a time)", flush=True)
+  print(
+    f"{len(all_runs)} runs, {len(all_runs) - len(todo)} finished, {len(todo)} to run "
+    f"({args.parallel} at a time)",
+    flush=True,
+  )
   failed = []
   with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-    futures = {pool.submit(train, commands[n], os.path.join(root, "logs", f"{n}.log")): n
-               for n in todo}
+    futures = {
+      pool.submit(train, commands[n], os.path.join(root, "logs", f"{n}.log")): n for n in todo
+    }
     for future in concurrent.futures.as_completed(futures):
       name = futures[future]
       code = future.result()
@@ -215,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         failed.append(name)
 
   table = write_results(root, grid, all_runs)
-  metrics = [k for row in table for k in row
-             if k not in ("run", "finished", "step", "train_loss", *grid)]
+  metrics = [
+    k for row in table for k in row if k not in ("run", "finished", "step", "train_loss", *grid)
+  ]
   metric = args.metric or (metrics[0] if metrics else None)
   print(f"Results: {os.path.join(root, 'results.csv')}")
   if metric is not None and any(row.get(metric) is not None for row in table):

@@ -4,7 +4,7 @@ import os
 
 # Must happen before JAX initialises its backend.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -21,6 +21,7 @@ flags.FLAGS.mark_as_parsed()
 def digits_feature_dir(tmp_path_factory):
   """A data dir holding the digits feature network, trained once for the whole session."""
   from dlu import data, feature_net  # pylint: disable=g-import-not-at-top  # after XLA_FLAGS
+
   path = str(tmp_path_factory.mktemp("data"))
   feature_net.load_or_train(data.load("digits"), path)
   return path

@@ -18,14 +18,20 @@ def _tool(name: str) -> str:
 def test_import_contracts_hold():
   """No import cycles (function-level imports included), no upward imports between layers,
   models import no training code."""
-  out = subprocess.run([_tool("lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+  out = subprocess.run(
+    [_tool("lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300
+  )
   assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
   assert "BROKEN" not in out.stdout and "0 broken" in out.stdout
 
 
 @pytest.mark.parametrize("args", [["check"], ["format", "--check"]], ids=["lint", "format"])
 def test_ruff(args):
-  out = subprocess.run([_tool("ruff"), *args, "dlu", "experiments", "scripts", "tests"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+    [_tool("ruff"), *args, "dlu", "experiments", "scripts", "tests"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]

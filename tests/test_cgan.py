@@ -23,8 +23,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cfg(**overrides):
-  base = dict(model="dcgan", conditional=True, dataset="digits", pixel_range="symmetric",
-              gan_channels=4, latent_dim=8, gan_widths=["16"], batch_size=32, eval_samples=0)
+  base = dict(
+    model="dcgan",
+    conditional=True,
+    dataset="digits",
+    pixel_range="symmetric",
+    gan_channels=4,
+    latent_dim=8,
+    gan_widths=["16"],
+    batch_size=32,
+    eval_samples=0,
+  )
   return dlu_flags.make_config(**{**base, **overrides})
 
 
@@ -37,7 +46,9 @@ def test_labels_change_the_generator_and_the_projection_discriminator():
   assert g_vars["params"]["label_embed"]["embedding"].shape == (10, 5)
   x = jax.jit(lambda v, z, y: g.apply(v, z, y, train=False))(g_vars, z, y)
   assert x.shape == (3, 8, 8, 1)
-  assert np.abs(np.asarray(x[0] - x[1])).max() > 1e-3 and np.abs(np.asarray(x[1] - x[2])).max() > 1e-3
+  assert (
+    np.abs(np.asarray(x[0] - x[1])).max() > 1e-3 and np.abs(np.asarray(x[1] - x[2])).max() > 1e-3
+  )
   with pytest.raises(ValueError, match="needs labels"):
     g.apply(g_vars, z, train=False)
 
@@ -45,9 +56,13 @@ def test_labels_change_the_generator_and_the_projection_discriminator():
   d_vars = jax.jit(lambda k: d.init(k, x, y))(jax.random.key(2))
   params = d_vars["params"]
   logit, phi = jax.jit(lambda v, x, y: (d.apply(v, x, y), d.apply(v, x, method="embed")))(
-      d_vars, x, y)
-  expected = (phi @ params["logit"]["kernel"])[:, 0] + params["logit"]["bias"][0] + jnp.sum(
-      params["class_embed"]["embedding"][y] * phi, axis=-1)
+    d_vars, x, y
+  )
+  expected = (
+    (phi @ params["logit"]["kernel"])[:, 0]
+    + params["logit"]["bias"][0]
+    + jnp.sum(params["class_embed"]["embedding"][y] * phi, axis=-1)
+  )
   np.testing.assert_allclose(logit, expected, rtol=1e-5, atol=1e-6)
   assert params["class_embed"]["embedding"].shape == (10, phi.shape[-1])
   # The class term is not zero at initialisation: labels already change the score.
@@ -83,6 +98,7 @@ def test_conditional_on_unlabelled_data_fails_early(tmp_path):
 
 class _LabelProbe(Family):
   """Returns each step's labels and images as its metrics."""
+
   needs_label = True
 
   def train_step(self, state, batch, rng, *, axis_name=None):
@@ -95,12 +111,22 @@ def test_feeds_put_the_rows_labels_in_the_batch(n):
   mesh = parallel.make_mesh()
   sampler = data.BatchSampler(len(ds.x_train), 64, seed=3)
   probe = _LabelProbe(None, SPEC)
-  step = jax.jit(probe.train_step, in_shardings=(parallel.replicated(mesh),
-                                                 parallel.data_sharded(mesh), None))
-  feed = device_data.make_feed(probe, mesh, ds.x_train, sampler, step, jax.random.key(0),
-                               y_train=ds.y_train, steps_per_dispatch=n)
-  host = device_data.HostFeed(mesh, ds.x_train, sampler, step, jax.random.key(0), pmap=False,
-                              labels=ds.y_train)
+  step = jax.jit(
+    probe.train_step, in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh), None)
+  )
+  feed = device_data.make_feed(
+    probe,
+    mesh,
+    ds.x_train,
+    sampler,
+    step,
+    jax.random.key(0),
+    y_train=ds.y_train,
+    steps_per_dispatch=n,
+  )
+  host = device_data.HostFeed(
+    mesh, ds.x_train, sampler, step, jax.random.key(0), pmap=False, labels=ds.y_train
+  )
   rows = sampler.global_indices(5 + n - 1)  # a dispatch returns its last step's metrics
   for f in (feed, host) if n == 1 else (feed,):
     state, batch = f(jnp.zeros((), jnp.int32), 5, n)
@@ -126,8 +152,13 @@ def test_conditional_step_on_one_device_and_eight_devices_agree():
   one, eight = Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,)), parallel.make_mesh()
   init = jax.device_get(parallel.make_init(family, one)[0](jax.random.key(0)))
   rng = np.random.default_rng(0)
-  batches = [{"image": rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8),
-              "label": rng.integers(0, 10, 32).astype(np.int32)} for _ in range(2)]
+  batches = [
+    {
+      "image": rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8),
+      "label": rng.integers(0, 10, 32).astype(np.int32),
+    }
+    for _ in range(2)
+  ]
   step_one = parallel.make_train_step(family, one)
   s1, m1 = _run(step_one, one, init, batches)
   s8, m8 = _run(parallel.make_train_step(family, eight), eight, init, batches)
@@ -135,15 +166,26 @@ def test_conditional_step_on_one_device_and_eight_devices_agree():
   for name in m1:
     np.testing.assert_allclose(m1[name], m8[name], rtol=1e-4, atol=1e-6)
   # The class embeddings learn: both networks' label parameters moved.
-  assert np.abs(s1.params["generator"]["label_embed"]["embedding"]
-                - init.params["generator"]["label_embed"]["embedding"]).max() > 1e-4
-  assert np.abs(s1.params["discriminator"]["class_embed"]["embedding"]
-                - init.params["discriminator"]["class_embed"]["embedding"]).max() > 1e-4
+  assert (
+    np.abs(
+      s1.params["generator"]["label_embed"]["embedding"]
+      - init.params["generator"]["label_embed"]["embedding"]
+    ).max()
+    > 1e-4
+  )
+  assert (
+    np.abs(
+      s1.params["discriminator"]["class_embed"]["embedding"]
+      - init.params["discriminator"]["class_embed"]["embedding"]
+    ).max()
+    > 1e-4
+  )
   # The same images with other labels give another step.
   relabelled = [{**b, "label": (b["label"] + 1) % 10} for b in batches]
   other, _ = _run(step_one, one, init, relabelled)
-  assert not np.allclose(other.params["generator"]["dense"]["kernel"],
-                         s1.params["generator"]["dense"]["kernel"])
+  assert not np.allclose(
+    other.params["generator"]["dense"]["kernel"], s1.params["generator"]["dense"]["kernel"]
+  )
 
 
 def test_balanced_labels():
@@ -155,11 +197,19 @@ def test_balanced_labels():
 def _subprocess(module, *args):
   """Runs `python -m module args` on one CPU device (the steps' data parallelism is tested
   above; one device compiles and runs these small programs faster)."""
-  xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                       if not f.startswith("--xla_force_host_platform_device_count"))
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
-                        env={**os.environ, "XLA_FLAGS": xla_flags}, capture_output=True,
-                        text=True, timeout=600)
+  xla_flags = " ".join(
+    f
+    for f in os.environ.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  )
+  proc = subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=ROOT,
+    env={**os.environ, "XLA_FLAGS": xla_flags},
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   if proc.returncode != 0:
     raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
   return proc.stdout
@@ -170,8 +220,12 @@ def cdcgan_run(tmp_path_factory, digits_feature_dir):
   """The cdcgan_digits.flags run, trained once for this module."""
   workdir = str(tmp_path_factory.mktemp("cdcgan") / "run")
   flagfile = os.path.join(ROOT, "experiments", "configs", "cdcgan_digits.flags")
-  _subprocess("experiments.train", f"--flagfile={flagfile}", f"--workdir={workdir}",
-              f"--data_dir={digits_feature_dir}")
+  _subprocess(
+    "experiments.train",
+    f"--flagfile={flagfile}",
+    f"--workdir={workdir}",
+    f"--data_dir={digits_feature_dir}",
+  )
   return workdir
 
 
@@ -195,13 +249,27 @@ def test_cdcgan_digits_samples_show_the_requested_classes(cdcgan_run, digits_fea
 
 @pytest.mark.slow
 def test_augment_end_to_end(cdcgan_run):
-  out = _subprocess("experiments.augment", f"--workdir={cdcgan_run}", "--real_per_class=5,10",
-                    "--synthetic_per_class=20", "--seeds=2", "--classifier_steps=30")
+  out = _subprocess(
+    "experiments.augment",
+    f"--workdir={cdcgan_run}",
+    "--real_per_class=5,10",
+    "--synthetic_per_class=20",
+    "--seeds=2",
+    "--classifier_steps=30",
+  )
   assert "synthetic only (TSTR" in out and "augment.json" in out
   with open(os.path.join(cdcgan_run, "augment.json")) as f:
     results = json.load(f)
-  assert set(results) == {"workdir", "model", "dataset", "gan_step", "num_classes", "settings",
-                          "per_k", "tstr"}
+  assert set(results) == {
+    "workdir",
+    "model",
+    "dataset",
+    "gan_step",
+    "num_classes",
+    "settings",
+    "per_k",
+    "tstr",
+  }
   assert results["gan_step"] == 300 and results["settings"]["real_per_class"] == [5, 10]
   assert set(results["per_k"]) == {"5", "10"}
   for r in list(results["per_k"].values()) + [results["tstr"]]:
@@ -227,8 +295,16 @@ def test_augment_checks_its_workdir_and_k(cdcgan_run, tmp_path):
   exp, state = few_shot.load_conditional_gan(cdcgan_run)
   smallest = int(np.bincount(exp.dataset.y_train).min())
   with pytest.raises(UsageError, match=f"--real_per_class values must be in 1..{smallest}"):
-    few_shot.measure(exp, state, real_per_class=[10, smallest + 1], synthetic_per_class=1,
-                    seeds=1, steps=1, batch_size=8, learning_rate=1e-3)
+    few_shot.measure(
+      exp,
+      state,
+      real_per_class=[10, smallest + 1],
+      synthetic_per_class=1,
+      seeds=1,
+      steps=1,
+      batch_size=8,
+      learning_rate=1e-3,
+    )
   # Nested subsets: a smaller k's rows are among a larger one's, k of each class.
   small, large = (few_shot.few_per_class(exp.dataset.y_train, k, 10, seed=0) for k in (3, 7))
   assert set(small) <= set(large)

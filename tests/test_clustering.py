@@ -26,7 +26,9 @@ def test_acc_matches_a_hand_computed_one_to_one_matching():
   # would map a and b both to 0 and claim 10 of 13.)
   y_true = np.array([0] * 4 + [0] * 3 + [1] * 2 + [1] + [2] * 3)
   y_pred = np.array(["a"] * 4 + ["b"] * 5 + ["c"] * 4)
-  np.testing.assert_array_equal(clustering.confusion(y_true, y_pred), [[4, 0, 0], [3, 2, 0], [0, 1, 3]])
+  np.testing.assert_array_equal(
+    clustering.confusion(y_true, y_pred), [[4, 0, 0], [3, 2, 0], [0, 1, 3]]
+  )
   assert clustering.cluster_acc(y_true, y_pred) == pytest.approx(9 / 13)
 
 
@@ -58,8 +60,7 @@ def test_soft_assignment_and_target_distribution():
     q = np.asarray(losses.soft_assign(jnp.asarray(z), jnp.asarray(mu), alpha))
     d2 = ((z[:, None, :] - mu[None]) ** 2).sum(-1)  # The Student-t kernel, written plainly.
     reference = (1.0 + d2 / alpha) ** (-(alpha + 1.0) / 2.0)
-    np.testing.assert_allclose(q, reference / reference.sum(1, keepdims=True), rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(q, reference / reference.sum(1, keepdims=True), rtol=1e-5, atol=1e-7)
   p = clustering.target_distribution(q)
   weight = q.astype(np.float64) ** 2 / q.sum(0)
   np.testing.assert_allclose(p, weight / weight.sum(1, keepdims=True), rtol=1e-5, atol=1e-7)
@@ -118,9 +119,16 @@ def test_a_manifold_pipeline_gets_the_same_pipeline_on_pixels_as_a_baseline():
   from dlu import data
   from dlu import flags as dlu_flags
   from dlu.evaluators import representation
+
   ds = data.load("digits")
-  cfg = dlu_flags.make_config(dataset="digits", cluster_split="test", manifold="tsne",
-                              cluster_on="gmm", probe=False, kmeans_inits=2)
+  cfg = dlu_flags.make_config(
+    dataset="digits",
+    cluster_split="test",
+    manifold="tsne",
+    cluster_on="gmm",
+    probe=False,
+    kmeans_inits=2,
+  )
   out = representation.baselines(cfg, ds, ds.y_test, 10, dim=4)
   assert {"pixels", "pca", "pixels_tsne_gmm"} <= set(out)
   # A real clustering (chance is ~0.1), about as good as k-means on the pixels (0.71 vs 0.66).

@@ -48,18 +48,21 @@ def test_intensity_jitter_keeps_black_black_stays_in_range_and_is_monotone():
   image = image.at[2, 0, 0].set(1.0)
   key = jax.random.key(5)
   np.testing.assert_array_equal(
-      views.jitter_intensity(key, image, brightness=0.0, gamma=0.0), image)
+    views.jitter_intensity(key, image, brightness=0.0, gamma=0.0), image
+  )
   order = np.argsort(np.asarray(image).ravel(), kind="stable")
-  outs = [views.jitter_intensity(jax.random.key(k), image, brightness=0.5, gamma=0.7)
-          for k in range(4)]
+  outs = [
+    views.jitter_intensity(jax.random.key(k), image, brightness=0.5, gamma=0.7) for k in range(4)
+  ]
   for out in outs:
     assert float(out.min()) >= 0 and float(out.max()) <= 1
     np.testing.assert_array_equal(out[:2], 0.0)
     assert np.all(np.diff(np.asarray(out).ravel()[order]) >= 0)  # Order of intensities kept.
   assert min(float(jnp.abs(a - b).max()) for a, b in zip(outs, outs[1:])) > 0.05
   # A power alone keeps white white; views with jitter differ from those without, same key.
-  np.testing.assert_allclose(views.jitter_intensity(key, image, brightness=0.0, gamma=0.7)[2, 0, 0],
-                             1.0, rtol=1e-6)
+  np.testing.assert_allclose(
+    views.jitter_intensity(key, image, brightness=0.0, gamma=0.7)[2, 0, 0], 1.0, rtol=1e-6
+  )
   plain = views.random_views(key, image[None], min_scale=0.5, hflip=True)
   jittered = views.random_views(key, image[None], min_scale=0.5, hflip=True, brightness=0.5)
   assert float(jnp.abs(plain - jittered).max()) > 0.01
@@ -117,30 +120,44 @@ def test_cluster_contrast_matches_the_definition_and_its_pmap_gradient_is_the_gl
   np.testing.assert_allclose([loss, h], [want_loss, want_h], rtol=1e-5)
   # Confident, balanced assignments that agree across views cost less than random ones.
   onehot = np.eye(4, dtype=np.float32)[np.arange(16) % 4] * 0.97 + 0.0075
-  agree, h_agree = losses.cluster_contrast(jnp.asarray(onehot), jnp.asarray(onehot),
-                                           temperature=0.7)
+  agree, h_agree = losses.cluster_contrast(
+    jnp.asarray(onehot), jnp.asarray(onehot), temperature=0.7
+  )
   assert float(agree) < float(loss) and abs(float(h_agree) - np.log(4)) < 1e-5
 
   # Under pmap every device gets the global value, and its gradient for its own rows (then
   # averaged over devices by the train step) is the global loss's gradient for those rows.
-  global_grads = jax.grad(lambda a, b: losses.cluster_contrast(a, b, temperature=0.7)[0],
-                          argnums=(0, 1))(jnp.asarray(p1), jnp.asarray(p2))
-  fn = jax.pmap(jax.value_and_grad(
-      lambda a, b: losses.cluster_contrast(a, b, temperature=0.7, axis_name="d")[0],
-      argnums=(0, 1)), axis_name="d")
+  global_grads = jax.grad(
+    lambda a, b: losses.cluster_contrast(a, b, temperature=0.7)[0], argnums=(0, 1)
+  )(jnp.asarray(p1), jnp.asarray(p2))
+  fn = jax.pmap(
+    jax.value_and_grad(
+      lambda a, b: losses.cluster_contrast(a, b, temperature=0.7, axis_name="d")[0], argnums=(0, 1)
+    ),
+    axis_name="d",
+  )
   values, grads = fn(p1.reshape(8, 2, 4), p2.reshape(8, 2, 4))
   np.testing.assert_allclose(values, np.full(8, float(loss)), rtol=1e-5)
   for g, want in zip(grads, global_grads):
     np.testing.assert_allclose(np.asarray(g).reshape(16, 4) / 8, want, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("model, cluster_head", [("simclr_mlp", False), ("simclr_conv", False),
-                                                 ("simclr_mlp", True)])
+@pytest.mark.parametrize(
+  "model, cluster_head", [("simclr_mlp", False), ("simclr_conv", False), ("simclr_mlp", True)]
+)
 def test_one_device_and_eight_devices_agree(model, cluster_head):
   assert jax.device_count() == 8
-  cfg = dlu_flags.make_config(model=model, optimizer="sgd", learning_rate=0.1, widths=["32"],
-                              conv_channels=["4", "8"], latent_dim=16, projection_dims=["16", "8"],
-                              dataset="digits", cluster_head=cluster_head)
+  cfg = dlu_flags.make_config(
+    model=model,
+    optimizer="sgd",
+    learning_rate=0.1,
+    widths=["32"],
+    conv_channels=["4", "8"],
+    latent_dim=16,
+    projection_dims=["16", "8"],
+    dataset="digits",
+    cluster_head=cluster_head,
+  )
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (SPEC.num_train, 8, 8, 1), dtype=np.uint8)
   batches = [x[rng.permutation(SPEC.num_train)[:32]] for _ in range(3)]
@@ -163,11 +180,14 @@ def test_one_device_and_eight_devices_agree(model, cluster_head):
   if cluster_head:  # The head is trained, and its entropy is of the global batch's assignments.
     assert "cluster_head" in p1
     assert 0 < float(m8["cluster_entropy"]) <= np.log(10) + 1e-5
-    np.testing.assert_allclose(np.asarray(mp["cluster_entropy"]), float(m8["cluster_entropy"]),
-                               atol=0.3)
+    np.testing.assert_allclose(
+      np.asarray(mp["cluster_entropy"]), float(m8["cluster_entropy"]), atol=0.3
+    )
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     (dict(temperature=0.0), "--temperature must be > 0"),
     (dict(crop_min_scale=1.5), "--crop_min_scale is an area fraction"),
     (dict(projection_dims=["0"]), "--projection_dims must be a comma-separated list"),
@@ -175,27 +195,40 @@ def test_one_device_and_eight_devices_agree(model, cluster_head):
     (dict(brightness=1.0), r"--brightness must be in \[0, 1\)"),
     (dict(intensity_gamma=-0.1), "--intensity_gamma must be >= 0"),
     (dict(cluster_temperature=0.0), "--cluster_temperature must be > 0"),
-])
+  ],
+)
 def test_validation_names_the_flag(overrides, message):
   with pytest.raises(UsageError, match=message):
     families.validate(dlu_flags.make_config(model="simclr_mlp", **overrides))
 
 
 def _python(module, *args):
-  out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                       env={**os.environ}, timeout=300)
+  out = subprocess.run(
+    [sys.executable, "-m", module, *args],
+    capture_output=True,
+    text=True,
+    env={**os.environ},
+    timeout=300,
+  )
   assert out.returncode == 0, out.stdout + out.stderr
   return out
 
 
 def test_cluster_head_on_unlabelled_data_needs_n_clusters():
-  cfg = dlu_flags.make_config(model="simclr_mlp", cluster_head=True, widths=["8"], latent_dim=4,
-                              projection_dims=["4"])
+  cfg = dlu_flags.make_config(
+    model="simclr_mlp", cluster_head=True, widths=["8"], latent_dim=4, projection_dims=["4"]
+  )
   unlabelled = DataSpec((8, 8, 1), None, 64)
   with pytest.raises(UsageError, match="--cluster_head needs --n_clusters"):
     families.get("simclr_mlp")(cfg, unlabelled).init_params(jax.random.key(0))
-  cfg = dlu_flags.make_config(model="simclr_mlp", cluster_head=True, n_clusters=3, widths=["8"],
-                              latent_dim=4, projection_dims=["4"])
+  cfg = dlu_flags.make_config(
+    model="simclr_mlp",
+    cluster_head=True,
+    n_clusters=3,
+    widths=["8"],
+    latent_dim=4,
+    projection_dims=["4"],
+  )
   params = families.get("simclr_mlp")(cfg, unlabelled).init_params(jax.random.key(0))
   assert params["cluster_head"]["dense_1"]["kernel"].shape == (4, 3)
 
@@ -203,8 +236,9 @@ def test_cluster_head_on_unlabelled_data_needs_n_clusters():
 @pytest.mark.slow
 def test_digits_run_learns_views_and_clusters_and_evaluates(tmp_path):
   workdir = str(tmp_path / "simclr")
-  _python("experiments.train", "--flagfile=experiments/configs/cc_digits.flags",
-          f"--workdir={workdir}")
+  _python(
+    "experiments.train", "--flagfile=experiments/configs/cc_digits.flags", f"--workdir={workdir}"
+  )
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   evals = [r for r in rows if r["split"] == "eval"]
   train = [r for r in rows if r["split"] == "train"]
@@ -216,8 +250,9 @@ def test_digits_run_learns_views_and_clusters_and_evaluates(tmp_path):
   assert train[-1]["cluster_entropy"] > 0.9 * np.log(10)
   assert evals[-1]["views_agree"] > 0.6 and evals[-1]["acc"] > 0.5
   assert os.path.exists(os.path.join(workdir, "images", "views_0000300.png"))
-  _python("experiments.evaluate", f"--workdir={workdir}", "--embedding_plot=pca",
-          "--kmeans_inits=3")
+  _python(
+    "experiments.evaluate", f"--workdir={workdir}", "--embedding_plot=pca", "--kmeans_inits=3"
+  )
   result = json.load(open(os.path.join(workdir, "eval.json")))
   assert result["model"] == "simclr_mlp" and result["embedding_dim"] == 64
   assert result["clustering"] == "simclr_mlp clustering layer"
@@ -229,6 +264,7 @@ def test_digits_run_learns_views_and_clusters_and_evaluates(tmp_path):
 @pytest.mark.parametrize("model", ["simclr_conv", "ae_conv", "conv_vae"])
 def test_conv_channels_the_image_cannot_halve_that_often_are_refused(model):
   cfg = dlu_flags.make_config(model=model, conv_channels=["4", "4", "4", "4"], dataset="digits")
-  with pytest.raises(UsageError, match=f"--model={model} with 4 strided layers .* divisible by 16; "
-                                       "the data has 8x8"):
+  with pytest.raises(
+    UsageError, match=f"--model={model} with 4 strided layers .* divisible by 16; the data has 8x8"
+  ):
     families.get(model)(cfg, SPEC).make_model()

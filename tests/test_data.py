@@ -19,6 +19,7 @@ from dlu.errors import UsageError
 
 # --- digits ---
 
+
 def test_digits_shapes_split_and_determinism():
   ds = data.load("digits")
   assert ds.name == "digits" and ds.num_classes == 10 and ds.image_shape == (8, 8, 1)
@@ -33,6 +34,7 @@ def test_digits_shapes_split_and_determinism():
 
 
 # --- normalize ---
+
 
 def test_normalize_uint8_and_float():
   x = np.array([0, 51, 255], np.uint8)
@@ -61,6 +63,7 @@ def test_normalize_errors():
 
 # --- BatchSampler ---
 
+
 def test_sampler_covers_each_example_once_per_epoch():
   s = data.BatchSampler(103, 10, seed=3)
   assert s.steps_per_epoch == 10
@@ -75,18 +78,23 @@ def test_sampler_depends_only_on_seed_and_step():
   for _ in range(3):  # b jumps around, a goes in order: same batches
     np.testing.assert_array_equal(a.global_indices(13), b.global_indices(13))
     b.global_indices(2)
-  assert not np.array_equal(a.global_indices(13), data.BatchSampler(50, 8, seed=2).global_indices(13))
+  assert not np.array_equal(
+    a.global_indices(13), data.BatchSampler(50, 8, seed=2).global_indices(13)
+  )
   assert data.BatchSampler(50, 8, seed=-1).global_indices(0).shape == (8,)
 
 
 @pytest.mark.parametrize("count", [1, 2, 4])
 def test_sampler_process_slices_make_the_global_batch(count):
   single = data.BatchSampler(64, 16, seed=7)
-  parts = [data.BatchSampler(64, 16, seed=7, process_index=i, process_count=count) for i in range(count)]
+  parts = [
+    data.BatchSampler(64, 16, seed=7, process_index=i, process_count=count) for i in range(count)
+  ]
   for step in (0, 5, 11):
     assert all(p.indices(step).shape == (16 // count,) for p in parts)
-    np.testing.assert_array_equal(np.concatenate([p.indices(step) for p in parts]),
-                                  single.global_indices(step))
+    np.testing.assert_array_equal(
+      np.concatenate([p.indices(step) for p in parts]), single.global_indices(step)
+    )
 
 
 def test_sampler_errors():
@@ -99,6 +107,7 @@ def test_sampler_errors():
 
 
 # --- fashion_mnist from IDX files, without TensorFlow ---
+
 
 def _write_idx(path, array):
   header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">u4").tobytes()
@@ -152,7 +161,9 @@ def test_fashion_mnist_prepared_offline_from_idx(idx_dir, tmp_path, monkeypatch)
   monkeypatch.undo()
   monkeypatch.setattr(tfds_offline, "read", lambda *a: pytest.fail("cache not used"))
   (data_dir / "fashion_mnist" / "3.0.0").mkdir()
-  np.testing.assert_array_equal(data.load("fashion_mnist", data_dir=str(data_dir)).x_test, ds.x_test)
+  np.testing.assert_array_equal(
+    data.load("fashion_mnist", data_dir=str(data_dir)).x_test, ds.x_test
+  )
 
 
 def test_damaged_cache_is_rebuilt(idx_dir, tmp_path):
@@ -168,7 +179,9 @@ def test_idx_files_are_validated(idx_dir):
   images = idx_dir / "train-images-idx3-ubyte.gz"
   good = images.read_bytes()
   images.write_bytes(good[: len(good) // 2])
-  with pytest.raises(UsageError, match=r"--idx_dir: .*train-images-idx3-ubyte\.gz is not a readable gzip"):
+  with pytest.raises(
+    UsageError, match=r"--idx_dir: .*train-images-idx3-ubyte\.gz is not a readable gzip"
+  ):
     tfds_offline.read_idx_dir(str(idx_dir))
   with gzip.open(images, "wb") as f:
     f.write(gzip.decompress(good)[:-5])
@@ -204,10 +217,14 @@ def test_bad_directories(idx_dir, tmp_path, monkeypatch):
 
 # --- other tfds datasets ---
 
+
 def test_unprepared_dataset_without_tensorflow(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds_offline, "tensorflow_available", lambda: False)
-  with pytest.raises(UsageError, match=r"--dataset=mnist is not prepared .*pip install 'dlu\[prepare\]'.*"
-                                       r"experiments.prepare_data --dataset=mnist"):
+  with pytest.raises(
+    UsageError,
+    match=r"--dataset=mnist is not prepared .*pip install 'dlu\[prepare\]'.*"
+    r"experiments.prepare_data --dataset=mnist",
+  ):
     data.load("mnist", data_dir=str(tmp_path))
   monkeypatch.setattr(sources, "DEFAULT_IDX_DIR", str(tmp_path / "no_idx_files"))
   with pytest.raises(UsageError, match="--dataset=fashion_mnist is not prepared .*--idx_dir="):
@@ -224,20 +241,24 @@ def test_tfds_mock_data(name, shape, tmp_path):
   assert not list(tmp_path.iterdir())  # nothing prepared or cached for mocked data
 
 
-@pytest.mark.parametrize("dataset, match", [
+@pytest.mark.parametrize(
+  "dataset, match",
+  [
     ("no_such_dataset", "--dataset=no_such_dataset is not a known dataset; .*npz:PATH, folder:DIR"),
     ("Not A Name", "--dataset='Not A Name' is not a dataset name"),
     ("mnist:9.9.9", "--dataset=mnist:9.9.9: .*version 9.9.9"),
     ("imdb_reviews", "--dataset=imdb_reviews has no 'image' feature"),
     ("npz:", "--dataset=npz: names no file"),
     ("", "--dataset is empty"),
-])
+  ],
+)
 def test_bad_dataset_names(dataset, match, tmp_path):
   with pytest.raises(UsageError, match=match):
     data.load(dataset, data_dir=str(tmp_path))
 
 
 # --- npz ---
+
 
 def _npz(tmp_path, **arrays):
   path = tmp_path / "d.npz"
@@ -250,7 +271,9 @@ def test_npz_held_out_split(tmp_path):
   ds = data.load(_npz(tmp_path, x=x, y=np.arange(25) % 3))
   assert ds.x_train.shape == (23, 6, 5, 1) and ds.x_test.shape == (2, 6, 5, 1)
   assert ds.num_classes == 3 and ds.y_train.dtype == np.int32
-  assert sorted(map(bytes, np.concatenate([ds.x_train, ds.x_test]))) == sorted(map(bytes, x[..., None]))
+  assert sorted(map(bytes, np.concatenate([ds.x_train, ds.x_test]))) == sorted(
+    map(bytes, x[..., None])
+  )
 
 
 def test_npz_with_test_split_and_float(tmp_path):
@@ -262,7 +285,9 @@ def test_npz_with_test_split_and_float(tmp_path):
   assert len(ds.x_train) == 1 and len(ds.x_test) == 1
 
 
-@pytest.mark.parametrize("arrays, match", [
+@pytest.mark.parametrize(
+  "arrays, match",
+  [
     ({"images": np.zeros((3, 4, 4))}, r"has no array 'x' \(it has: images\)"),
     ({"x": np.zeros((3, 4))}, r"x has shape \(3, 4\); expected images"),
     ({"x": np.zeros((3, 4, 4, 2))}, r"with C in 1, 3, 4"),
@@ -270,9 +295,13 @@ def test_npz_with_test_split_and_float(tmp_path):
     ({"x": np.zeros((3, 4, 4)), "y": np.zeros(2, int)}, r"y has shape \(2,\); expected \(3,\)"),
     ({"x": np.full((3, 4, 4), 2.0)}, r"values outside \[0, 1\]"),
     ({"x": np.zeros((3, 4, 4), np.int32)}, "dtype int32"),
-    ({"x": np.zeros((3, 4, 4)), "x_test": np.zeros((2, 5, 4))}, "x_test images are 5x4x1 but x images are 4x4x1"),
+    (
+      {"x": np.zeros((3, 4, 4)), "x_test": np.zeros((2, 5, 4))},
+      "x_test images are 5x4x1 but x images are 4x4x1",
+    ),
     ({"x": np.zeros((1, 4, 4))}, "at least 2 are needed"),
-])
+  ],
+)
 def test_npz_errors(tmp_path, arrays, match):
   dataset = _npz(tmp_path, **arrays)
   with pytest.raises(UsageError, match=rf"--dataset={dataset}: .*{match}"):
@@ -289,6 +318,7 @@ def test_npz_missing_or_unreadable(tmp_path):
 
 # --- folder ---
 
+
 def _png(path, size=(5, 4), mode="L", value=0):
   path.parent.mkdir(parents=True, exist_ok=True)
   Image.new(mode, size, value).save(path)
@@ -296,9 +326,13 @@ def _png(path, size=(5, 4), mode="L", value=0):
 
 def test_folder_labelled_and_flat(tmp_path):
   for i in range(6):
-    _png(tmp_path / "tree" / ("b_cat" if i % 2 else "a_dog") / f"{i}.png", mode="RGB", value=(i, 0, 0))
+    _png(
+      tmp_path / "tree" / ("b_cat" if i % 2 else "a_dog") / f"{i}.png", mode="RGB", value=(i, 0, 0)
+    )
   ds = data.load(f"folder:{tmp_path / 'tree'}")
-  assert ds.image_shape == (4, 5, 3) and len(ds.x_train) + len(ds.x_test) == 6 and len(ds.x_test) == 1
+  assert (
+    ds.image_shape == (4, 5, 3) and len(ds.x_train) + len(ds.x_test) == 6 and len(ds.x_test) == 1
+  )
   assert ds.num_classes == 2
   for x, y in zip(np.concatenate([ds.x_train, ds.x_test]), np.concatenate([ds.y_train, ds.y_test])):
     assert y == x[0, 0, 0] % 2  # odd pixels were in b_cat, class 1
@@ -320,11 +354,14 @@ def test_folder_errors(tmp_path):
     data.load(f"folder:{tmp_path / 'sizes'}")
   _png(tmp_path / "modes" / "a.png")
   _png(tmp_path / "modes" / "b.png", mode="RGB")
-  with pytest.raises(UsageError, match=r"differ in colour mode: .*a\.png is grey but .*b\.png is RGB"):
+  with pytest.raises(
+    UsageError, match=r"differ in colour mode: .*a\.png is grey but .*b\.png is RGB"
+  ):
     data.load(f"folder:{tmp_path / 'modes'}")
 
 
 # --- the prepare_data entry point ---
+
 
 def test_prepare_data_main(tmp_path, capsys):
   # The training flags, when present, define the same names: let them go first, as in a

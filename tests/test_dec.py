@@ -21,18 +21,41 @@ K = 4
 
 
 def _family(model, mesh, x_train, y_train=None):
-  cfg = dlu_flags.make_config(model=model, optimizer="sgd", learning_rate=0.5, dataset="digits",
-                              init_from="unused", n_clusters=K, target_update_every=2, gamma=0.5)
+  cfg = dlu_flags.make_config(
+    model=model,
+    optimizer="sgd",
+    learning_rate=0.5,
+    dataset="digits",
+    init_from="unused",
+    n_clusters=K,
+    target_update_every=2,
+    gamma=0.5,
+  )
   ae_cfg = dlu_flags.make_config(model="ae_seed", hidden_units=6, dataset="digits")
   ae = families.get("ae_seed")(ae_cfg, SPEC)
   rng = np.random.default_rng(0)
   family = families.get(model)(cfg, SPEC)
-  family.set_pretrained(ae, ae.init_params(jax.random.key(0)),
-                        rng.normal(size=(K, 6)).astype(np.float32))
-  ds = data.ImageData("fake", x_train, y_train, x_train[:16], None if y_train is None else
-                      y_train[:16], None if y_train is None else 3)
-  family.set_data(ds, EvalContext(mesh=mesh, batch_size=batched_eval.round_batch_size(40),
-                                  rng=jax.random.key(2), workdir="", cfg=cfg))
+  family.set_pretrained(
+    ae, ae.init_params(jax.random.key(0)), rng.normal(size=(K, 6)).astype(np.float32)
+  )
+  ds = data.ImageData(
+    "fake",
+    x_train,
+    y_train,
+    x_train[:16],
+    None if y_train is None else y_train[:16],
+    None if y_train is None else 3,
+  )
+  family.set_data(
+    ds,
+    EvalContext(
+      mesh=mesh,
+      batch_size=batched_eval.round_batch_size(40),
+      rng=jax.random.key(2),
+      workdir="",
+      cfg=cfg,
+    ),
+  )
   return family
 
 
@@ -45,7 +68,9 @@ def _run(model, mesh, parallelism, x_train, batches):
   for i, idx in enumerate(batches):
     state = family.before_step(state, i)
     local = {"image": x_train[idx], "index": idx.astype(np.int32)}
-    batch = parallel.pmap_batch(local) if parallelism == "pmap" else parallel.global_batch(mesh, local)
+    batch = (
+      parallel.pmap_batch(local) if parallelism == "pmap" else parallel.global_batch(mesh, local)
+    )
     state, metrics = step(state, batch, jax.random.key(1))
   if parallelism == "pmap":
     state = parallel.unreplicate(state)
@@ -71,8 +96,11 @@ def test_one_device_eight_devices_and_pmap_agree(model):
   # The centroids moved, and for DEC the decoder did not (it has no gradient).
   fresh = _family(model, one, x_train)
   assert np.abs(s1.params["centroids"] - fresh.centroids).max() > 1e-4
-  decoder_moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
-                               s1.params["ae"]["decoder"], dict(fresh.ae_params["decoder"]))
+  decoder_moved = jax.tree.map(
+    lambda a, b: float(np.abs(a - b).max()),
+    s1.params["ae"]["decoder"],
+    dict(fresh.ae_params["decoder"]),
+  )
   assert (max(jax.tree.leaves(decoder_moved)) > 0) == (model == "idec")
 
 
@@ -96,10 +124,13 @@ def test_target_refresh_covers_the_training_split():
   assert float(family.before_step(state, 2).extra["assign_changed"]) == 0.0
 
 
-@pytest.mark.parametrize("overrides,message", [
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
     (dict(), "--model=dec needs --init_from=WORKDIR"),
     (dict(init_from="/nonexistent"), "--init_from='/nonexistent' is not the workdir of a dlu run"),
-])
+  ],
+)
 def test_validation_names_the_flag(overrides, message):
   with pytest.raises(UsageError, match=message):
     families.validate(dlu_flags.make_config(model="dec", **overrides))
@@ -123,8 +154,15 @@ def test_pretrain_dec_evaluate_end_to_end(tmp_path):
   assert train[0]["assign_changed"] == 1.0 and train[-1]["assign_changed"] < 0.2
   assert {"acc", "nmi", "ari"} <= set(next(r for r in rows if r["split"] == "eval"))
 
-  cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={dec}",
-         "--embedding_plot=pca", "--kmeans_inits=2", "--purity_clusters=40"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "experiments.evaluate",
+    f"--workdir={dec}",
+    "--embedding_plot=pca",
+    "--kmeans_inits=2",
+    "--purity_clusters=40",
+  ]
   out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, timeout=300)
   assert out.returncode == 0, out.stdout + out.stderr
   result = json.load(open(os.path.join(dec, "eval.json")))
@@ -135,7 +173,8 @@ def test_pretrain_dec_evaluate_end_to_end(tmp_path):
   assert result["knn_probe_acc"] > 0.5
   assert {"pixels", "pca", "kmeans_on_embeddings"} <= set(result["baselines"])
   assert {"acc", "nmi", "ari", "linear_probe_acc", "knn_probe_acc"} <= set(
-      result["baselines"]["pixels"])
+    result["baselines"]["pixels"]
+  )
   assert result["baselines"]["pixels"]["knn_probe_acc"] > 0.9  # 8x8 digits' neighbours agree.
   # 40 small clusters are purer than the 10 found, for the embeddings and for the pixels.
   assert result["acc"] < result["overcluster_purity"] <= 1
@@ -150,9 +189,10 @@ def test_pretrain_dec_evaluate_end_to_end(tmp_path):
 
   # A bad evaluation flag fails before anything is evaluated or written.
   written = {name: open(os.path.join(dec, name)).read() for name in ("eval.json", "metrics.jsonl")}
-  for flag, message in (("--knn_probe=-1", "--knn_probe=-1: expected a number of neighbours"),
-                        ("--purity_clusters=5", "--purity_clusters=5: expected more clusters "
-                         "than --n_clusters (10)")):
+  for flag, message in (
+    ("--knn_probe=-1", "--knn_probe=-1: expected a number of neighbours"),
+    ("--purity_clusters=5", "--purity_clusters=5: expected more clusters than --n_clusters (10)"),
+  ):
     cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={dec}", flag]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, timeout=300)
     assert out.returncode == 2 and message in out.stderr, out.stderr

@@ -13,20 +13,43 @@ from dlu.errors import UsageError
 
 
 def _cfg(**overrides):
-  return dlu_flags.make_config(**{
-      "model": "ae_mlp", "widths": ["16"], "latent_dim": 4, "dataset": "digits", "batch_size": 64,
-      "noise": "gaussian", "noise_level": 0.1, "num_steps": 8, "log_every": 4, "eval_every": 8,
-      "checkpoint_every": 8, "num_images": 8, **overrides})
+  return dlu_flags.make_config(
+    **{
+      "model": "ae_mlp",
+      "widths": ["16"],
+      "latent_dim": 4,
+      "dataset": "digits",
+      "batch_size": 64,
+      "noise": "gaussian",
+      "noise_level": 0.1,
+      "num_steps": 8,
+      "log_every": 4,
+      "eval_every": 8,
+      "checkpoint_every": 8,
+      "num_images": 8,
+      **overrides,
+    }
+  )
 
 
 def test_four_steps_per_dispatch_match_one(tmp_path):
   exp = experiment.build(_cfg(), str(tmp_path))
   init = parallel.make_init(exp.family, exp.mesh)[0]
-  train_step = parallel.make_train_step(exp.family, exp.mesh)  # one compilation, shared by all feeds
-  feed = device_data.make_feed(exp.family, exp.mesh, exp.dataset.x_train, exp.sampler, train_step,
-                               exp.train_rng, steps_per_dispatch=4)
-  host = device_data.HostFeed(exp.mesh, exp.dataset.x_train, exp.sampler, train_step,
-                              exp.train_rng, pmap=False)
+  train_step = parallel.make_train_step(
+    exp.family, exp.mesh
+  )  # one compilation, shared by all feeds
+  feed = device_data.make_feed(
+    exp.family,
+    exp.mesh,
+    exp.dataset.x_train,
+    exp.sampler,
+    train_step,
+    exp.train_rng,
+    steps_per_dispatch=4,
+  )
+  host = device_data.HostFeed(
+    exp.mesh, exp.dataset.x_train, exp.sampler, train_step, exp.train_rng, pmap=False
+  )
 
   def train(feed, lengths):
     state, step = init(exp.init_rng), 0
@@ -41,8 +64,9 @@ def test_four_steps_per_dispatch_match_one(tmp_path):
   # K=1 on device runs the host loop's program on the same batches: identical results.
   jax.tree.map(np.testing.assert_array_equal, train(host, [1] * 8)[0].params, one.params)
   # K=4 runs the same steps inside a scan: equal up to float32 rounding of the fused program.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               one.params, four.params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), one.params, four.params
+  )
   np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
 
 
@@ -69,5 +93,13 @@ def test_bad_steps_per_dispatch_is_a_usage_error(tmp_path):
     families.validate(_cfg(steps_per_dispatch=0))
   exp = experiment.build(_cfg(), str(tmp_path))
   with pytest.raises(UsageError, match="--steps_per_dispatch=4 needs .* --parallelism=pmap"):
-    device_data.make_feed(exp.family, exp.mesh, exp.dataset.x_train, exp.sampler, None,
-                          exp.train_rng, parallelism="pmap", steps_per_dispatch=4)
+    device_data.make_feed(
+      exp.family,
+      exp.mesh,
+      exp.dataset.x_train,
+      exp.sampler,
+      None,
+      exp.train_rng,
+      parallelism="pmap",
+      steps_per_dispatch=4,
+    )

@@ -14,8 +14,14 @@ from dlu.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "experiments", "configs", "ae_digits.flags")
-ARGS = ["--num_steps=30", "--checkpoint_every=30", "--eval_every=30", "--log_every=10",
-        "--optimizer=sgd", "--learning_rate=0.5"]
+ARGS = [
+  "--num_steps=30",
+  "--checkpoint_every=30",
+  "--eval_every=30",
+  "--log_every=10",
+  "--optimizer=sgd",
+  "--learning_rate=0.5",
+]
 
 
 def _free_port() -> int:
@@ -31,18 +37,39 @@ def _env(devices: int) -> dict:
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
   one = str(tmp_path / "one")
-  single = subprocess.run([sys.executable, "-m", "experiments.train", f"--flagfile={DIGITS}",
-                           f"--workdir={one}", *ARGS], cwd=ROOT, env=_env(4),
-                          capture_output=True, text=True, timeout=300)
+  single = subprocess.run(
+    [sys.executable, "-m", "experiments.train", f"--flagfile={DIGITS}", f"--workdir={one}", *ARGS],
+    cwd=ROOT,
+    env=_env(4),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert single.returncode == 0, single.stderr
 
   two = str(tmp_path / "two")
   port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "experiments.train", f"--flagfile={DIGITS}", f"--workdir={two}", *ARGS,
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        f"--flagfile={DIGITS}",
+        f"--workdir={two}",
+        *ARGS,
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ],
+      cwd=ROOT,
+      env=_env(2),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   try:
     outs = [p.communicate(timeout=300) for p in procs]
   finally:
@@ -57,6 +84,7 @@ def test_two_processes_match_one_process(tmp_path):
 
   a, b = read_checkpoint(one, 30)["params"], read_checkpoint(two, 30)["params"]
   import jax
+
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, atol=1e-5)
   with open(os.path.join(two, "metrics.jsonl")) as f:
@@ -65,11 +93,14 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 def test_initialize_needs_all_three_flags_or_none():
-  assert not distributed.initialize(distributed="auto", coordinator_address=None,
-                                    num_processes=None, process_id=None)
+  assert not distributed.initialize(
+    distributed="auto", coordinator_address=None, num_processes=None, process_id=None
+  )
   with pytest.raises(UsageError, match="go together"):
-    distributed.initialize(distributed="auto", coordinator_address="127.0.0.1:1234",
-                           num_processes=None, process_id=None)
+    distributed.initialize(
+      distributed="auto", coordinator_address="127.0.0.1:1234", num_processes=None, process_id=None
+    )
   with pytest.raises(UsageError, match="--process_id must be in"):
-    distributed.initialize(distributed="on", coordinator_address="127.0.0.1:1234",
-                           num_processes=2, process_id=2)
+    distributed.initialize(
+      distributed="on", coordinator_address="127.0.0.1:1234", num_processes=2, process_id=2
+    )

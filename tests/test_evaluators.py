@@ -20,11 +20,17 @@ from dlu.metric_writers import ConsoleWriter, JsonlWriter, MultiWriter
 def test_schedules_parse_names_steps_and_final():
   sched = registry.parse_schedule(["metrics", "clustering:500", "likelihood", "images:final"], 100)
   assert [(e.name, every) for e, every in sched] == [
-      ("metrics", 100), ("clustering", 500), ("likelihood", None), ("images", None)]
-  for spec, message in ((["nope"], "'nope' is not an evaluator; accepted: "),
-                        (["images:0"], "--evaluators=images:0: expected NAME, NAME:N"),
-                        (["images:soon"], "--evaluators=images:soon"),
-                        (["images", "images:5"], "names 'images' twice")):
+    ("metrics", 100),
+    ("clustering", 500),
+    ("likelihood", None),
+    ("images", None),
+  ]
+  for spec, message in (
+    (["nope"], "'nope' is not an evaluator; accepted: "),
+    (["images:0"], "--evaluators=images:0: expected NAME, NAME:N"),
+    (["images:soon"], "--evaluators=images:soon"),
+    (["images", "images:5"], "names 'images' twice"),
+  ):
     with pytest.raises(UsageError, match=message):
       registry.parse_schedule(spec, 100)
 
@@ -44,7 +50,8 @@ def test_every_evaluator_is_registered_once_with_known_needs():
 def test_due_steps_and_one_row_per_step(tmp_path):
   calls = []
   fake = lambda name: registry.Evaluator(
-      name, lambda exp, state, inputs: calls.append((name, inputs.step)) or {name: {"x": 1.0}})
+    name, lambda exp, state, inputs: calls.append((name, inputs.step)) or {name: {"x": 1.0}}
+  )
   out = io.StringIO()
   writer = MultiWriter([JsonlWriter(str(tmp_path / "m.jsonl")), ConsoleWriter(stream=out)])
   exp = types.SimpleNamespace()
@@ -56,7 +63,11 @@ def test_due_steps_and_one_row_per_step(tmp_path):
   assert calls == [("a", 2), ("b", 3), ("a", 4), ("a", 6), ("b", 6), ("c", 6)]
   rows = [json.loads(line) for line in open(tmp_path / "m.jsonl")]
   assert [(r["step"], sorted(r)[:-2]) for r in rows] == [
-      (2, ["a/x"]), (3, ["b/x"]), (4, ["a/x"]), (6, ["a/x", "b/x", "c/x"])]
+    (2, ["a/x"]),
+    (3, ["b/x"]),
+    (4, ["a/x"]),
+    (6, ["a/x", "b/x", "c/x"]),
+  ]
   assert "eval at step 6: a/x=1 b/x=1 c/x=1" in out.getvalue()
 
 
@@ -73,10 +84,22 @@ def test_needs_a_run_cannot_meet_skip_the_evaluator(capsys):
 
 def test_clustering_evaluator_during_training(tmp_path):
   cfg = dlu_flags.make_config(
-      model="ae_seed", hidden_units=16, dataset="digits", batch_size=64, num_steps=40,
-      log_every=20, eval_every=20, checkpoint_every=40, eval_batch_size=512, num_images=8,
-      steps_per_dispatch=10, evaluators=["metrics", "clustering:40"], embedding_plot="none",
-      baselines=False, kmeans_inits=2)
+    model="ae_seed",
+    hidden_units=16,
+    dataset="digits",
+    batch_size=64,
+    num_steps=40,
+    log_every=20,
+    eval_every=20,
+    checkpoint_every=40,
+    eval_batch_size=512,
+    num_images=8,
+    steps_per_dispatch=10,
+    evaluators=["metrics", "clustering:40"],
+    embedding_plot="none",
+    baselines=False,
+    kmeans_inits=2,
+  )
   final = train_loop.train_and_evaluate(cfg, str(tmp_path))
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   evals = [r for r in rows if r["split"] == "eval"]

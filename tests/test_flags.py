@@ -11,7 +11,9 @@ from dlu import flags as dlu_flags
 from dlu.errors import UsageError
 
 
-@pytest.mark.parametrize("overrides,message", [
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
     (dict(model="nope"), "--model='nope' is not a model; accepted: ae_conv, ae_mlp, ae_seed"),
     (dict(batch_size=0), "--batch_size must be a positive integer"),
     (dict(num_steps=-5), "--num_steps must be a positive integer"),
@@ -24,7 +26,8 @@ from dlu.errors import UsageError
     (dict(noise="gaussian", noise_level=0.0), "--noise=gaussian needs --noise_level > 0"),
     (dict(recon_loss="bce", pixel_range="symmetric"), "--recon_loss=bce needs --pixel_range=unit"),
     (dict(warmup_steps=10, num_steps=5), "--warmup_steps"),
-])
+  ],
+)
 def test_validation_names_the_flag(overrides, message):
   with pytest.raises(UsageError, match=message.replace("(", r"\(")):
     families.validate(dlu_flags.make_config(**overrides))
@@ -43,8 +46,16 @@ def test_unknown_override_is_an_error():
     dlu_flags.make_config(not_a_flag=1)
 
 
-CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                        "experiments", "configs", "*.flags")))
+CONFIGS = sorted(
+  glob.glob(
+    os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      "experiments",
+      "configs",
+      "*.flags",
+    )
+  )
+)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])
@@ -63,6 +74,7 @@ def test_every_shipped_config_parses_and_validates(path, tmp_path):
 
 def test_bare_boolean_lines_in_a_flagfile(tmp_path):
   from dlu import evaluators  # noqa: F401  (defines --baselines, True by default)
+
   path = tmp_path / "run.flags"
   path.write_text("--model=dcgan\n--conditional\n--nobaselines\n")
   cfg = dlu_flags.config_from_flagfile(str(path))

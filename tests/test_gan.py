@@ -23,8 +23,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cfg(**overrides):
-  base = dict(model="dcgan", dataset="digits", pixel_range="symmetric", gan_channels=4,
-              latent_dim=8, gan_widths=["16"], batch_size=32)
+  base = dict(
+    model="dcgan",
+    dataset="digits",
+    pixel_range="symmetric",
+    gan_channels=4,
+    latent_dim=8,
+    gan_widths=["16"],
+    batch_size=32,
+  )
   return dlu_flags.make_config(**{**base, **overrides})
 
 
@@ -46,8 +53,12 @@ def test_dcgan_shapes(shape):
 def test_mlp_gan_shapes():
   g, d = gan_models.MLPGenerator((28, 28, 1), (32, 64)), gan_models.MLPDiscriminator((64, 32))
   g_vars = jax.eval_shape(g.init, jax.random.key(0), jnp.zeros((2, 5)))
-  assert jax.eval_shape(lambda v: g.apply(v, jnp.zeros((2, 5)), train=False),
-                        g_vars).shape == (2, 28, 28, 1)
+  assert jax.eval_shape(lambda v: g.apply(v, jnp.zeros((2, 5)), train=False), g_vars).shape == (
+    2,
+    28,
+    28,
+    1,
+  )
   x = jnp.zeros((2, 28, 28, 1))
   d_vars = jax.eval_shape(d.init, jax.random.key(0), x)
   assert jax.eval_shape(d.apply, d_vars, x).shape == (2,)
@@ -66,7 +77,9 @@ def test_evaluation_uses_running_averages_not_the_batch():
   np.testing.assert_allclose(sample(variables, z)[:2], sample(variables, z[:2]), atol=1e-6)
 
 
-@pytest.mark.parametrize("overrides,message", [
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
     (dict(gan_loss="lsgan"), "--gan_loss must be one of ns, hinge, wgan_gp"),
     (dict(d_steps=0), "--d_steps must be a positive integer"),
     (dict(d_steps=3), r"--batch_size=32 must be divisible by --d_steps=3 times the device count"),
@@ -75,7 +88,8 @@ def test_evaluation_uses_running_averages_not_the_batch():
     (dict(d_learning_rate=0.0), "--d_learning_rate must be > 0"),
     (dict(optimizer="gd"), "--optimizer=gd"),
     (dict(model="mlp_gan", gan_widths=["0"]), "--gan_widths must be a comma-separated list"),
-])
+  ],
+)
 def test_bad_flags(overrides, message):
   with pytest.raises(UsageError, match=message):
     families.validate(_cfg(**overrides))
@@ -91,8 +105,7 @@ def test_state_holds_both_networks_optimizers_and_the_ema():
   state = jax.eval_shape(family.init_state, jax.random.key(0))
   assert set(state.params) == set(state.opt_state) == {"generator", "discriminator"}
   assert set(state.extra) == {"batch_stats", "ema"}
-  assert (jax.tree.structure(state.extra["ema"])
-          == jax.tree.structure(state.params["generator"]))
+  assert jax.tree.structure(state.extra["ema"]) == jax.tree.structure(state.params["generator"])
 
 
 def _run(family, mesh, parallelism, state, batches):
@@ -105,7 +118,9 @@ def _run(family, mesh, parallelism, state, batches):
     state = jax.device_put(state, parallel.replicated(mesh))
   for images in batches:
     local = {"image": images}
-    batch = parallel.pmap_batch(local) if parallelism == "pmap" else parallel.global_batch(mesh, local)
+    batch = (
+      parallel.pmap_batch(local) if parallelism == "pmap" else parallel.global_batch(mesh, local)
+    )
     state, metrics = step(state, batch, jax.random.key(1))
     states.append(jax.device_get(parallel.unreplicate(state) if parallelism == "pmap" else state))
   if parallelism == "pmap":
@@ -116,8 +131,15 @@ def _run(family, mesh, parallelism, state, batches):
 def test_step_on_one_device_eight_devices_and_pmap_agree():
   # The heaviest path: WGAN-GP with R1, two D steps (a scan over batch slices), BatchNorm in G.
   assert jax.device_count() == 8
-  cfg = _cfg(model="mlp_gan", gan_loss="wgan_gp", d_steps=2, r1_weight=1.0, optimizer="sgd",
-             learning_rate=0.05, ema_decay=0.9)
+  cfg = _cfg(
+    model="mlp_gan",
+    gan_loss="wgan_gp",
+    d_steps=2,
+    r1_weight=1.0,
+    optimizer="sgd",
+    learning_rate=0.05,
+    ema_decay=0.9,
+  )
   family = families.get(cfg.model)(cfg, SPEC)
   one = Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,))
   init = jax.device_get(parallel.make_init(family, one)[0](jax.random.key(0)))
@@ -128,8 +150,18 @@ def test_step_on_one_device_eight_devices_and_pmap_agree():
   sp, mp = _run(family, parallel.make_mesh(), "pmap", init, batches)
   for other in (s8[-1], sp[-1]):  # params, optimizer states, BatchNorm statistics and EMA
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4), s1[-1], other)
-  expected = {"d_loss", "g_loss", "d_real", "d_fake", "grad_penalty", "r1_penalty", "g_grad_norm",
-              "d_grad_norm", "g_param_norm", "d_param_norm"}
+  expected = {
+    "d_loss",
+    "g_loss",
+    "d_real",
+    "d_fake",
+    "grad_penalty",
+    "r1_penalty",
+    "g_grad_norm",
+    "d_grad_norm",
+    "g_param_norm",
+    "d_param_norm",
+  }
   assert expected <= set(m1)
   for name in m1:
     np.testing.assert_allclose(m1[name], m8[name], rtol=1e-4, atol=1e-6)
@@ -139,15 +171,17 @@ def test_step_on_one_device_eight_devices_and_pmap_agree():
   for net in ("generator", "discriminator"):
     moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), s1[0].params[net], s1[-1].params[net])
     assert max(jax.tree.leaves(moved)) > 1e-4
-  stats_moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), s1[0].extra["batch_stats"],
-                             s1[-1].extra["batch_stats"])
+  stats_moved = jax.tree.map(
+    lambda a, b: np.abs(a - b).max(), s1[0].extra["batch_stats"], s1[-1].extra["batch_stats"]
+  )
   assert max(jax.tree.leaves(stats_moved)) > 1e-4
   # EMA with warm-up: decay min(0.9, (1 + t) / (10 + t)) after step t.
   p = [s.params["generator"] for s in s1]
   d0, d1 = 1 / 10, 2 / 11
   expected_ema = jax.tree.map(lambda a, b, c: d1 * (d0 * a + (1 - d0) * b) + (1 - d1) * c, *p)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), expected_ema,
-               s1[-1].extra["ema"])
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), expected_ema, s1[-1].extra["ema"]
+  )
 
 
 def test_feature_net_is_trained_once_cached_and_accurate(digits_feature_dir, monkeypatch):
@@ -167,9 +201,14 @@ def test_feature_net_is_trained_once_cached_and_accurate(digits_feature_dir, mon
 def test_sample_quality_evaluator_needs_samples_and_labels(capsys):
   ds = data.load("digits")
   unlabelled = data.ImageData("blobs", ds.x_train, None, ds.x_test, None, None)
-  gan = types.SimpleNamespace(cfg=_cfg(), dataset=unlabelled, family=families.get("dcgan")(_cfg(), SPEC))
-  assert [e.name for e, _ in evaluators.training_schedule(gan)] == ["metrics", "likelihood",
-                                                                     "images"]
+  gan = types.SimpleNamespace(
+    cfg=_cfg(), dataset=unlabelled, family=families.get("dcgan")(_cfg(), SPEC)
+  )
+  assert [e.name for e, _ in evaluators.training_schedule(gan)] == [
+    "metrics",
+    "likelihood",
+    "images",
+  ]
   assert "No sample_quality evaluation: blobs has no labels" in capsys.readouterr().out
   ae_cfg = dlu_flags.make_config(model="ae_seed")
   ae = types.SimpleNamespace(cfg=ae_cfg, dataset=ds, family=families.get("ae_seed")(ae_cfg, SPEC))
@@ -181,8 +220,14 @@ def test_sample_quality_evaluator_needs_samples_and_labels(capsys):
 
 
 def _train(*args):
-  proc = subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT,
-                        env={**os.environ}, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.train", *args],
+    cwd=ROOT,
+    env={**os.environ},
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   if proc.returncode != 0:
     raise AssertionError(f"train failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
   return proc.stdout
@@ -191,8 +236,11 @@ def _train(*args):
 @pytest.mark.slow
 def test_dcgan_digits_end_to_end_with_resume_and_evaluate(tmp_path, digits_feature_dir):
   workdir = str(tmp_path / "run")
-  common = [f"--flagfile={os.path.join(ROOT, 'experiments', 'configs', 'dcgan_digits.flags')}",
-            f"--workdir={workdir}", f"--data_dir={digits_feature_dir}"]
+  common = [
+    f"--flagfile={os.path.join(ROOT, 'experiments', 'configs', 'dcgan_digits.flags')}",
+    f"--workdir={workdir}",
+    f"--data_dir={digits_feature_dir}",
+  ]
   out = _train(*common, "--num_steps=20")
   assert "Feature network for digits: test accuracy" in out and "loaded from" in out
   out = _train(*common)  # the flagfile's 40 steps: resumes at 20
@@ -204,8 +252,15 @@ def test_dcgan_digits_end_to_end_with_resume_and_evaluate(tmp_path, digits_featu
   evals = [r for r in rows if r["split"] == "eval"]
   assert [r["step"] for r in train] == [10, 20, 30, 40]
   assert [r["step"] for r in evals] == [20, 40]
-  adversarial = {"d_loss", "g_loss", "d_real", "d_fake", "grad_penalty", "g_grad_norm",
-                 "d_grad_norm"}
+  adversarial = {
+    "d_loss",
+    "g_loss",
+    "d_real",
+    "d_fake",
+    "grad_penalty",
+    "g_grad_norm",
+    "d_grad_norm",
+  }
   assert all(adversarial <= set(r) for r in train)
   quality = {"fid", "kid", "precision", "recall", "fid_floor", "feature_net_acc"}
   for r in evals:

@@ -20,23 +20,27 @@ def test_non_saturating():
   # -log sigmoid(r) = softplus(-r); -log(1 - sigmoid(f)) = softplus(f).
   d = (softplus(-2.0) + softplus(0.5)) / 2 + (softplus(-1.0) + softplus(0.5)) / 2
   g = (softplus(1.0) + softplus(-0.5)) / 2
-  np.testing.assert_allclose(gan_losses.discriminator_loss(real_logit=REAL, fake_logit=FAKE,
-                                                           loss_type="ns"), d, rtol=1e-6)
-  np.testing.assert_allclose(gan_losses.generator_loss(fake_logit=FAKE, loss_type="ns"), g,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    gan_losses.discriminator_loss(real_logit=REAL, fake_logit=FAKE, loss_type="ns"), d, rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    gan_losses.generator_loss(fake_logit=FAKE, loss_type="ns"), g, rtol=1e-6
+  )
 
 
 def test_hinge():
   # relu(1 - r): [0, 1.5]; relu(1 + f): [0, 1.5].
-  np.testing.assert_allclose(gan_losses.discriminator_loss(real_logit=REAL, fake_logit=FAKE,
-                                                           loss_type="hinge"), 0.75 + 0.75)
+  np.testing.assert_allclose(
+    gan_losses.discriminator_loss(real_logit=REAL, fake_logit=FAKE, loss_type="hinge"), 0.75 + 0.75
+  )
   np.testing.assert_allclose(gan_losses.generator_loss(fake_logit=FAKE, loss_type="hinge"), 0.25)
 
 
 def test_wasserstein():
   # mean(f) - mean(r) = -0.25 - 0.75.
-  np.testing.assert_allclose(gan_losses.discriminator_loss(real_logit=REAL, fake_logit=FAKE,
-                                                           loss_type="wgan_gp"), -1.0)
+  np.testing.assert_allclose(
+    gan_losses.discriminator_loss(real_logit=REAL, fake_logit=FAKE, loss_type="wgan_gp"), -1.0
+  )
   np.testing.assert_allclose(gan_losses.generator_loss(fake_logit=FAKE, loss_type="wgan_gp"), 0.25)
 
 
@@ -55,7 +59,8 @@ def critic_np(x):  # [B, 2, 2, 2] -> [B]: a smooth nonlinear critic
 
 def critic_jax(x):
   return jnp.tanh(x.reshape(x.shape[0], -1) @ jnp.asarray(W, jnp.float32)) @ jnp.asarray(
-      V, jnp.float32)
+    V, jnp.float32
+  )
 
 
 def finite_difference_grads(x, h=1e-5):
@@ -78,9 +83,12 @@ def test_gradient_penalty_matches_finite_differences():
   x_hat = weights[:, None, None, None] * real + (1 - weights[:, None, None, None]) * fake
   norms = np.linalg.norm(finite_difference_grads(x_hat).reshape(5, -1), axis=1)
   expected = np.mean((norms - 1) ** 2)
-  got = gan_losses.gradient_penalty(critic_jax, real=jnp.asarray(real, jnp.float32),
-                                    fake=jnp.asarray(fake, jnp.float32),
-                                    weights=jnp.asarray(weights, jnp.float32))
+  got = gan_losses.gradient_penalty(
+    critic_jax,
+    real=jnp.asarray(real, jnp.float32),
+    fake=jnp.asarray(fake, jnp.float32),
+    weights=jnp.asarray(weights, jnp.float32),
+  )
   np.testing.assert_allclose(got, expected, rtol=1e-4)
   assert expected > 0.01  # not trivially zero
 

@@ -11,10 +11,12 @@ from dlu.models import autoencoder, fast_conv, layers
 
 def _assert_close(ours, theirs, rtol=2e-5):
   """Within float32 rounding, relative to each array's scale (kernel grads are large sums)."""
+
   def check(a, b):
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape
     np.testing.assert_allclose(a, b, rtol=0, atol=rtol * max(1.0, float(np.abs(b).max())))
+
   jax.tree.map(check, ours, theirs)
 
 
@@ -28,17 +30,23 @@ def _outputs_and_grads(module, params, x, probe):
   def loss(params, x):
     y = module.apply({"params": params}, x)
     return jnp.sum(y * probe), y
+
   (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
   return y, grads
 
 
 CASES = [  # (layer, kernel, stride, input H x W, batch, in -> out channels)
-    ("Conv", 3, 1, (7, 7), 3, (5, 4)), ("Conv", 3, 2, (8, 8), 3, (5, 4)),
-    ("Conv", 3, 2, (7, 9), 2, (5, 4)), ("Conv", 4, 2, (8, 8), 2, (5, 4)),
-    ("Conv", 3, 1, (6, 6), 2, (8, 1)),  # few output channels: the narrow GEMM form
-    ("ConvTranspose", 3, 1, (6, 6), 3, (5, 4)), ("ConvTranspose", 3, 2, (4, 4), 3, (5, 4)),
-    ("ConvTranspose", 4, 2, (5, 3), 2, (5, 4)), ("ConvTranspose", 5, 2, (4, 4), 2, (5, 4)),
-    ("ConvTranspose", 3, 1, (6, 6), 2, (8, 1)), ("ConvTranspose", 4, 2, (4, 4), 2, (8, 1)),
+  ("Conv", 3, 1, (7, 7), 3, (5, 4)),
+  ("Conv", 3, 2, (8, 8), 3, (5, 4)),
+  ("Conv", 3, 2, (7, 9), 2, (5, 4)),
+  ("Conv", 4, 2, (8, 8), 2, (5, 4)),
+  ("Conv", 3, 1, (6, 6), 2, (8, 1)),  # few output channels: the narrow GEMM form
+  ("ConvTranspose", 3, 1, (6, 6), 3, (5, 4)),
+  ("ConvTranspose", 3, 2, (4, 4), 3, (5, 4)),
+  ("ConvTranspose", 4, 2, (5, 3), 2, (5, 4)),
+  ("ConvTranspose", 5, 2, (4, 4), 2, (5, 4)),
+  ("ConvTranspose", 3, 1, (6, 6), 2, (8, 1)),
+  ("ConvTranspose", 4, 2, (4, 4), 2, (8, 1)),
 ]
 
 
@@ -47,19 +55,33 @@ def test_matches_flax(layer, k, s, hw, batch, channels, monkeypatch):
   _check_against_flax(layer, k, (s, s), hw, batch, channels, monkeypatch)
 
 
-@pytest.mark.parametrize("k,s,hw", [((3, 3), (2, 2), (4, 4)), ((4, 4), (2, 2), (5, 3)),
-                                    ((5, 3), (2, 3), (4, 3)), ((3, 3), (3, 3), (3, 4)),
-                                    ((2, 2), (2, 2), (3, 3)), ((1, 1), (2, 2), (3, 3))])
+@pytest.mark.parametrize(
+  "k,s,hw",
+  [
+    ((3, 3), (2, 2), (4, 4)),
+    ((4, 4), (2, 2), (5, 3)),
+    ((5, 3), (2, 3), (4, 3)),
+    ((3, 3), (3, 3), (3, 4)),
+    ((2, 2), (2, 2), (3, 3)),
+    ((1, 1), (2, 2), (3, 3)),
+  ],
+)
 def test_transposed_conv_by_output_phases_matches_lax(k, s, hw, monkeypatch):
   monkeypatch.setattr(fast_conv, "PHASE_MIN_COUT", 1)  # every strided case takes the phase form
-  by_phase = all(fast_conv._phase_offsets(kk, ss, fast_conv.transpose_taps(kk, ss))
-                 for kk, ss in zip(k, s))
+  by_phase = all(
+    fast_conv._phase_offsets(kk, ss, fast_conv.transpose_taps(kk, ss)) for kk, ss in zip(k, s)
+  )
   assert by_phase == (k != (1, 1))  # 1x1 stride 2 leaves phases without taps: XLA's op.
   x = _random_like(jax.ShapeDtypeStruct((2,) + hw + (5,), jnp.float32), 0)
   w = _random_like(jax.ShapeDtypeStruct(k + (5, 4), jnp.float32), 1)
   g = _random_like(jax.ShapeDtypeStruct((2, hw[0] * s[0], hw[1] * s[1], 4), jnp.float32), 2)
-  theirs = lambda x, w: jax.lax.conv_transpose(x, w, s, "SAME",  # what flax's ConvTranspose runs
-                                               dimension_numbers=fast_conv.DIMENSION_NUMBERS)
+  theirs = lambda x, w: jax.lax.conv_transpose(
+    x,
+    w,
+    s,
+    "SAME",  # what flax's ConvTranspose runs
+    dimension_numbers=fast_conv.DIMENSION_NUMBERS,
+  )
   ours = lambda x, w: fast_conv.conv_transpose2d(x, w, s)
   y, vjp = jax.vjp(jax.jit(ours), x, w)
   y_lax, vjp_lax = jax.vjp(jax.jit(theirs), x, w)
@@ -88,21 +110,31 @@ def _check_against_flax(layer, k, s, hw, batch, channels, monkeypatch):
 def test_same_parameters_as_flax():
   x = jnp.zeros((1, 8, 8, 3))
   init = lambda ours, theirs: (ours.init(jax.random.key(1), x), theirs.init(jax.random.key(1), x))
-  ours, theirs = jax.jit(lambda: (init(layers.Conv(4, (3, 3), strides=2), nn.Conv(4, (3, 3), strides=2)),
-                                  init(layers.ConvTranspose(4, (3, 3), strides=(2, 2)),
-                                       nn.ConvTranspose(4, (3, 3), strides=(2, 2)))))()
+  ours, theirs = jax.jit(
+    lambda: (
+      init(layers.Conv(4, (3, 3), strides=2), nn.Conv(4, (3, 3), strides=2)),
+      init(
+        layers.ConvTranspose(4, (3, 3), strides=(2, 2)), nn.ConvTranspose(4, (3, 3), strides=(2, 2))
+      ),
+    )
+  )()
   jax.tree.map(np.testing.assert_array_equal, ours, theirs)
 
 
 def test_unsupported_settings_fall_back_to_flax():
   x = _random_like(jax.ShapeDtypeStruct((2, 6, 6, 3), jnp.float32), 0)
-  for ours, theirs in [(layers.Conv(4, (3, 3), padding="VALID"), nn.Conv(4, (3, 3), padding="VALID")),
-                       (layers.Conv(4, (3, 3), strides=3), nn.Conv(4, (3, 3), strides=3)),
-                       (layers.ConvTranspose(4, (3, 3), strides=(2, 2), transpose_kernel=True),
-                        nn.ConvTranspose(4, (3, 3), strides=(2, 2), transpose_kernel=True))]:
+  for ours, theirs in [
+    (layers.Conv(4, (3, 3), padding="VALID"), nn.Conv(4, (3, 3), padding="VALID")),
+    (layers.Conv(4, (3, 3), strides=3), nn.Conv(4, (3, 3), strides=3)),
+    (
+      layers.ConvTranspose(4, (3, 3), strides=(2, 2), transpose_kernel=True),
+      nn.ConvTranspose(4, (3, 3), strides=(2, 2), transpose_kernel=True),
+    ),
+  ]:
     variables = _random_like(jax.eval_shape(theirs.init, jax.random.key(1), x), 1)
-    np.testing.assert_array_equal(jax.jit(ours.apply)(variables, x),
-                                  jax.jit(theirs.apply)(variables, x))
+    np.testing.assert_array_equal(
+      jax.jit(ours.apply)(variables, x), jax.jit(theirs.apply)(variables, x)
+    )
 
 
 def test_conv_autoencoder_same_loss_and_grads_as_native_ops(monkeypatch):
@@ -120,9 +152,16 @@ def test_conv_autoencoder_same_loss_and_grads_as_native_ops(monkeypatch):
   _assert_close(fast, native)
 
 
-@pytest.mark.parametrize("k,s,hw", [((3, 3), (2, 2), (8, 8)), ((4, 4), (2, 2), (6, 4)),
-                                    ((5, 3), (2, 2), (4, 6)), ((3, 3), (3, 3), (6, 9)),
-                                    ((3, 3), (2, 2), (7, 7))])  # odd sides: XLA's gradient
+@pytest.mark.parametrize(
+  "k,s,hw",
+  [
+    ((3, 3), (2, 2), (8, 8)),
+    ((4, 4), (2, 2), (6, 4)),
+    ((5, 3), (2, 2), (4, 6)),
+    ((3, 3), (3, 3), (6, 9)),
+    ((3, 3), (2, 2), (7, 7)),
+  ],
+)  # odd sides: XLA's gradient
 def test_strided_conv_input_gradient_by_output_phases(k, s, hw, monkeypatch):
   monkeypatch.setattr(fast_conv, "PHASE_INPUT_GRAD_MIN_CIN", 1)
   monkeypatch.setattr(fast_conv, "NATIVE_STRIDED_MIN_CIN", 1)

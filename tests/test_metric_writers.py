@@ -14,15 +14,21 @@ from dlu.periodic import PeriodicCallback, ReportProgress
 def test_default_writer_composes_jsonl_tensorboard_pngs_and_console(tmp_path, capsys):
   writer = metric_writers.create_default_writer(str(tmp_path), lead=True)
   assert [type(w).__name__ for w in writer.writers] == [
-      "ImageFileWriter", "TensorBoardWriter", "JsonlWriter", "ConsoleWriter"]
+    "ImageFileWriter",
+    "TensorBoardWriter",
+    "JsonlWriter",
+    "ConsoleWriter",
+  ]
   writer.write_scalars(10, "train", {"loss": np.float32(0.5)})
   writer.write_scalars(20, "eval", {"mse": 0.25, "hist": np.arange(3)})
   paths = writer.write_images(20, {"samples": np.zeros((2, 3, 8, 8, 1))})
   writer.write_hparams({"seed": 0})
   writer.close()
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-  assert rows == [{"step": 10, "split": "train", "loss": 0.5},
-                  {"step": 20, "split": "eval", "mse": 0.25, "hist": [0, 1, 2]}]
+  assert rows == [
+    {"step": 10, "split": "train", "loss": 0.5},
+    {"step": 20, "split": "eval", "mse": 0.25, "hist": [0, 1, 2]},
+  ]
   assert paths == [str(tmp_path / "images" / "samples_0000020.png")]
   with Image.open(paths[0]) as png:  # 8x8 images are shown at 32x32, 1 px apart
     assert png.size == (3 * 33 + 1, 2 * 33 + 1)
@@ -66,12 +72,13 @@ class _Rows(metric_writers.MetricWriter):
 
 def test_report_progress_prints_a_line_and_writes_a_train_row():
   out, rows = io.StringIO(), _Rows()
-  report = ReportProgress(100, every_steps=10, batch_size=32, writer=rows, keys=("loss",),
-                          stream=out)
+  report = ReportProgress(
+    100, every_steps=10, batch_size=32, writer=rows, keys=("loss",), stream=out
+  )
   report.restart(0)
   assert not report(5, metrics={"loss": 1.0})
   assert report(10, metrics={"loss": np.float32(0.125), "other": 3.0})
   line = out.getvalue()
   assert line.startswith("step 10/100 | loss 0.125 | ") and "steps/s" in line and "ETA" in line
-  (step, split, metrics), = rows.rows
+  ((step, split, metrics),) = rows.rows
   assert (step, split) == (10, "train") and metrics["steps_per_s"] == report.rate > 0

@@ -19,7 +19,9 @@ def test_mlp_autoencoder_shapes(shape):
 
 
 def test_seed_autoencoder_is_one_relu_layer_and_a_linear_output():
-  model = ae.MLPAutoencoder((28, 28, 1), encoder_widths=(), latent_dim=128, latent_activation="relu")
+  model = ae.MLPAutoencoder(
+    (28, 28, 1), encoder_widths=(), latent_dim=128, latent_activation="relu"
+  )
   x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
   params = model.init(jax.random.key(0), x)["params"]
   kernels = [p.shape for p in jax.tree.leaves(params)]
@@ -39,7 +41,10 @@ def test_conv_autoencoder_shapes(shape):
   x = jnp.ones((2,) + shape)
   variables = jax.eval_shape(model.init, jax.random.key(0), x)  # shapes only: no compilation
   assert jax.eval_shape(model.apply, variables, x).shape == (2,) + shape
-  assert jax.eval_shape(lambda v, x: model.apply(v, x, method="encode"), variables, x).shape == (2, 4)
+  assert jax.eval_shape(lambda v, x: model.apply(v, x, method="encode"), variables, x).shape == (
+    2,
+    4,
+  )
 
 
 def test_conv_compatible():

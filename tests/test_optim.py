@@ -20,7 +20,8 @@ def test_schedules():
   assert float(lr(0)) == pytest.approx(1.0) and float(lr(100)) == pytest.approx(0.0, abs=1e-6)
   assert float(lr(50)) == pytest.approx(0.5, abs=1e-6)
   lr = optim.learning_rate_schedule(
-      _cfg(learning_rate=1.0, num_steps=110, schedule="linear", warmup_steps=10))
+    _cfg(learning_rate=1.0, num_steps=110, schedule="linear", warmup_steps=10)
+  )
   assert float(lr(5)) == pytest.approx(0.5)
   assert float(lr(10)) == pytest.approx(1.0)
   assert float(lr(60)) == pytest.approx(0.5)
@@ -28,8 +29,9 @@ def test_schedules():
 
 @pytest.mark.parametrize("name", ["gd", "sgd", "momentum", "adam", "adamw"])
 def test_each_optimizer_descends_a_quadratic(name):
-  tx = optim.make_optimizer(_cfg(optimizer=name, learning_rate=0.1, grad_clip=1.0,
-                                 weight_decay=1e-4))
+  tx = optim.make_optimizer(
+    _cfg(optimizer=name, learning_rate=0.1, grad_clip=1.0, weight_decay=1e-4)
+  )
   params = {"w": jnp.array([3.0, -2.0])}
   state = tx.init(params)
   for _ in range(50):

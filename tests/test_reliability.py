@@ -20,13 +20,25 @@ DIGITS = os.path.join(ROOT, "experiments", "configs", "ae_digits.flags")
 
 
 def _cmd(workdir, *args):
-  return [sys.executable, "-m", "experiments.train", f"--flagfile={DIGITS}", f"--workdir={workdir}",
-          *args]
+  return [
+    sys.executable,
+    "-m",
+    "experiments.train",
+    f"--flagfile={DIGITS}",
+    f"--workdir={workdir}",
+    *args,
+  ]
 
 
 def _run(workdir, *args, env=None):
-  return subprocess.run(_cmd(workdir, *args), cwd=ROOT, env=env or {**os.environ},
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    _cmd(workdir, *args),
+    cwd=ROOT,
+    env=env or {**os.environ},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def _steps(workdir):
@@ -40,6 +52,7 @@ def _params(workdir, step):
 
 def _leaves(tree):
   import jax
+
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
@@ -56,14 +69,25 @@ def _wait_for(predicate, proc, timeout=240):
 
 @pytest.mark.slow
 def test_kill_9_then_rerun_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-  args = ["--num_steps=1000", "--checkpoint_every=50", "--log_every=100", "--eval_every=1000",
-          "--noise=masking", "--noise_level=0.2"]
+  args = [
+    "--num_steps=1000",
+    "--checkpoint_every=50",
+    "--log_every=100",
+    "--eval_every=1000",
+    "--noise=masking",
+    "--noise_level=0.2",
+  ]
   straight = str(tmp_path / "straight")
   assert _run(straight, *args).returncode == 0
 
   killed = str(tmp_path / "killed")
-  proc = subprocess.Popen(_cmd(killed, *args), cwd=ROOT, env={**os.environ},
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    _cmd(killed, *args),
+    cwd=ROOT,
+    env={**os.environ},
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   _wait_for(lambda: any(s >= 100 for s in _steps(killed)), proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
@@ -77,12 +101,27 @@ def test_kill_9_then_rerun_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_at_the_current_step_and_the_rerun_continues(tmp_path):
   workdir = str(tmp_path / "run")
-  args = ["--num_steps=1000000", "--checkpoint_every=1000000", "--log_every=50",
-          "--eval_every=1000000"]
-  proc = subprocess.Popen(_cmd(workdir, *args), cwd=ROOT, env={**os.environ},
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  _wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl"))
-            and os.path.getsize(os.path.join(workdir, "metrics.jsonl")) > 0, proc)
+  args = [
+    "--num_steps=1000000",
+    "--checkpoint_every=1000000",
+    "--log_every=50",
+    "--eval_every=1000000",
+  ]
+  proc = subprocess.Popen(
+    _cmd(workdir, *args),
+    cwd=ROOT,
+    env={**os.environ},
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  _wait_for(
+    lambda: (
+      os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+      and os.path.getsize(os.path.join(workdir, "metrics.jsonl")) > 0
+    ),
+    proc,
+  )
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err
@@ -120,8 +159,14 @@ def test_half_written_and_corrupt_checkpoints(tmp_path):
 @pytest.mark.slow
 def test_non_finite_loss_stops_the_run_and_no_checkpoint_holds_nan(tmp_path):
   workdir = str(tmp_path / "run")
-  out = _run(workdir, "--optimizer=sgd", "--learning_rate=1e12", "--num_steps=200",
-             "--checkpoint_every=1", "--log_every=50")
+  out = _run(
+    workdir,
+    "--optimizer=sgd",
+    "--learning_rate=1e12",
+    "--num_steps=200",
+    "--checkpoint_every=1",
+    "--log_every=50",
+  )
   assert out.returncode == 1
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("error: non-finite") and " at step " in last
@@ -146,8 +191,12 @@ def test_one_and_eight_devices_agree_after_hundreds_of_steps(tmp_path):
 def _truncated_idx_dir(tmp_path):
   d = tmp_path / "idx"
   d.mkdir()
-  for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-               "t10k-labels-idx1-ubyte"):
+  for name in (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+  ):
     with gzip.open(d / f"{name}.gz", "wb") as f:
       f.write(b"\x00\x00\x08\x03\x00\x00")  # a header cut short
   return str(d)
@@ -160,36 +209,35 @@ def _bad_npz(tmp_path):
 
 
 BAD_INPUTS = [
-    (dict(model="transformer"), "--model='transformer' is not a model"),
-    (dict(dataset="imagenet_nope"), "--dataset"),
-    (dict(dataset="npz:/nonexistent.npz"), "no such file /nonexistent.npz"),
-    (dict(dataset=_bad_npz), "expected images"),
-    (dict(dataset="folder:/nonexistent_dir"), "no such directory"),
-    (dict(optimizer="lbfgs"), "--optimizer must be one of"),
-    (dict(schedule="exponential"), "--schedule must be one of"),
-    (dict(recon_loss="l1"), "--recon_loss"),
-    (dict(num_steps=-5), "--num_steps must be a positive integer"),
-    (dict(batch_size=0), "--batch_size must be a positive integer"),
-    (dict(batch_size=12), "--batch_size=12 must be divisible by the number of devices (8)"),
-    (dict(batch_size=4096), "--batch_size=4096 is larger than the training split"),
-    (dict(learning_rate=0.0), "--learning_rate must be > 0"),
-    (dict(learning_rate=-1e-3), "--learning_rate must be > 0"),
-    (dict(latent_dim=0), "--latent_dim must be a positive integer"),
-    (dict(hidden_units=0), "--hidden_units must be a positive integer"),
-    (dict(model="ae_mlp", widths=["64", "x"]), "--widths must be a comma-separated list"),
-    (dict(momentum=1.5), "--momentum must be in"),
-    (dict(grad_clip=-1.0), "--grad_clip must be >= 0"),
-    (dict(noise="masking", noise_level=1.0), "--noise_level is a drop probability"),
-    (dict(dataset="fashion_mnist", data_dir="/nonexistent/tfds"), "--data_dir=/nonexistent/tfds"),
-    (dict(dataset="fashion_mnist", idx_dir="/nonexistent/idx"), "--idx_dir=/nonexistent/idx"),
-    (dict(dataset="fashion_mnist", idx_dir=_truncated_idx_dir), "idx"),
-    (dict(model="ae_conv", conv_channels=["8", "8", "8", "8"]), "needs image height and width"),
-    (dict(warmup_steps=10, num_steps=5), "--warmup_steps (10) must be smaller than --num_steps"),
+  (dict(model="transformer"), "--model='transformer' is not a model"),
+  (dict(dataset="imagenet_nope"), "--dataset"),
+  (dict(dataset="npz:/nonexistent.npz"), "no such file /nonexistent.npz"),
+  (dict(dataset=_bad_npz), "expected images"),
+  (dict(dataset="folder:/nonexistent_dir"), "no such directory"),
+  (dict(optimizer="lbfgs"), "--optimizer must be one of"),
+  (dict(schedule="exponential"), "--schedule must be one of"),
+  (dict(recon_loss="l1"), "--recon_loss"),
+  (dict(num_steps=-5), "--num_steps must be a positive integer"),
+  (dict(batch_size=0), "--batch_size must be a positive integer"),
+  (dict(batch_size=12), "--batch_size=12 must be divisible by the number of devices (8)"),
+  (dict(batch_size=4096), "--batch_size=4096 is larger than the training split"),
+  (dict(learning_rate=0.0), "--learning_rate must be > 0"),
+  (dict(learning_rate=-1e-3), "--learning_rate must be > 0"),
+  (dict(latent_dim=0), "--latent_dim must be a positive integer"),
+  (dict(hidden_units=0), "--hidden_units must be a positive integer"),
+  (dict(model="ae_mlp", widths=["64", "x"]), "--widths must be a comma-separated list"),
+  (dict(momentum=1.5), "--momentum must be in"),
+  (dict(grad_clip=-1.0), "--grad_clip must be >= 0"),
+  (dict(noise="masking", noise_level=1.0), "--noise_level is a drop probability"),
+  (dict(dataset="fashion_mnist", data_dir="/nonexistent/tfds"), "--data_dir=/nonexistent/tfds"),
+  (dict(dataset="fashion_mnist", idx_dir="/nonexistent/idx"), "--idx_dir=/nonexistent/idx"),
+  (dict(dataset="fashion_mnist", idx_dir=_truncated_idx_dir), "idx"),
+  (dict(model="ae_conv", conv_channels=["8", "8", "8", "8"]), "needs image height and width"),
+  (dict(warmup_steps=10, num_steps=5), "--warmup_steps (10) must be smaller than --num_steps"),
 ]
 
 
-@pytest.mark.parametrize("overrides,message", BAD_INPUTS,
-                         ids=[m[:40] for _, m in BAD_INPUTS])
+@pytest.mark.parametrize("overrides,message", BAD_INPUTS, ids=[m[:40] for _, m in BAD_INPUTS])
 def test_bad_input_stops_before_the_workdir_is_touched(tmp_path, overrides, message):
   workdir = tmp_path / "existing"
   workdir.mkdir()
@@ -228,12 +276,15 @@ def test_workdir_of_a_different_model_is_refused_and_kept(tmp_path):
   assert open(os.path.join(workdir, "flags.txt")).read() == flags_before
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(
+  "args,message",
+  [
     (["--flagfile=/nonexistent.flags"], "/nonexistent.flags"),
     (["--learning_rate=-1"], "error: --learning_rate must be > 0"),
     (["--no_such_flag=3"], "no_such_flag"),
     (["--batch_size=abc"], "batch_size"),
-])
+  ],
+)
 def test_command_line_errors_are_short_and_leave_no_workdir(tmp_path, args, message):
   proc = _run(tmp_path / "w", *args)
   assert proc.returncode != 0
@@ -245,8 +296,19 @@ def test_command_line_errors_are_short_and_leave_no_workdir(tmp_path, args, mess
 def test_unknown_flag_in_a_flagfile(tmp_path):
   flagfile = tmp_path / "bad.flags"
   flagfile.write_text(open(DIGITS).read() + "--lerning_rate=0.1\n")
-  proc = subprocess.run([sys.executable, "-m", "experiments.train", f"--flagfile={flagfile}",
-                         f"--workdir={tmp_path / 'w'}"], cwd=ROOT, env={**os.environ},
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.train",
+      f"--flagfile={flagfile}",
+      f"--workdir={tmp_path / 'w'}",
+    ],
+    cwd=ROOT,
+    env={**os.environ},
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode != 0 and "lerning_rate" in proc.stderr
   assert not (tmp_path / "w").exists()

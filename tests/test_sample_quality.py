@@ -25,8 +25,11 @@ def test_frechet_distance_matches_general_matrix_sqrt():
   a, b = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
   s1, s2 = a @ a.T + 0.1 * np.eye(6), b @ b.T
   mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
-  expected = (np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2)
-              - 2 * np.trace(np.real(scipy.linalg.sqrtm(s1 @ s2))))
+  expected = (
+    np.sum((mu1 - mu2) ** 2)
+    + np.trace(s1 + s2)
+    - 2 * np.trace(np.real(scipy.linalg.sqrtm(s1 @ s2)))
+  )
   np.testing.assert_allclose(sq.frechet_distance(mu1, s1, mu2, s2), expected, rtol=1e-8)
 
 
@@ -67,7 +70,7 @@ def test_knn_radii_by_hand():
 
 
 def test_precision_recall_by_hand():
-  real = np.array([[0.0], [1.0], [2.0], [3.0]])   # 1st-NN radius 1 around each
+  real = np.array([[0.0], [1.0], [2.0], [3.0]])  # 1st-NN radius 1 around each
   fake = np.array([[0.5], [2.5], [10.0], [10.2]])  # two inside the real manifold, two far out
   precision, recall = sq.precision_recall(real, fake, k=1)
   assert precision == 0.5

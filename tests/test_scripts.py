@@ -15,16 +15,32 @@ DIGITS = os.path.join(ROOT, "experiments", "configs", "ae_digits.flags")
 
 
 def _sweep(*args):
-  return subprocess.run([sys.executable, SWEEP, f"--flagfile={DIGITS}", *args], cwd=ROOT,
-                        env={**os.environ}, capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, SWEEP, f"--flagfile={DIGITS}", *args],
+    cwd=ROOT,
+    env={**os.environ},
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 @pytest.mark.slow
 def test_sweep_runs_the_grid_collects_results_and_skips_finished_runs(tmp_path):
   root = str(tmp_path / "sweep")
-  args = ["--grid", "learning_rate=1e-3,3e-3", "--grid", "hidden_units=8,16",
-          f"--workdir_root={root}", "--parallel=2", "--", "--num_steps=20", "--eval_every=20",
-          "--log_every=10", "--checkpoint_every=20"]
+  args = [
+    "--grid",
+    "learning_rate=1e-3,3e-3",
+    "--grid",
+    "hidden_units=8,16",
+    f"--workdir_root={root}",
+    "--parallel=2",
+    "--",
+    "--num_steps=20",
+    "--eval_every=20",
+    "--log_every=10",
+    "--checkpoint_every=20",
+  ]
   out = _sweep(*args)
   assert out.returncode == 0, out.stderr
   assert "4 runs, 0 finished, 4 to run" in out.stdout
@@ -32,7 +48,11 @@ def test_sweep_runs_the_grid_collects_results_and_skips_finished_runs(tmp_path):
     rows = list(csv.DictReader(f))
   assert len(rows) == 4
   assert {(r["learning_rate"], r["hidden_units"]) for r in rows} == {
-      ("1e-3", "8"), ("1e-3", "16"), ("3e-3", "8"), ("3e-3", "16")}
+    ("1e-3", "8"),
+    ("1e-3", "16"),
+    ("3e-3", "8"),
+    ("3e-3", "16"),
+  }
   assert all(r["finished"] == "True" and r["step"] == "20" and float(r["mse"]) > 0 for r in rows)
   assert os.path.getsize(os.path.join(root, "mse_vs_learning_rate.png")) > 1000
   again = _sweep(*args)
@@ -40,8 +60,9 @@ def test_sweep_runs_the_grid_collects_results_and_skips_finished_runs(tmp_path):
 
 
 def test_sweep_dry_run_prints_one_command_per_run(tmp_path):
-  out = _sweep("--grid", "seed=0,1,2", "--grid", "latent_dim=8,32",
-               f"--workdir_root={tmp_path}", "--dry_run")
+  out = _sweep(
+    "--grid", "seed=0,1,2", "--grid", "latent_dim=8,32", f"--workdir_root={tmp_path}", "--dry_run"
+  )
   lines = out.stdout.strip().splitlines()
   assert out.returncode == 0 and len(lines) == 6
   assert all("-m experiments.train" in line and "--workdir=" in line for line in lines)
@@ -58,9 +79,19 @@ def test_launch_scripts_parse_and_use_real_flags(script):
   path = os.path.join(ROOT, "scripts", script)
   assert subprocess.run(["bash", "-n", path]).returncode == 0
   import experiments.train  # noqa: F401  (defines every flag the trainer accepts)
+
   text = open(path).read()
-  used = set(re.findall(r"--([a-z_]+)=", text)) - {"zone", "worker", "command", "nodes",
-                                                    "gpus", "job", "ntasks", "signal", "kill"}
+  used = set(re.findall(r"--([a-z_]+)=", text)) - {
+    "zone",
+    "worker",
+    "command",
+    "nodes",
+    "gpus",
+    "job",
+    "ntasks",
+    "signal",
+    "kill",
+  }
   assert {"flagfile", "workdir", "distributed"} <= used
   for name in used - {"flagfile"}:
     assert name in flags.FLAGS, f"{script} passes --{name}, which experiments.train does not define"
@@ -72,13 +103,21 @@ def test_cluster_protocol_on_digits_averages_seeds_and_keeps_the_baselines(tmp_p
   import json
 
   import numpy as np
+
   root = str(tmp_path / "protocol")
-  cmd = [sys.executable, os.path.join(ROOT, "scripts", "cluster_protocol.py"), f"--root={root}",
-         "--seeds=0,1", "--methods=ae,cc", f"--ae_flagfile={DIGITS}",
-         "--cc_flagfile=experiments/configs/cc_digits.flags",
-         "--eval_args=--kmeans_inits=2 --embedding_plot=pca --purity_clusters=30"]
-  out = subprocess.run(cmd, cwd=ROOT, env={**os.environ}, capture_output=True, text=True,
-                       timeout=600)
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "scripts", "cluster_protocol.py"),
+    f"--root={root}",
+    "--seeds=0,1",
+    "--methods=ae,cc",
+    f"--ae_flagfile={DIGITS}",
+    "--cc_flagfile=experiments/configs/cc_digits.flags",
+    "--eval_args=--kmeans_inits=2 --embedding_plot=pca --purity_clusters=30",
+  ]
+  out = subprocess.run(
+    cmd, cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=600
+  )
   assert out.returncode == 0, out.stdout + out.stderr
   result = json.load(open(os.path.join(root, "protocol.json")))
   assert result["seeds"] == [0, 1] and result["num_clustered"] == 1797  # train and test
@@ -96,5 +135,11 @@ def test_cluster_protocol_on_digits_averages_seeds_and_keeps_the_baselines(tmp_p
   assert 0.5 < cc["overcluster_purity"] <= 1
   assert 0.3 < cc["baselines"]["kmeans_on_embeddings"]["acc"] <= 1  # its representation
   assert "kmeans_on_embeddings" not in result["baselines"]  # which is not the data's floor
-  assert sorted(os.listdir(root)) == ["ae_s0", "ae_s1", "cc_s0", "cc_s1", "protocol.json",
-                                      "protocol.log"]
+  assert sorted(os.listdir(root)) == [
+    "ae_s0",
+    "ae_s1",
+    "cc_s0",
+    "cc_s1",
+    "protocol.json",
+    "protocol.log",
+  ]

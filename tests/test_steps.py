@@ -22,7 +22,9 @@ def run_steps(cfg, mesh, parallelism, batches):
     state = parallel.replicate_for_pmap(jax.device_get(state))
   for images in batches:
     local = {"image": images}
-    batch = parallel.pmap_batch(local) if parallelism == "pmap" else parallel.global_batch(mesh, local)
+    batch = (
+      parallel.pmap_batch(local) if parallelism == "pmap" else parallel.global_batch(mesh, local)
+    )
     state, metrics = step(state, batch, jax.random.key(1))
   if parallelism == "pmap":
     state = parallel.unreplicate(state)
@@ -30,14 +32,22 @@ def run_steps(cfg, mesh, parallelism, batches):
 
 
 # pmap compiles a second program per model; the conv model (slow to compile on CPU) skips it.
-@pytest.mark.parametrize("model,optimizer,with_pmap", [("ae_seed", "sgd", True),
-                                                       ("ae_mlp", "adam", True),
-                                                       ("ae_conv", "momentum", False)])
+@pytest.mark.parametrize(
+  "model,optimizer,with_pmap",
+  [("ae_seed", "sgd", True), ("ae_mlp", "adam", True), ("ae_conv", "momentum", False)],
+)
 def test_one_device_eight_devices_and_pmap_agree(model, optimizer, with_pmap):
   assert jax.device_count() == 8
-  cfg = dlu_flags.make_config(model=model, optimizer=optimizer, learning_rate=0.05,
-                              widths=["16"], latent_dim=4, conv_channels=["4", "8"],
-                              hidden_units=16, dataset="digits")
+  cfg = dlu_flags.make_config(
+    model=model,
+    optimizer=optimizer,
+    learning_rate=0.05,
+    widths=["16"],
+    latent_dim=4,
+    conv_channels=["4", "8"],
+    hidden_units=16,
+    dataset="digits",
+  )
   rng = np.random.default_rng(0)
   batches = [rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8) for _ in range(3)]
   one = Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,))
@@ -71,7 +81,10 @@ def test_step_metrics_include_norms_and_no_retrace():
 
 def test_batch_not_divisible_by_devices_is_an_error():
   from dlu.errors import UsageError
-  with pytest.raises(UsageError, match="--batch_size=12 must be divisible by the number of devices"):
+
+  with pytest.raises(
+    UsageError, match="--batch_size=12 must be divisible by the number of devices"
+  ):
     parallel.check_batch_size(12)
 
 

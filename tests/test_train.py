@@ -17,8 +17,14 @@ DIGITS = os.path.join(ROOT, "experiments", "configs", "ae_digits.flags")
 
 
 def _train(*args, check=True):
-  proc = subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT,
-                        env={**os.environ}, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.train", *args],
+    cwd=ROOT,
+    env={**os.environ},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   if check and proc.returncode != 0:
     raise AssertionError(f"train failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
   return proc
@@ -32,13 +38,19 @@ def _rows(workdir):
 @pytest.mark.slow
 def test_flagfile_run_writes_its_workdir_and_resumes(tmp_path):
   workdir = str(tmp_path / "run")
-  common = [f"--flagfile={DIGITS}", f"--workdir={workdir}", "--log_every=10",
-            "--eval_every=30", "--checkpoint_every=20"]
+  common = [
+    f"--flagfile={DIGITS}",
+    f"--workdir={workdir}",
+    "--log_every=10",
+    "--eval_every=30",
+    "--checkpoint_every=20",
+  ]
   out = _train(*common, "--num_steps=60").stdout
   assert "step 60/60" in out and "eval at step 60" in out and "tensorboard --logdir" in out
 
-  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
-                if s.isdigit()) == [20, 40, 60]
+  assert sorted(
+    int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()
+  ) == [20, 40, 60]
   rows = _rows(workdir)
   train = [r for r in rows if r["split"] == "train"]
   evals = [r for r in rows if r["split"] == "eval"]
@@ -70,9 +82,19 @@ def _params(workdir, step):
 
 @pytest.mark.slow
 def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
-  cfg = dlu_flags.make_config(model="ae_seed", hidden_units=16, dataset="digits", batch_size=64,
-                              num_steps=40, log_every=10, eval_every=40, checkpoint_every=10,
-                              num_images=8, noise="gaussian", noise_level=0.1)
+  cfg = dlu_flags.make_config(
+    model="ae_seed",
+    hidden_units=16,
+    dataset="digits",
+    batch_size=64,
+    num_steps=40,
+    log_every=10,
+    eval_every=40,
+    checkpoint_every=10,
+    num_images=8,
+    noise="gaussian",
+    noise_level=0.1,
+  )
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
   train_loop.train_and_evaluate(cfg, straight)
   train_loop.train_and_evaluate(cfg.replace(num_steps=20), split)
@@ -83,9 +105,18 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
 
 
 def test_full_batch_gradient_descent(tmp_path):
-  cfg = dlu_flags.make_config(model="ae_seed", hidden_units=8, dataset="digits", optimizer="gd",
-                              learning_rate=0.5, num_steps=3, log_every=1, eval_every=3,
-                              checkpoint_every=3, num_images=8)
+  cfg = dlu_flags.make_config(
+    model="ae_seed",
+    hidden_units=8,
+    dataset="digits",
+    optimizer="gd",
+    learning_rate=0.5,
+    num_steps=3,
+    log_every=1,
+    eval_every=3,
+    checkpoint_every=3,
+    num_images=8,
+  )
   exp = experiment.build(cfg, str(tmp_path))
   assert exp.sampler.global_batch_size == 1496  # 1500 train images, whole multiples of 8 devices
   metrics = train_loop.train_and_evaluate(cfg, str(tmp_path / "gd"))

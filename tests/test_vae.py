@@ -24,8 +24,9 @@ VAE_DIGITS = os.path.join(ROOT, "experiments", "configs", "vae_digits.flags")
 SPEC = DataSpec((8, 8, 1), 10, 512)
 
 
-@pytest.mark.parametrize("architecture,shape", [("mlp", (28, 28, 1)), ("conv", (28, 28, 1)),
-                                                ("conv", (32, 32, 3))])
+@pytest.mark.parametrize(
+  "architecture,shape", [("mlp", (28, 28, 1)), ("conv", (28, 28, 1)), ("conv", (32, 32, 3))]
+)
 def test_vae_module_shapes(architecture, shape):
   model = VAE(shape, latent_dim=5, architecture=architecture, widths=(16,), channels=(4, 8))
   x = jnp.ones((2,) + shape)
@@ -43,8 +44,13 @@ def test_learned_variance_is_one_parameter_per_pixel():
   assert params["pixel_log_std"].shape == (8, 8, 1)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (dict(likelihood="bernoulli", pixel_range="symmetric"), "--likelihood=bernoulli needs --pixel_range=unit"),
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
+    (
+      dict(likelihood="bernoulli", pixel_range="symmetric"),
+      "--likelihood=bernoulli needs --pixel_range=unit",
+    ),
     (dict(likelihood="gaussian"), "--binarize=dynamic makes binary images"),
     (dict(likelihood="gaussian", binarize="none", gaussian_std=0.0), "--gaussian_std must be > 0"),
     (dict(learn_variance=True), "--learn_variance needs --likelihood=gaussian"),
@@ -55,7 +61,8 @@ def test_learned_variance_is_one_parameter_per_pixel():
     (dict(kl_warmup_steps=-1), "--kl_warmup_steps must be >= 0"),
     (dict(latent_dim=0), "--latent_dim must be a positive integer"),
     (dict(model="conv_vae", conv_channels=["x"]), "--conv_channels must be a comma-separated list"),
-])
+  ],
+)
 def test_validation_names_the_flag(overrides, message):
   with pytest.raises(UsageError, match=message.replace("(", r"\(")):
     families.validate(dlu_flags.make_config(**{"model": "vae", **overrides}))
@@ -68,7 +75,9 @@ def test_conv_vae_needs_divisible_image_sizes():
 
 
 def test_kl_warmup_ramps_linearly_to_beta():
-  family = families.get("vae")(dlu_flags.make_config(model="vae", beta=2.0, kl_warmup_steps=100), SPEC)
+  family = families.get("vae")(
+    dlu_flags.make_config(model="vae", beta=2.0, kl_warmup_steps=100), SPEC
+  )
   weights = [float(family.kl_weight(jnp.int32(s))) for s in (0, 50, 100, 1000)]
   np.testing.assert_allclose(weights, [0.0, 1.0, 2.0, 2.0])
   plain = families.get("vae")(dlu_flags.make_config(model="vae", beta=2.0), SPEC)
@@ -78,7 +87,7 @@ def test_kl_warmup_ramps_linearly_to_beta():
 def test_samples_per_chunk_divides_and_bounds_the_decodes():
   assert samples_per_chunk(1000, 1000, 4096) == 4
   assert samples_per_chunk(1000, 10, 4096) == 250  # 409 would not divide 1000
-  assert samples_per_chunk(7, 1000, 10) == 1       # never 0, even over the budget
+  assert samples_per_chunk(7, 1000, 10) == 1  # never 0, even over the budget
   assert samples_per_chunk(5, 8, 1_000_000) == 5
 
 
@@ -93,15 +102,26 @@ def _run_steps(cfg, mesh, batches):
   return jax.device_get(state.params), history
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(model="vae", likelihood="gaussian", binarize="none", learn_variance=True,
-         kl_warmup_steps=2),
+@pytest.mark.parametrize(
+  "overrides",
+  [
+    dict(
+      model="vae", likelihood="gaussian", binarize="none", learn_variance=True, kl_warmup_steps=2
+    ),
     dict(model="vae", objective="iwae", train_samples=2),
-])
+  ],
+)
 def test_vae_step_on_eight_devices_equals_one(overrides):
   assert jax.device_count() == 8
-  cfg = dlu_flags.make_config(**overrides, optimizer="sgd", learning_rate=0.01, widths=["16"],
-                              latent_dim=3, conv_channels=["4", "8"], dataset="digits")
+  cfg = dlu_flags.make_config(
+    **overrides,
+    optimizer="sgd",
+    learning_rate=0.01,
+    widths=["16"],
+    latent_dim=3,
+    conv_channels=["4", "8"],
+    dataset="digits",
+  )
   rng = np.random.default_rng(0)
   batches = [rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8) for _ in range(3)]
   one = Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,))
@@ -119,16 +139,26 @@ def test_vae_step_on_eight_devices_equals_one(overrides):
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_conv_vae_functions_trace(likelihood):
   """Shapes through every jitted function of conv_vae, without compiling them (XLA:CPU convs are slow)."""
-  cfg = dlu_flags.make_config(model="conv_vae", conv_channels=["4", "8"], latent_dim=2,
-                              objective="iwae", train_samples=3, iwae_samples=6, iwae_chunk=16,
-                              likelihood=likelihood, learn_variance=likelihood == "gaussian",
-                              binarize="dynamic" if likelihood == "bernoulli" else "none")
+  cfg = dlu_flags.make_config(
+    model="conv_vae",
+    conv_channels=["4", "8"],
+    latent_dim=2,
+    objective="iwae",
+    train_samples=3,
+    iwae_samples=6,
+    iwae_chunk=16,
+    likelihood=likelihood,
+    learn_variance=likelihood == "gaussian",
+    binarize="dynamic" if likelihood == "bernoulli" else "none",
+  )
   family = families.get("conv_vae")(cfg, SPEC)
   rng = jax.random.key(0)
   state = jax.eval_shape(family.init_state, rng)
   images = jax.ShapeDtypeStruct((8, 8, 8, 1), jnp.uint8)
   new_state, metrics = jax.eval_shape(family.train_step, state, {"image": images}, rng)
-  assert jax.tree.map(lambda a: a.shape, new_state.params) == jax.tree.map(lambda a: a.shape, state.params)
+  assert jax.tree.map(lambda a: a.shape, new_state.params) == jax.tree.map(
+    lambda a: a.shape, state.params
+  )
   assert {"loss", "elbo", "recon", "kl", "kl_weight"} <= set(metrics)
   assert jax.eval_shape(family.iwae_bound, state, images, rng).shape == (8,)
   assert jax.eval_shape(family.posterior_mean, state, images, rng).shape == (8, 2)
@@ -137,8 +167,9 @@ def test_conv_vae_functions_trace(likelihood):
 
 
 def test_the_step_draws_new_noise_each_step():
-  cfg = dlu_flags.make_config(model="vae", widths=["8"], latent_dim=2, optimizer="sgd",
-                              learning_rate=1e-9)
+  cfg = dlu_flags.make_config(
+    model="vae", widths=["8"], latent_dim=2, optimizer="sgd", learning_rate=1e-9
+  )
   one = Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,))
   _, history = _run_steps(cfg, one, [np.full((8, 8, 8, 1), 128, np.uint8)] * 3)
   # The same batch and (nearly) the same parameters: only the noise differs.
@@ -167,32 +198,48 @@ def _with_iwae_samples(exp, k):
 def test_elbo_equals_the_iwae_bound_at_k1(trained):
   exp, state = trained
   x, eval_metrics = exp.dataset.x_test, jax.jit(exp.family.eval_metrics)
-  elbo = np.concatenate([  # per test image, closed-form KL, the eval's binarisation
-      jax.device_get(eval_metrics(state, {"image": images}, jax.random.fold_in(exp.ctx.rng, i))["elbo"])
-      for i, (images, _) in enumerate(batched_eval.padded_batches(x, exp.ctx.batch_size))])[:len(x)]
+  elbo = np.concatenate(
+    [  # per test image, closed-form KL, the eval's binarisation
+      jax.device_get(
+        eval_metrics(state, {"image": images}, jax.random.fold_in(exp.ctx.rng, i))["elbo"]
+      )
+      for i, (images, _) in enumerate(batched_eval.padded_batches(x, exp.ctx.batch_size))
+    ]
+  )[: len(x)]
   family = _with_iwae_samples(exp, 1)
-  bound = batched_eval.per_example(jax.jit(family.iwae_bound), state, x, mesh=exp.mesh,
-                                 batch_size=exp.ctx.batch_size, rng=exp.ctx.rng)
+  bound = batched_eval.per_example(
+    jax.jit(family.iwae_bound),
+    state,
+    x,
+    mesh=exp.mesh,
+    batch_size=exp.ctx.batch_size,
+    rng=exp.ctx.rng,
+  )
   # Both are unbiased one-sample estimates of each image's ELBO (on the same binary image).
   diff = bound - elbo
   assert abs(diff.mean()) < 4 * diff.std() / np.sqrt(len(diff))
   assert family.final_metrics(state, exp.dataset, exp.ctx)["nll_iwae"] == pytest.approx(
-      -bound.mean(), rel=1e-5)
+    -bound.mean(), rel=1e-5
+  )
   # --iwae_examples scores the first test images in a smaller batch, binarised as before.
   first = families.get("vae")(exp.cfg.replace(iwae_samples=1, iwae_examples=40), exp.spec)
   assert first.final_metrics(state, exp.dataset, exp.ctx)["nll_iwae"] == pytest.approx(
-      -bound[:40].mean(), rel=1e-5)
+    -bound[:40].mean(), rel=1e-5
+  )
 
 
 def test_the_iwae_bound_rises_with_k_on_a_trained_model(trained):
   exp, state = trained
-  nll = {k: _with_iwae_samples(exp, k).final_metrics(state, exp.dataset, exp.ctx)["nll_iwae"]
-         for k in (1, 10, 100)}
+  nll = {
+    k: _with_iwae_samples(exp, k).final_metrics(state, exp.dataset, exp.ctx)["nll_iwae"]
+    for k in (1, 10, 100)
+  }
   assert nll[1] > nll[10] > nll[100]
   # Small chunks (more passes) give the same bound: chunking only bounds memory.
   family = families.get("vae")(exp.cfg.replace(iwae_samples=100, iwae_chunk=1), exp.spec)
   assert family.final_metrics(state, exp.dataset, exp.ctx)["nll_iwae"] == pytest.approx(
-      nll[100], abs=0.5)
+    nll[100], abs=0.5
+  )
 
 
 def test_images_and_active_units(trained):
@@ -220,14 +267,18 @@ def _params(workdir, step):
 @pytest.mark.slow
 def test_vae_digits_end_to_end_with_resume_and_evaluate(tmp_path):
   split, straight = str(tmp_path / "split"), str(tmp_path / "straight")
-  cfg = dlu_flags.config_from_flagfile(VAE_DIGITS, num_steps=100, eval_every=50,
-                                       checkpoint_every=50)
+  cfg = dlu_flags.config_from_flagfile(
+    VAE_DIGITS, num_steps=100, eval_every=50, checkpoint_every=50
+  )
   train_loop.train_and_evaluate(cfg.replace(num_steps=50), split)
   train_loop.train_and_evaluate(cfg, split)  # resumes at 50
   train_loop.train_and_evaluate(cfg.replace(eval_every=100), straight)
   # The resumed run drew the same batches and the same noise as the uninterrupted one.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-               _params(split, 100), _params(straight, 100))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+    _params(split, 100),
+    _params(straight, 100),
+  )
 
   with open(os.path.join(split, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
@@ -246,8 +297,14 @@ def test_vae_digits_end_to_end_with_resume_and_evaluate(tmp_path):
     assert os.path.exists(os.path.join(split, "images", f"{name}_0000100.png")), name
 
   # experiments.evaluate scores the same binarised test images with the same noise.
-  proc = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={split}"],
-                        cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.evaluate", f"--workdir={split}"],
+    cwd=ROOT,
+    env={**os.environ},
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, f"evaluate failed:\n{proc.stdout}\n{proc.stderr}"
   with open(os.path.join(split, "eval.json")) as f:
     results = json.load(f)
@@ -256,9 +313,12 @@ def test_vae_digits_end_to_end_with_resume_and_evaluate(tmp_path):
   assert results["elbo"] == pytest.approx(final["elbo"], rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["vae_fashion_mnist", "conv_vae_fashion_mnist",
-                                  "beta_vae_fashion_mnist", "vae_digits"])
+@pytest.mark.parametrize(
+  "name", ["vae_fashion_mnist", "conv_vae_fashion_mnist", "beta_vae_fashion_mnist", "vae_digits"]
+)
 def test_vae_configs_are_valid(name):
-  cfg = dlu_flags.config_from_flagfile(os.path.join(ROOT, "experiments", "configs", f"{name}.flags"))
+  cfg = dlu_flags.config_from_flagfile(
+    os.path.join(ROOT, "experiments", "configs", f"{name}.flags")
+  )
   families.validate(cfg)
   assert cfg.model in ("vae", "conv_vae") and cfg.binarize == "dynamic"

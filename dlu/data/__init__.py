@@ -16,14 +16,14 @@ from dlu.data.sampler import BatchSampler
 from dlu.data.sources import DEFAULT_IDX_DIR, default_data_dir, describe, load, prepare
 
 __all__ = [
-    "ACCEPTED_FORMS",
-    "BatchSampler",
-    "DEFAULT_IDX_DIR",
-    "ImageData",
-    "PIXEL_RANGES",
-    "default_data_dir",
-    "describe",
-    "load",
-    "normalize",
-    "prepare",
+  "ACCEPTED_FORMS",
+  "BatchSampler",
+  "DEFAULT_IDX_DIR",
+  "ImageData",
+  "PIXEL_RANGES",
+  "default_data_dir",
+  "describe",
+  "load",
+  "normalize",
+  "prepare",
 ]

@@ -14,8 +14,10 @@ import numpy as np
 from dlu.errors import UsageError
 
 PIXEL_RANGES = ("unit", "symmetric")
-ACCEPTED_FORMS = ("digits, fashion_mnist, mnist, cifar10, ... (any tfds image dataset, as "
-                  "NAME[/CONFIG][:VERSION]), npz:PATH, folder:DIR")
+ACCEPTED_FORMS = (
+  "digits, fashion_mnist, mnist, cifar10, ... (any tfds image dataset, as "
+  "NAME[/CONFIG][:VERSION]), npz:PATH, folder:DIR"
+)
 VALID_CHANNELS = (1, 3, 4)
 HELD_OUT_FRACTION = 0.1
 
@@ -34,11 +36,15 @@ class ImageData:
   def __post_init__(self):
     # Catches mismatched splits at construction, not deep inside a jitted step.
     if self.x_train.ndim != 4 or self.x_test.shape[1:] != self.x_train.shape[1:]:
-      raise UsageError(f"ImageData({self.name}): x_train {self.x_train.shape} and x_test "
-                       f"{self.x_test.shape} must both be [N, H, W, C] with the same image shape")
+      raise UsageError(
+        f"ImageData({self.name}): x_train {self.x_train.shape} and x_test "
+        f"{self.x_test.shape} must both be [N, H, W, C] with the same image shape"
+      )
     for x, y, split in ((self.x_train, self.y_train, "train"), (self.x_test, self.y_test, "test")):
       if y is not None and y.shape != (len(x),):
-        raise UsageError(f"ImageData({self.name}): y_{split} has shape {y.shape}, expected ({len(x)},)")
+        raise UsageError(
+          f"ImageData({self.name}): y_{split} has shape {y.shape}, expected ({len(x)},)"
+        )
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -52,8 +58,10 @@ def normalize(x: Any, pixel_range: str = "unit") -> Any:
   `jax.jit` (the dtype is static). Data stays uint8 until here: 4x less memory.
   """
   if pixel_range not in PIXEL_RANGES:
-    raise UsageError(f"--pixel_range={pixel_range!r} is not supported; expected one of "
-                     f"{', '.join(repr(r) for r in PIXEL_RANGES)}")
+    raise UsageError(
+      f"--pixel_range={pixel_range!r} is not supported; expected one of "
+      f"{', '.join(repr(r) for r in PIXEL_RANGES)}"
+    )
   if not hasattr(x, "dtype"):
     x = np.asarray(x)
   if x.dtype == np.uint8:
@@ -67,14 +75,17 @@ def normalize(x: Any, pixel_range: str = "unit") -> Any:
 
 # --- Checks shared by the local sources (npz, folder). ---
 
+
 def _check_images(x: Any, what: str) -> np.ndarray:
   """`x` as [N, H, W, C] uint8, or float32 in [0, 1]; `what` names its origin in errors."""
   x = np.asarray(x)
   if x.ndim == 3:
     x = x[..., None]
   if x.ndim != 4 or x.shape[-1] not in VALID_CHANNELS:
-    raise UsageError(f"{what} has shape {x.shape}; expected images [N, H, W] or [N, H, W, C] "
-                     f"with C in {', '.join(map(str, VALID_CHANNELS))}")
+    raise UsageError(
+      f"{what} has shape {x.shape}; expected images [N, H, W] or [N, H, W, C] "
+      f"with C in {', '.join(map(str, VALID_CHANNELS))}"
+    )
   if x.shape[0] == 0 or 0 in x.shape[1:3]:
     raise UsageError(f"{what} is empty (shape {x.shape})")
   if x.dtype == np.uint8:
@@ -83,8 +94,10 @@ def _check_images(x: Any, what: str) -> np.ndarray:
     raise UsageError(f"{what} has dtype {x.dtype}; expected uint8 in 0..255 or float in [0, 1]")
   x = x.astype(np.float32)
   if not np.all((x >= 0) & (x <= 1)):  # also false for NaN
-    raise UsageError(f"{what} is float with values outside [0, 1] (min {np.nanmin(x):g}, max "
-                     f"{np.nanmax(x):g}); expected uint8 in 0..255 or float in [0, 1]")
+    raise UsageError(
+      f"{what} is float with values outside [0, 1] (min {np.nanmin(x):g}, max "
+      f"{np.nanmax(x):g}); expected uint8 in 0..255 or float in [0, 1]"
+    )
   return x
 
 
@@ -109,8 +122,15 @@ def _held_out_split(x: np.ndarray, y: np.ndarray | None, what: str) -> tuple[Any
   return x[train], None if y is None else y[train], x[test], None if y is None else y[test]
 
 
-def assemble(name: str, what: str, x: Any, y: Any = None, x_test: Any = None, y_test: Any = None,
-              num_classes: int | None = None) -> ImageData:
+def assemble(
+  name: str,
+  what: str,
+  x: Any,
+  y: Any = None,
+  x_test: Any = None,
+  y_test: Any = None,
+  num_classes: int | None = None,
+) -> ImageData:
   """Validates a local source's arrays; holds out a test split when none is given."""
   x = _check_images(x, f"{what}: x")
   y = None if y is None else _check_labels(y, len(x), f"{what}: y")
@@ -121,14 +141,24 @@ def assemble(name: str, what: str, x: Any, y: Any = None, x_test: Any = None, y_
   else:
     x_test = _check_images(x_test, f"{what}: x_test")
     if x_test.shape[1:] != x.shape[1:]:
-      raise UsageError(f"{what}: x_test images are {'x'.join(map(str, x_test.shape[1:]))} but x images "
-                       f"are {'x'.join(map(str, x.shape[1:]))} (HxWxC); both need the same shape")
+      raise UsageError(
+        f"{what}: x_test images are {'x'.join(map(str, x_test.shape[1:]))} but x images "
+        f"are {'x'.join(map(str, x.shape[1:]))} (HxWxC); both need the same shape"
+      )
     if x_test.dtype != x.dtype:
-      raise UsageError(f"{what}: x_test is {x_test.dtype} but x is {x.dtype}; both need the same dtype")
+      raise UsageError(
+        f"{what}: x_test is {x_test.dtype} but x is {x.dtype}; both need the same dtype"
+      )
     if (y is None) != (y_test is None):
       raise UsageError(f"{what}: labels for only one split; give both y and y_test, or neither")
     y_test = None if y_test is None else _check_labels(y_test, len(x_test), f"{what}: y_test")
   if y is not None and num_classes is None:
     num_classes = int(max(y.max(initial=0), y_test.max(initial=0))) + 1
-  return ImageData(name=name, x_train=x, y_train=y, x_test=x_test, y_test=y_test,
-                   num_classes=num_classes if y is not None else None)
+  return ImageData(
+    name=name,
+    x_train=x,
+    y_train=y,
+    x_test=x_test,
+    y_test=y_test,
+    num_classes=num_classes if y is not None else None,
+  )

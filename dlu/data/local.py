@@ -24,29 +24,47 @@ def load_digits() -> ImageData:
   y = digits.target.astype(np.int32)
   perm = np.random.default_rng(0).permutation(len(x))
   train, test = perm[:-DIGITS_NUM_TEST], perm[-DIGITS_NUM_TEST:]
-  return ImageData(name="digits", x_train=x[train], y_train=y[train], x_test=x[test],
-                   y_test=y[test], num_classes=10)
+  return ImageData(
+    name="digits",
+    x_train=x[train],
+    y_train=y[train],
+    x_test=x[test],
+    y_test=y[test],
+    num_classes=10,
+  )
 
 
 def load_npz(dataset: str, path: str) -> ImageData:
   """Arrays x (and optionally y, x_test, y_test) of a NumPy .npz archive."""
   what = f"--dataset={dataset}"
   if not os.path.isfile(path):
-    raise UsageError(f"{what}: no such file {path}; expected a NumPy .npz archive with an array 'x'")
+    raise UsageError(
+      f"{what}: no such file {path}; expected a NumPy .npz archive with an array 'x'"
+    )
   try:
     with np.load(path, allow_pickle=False) as archive:
       if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise UsageError(f"{what}: {path} is a single .npy array; expected an .npz archive with 'x'")
+        raise UsageError(
+          f"{what}: {path} is a single .npy array; expected an .npz archive with 'x'"
+        )
       arrays = {key: archive[key] for key in archive.files}
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     if isinstance(e, UsageError):
       raise
     raise UsageError(f"{what}: cannot read {path} as a NumPy .npz archive ({e})") from e
   if "x" not in arrays:
-    raise UsageError(f"{what}: {path} has no array 'x' (it has: {', '.join(sorted(arrays)) or 'none'}); "
-                     "expected images x [N, H, W(, C)] and optional y, x_test, y_test")
-  return assemble(dataset, f"{what}: {path}", arrays["x"], arrays.get("y"),
-                   arrays.get("x_test"), arrays.get("y_test"))
+    raise UsageError(
+      f"{what}: {path} has no array 'x' (it has: {', '.join(sorted(arrays)) or 'none'}); "
+      "expected images x [N, H, W(, C)] and optional y, x_test, y_test"
+    )
+  return assemble(
+    dataset,
+    f"{what}: {path}",
+    arrays["x"],
+    arrays.get("y"),
+    arrays.get("x_test"),
+    arrays.get("y_test"),
+  )
 
 
 def _image_files(directory: str) -> list[str]:
@@ -54,8 +72,11 @@ def _image_files(directory: str) -> list[str]:
   found = []
   for root, dirs, files in os.walk(directory):
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    found.extend(os.path.join(root, f) for f in sorted(files)
-                 if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    found.extend(
+      os.path.join(root, f)
+      for f in sorted(files)
+      if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+    )
   return found
 
 
@@ -67,7 +88,9 @@ def _decode_image(path: str, what: str) -> np.ndarray:
     with Image.open(path) as im:
       mode = {"1": "L", "P": "RGBA" if "transparency" in im.info else "RGB"}.get(im.mode, im.mode)
       if mode not in ("L", "RGB", "RGBA"):
-        raise UsageError(f"{what}: {path} has colour mode {im.mode}; expected grey (L), RGB or RGBA")
+        raise UsageError(
+          f"{what}: {path} has colour mode {im.mode}; expected grey (L), RGB or RGBA"
+        )
       x = np.asarray(im.convert(mode), dtype=np.uint8)
   except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
     if isinstance(e, UsageError):
@@ -82,30 +105,48 @@ def load_folder(dataset: str, directory: str) -> ImageData:
   if not os.path.isdir(directory):
     raise UsageError(f"{what}: no such directory {directory}; expected a folder of PNG/JPEG images")
   entries = sorted(e for e in os.listdir(directory) if not e.startswith("."))
-  top = [os.path.join(directory, e) for e in entries
-         if e.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, e))]
-  classes = {e: _image_files(os.path.join(directory, e)) for e in entries
-             if os.path.isdir(os.path.join(directory, e))}
+  top = [
+    os.path.join(directory, e)
+    for e in entries
+    if e.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, e))
+  ]
+  classes = {
+    e: _image_files(os.path.join(directory, e))
+    for e in entries
+    if os.path.isdir(os.path.join(directory, e))
+  }
   classes = {name: files for name, files in classes.items() if files}
   if top and classes:
-    raise UsageError(f"{what}: {directory} mixes images at its top level ({os.path.basename(top[0])}) "
-                     f"with class sub-folders ({next(iter(classes))}/); use one or the other")
+    raise UsageError(
+      f"{what}: {directory} mixes images at its top level ({os.path.basename(top[0])}) "
+      f"with class sub-folders ({next(iter(classes))}/); use one or the other"
+    )
   if not top and not classes:
-    raise UsageError(f"{what}: no images in {directory}; expected {', '.join(IMAGE_EXTENSIONS)} "
-                     "files, optionally in one sub-folder per class")
+    raise UsageError(
+      f"{what}: no images in {directory}; expected {', '.join(IMAGE_EXTENSIONS)} "
+      "files, optionally in one sub-folder per class"
+    )
   files = [f for fs in classes.values() for f in fs] if classes else top
-  labels = (np.concatenate([np.full(len(fs), k, np.int32) for k, fs in enumerate(classes.values())])
-            if classes else None)
+  labels = (
+    np.concatenate([np.full(len(fs), k, np.int32) for k, fs in enumerate(classes.values())])
+    if classes
+    else None
+  )
   images = []
   for path in files:
     x = _decode_image(path, what)
     if images and x.shape != images[0].shape:
       (h, w, c), (h0, w0, c0) = x.shape, images[0].shape
       if (h, w) != (h0, w0):
-        raise UsageError(f"{what}: images differ in size: {files[0]} is {h0}x{w0} but {path} is "
-                         f"{h}x{w} (HxW); all images must have the same size")
-      raise UsageError(f"{what}: images differ in colour mode: {files[0]} is {_CHANNEL_NAMES[c0]} "
-                       f"but {path} is {_CHANNEL_NAMES[c]}; convert them all to one mode")
+        raise UsageError(
+          f"{what}: images differ in size: {files[0]} is {h0}x{w0} but {path} is "
+          f"{h}x{w} (HxW); all images must have the same size"
+        )
+      raise UsageError(
+        f"{what}: images differ in colour mode: {files[0]} is {_CHANNEL_NAMES[c0]} "
+        f"but {path} is {_CHANNEL_NAMES[c]}; convert them all to one mode"
+      )
     images.append(x)
-  return assemble(dataset, what, np.stack(images), labels,
-                   num_classes=len(classes) if classes else None)
+  return assemble(
+    dataset, what, np.stack(images), labels, num_classes=len(classes) if classes else None
+  )

@@ -15,20 +15,33 @@ class BatchSampler:
   Each epoch's remainder is dropped: every batch is full, no example repeats in an epoch.
   """
 
-  def __init__(self, num_examples: int, global_batch_size: int, *, seed: int,
-               process_index: int = 0, process_count: int = 1):
+  def __init__(
+    self,
+    num_examples: int,
+    global_batch_size: int,
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
     if num_examples < 1:
       raise UsageError(f"--dataset has no training examples (num_examples={num_examples})")
     if global_batch_size < 1:
       raise UsageError(f"--batch_size={global_batch_size} must be positive")
     if global_batch_size > num_examples:
-      raise UsageError(f"--batch_size={global_batch_size} is larger than the {num_examples} "
-                       f"training examples; use at most {num_examples}")
+      raise UsageError(
+        f"--batch_size={global_batch_size} is larger than the {num_examples} "
+        f"training examples; use at most {num_examples}"
+      )
     if process_count < 1 or not 0 <= process_index < process_count:
-      raise UsageError(f"process_index={process_index} must be in [0, process_count={process_count})")
+      raise UsageError(
+        f"process_index={process_index} must be in [0, process_count={process_count})"
+      )
     if global_batch_size % process_count:
-      raise UsageError(f"--batch_size={global_batch_size} must be divisible by the number of "
-                       f"processes ({process_count})")
+      raise UsageError(
+        f"--batch_size={global_batch_size} must be divisible by the number of "
+        f"processes ({process_count})"
+      )
     self.num_examples = num_examples
     self.global_batch_size = global_batch_size
     self.local_batch_size = global_batch_size // process_count
@@ -51,9 +64,9 @@ class BatchSampler:
       raise UsageError(f"step={step} must be non-negative")
     epoch, i = divmod(int(step), self.steps_per_epoch)
     b = self.global_batch_size
-    return self.permutation(epoch)[i * b:(i + 1) * b]
+    return self.permutation(epoch)[i * b : (i + 1) * b]
 
   def indices(self, step: int) -> np.ndarray:
     """This process's contiguous slice of `global_indices(step)`; [global_batch_size // process_count]."""
     start = self.process_index * self.local_batch_size
-    return self.global_indices(step)[start:start + self.local_batch_size]
+    return self.global_indices(step)[start : start + self.local_batch_size]

@@ -29,10 +29,12 @@ def _parse(dataset: str) -> tuple[str, str]:
     return "digits", ""
   for kind, arg in (("npz", "PATH"), ("folder", "DIR")):
     if dataset.startswith(kind + ":"):
-      if not dataset[len(kind) + 1:]:
-        raise UsageError(f"--dataset={dataset} names no {'file' if kind == 'npz' else 'directory'}; "
-                         f"expected {kind}:{arg}")
-      return kind, os.path.expanduser(dataset[len(kind) + 1:])
+      if not dataset[len(kind) + 1 :]:
+        raise UsageError(
+          f"--dataset={dataset} names no {'file' if kind == 'npz' else 'directory'}; "
+          f"expected {kind}:{arg}"
+        )
+      return kind, os.path.expanduser(dataset[len(kind) + 1 :])
   return "tfds", dataset
 
 
@@ -40,15 +42,19 @@ def _data_dir(data_dir: str | None) -> str:
   """An explicit --data_dir must exist (a typo should not scatter data); the default is created."""
   if data_dir:
     if not os.path.isdir(os.path.expanduser(data_dir)):
-      raise UsageError(f"--data_dir={data_dir} does not exist; create it, or leave --data_dir unset "
-                       f"to use {default_data_dir()}")
+      raise UsageError(
+        f"--data_dir={data_dir} does not exist; create it, or leave --data_dir unset "
+        f"to use {default_data_dir()}"
+      )
     return os.path.expanduser(data_dir)
   path = default_data_dir()
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
-    raise UsageError(f"--data_dir: cannot create the default data directory {path} ({e}); "
-                     "set --data_dir or $TFDS_DATA_DIR to a writable directory") from e
+    raise UsageError(
+      f"--data_dir: cannot create the default data directory {path} ({e}); "
+      "set --data_dir or $TFDS_DATA_DIR to a writable directory"
+    ) from e
   return path
 
 
@@ -61,12 +67,21 @@ def _load(dataset: str, data_dir: str | None, idx_dir: str | None) -> tuple[Imag
     return local.load_npz(dataset, arg), f"read from {arg}"
   if kind == "folder":
     return local.load_folder(dataset, arg), f"decoded from the images in {arg}"
-  if idx_dir and tfds_offline.is_fashion_mnist(dataset) and not os.path.isdir(os.path.expanduser(idx_dir)):
-    raise UsageError(f"--idx_dir={idx_dir} does not exist; expected a directory with the four "
-                     f"Fashion-MNIST IDX files ({', '.join(tfds_offline.idx_file_names())})")
-  return tfds_offline.load(dataset, _data_dir(data_dir),
-                           os.path.expanduser(idx_dir) if idx_dir else DEFAULT_IDX_DIR,
-                           explicit_idx=bool(idx_dir))
+  if (
+    idx_dir
+    and tfds_offline.is_fashion_mnist(dataset)
+    and not os.path.isdir(os.path.expanduser(idx_dir))
+  ):
+    raise UsageError(
+      f"--idx_dir={idx_dir} does not exist; expected a directory with the four "
+      f"Fashion-MNIST IDX files ({', '.join(tfds_offline.idx_file_names())})"
+    )
+  return tfds_offline.load(
+    dataset,
+    _data_dir(data_dir),
+    os.path.expanduser(idx_dir) if idx_dir else DEFAULT_IDX_DIR,
+    explicit_idx=bool(idx_dir),
+  )
 
 
 def load(dataset: str, *, data_dir: str | None = None, idx_dir: str | None = None) -> ImageData:
@@ -84,8 +99,10 @@ def load(dataset: str, *, data_dir: str | None = None, idx_dir: str | None = Non
 def describe(data: ImageData) -> str:
   h, w, c = data.image_shape
   labels = f"{data.num_classes} classes" if data.num_classes is not None else "unlabelled"
-  return (f"{len(data.x_train)} train and {len(data.x_test)} test images of {h}x{w}x{c} "
-          f"{data.x_train.dtype}, {labels}")
+  return (
+    f"{len(data.x_train)} train and {len(data.x_test)} test images of {h}x{w}x{c} "
+    f"{data.x_train.dtype}, {labels}"
+  )
 
 
 def prepare(dataset: str, *, data_dir: str | None = None, idx_dir: str | None = None) -> str:

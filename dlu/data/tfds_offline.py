@@ -34,7 +34,9 @@ from dlu.errors import UsageError
 
 CACHE_FILE = "dlu_arrays.npz"
 SPLITS = ("train", "test")
-_NAME_RE = re.compile(r"^(?P<name>[a-z0-9_]+)(?:/(?P<config>[\w.-]+))?(?::(?P<version>\d+\.\d+\.\d+))?$")
+_NAME_RE = re.compile(
+  r"^(?P<name>[a-z0-9_]+)(?:/(?P<config>[\w.-]+))?(?::(?P<version>\d+\.\d+\.\d+))?$"
+)
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 _CACHE_FORMAT = 1
 _READ_CHUNK = 4096
@@ -44,8 +46,8 @@ IMAGE_SIZE = 28
 NUM_CLASSES = 10
 # split -> (images file, labels file), as published by Zalando.
 IDX_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+  "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 _UBYTE = 0x08  # IDX type code for unsigned bytes
 
@@ -53,7 +55,9 @@ _UBYTE = 0x08  # IDX type code for unsigned bytes
 def parse_name(dataset: str) -> re.Match[str]:
   match = _NAME_RE.match(dataset)
   if match is None:
-    raise UsageError(f"--dataset={dataset!r} is not a dataset name; expected one of: {ACCEPTED_FORMS}")
+    raise UsageError(
+      f"--dataset={dataset!r} is not a dataset name; expected one of: {ACCEPTED_FORMS}"
+    )
   return match
 
 
@@ -87,16 +91,25 @@ def _read_cache(dataset: str, version_dir: str) -> ImageData | None:
       logging.warning("Ignoring unreadable %s: %s", path, e)
     return None
   num_classes = int(arrays["num_classes"])
-  return ImageData(name=dataset, x_train=arrays["x_train"], y_train=arrays.get("y_train"),
-                   x_test=arrays["x_test"], y_test=arrays.get("y_test"),
-                   num_classes=num_classes if num_classes >= 0 else None)
+  return ImageData(
+    name=dataset,
+    x_train=arrays["x_train"],
+    y_train=arrays.get("y_train"),
+    x_test=arrays["x_test"],
+    y_test=arrays.get("y_test"),
+    num_classes=num_classes if num_classes >= 0 else None,
+  )
 
 
 def _write_cache(data: ImageData, version_dir: str) -> None:
   """Atomic (temp file then rename), so concurrent readers never see half a file."""
-  arrays: dict[str, Any] = {"x_train": data.x_train, "x_test": data.x_test,
-                            "num_classes": -1 if data.num_classes is None else data.num_classes,
-                            "format": _CACHE_FORMAT, "info_sha256": _info_hash(version_dir)}
+  arrays: dict[str, Any] = {
+    "x_train": data.x_train,
+    "x_test": data.x_test,
+    "num_classes": -1 if data.num_classes is None else data.num_classes,
+    "format": _CACHE_FORMAT,
+    "info_sha256": _info_hash(version_dir),
+  }
   if data.y_train is not None:
     arrays.update(y_train=data.y_train, y_test=data.y_test)
   path = os.path.join(version_dir, CACHE_FILE)
@@ -122,8 +135,11 @@ def find_cached(dataset: str, data_dir: str) -> tuple[ImageData, str] | None:
   if match["version"]:
     version_dirs = [os.path.join(base, match["version"])]
   else:
-    version_dirs = [d for d in glob.glob(os.path.join(base, "*"))
-                    if _VERSION_RE.match(os.path.basename(d)) and os.path.isdir(d)]
+    version_dirs = [
+      d
+      for d in glob.glob(os.path.join(base, "*"))
+      if _VERSION_RE.match(os.path.basename(d)) and os.path.isdir(d)
+    ]
   if len(version_dirs) != 1 or not os.path.isfile(os.path.join(version_dirs[0], CACHE_FILE)):
     return None
   data = _read_cache(dataset, version_dirs[0])
@@ -136,22 +152,30 @@ def _builder(dataset: str, data_dir: str) -> Any:
   try:
     builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise UsageError(f"--dataset={dataset} is not a known dataset; expected one of: {ACCEPTED_FORMS}") from e
+    raise UsageError(
+      f"--dataset={dataset} is not a known dataset; expected one of: {ACCEPTED_FORMS}"
+    ) from e
   except (ValueError, AssertionError) as e:  # unknown version or config, or tfrecord on disk
     if "File format is already set" in str(e):
       raise UsageError(
-          f"--dataset={dataset} is prepared in --data_dir={data_dir} in a format only TensorFlow "
-          "reads (tfrecord); prepare it as array_record in another --data_dir (or delete it there)") from e
-    reason = re.sub(r'^Failed to construct dataset "[^"]*", builder_kwargs "[^"]*": ', "",
-                    str(e).strip().splitlines()[0]).split(" Here are ")[0]
+        f"--dataset={dataset} is prepared in --data_dir={data_dir} in a format only TensorFlow "
+        "reads (tfrecord); prepare it as array_record in another --data_dir (or delete it there)"
+      ) from e
+    reason = re.sub(
+      r'^Failed to construct dataset "[^"]*", builder_kwargs "[^"]*": ',
+      "",
+      str(e).strip().splitlines()[0],
+    ).split(" Here are ")[0]
     configs = getattr(tfds.builder_cls(parse_name(dataset)["name"]), "BUILDER_CONFIGS", None)
     if configs and "BuilderConfig" in reason:
       reason += f"; its configs are: {', '.join(c.name for c in configs)}"
     raise UsageError(f"--dataset={dataset}: {reason}") from e
   features = builder.info.features
   if "image" not in features or not isinstance(features["image"], tfds.features.Image):
-    raise UsageError(f"--dataset={dataset} has no 'image' feature (it has: {', '.join(features)}); "
-                     "expected an image dataset")
+    raise UsageError(
+      f"--dataset={dataset} has no 'image' feature (it has: {', '.join(features)}); "
+      "expected an image dataset"
+    )
   return builder
 
 
@@ -161,6 +185,7 @@ def _within(path: Any, directory: str) -> bool:
 
 
 # --- fashion_mnist from the original IDX files. ---
+
 
 def _idx_paths(idx_dir: str) -> list[str]:
   return [os.path.join(idx_dir, f) for f in idx_file_names()]
@@ -172,8 +197,11 @@ def has_idx_files(idx_dir: str) -> bool:
 
 def read_idx(path: str, ndim: int) -> np.ndarray:
   """Reads one gzipped IDX file of unsigned bytes, checking magic, rank and length."""
+
   def fail(problem: str) -> UsageError:
-    return UsageError(f"--idx_dir: {path} {problem}; expected an original gzipped Fashion-MNIST IDX file")
+    return UsageError(
+      f"--idx_dir: {path} {problem}; expected an original gzipped Fashion-MNIST IDX file"
+    )
 
   try:
     with gzip.open(path, "rb") as f:
@@ -185,13 +213,17 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
     raise fail(f"is truncated: {len(raw)} bytes, shorter than its {header}-byte header")
   magic = bytes(raw[:4])
   if magic != bytes([0, 0, _UBYTE, ndim]):
-    raise fail(f"has magic number {magic.hex()}, not {bytes([0, 0, _UBYTE, ndim]).hex()} "
-               f"(unsigned bytes, {ndim} dimension{'s' * (ndim > 1)})")
+    raise fail(
+      f"has magic number {magic.hex()}, not {bytes([0, 0, _UBYTE, ndim]).hex()} "
+      f"(unsigned bytes, {ndim} dimension{'s' * (ndim > 1)})"
+    )
   dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
   expected = int(np.prod(dims))
   if len(raw) - header != expected:
-    raise fail(f"holds {len(raw) - header} bytes of data but its header {dims} promises {expected} "
-               "(truncated or corrupt)")
+    raise fail(
+      f"holds {len(raw) - header} bytes of data but its header {dims} promises {expected} "
+      "(truncated or corrupt)"
+    )
   return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
@@ -199,20 +231,31 @@ def read_idx_dir(idx_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """split -> (images [N, 28, 28, 1] uint8, labels [N] int32), validated."""
   missing = [os.path.basename(p) for p in _idx_paths(idx_dir) if not os.path.isfile(p)]
   if missing:
-    raise UsageError(f"--idx_dir={idx_dir} lacks {', '.join(missing)}; expected the four "
-                     f"Fashion-MNIST IDX files {', '.join(idx_file_names())}")
+    raise UsageError(
+      f"--idx_dir={idx_dir} lacks {', '.join(missing)}; expected the four "
+      f"Fashion-MNIST IDX files {', '.join(idx_file_names())}"
+    )
   splits = {}
   for split, (images_file, labels_file) in IDX_FILES.items():
-    images_path, labels_path = os.path.join(idx_dir, images_file), os.path.join(idx_dir, labels_file)
+    images_path, labels_path = (
+      os.path.join(idx_dir, images_file),
+      os.path.join(idx_dir, labels_file),
+    )
     x, y = read_idx(images_path, 3), read_idx(labels_path, 1)
     if x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-      raise UsageError(f"--idx_dir: {images_path} holds {x.shape[1]}x{x.shape[2]} images; "
-                       f"Fashion-MNIST images are {IMAGE_SIZE}x{IMAGE_SIZE}")
+      raise UsageError(
+        f"--idx_dir: {images_path} holds {x.shape[1]}x{x.shape[2]} images; "
+        f"Fashion-MNIST images are {IMAGE_SIZE}x{IMAGE_SIZE}"
+      )
     if len(y) != len(x):
-      raise UsageError(f"--idx_dir: {labels_path} has {len(y)} labels but {images_path} has "
-                       f"{len(x)} images; expected one label per image")
+      raise UsageError(
+        f"--idx_dir: {labels_path} has {len(y)} labels but {images_path} has "
+        f"{len(x)} images; expected one label per image"
+      )
     if len(y) and y.max() >= NUM_CLASSES:
-      raise UsageError(f"--idx_dir: {labels_path} has label {y.max()}; expected 0..{NUM_CLASSES - 1}")
+      raise UsageError(
+        f"--idx_dir: {labels_path} has label {y.max()}; expected 0..{NUM_CLASSES - 1}"
+      )
     splits[split] = (x[..., None], y.astype(np.int32))
   return splits
 
@@ -267,18 +310,24 @@ def prepare_from_idx(idx_dir: str, data_dir: str) -> str:
 
 # --- Preparing and reading. ---
 
+
 def _not_prepared_message(dataset: str, data_dir: str, idx_dir: str) -> str:
   hint = ""
   if parse_name(dataset)["name"] == FASHION_MNIST:
-    hint = (f" (or put the Fashion-MNIST IDX files in --idx_dir={idx_dir}, e.g. "
-            "`apt-get install dataset-fashion-mnist`)")
-  return (f"--dataset={dataset} is not prepared in --data_dir={data_dir} and TensorFlow, needed to "
-          f"download and prepare it, is not installed; run `pip install 'dlu[prepare]'` then "
-          f"`python -m experiments.prepare_data --dataset={dataset} --data_dir={data_dir}`{hint}")
+    hint = (
+      f" (or put the Fashion-MNIST IDX files in --idx_dir={idx_dir}, e.g. "
+      "`apt-get install dataset-fashion-mnist`)"
+    )
+  return (
+    f"--dataset={dataset} is not prepared in --data_dir={data_dir} and TensorFlow, needed to "
+    f"download and prepare it, is not installed; run `pip install 'dlu[prepare]'` then "
+    f"`python -m experiments.prepare_data --dataset={dataset} --data_dir={data_dir}`{hint}"
+  )
 
 
-def ensure_prepared(dataset: str, data_dir: str, idx_dir: str, *,
-                    explicit_idx: bool = False) -> tuple[Any, str]:
+def ensure_prepared(
+  dataset: str, data_dir: str, idx_dir: str, *, explicit_idx: bool = False
+) -> tuple[Any, str]:
   """The builder with its data on disk, and how it got there.
 
   fashion_mnist is written from local IDX files when they are there; other datasets
@@ -321,15 +370,26 @@ def _decode_split(source: Any, dataset: str, split: str) -> tuple[np.ndarray, np
     for i, ex in enumerate(examples, start):
       image = np.asarray(ex["image"])
       if image.shape != images.shape[1:]:
-        raise UsageError(f"--dataset={dataset}: images of split {split!r} vary in size ({image.shape} "
-                         f"vs {images.shape[1:]}); only fixed-size image datasets are supported")
+        raise UsageError(
+          f"--dataset={dataset}: images of split {split!r} vary in size ({image.shape} "
+          f"vs {images.shape[1:]}); only fixed-size image datasets are supported"
+        )
       images[i] = image
       if labels is not None:
         labels[i] = ex["label"]
-    logging.log_every_n_seconds(logging.INFO, "Decoded %d/%d %s examples of %s", 10,
-                                min(start + _READ_CHUNK, n), n, split, dataset)
+    logging.log_every_n_seconds(
+      logging.INFO,
+      "Decoded %d/%d %s examples of %s",
+      10,
+      min(start + _READ_CHUNK, n),
+      n,
+      split,
+      dataset,
+    )
   if images.dtype != np.uint8:
-    raise UsageError(f"--dataset={dataset}: images are {images.dtype}; only uint8 images are supported")
+    raise UsageError(
+      f"--dataset={dataset}: images are {images.dtype}; only uint8 images are supported"
+    )
   return images, labels
 
 
@@ -338,24 +398,39 @@ def read(dataset: str, builder: Any, data_dir: str) -> ImageData:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   try:
-    sources = tfds.data_source(dataset, split=list(SPLITS), data_dir=data_dir,
-                               download=False, builder_kwargs={"file_format": "array_record"})
+    sources = tfds.data_source(
+      dataset,
+      split=list(SPLITS),
+      data_dir=data_dir,
+      download=False,
+      builder_kwargs={"file_format": "array_record"},
+    )
   except (KeyError, ValueError, NotImplementedError) as e:  # no such split; tfrecord-only data
     reason = str(e).strip().splitlines()[0]
-    raise UsageError(f"--dataset={dataset}: cannot read {builder.data_dir} as array_record "
-                     f"splits {', '.join(SPLITS)} ({reason})") from e
-  (x_train, y_train), (x_test, y_test) = (_decode_split(s, dataset, split)
-                                          for s, split in zip(sources, SPLITS))
+    raise UsageError(
+      f"--dataset={dataset}: cannot read {builder.data_dir} as array_record "
+      f"splits {', '.join(SPLITS)} ({reason})"
+    ) from e
+  (x_train, y_train), (x_test, y_test) = (
+    _decode_split(s, dataset, split) for s, split in zip(sources, SPLITS)
+  )
   label = builder.info.features["label"] if "label" in builder.info.features else None
   num_classes = getattr(label, "num_classes", None) if y_train is not None else None
   if y_train is not None and num_classes is None:
     num_classes = int(max(y_train.max(), y_test.max())) + 1
-  return ImageData(name=dataset, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-                   num_classes=num_classes)
+  return ImageData(
+    name=dataset,
+    x_train=x_train,
+    y_train=y_train,
+    x_test=x_test,
+    y_test=y_test,
+    num_classes=num_classes,
+  )
 
 
-def load(dataset: str, data_dir: str, idx_dir: str, *,
-         explicit_idx: bool = False) -> tuple[ImageData, str]:
+def load(
+  dataset: str, data_dir: str, idx_dir: str, *, explicit_idx: bool = False
+) -> tuple[ImageData, str]:
   """The dataset's arrays and a description of where they came from."""
   cached = find_cached(dataset, data_dir)
   if cached is not None:

@@ -10,13 +10,13 @@ experiments.evaluate. Importing this package registers the built-in ones (and th
 
 from dlu.evaluators import family_metrics, representation, sample_quality  # noqa: F401
 from dlu.evaluators.registry import (  # noqa: F401
-                                     Evaluation,
-                                     Evaluator,
-                                     Inputs,
-                                     flat_scalars,
-                                     full_schedule,
-                                     get,
-                                     names,
-                                     register,
-                                     training_schedule,
+  Evaluation,
+  Evaluator,
+  Inputs,
+  flat_scalars,
+  full_schedule,
+  get,
+  names,
+  register,
+  training_schedule,
 )

@@ -17,8 +17,15 @@ def test_split_metrics(exp: Any, state: Any, inputs: Inputs) -> dict[str, Any]:
   metrics (clustering-layer scores, active units)."""
   eval_sums = inputs.compiled("eval_sums", lambda: parallel.make_eval_sums(exp.family, exp.mesh))
   labels = exp.dataset.y_test if exp.family.needs_label else None
-  metrics = batched_eval.mean_metrics(eval_sums, state, exp.dataset.x_test, exp.ctx.rng,
-                                      mesh=exp.mesh, batch_size=exp.ctx.batch_size, y=labels)
+  metrics = batched_eval.mean_metrics(
+    eval_sums,
+    state,
+    exp.dataset.x_test,
+    exp.ctx.rng,
+    mesh=exp.mesh,
+    batch_size=exp.ctx.batch_size,
+    y=labels,
+  )
   metrics.update(exp.family.split_metrics(state, exp.dataset, exp.ctx))
   return metrics
 
@@ -37,9 +44,8 @@ def image_grids(exp: Any, state: Any, inputs: Inputs) -> dict[str, Any]:
   samples, views), saved as images/NAME_STEP.png and to TensorBoard."""
 
   def build():
-    images = exp.dataset.x_test[:exp.cfg.num_images]
-    batch = {"image": jax.make_array_from_process_local_data(parallel.replicated(exp.mesh),
-                                                             images)}
+    images = exp.dataset.x_test[: exp.cfg.num_images]
+    batch = {"image": jax.make_array_from_process_local_data(parallel.replicated(exp.mesh), images)}
     return parallel.make_images(exp.family, exp.mesh), batch
 
   make_images, batch = inputs.compiled("images", build)

@@ -25,12 +25,15 @@ from dlu import batched_eval, parallel
 from dlu.errors import UsageError
 from dlu.metric_writers import MetricWriter, to_python
 
-flags.DEFINE_list("evaluators", ["metrics", "sample_quality", "likelihood", "images"],
-                  "Evaluators run during training: NAME (its default schedule: likelihood at the "
-                  "end, the others every --eval_every), NAME:N (every N steps) or NAME:final; all "
-                  "of them also after the last step. Those a run cannot feed (samples of a model "
-                  "that draws none, scores without labels) are skipped. experiments.evaluate "
-                  "runs every evaluator. See dlu.evaluators.names().")
+flags.DEFINE_list(
+  "evaluators",
+  ["metrics", "sample_quality", "likelihood", "images"],
+  "Evaluators run during training: NAME (its default schedule: likelihood at the "
+  "end, the others every --eval_every), NAME:N (every N steps) or NAME:final; all "
+  "of them also after the last step. Those a run cannot feed (samples of a model "
+  "that draws none, scores without labels) are skipped. experiments.evaluate "
+  "runs every evaluator. See dlu.evaluators.names().",
+)
 
 #: What an evaluator may need of a run.
 NEEDS = ("embeddings", "samples", "labels")
@@ -53,17 +56,29 @@ class Evaluator:
 _REGISTRY: dict[str, Evaluator] = {}
 
 
-def register(name: str, *, needs: tuple[str, ...] = (), every: str = EVAL_EVERY,
-             check: Callable[[Any], None] | None = None):
+def register(
+  name: str,
+  *,
+  needs: tuple[str, ...] = (),
+  every: str = EVAL_EVERY,
+  check: Callable[[Any], None] | None = None,
+):
   """Decorator: registers `fn(exp, state, inputs)` as the evaluator `name`."""
   unknown = set(needs) - set(NEEDS)
   if unknown or every not in (EVAL_EVERY, FINAL) or name in _REGISTRY:
     raise ValueError(f"evaluator {name!r}: bad registration (needs {needs}, every {every!r})")
 
   def add(fn):
-    _REGISTRY[name] = Evaluator(name, fn, frozenset(needs), every, check,
-                                (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
+    _REGISTRY[name] = Evaluator(
+      name,
+      fn,
+      frozenset(needs),
+      every,
+      check,
+      (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
+    )
     return fn
+
   return add
 
 
@@ -119,8 +134,10 @@ def parse_schedule(specs: list[str], eval_every: int) -> list[tuple[Evaluator, i
       except ValueError:
         every = 0
       if every < 1:
-        raise UsageError(f"--evaluators={spec}: expected NAME, NAME:N with N a positive number "
-                         f"of steps, or NAME:{FINAL}")
+        raise UsageError(
+          f"--evaluators={spec}: expected NAME, NAME:N with N a positive number "
+          f"of steps, or NAME:{FINAL}"
+        )
     schedule.append((evaluator, every))
   return schedule
 
@@ -150,8 +167,9 @@ class Inputs:
       exp = self.exp
       embed = self.compiled("embed", lambda: parallel.make_embed(exp.family, exp.mesh))
       x = exp.dataset.x_train if split == "train" else exp.dataset.x_test
-      self._embeddings[split] = batched_eval.embed_split(embed, state, x, mesh=exp.mesh,
-                                                         batch_size=exp.ctx.batch_size)
+      self._embeddings[split] = batched_eval.embed_split(
+        embed, state, x, mesh=exp.mesh, batch_size=exp.ctx.batch_size
+      )
     return self._embeddings[split]
 
   def cached_embeddings(self, split: str, step: int) -> np.ndarray | None:
@@ -175,8 +193,9 @@ def flat_scalars(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
   return out
 
 
-def training_schedule(exp: Any, *, log: Callable[[str], None] = print
-                      ) -> list[tuple[Evaluator, int | None]]:
+def training_schedule(
+  exp: Any, *, log: Callable[[str], None] = print
+) -> list[tuple[Evaluator, int | None]]:
   """--evaluators as (evaluator, every N steps or None for the end only), less those the run
   cannot feed, their flags checked (UsageError naming the flag)."""
   schedule = []
@@ -188,8 +207,9 @@ def training_schedule(exp: Any, *, log: Callable[[str], None] = print
   return schedule
 
 
-def full_schedule(exp: Any, *, log: Callable[[str], None] = print
-                  ) -> list[tuple[Evaluator, int | None]]:
+def full_schedule(
+  exp: Any, *, log: Callable[[str], None] = print
+) -> list[tuple[Evaluator, int | None]]:
   """Every registered evaluator the run can feed, once, its flags checked (experiments.evaluate)."""
   schedule = []
   for evaluator in _REGISTRY.values():
@@ -204,8 +224,7 @@ class Evaluation:
   """Runs a schedule of evaluators (`training_schedule` or `full_schedule`, built before
   anything is written) on a run's state; their results at a step form one row."""
 
-  def __init__(self, exp: Any, writer: MetricWriter,
-               schedule: list[tuple[Evaluator, int | None]]):
+  def __init__(self, exp: Any, writer: MetricWriter, schedule: list[tuple[Evaluator, int | None]]):
     self.exp, self.writer, self.schedule = exp, writer, schedule
     self.inputs = Inputs(exp, writer)
 
@@ -216,8 +235,9 @@ class Evaluation:
   def due(self, step: int, final: bool) -> list[Evaluator]:
     return [e for e, every in self.schedule if final or (every and step % every == 0)]
 
-  def __call__(self, step: int, state: Any, *, final: bool = False,
-               split: str = "eval") -> dict[str, Any]:
+  def __call__(
+    self, step: int, state: Any, *, final: bool = False, split: str = "eval"
+  ) -> dict[str, Any]:
     """Runs the evaluators due at `step` (all of them when `final`); writes their numbers as
     one `split` row and returns their results merged (nested values kept)."""
     due = self.due(step, final)

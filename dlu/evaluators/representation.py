@@ -25,29 +25,61 @@ from dlu.errors import UsageError
 from dlu.evaluators.registry import Inputs, register
 from dlu.model_flags import num_clusters
 
-flags.DEFINE_enum("cluster_on", "kmeans", list(clustering.CLUSTERERS),
-                  "evaluate: how embeddings are clustered (gmm: full-covariance Gaussian mixture).")
-flags.DEFINE_enum("manifold", "none", list(clustering.MANIFOLDS),
-                  "evaluate: nonlinear map of the embeddings before clustering (umap as in N2D).")
-flags.DEFINE_integer("manifold_dim", 0, "evaluate: dimensions of --manifold's map; 0: --n_clusters "
-                     "(umap) or 2 (tsne).")
-flags.DEFINE_enum("cluster_split", "all", ["all", "train", "test"],
-                  "evaluate: the images clustered and scored (all: train and test together).")
-flags.DEFINE_boolean("probe", True, "evaluate: fit a linear probe (logistic regression) on train "
-                     "embeddings, score it on the test split; also the --knn_probe.")
-flags.DEFINE_integer("knn_probe", 20, "evaluate --probe: k of a k-nearest-neighbour probe (cosine "
-                     "similarity to the train embeddings, majority vote) scored on the test split; "
-                     "0: none.")
-flags.DEFINE_integer("purity_clusters", 0, "evaluate: also split the clustered features into this "
-                     "many k-means clusters (more than --n_clusters) and report "
-                     "`overcluster_purity`, the fraction of points whose cluster's most common "
-                     "label is their own: how class-pure the features' small regions are (a "
-                     "clustering into --n_clusters rarely beats it); 0: none.")
+flags.DEFINE_enum(
+  "cluster_on",
+  "kmeans",
+  list(clustering.CLUSTERERS),
+  "evaluate: how embeddings are clustered (gmm: full-covariance Gaussian mixture).",
+)
+flags.DEFINE_enum(
+  "manifold",
+  "none",
+  list(clustering.MANIFOLDS),
+  "evaluate: nonlinear map of the embeddings before clustering (umap as in N2D).",
+)
+flags.DEFINE_integer(
+  "manifold_dim", 0, "evaluate: dimensions of --manifold's map; 0: --n_clusters (umap) or 2 (tsne)."
+)
+flags.DEFINE_enum(
+  "cluster_split",
+  "all",
+  ["all", "train", "test"],
+  "evaluate: the images clustered and scored (all: train and test together).",
+)
+flags.DEFINE_boolean(
+  "probe",
+  True,
+  "evaluate: fit a linear probe (logistic regression) on train "
+  "embeddings, score it on the test split; also the --knn_probe.",
+)
+flags.DEFINE_integer(
+  "knn_probe",
+  20,
+  "evaluate --probe: k of a k-nearest-neighbour probe (cosine "
+  "similarity to the train embeddings, majority vote) scored on the test split; "
+  "0: none.",
+)
+flags.DEFINE_integer(
+  "purity_clusters",
+  0,
+  "evaluate: also split the clustered features into this "
+  "many k-means clusters (more than --n_clusters) and report "
+  "`overcluster_purity`, the fraction of points whose cluster's most common "
+  "label is their own: how class-pure the features' small regions are (a "
+  "clustering into --n_clusters rarely beats it); 0: none.",
+)
 flags.DEFINE_boolean("baselines", True, "evaluate: the same scores for raw pixels and PCA.")
-flags.DEFINE_enum("embedding_plot", "tsne", list(clustering.PLOTS),
-                  "evaluate: 2-D map of the test embeddings saved as a PNG coloured by label.")
-flags.DEFINE_integer("plot_points", 5000, "evaluate: test points in the embedding plot (a fixed "
-                     "random subset when the split is larger).")
+flags.DEFINE_enum(
+  "embedding_plot",
+  "tsne",
+  list(clustering.PLOTS),
+  "evaluate: 2-D map of the test embeddings saved as a PNG coloured by label.",
+)
+flags.DEFINE_integer(
+  "plot_points",
+  5000,
+  "evaluate: test points in the embedding plot (a fixed random subset when the split is larger).",
+)
 
 
 def _split(cfg, train: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -62,8 +94,9 @@ def cluster_embeddings(z: np.ndarray, k: int, cfg) -> np.ndarray:
   """--manifold map (if any), then --cluster_on. [N] assignments."""
   dim = cfg.manifold_dim or (2 if cfg.manifold == "tsne" else k)
   mapped = clustering.manifold(z, cfg.manifold, dim=dim, seed=cfg.seed)
-  return clustering.cluster(mapped, k, method=cfg.cluster_on, seed=cfg.seed,
-                            n_init=cfg.kmeans_inits)
+  return clustering.cluster(
+    mapped, k, method=cfg.cluster_on, seed=cfg.seed, n_init=cfg.kmeans_inits
+  )
 
 
 def pipeline_name(cfg) -> str:
@@ -71,8 +104,9 @@ def pipeline_name(cfg) -> str:
   return f"{cfg.cluster_on} on {mapped}embeddings"
 
 
-def probes(cfg, z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray,
-           y_test: np.ndarray) -> dict[str, float]:
+def probes(
+  cfg, z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, y_test: np.ndarray
+) -> dict[str, float]:
   """`linear_probe_acc` and (with --knn_probe) `knn_probe_acc` of features (--probe)."""
   if not cfg.probe:
     return {}
@@ -101,22 +135,28 @@ def baselines(cfg, ds: data.ImageData, y: np.ndarray, k: int, dim: int) -> dict[
   x = _split(cfg, x_train, x_test)
   out: dict[str, Any] = {}
   t = time.perf_counter()
-  out["pixels"] = clustering.scores(y, clustering.kmeans(x, k, seed=cfg.seed,
-                                                          n_init=cfg.kmeans_inits)[0])
+  out["pixels"] = clustering.scores(
+    y, clustering.kmeans(x, k, seed=cfg.seed, n_init=cfg.kmeans_inits)[0]
+  )
   out["pixels"].update(probes(cfg, x_train, ds.y_train, x_test, ds.y_test))
   out["pixels"].update(overcluster(cfg, x, y))
   out["pixels"]["time_s"] = time.perf_counter() - t
   if cfg.manifold != "none":
     t = time.perf_counter()
     out[f"pixels_{cfg.manifold}_{cfg.cluster_on}"] = {
-        **clustering.scores(y, cluster_embeddings(x, k, cfg)), "time_s": time.perf_counter() - t}
+      **clustering.scores(y, cluster_embeddings(x, k, cfg)),
+      "time_s": time.perf_counter() - t,
+    }
   t = time.perf_counter()
   dim = min(dim, x.shape[1], len(x))
   x_pca, model = clustering.pca(x, dim, seed=cfg.seed)
-  out["pca"] = {"dim": dim, **clustering.scores(y, clustering.kmeans(
-      x_pca, k, seed=cfg.seed, n_init=cfg.kmeans_inits)[0])}
-  out["pca"].update(probes(cfg, model.transform(x_train), ds.y_train, model.transform(x_test),
-                          ds.y_test))
+  out["pca"] = {
+    "dim": dim,
+    **clustering.scores(y, clustering.kmeans(x_pca, k, seed=cfg.seed, n_init=cfg.kmeans_inits)[0]),
+  }
+  out["pca"].update(
+    probes(cfg, model.transform(x_train), ds.y_train, model.transform(x_test), ds.y_test)
+  )
   out["pca"].update(overcluster(cfg, x_pca, y))
   out["pca"]["time_s"] = time.perf_counter() - t
   return out
@@ -128,10 +168,15 @@ def embedding_plot(cfg, z_test: np.ndarray, y_test: np.ndarray, path: str) -> st
   if len(idx) > cfg.plot_points:
     idx = np.sort(np.random.default_rng(cfg.seed).choice(len(idx), cfg.plot_points, replace=False))
   z, y = z_test[idx], y_test[idx]
-  points = z if z.shape[1] == 2 else clustering.manifold(z, cfg.embedding_plot, dim=2,
-                                                         seed=cfg.seed, flag="embedding_plot")
-  title = (f"{cfg.model} on {cfg.dataset}: {cfg.embedding_plot} of {len(idx)} test embeddings "
-           f"({z.shape[1]}-d), coloured by label")
+  points = (
+    z
+    if z.shape[1] == 2
+    else clustering.manifold(z, cfg.embedding_plot, dim=2, seed=cfg.seed, flag="embedding_plot")
+  )
+  title = (
+    f"{cfg.model} on {cfg.dataset}: {cfg.embedding_plot} of {len(idx)} test embeddings "
+    f"({z.shape[1]}-d), coloured by label"
+  )
   return clustering.scatter_plot(points, y, path, title=title)
 
 
@@ -142,14 +187,21 @@ def check_flags(exp) -> None:
     return  # Nothing is scored (the evaluator does not run).
   num_train = len(ds.x_train)
   if cfg.probe and not 0 <= cfg.knn_probe <= num_train:
-    raise UsageError(f"--knn_probe={cfg.knn_probe}: expected a number of neighbours between 1 "
-                     f"and the {num_train} train examples, or 0 for none")
+    raise UsageError(
+      f"--knn_probe={cfg.knn_probe}: expected a number of neighbours between 1 "
+      f"and the {num_train} train examples, or 0 for none"
+    )
   if cfg.purity_clusters:
-    k, num_clustered = num_clusters(cfg, ds.num_classes, ds.name), len(_split(cfg, ds.x_train, ds.x_test))
+    k, num_clustered = (
+      num_clusters(cfg, ds.num_classes, ds.name),
+      len(_split(cfg, ds.x_train, ds.x_test)),
+    )
     if not k < cfg.purity_clusters <= num_clustered:
-      raise UsageError(f"--purity_clusters={cfg.purity_clusters}: expected more clusters than "
-                       f"--n_clusters ({k}) and at most the {num_clustered} images clustered, "
-                       "or 0 for none")
+      raise UsageError(
+        f"--purity_clusters={cfg.purity_clusters}: expected more clusters than "
+        f"--n_clusters ({k}) and at most the {num_clustered} images clustered, "
+        "or 0 for none"
+      )
 
 
 @register("clustering", needs=("embeddings", "labels"), check=check_flags)
@@ -161,8 +213,12 @@ def representation_metrics(exp, state, inputs: Inputs) -> dict[str, Any]:
   timings = {"embed": time.perf_counter() - t}
   y = _split(cfg, ds.y_train, ds.y_test)
   k = num_clusters(cfg, ds.num_classes, ds.name)
-  results: dict[str, Any] = {"n_clusters": k, "cluster_split": cfg.cluster_split,
-                             "num_clustered": len(y), "embedding_dim": int(z_train.shape[1])}
+  results: dict[str, Any] = {
+    "n_clusters": k,
+    "cluster_split": cfg.cluster_split,
+    "num_clustered": len(y),
+    "embedding_dim": int(z_train.shape[1]),
+  }
   base: dict[str, Any] = {}
 
   t = time.perf_counter()
@@ -195,10 +251,10 @@ def representation_metrics(exp, state, inputs: Inputs) -> dict[str, Any]:
   if cfg.embedding_plot != "none" and parallel.is_lead_process():
     t = time.perf_counter()
     os.makedirs(os.path.join(exp.ctx.workdir, "images"), exist_ok=True)
-    path = os.path.join(exp.ctx.workdir, "images",
-                        f"embedding_{cfg.embedding_plot}_{int(state.step):07d}.png")
+    path = os.path.join(
+      exp.ctx.workdir, "images", f"embedding_{cfg.embedding_plot}_{int(state.step):07d}.png"
+    )
     results["embedding_plot"] = embedding_plot(cfg, z_test, ds.y_test, path)
     timings["plot"] = time.perf_counter() - t
   results["time_s"] = {name: round(v, 2) for name, v in timings.items()}
   return results
-

@@ -20,8 +20,12 @@ from dlu import batched_eval, data, feature_net, parallel, sample_quality
 from dlu.errors import UsageError
 from dlu.evaluators.registry import Inputs, register
 
-flags.DEFINE_integer("eval_samples", 10000, "Generated samples scored by fid, kid, precision and "
-                     "recall at each eval (against the test split); 0 turns them off.")
+flags.DEFINE_integer(
+  "eval_samples",
+  10000,
+  "Generated samples scored by fid, kid, precision and "
+  "recall at each eval (against the test split); 0 turns them off.",
+)
 
 
 def check_flags(exp: Any) -> None:
@@ -34,26 +38,39 @@ def _real_features(exp: Any, net: feature_net.FeatureNet, params: Any, n: int) -
   """Features of the test split, and the FID of n real training images against them."""
   ds, mesh = exp.dataset, exp.mesh
   repl, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-  embed = jax.jit(lambda p, x: net.features(p, data.normalize(x)), in_shardings=(repl, sharded),
-                  out_shardings=sharded)
-  real = lambda x: batched_eval.embed_split(embed, params, x, mesh=mesh,
-                                            batch_size=exp.ctx.batch_size)
+  embed = jax.jit(
+    lambda p, x: net.features(p, data.normalize(x)),
+    in_shardings=(repl, sharded),
+    out_shardings=sharded,
+  )
+  real = lambda x: batched_eval.embed_split(
+    embed, params, x, mesh=mesh, batch_size=exp.ctx.batch_size
+  )
   test = real(ds.x_test)
-  rows = np.sort(np.random.default_rng(0).choice(len(ds.x_train), min(n, len(ds.x_train)),
-                                                 replace=False))
+  rows = np.sort(
+    np.random.default_rng(0).choice(len(ds.x_train), min(n, len(ds.x_train)), replace=False)
+  )
   return {"test": test, "fid_floor": sample_quality.fid(real(ds.x_train[rows]), test)}
 
 
-def _sample_features(exp: Any, state: Any, inputs: Inputs, net: feature_net.FeatureNet,
-                     params: Any, n: int) -> np.ndarray:
+def _sample_features(
+  exp: Any, state: Any, inputs: Inputs, net: feature_net.FeatureNet, params: Any, n: int
+) -> np.ndarray:
   """Feature-net features of n samples from fixed noise. [n, D]"""
   family, bs = exp.family, exp.ctx.batch_size
   repl, sharded = parallel.replicated(exp.mesh), parallel.data_sharded(exp.mesh)
-  noise = inputs.compiled("sample_noise", lambda: jax.jit(
-      lambda k, start: family.sample_noise(k, start, bs), out_shardings=sharded))
-  features = inputs.compiled("sample_features", lambda: jax.jit(
+  noise = inputs.compiled(
+    "sample_noise",
+    lambda: jax.jit(lambda k, start: family.sample_noise(k, start, bs), out_shardings=sharded),
+  )
+  features = inputs.compiled(
+    "sample_features",
+    lambda: jax.jit(
       lambda s, p, z: net.features(p, family.samples_from_noise(s, z)),
-      in_shardings=(repl, repl, sharded), out_shardings=sharded))
+      in_shardings=(repl, repl, sharded),
+      out_shardings=sharded,
+    ),
+  )
   key = jax.random.fold_in(exp.ctx.rng, 1)
   out = []
   for i in range(-(-n // bs)):
@@ -69,11 +86,17 @@ def sample_quality_metrics(exp: Any, state: Any, inputs: Inputs) -> dict[str, An
   n = exp.cfg.eval_samples
   if n == 0:
     return {}
-  net = inputs.compiled("feature_net", lambda: feature_net.load_or_train(
-      exp.dataset, exp.cfg.data_dir or data.default_data_dir()))
-  params = inputs.compiled("feature_params", lambda: jax.device_put(
-      net.params, parallel.replicated(exp.mesh)))
+  net = inputs.compiled(
+    "feature_net",
+    lambda: feature_net.load_or_train(exp.dataset, exp.cfg.data_dir or data.default_data_dir()),
+  )
+  params = inputs.compiled(
+    "feature_params", lambda: jax.device_put(net.params, parallel.replicated(exp.mesh))
+  )
   real = inputs.compiled("real_features", lambda: _real_features(exp, net, params, n))
   fake = _sample_features(exp, state, inputs, net, params, n)
-  return {**sample_quality.all_metrics(real["test"], fake), "fid_floor": real["fid_floor"],
-          "feature_net_acc": net.test_accuracy}
+  return {
+    **sample_quality.all_metrics(real["test"], fake),
+    "fid_floor": real["fid_floor"],
+    "feature_net_acc": net.test_accuracy,
+  }

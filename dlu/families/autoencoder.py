@@ -15,10 +15,18 @@ from dlu.model_flags import conv_channels, int_list
 from dlu.models import autoencoder as ae_models
 
 flags.DEFINE_integer("hidden_units", 128, "ae_seed: width of the one hidden (code) layer.")
-flags.DEFINE_enum("recon_loss", "mse", ["mse", "bce"],
-                  "mse: linear output, squared error; bce: sigmoid output, binary cross-entropy.")
-flags.DEFINE_enum("noise", "none", ["none", "gaussian", "masking"],
-                  "Denoising autoencoder: corrupt the training inputs with this noise.")
+flags.DEFINE_enum(
+  "recon_loss",
+  "mse",
+  ["mse", "bce"],
+  "mse: linear output, squared error; bce: sigmoid output, binary cross-entropy.",
+)
+flags.DEFINE_enum(
+  "noise",
+  "none",
+  ["none", "gaussian", "masking"],
+  "Denoising autoencoder: corrupt the training inputs with this noise.",
+)
 flags.DEFINE_float("noise_level", 0.0, "Noise stddev (gaussian) or drop probability (masking).")
 
 
@@ -40,19 +48,23 @@ class Autoencoder(SingleNetworkFamily):
     if cfg.noise != "none" and not cfg.noise_level > 0:
       raise UsageError(f"--noise={cfg.noise} needs --noise_level > 0, got {cfg.noise_level!r}")
     if cfg.noise == "masking" and not cfg.noise_level < 1:
-      raise UsageError(f"--noise_level is a drop probability for masking: must be < 1, "
-                       f"got {cfg.noise_level!r}")
+      raise UsageError(
+        f"--noise_level is a drop probability for masking: must be < 1, got {cfg.noise_level!r}"
+      )
 
   def make_model(self):
     cfg, shape = self.cfg, self.spec.image_shape
     if cfg.model == "ae_seed":
-      return ae_models.MLPAutoencoder(shape, encoder_widths=(), latent_dim=cfg.hidden_units,
-                                      latent_activation="relu")
+      return ae_models.MLPAutoencoder(
+        shape, encoder_widths=(), latent_dim=cfg.hidden_units, latent_activation="relu"
+      )
     if cfg.model == "ae_mlp":
-      return ae_models.MLPAutoencoder(shape, encoder_widths=int_list(cfg.widths, "widths"),
-                                      latent_dim=cfg.latent_dim)
-    return ae_models.ConvAutoencoder(shape, channels=conv_channels(cfg, shape),
-                                     latent_dim=cfg.latent_dim)
+      return ae_models.MLPAutoencoder(
+        shape, encoder_widths=int_list(cfg.widths, "widths"), latent_dim=cfg.latent_dim
+      )
+    return ae_models.ConvAutoencoder(
+      shape, channels=conv_channels(cfg, shape), latent_dim=cfg.latent_dim
+    )
 
   def corrupt(self, x: jax.Array, rng: jax.Array) -> jax.Array:
     level = self.cfg.noise_level

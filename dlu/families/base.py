@@ -50,6 +50,7 @@ Metrics = dict[str, jax.Array]
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
   """What a model needs to know of the data."""
+
   image_shape: tuple[int, int, int]  # (H, W, C)
   num_classes: int | None
   num_train: int
@@ -59,8 +60,9 @@ class DataSpec:
 @dataclasses.dataclass(frozen=True)
 class EvalContext:
   """What host-side evaluation hooks may use."""
+
   mesh: Any
-  batch_size: int      # global eval batch size, a multiple of the device count
+  batch_size: int  # global eval batch size, a multiple of the device count
   rng: jax.Array
   workdir: str
   cfg: Config
@@ -68,7 +70,7 @@ class EvalContext:
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array           # [] int32: completed steps
+  step: jax.Array  # [] int32: completed steps
   params: Any
   opt_state: Any
   extra: Any = flax.struct.field(default_factory=dict)  # e.g. batch_stats, EMA params
@@ -97,8 +99,9 @@ class Family:
   def init_state(self, rng: jax.Array) -> TrainState:
     raise NotImplementedError
 
-  def train_step(self, state: TrainState, batch: Batch, rng: jax.Array, *,
-                 axis_name: str | None = None) -> tuple[TrainState, Metrics]:
+  def train_step(
+    self, state: TrainState, batch: Batch, rng: jax.Array, *, axis_name: str | None = None
+  ) -> tuple[TrainState, Metrics]:
     raise NotImplementedError
 
   def eval_metrics(self, state: TrainState, batch: Batch, rng: jax.Array) -> Metrics:
@@ -118,12 +121,14 @@ class Family:
     """Host-side work before train step `step`, on the state as the loop holds it."""
     return state
 
-  def split_metrics(self, state: TrainState, dataset: data.ImageData,
-                    ctx: EvalContext) -> dict[str, float]:
+  def split_metrics(
+    self, state: TrainState, dataset: data.ImageData, ctx: EvalContext
+  ) -> dict[str, float]:
     return {}
 
-  def final_metrics(self, state: TrainState, dataset: data.ImageData,
-                    ctx: EvalContext) -> dict[str, float]:
+  def final_metrics(
+    self, state: TrainState, dataset: data.ImageData, ctx: EvalContext
+  ) -> dict[str, float]:
     return {}
 
   def embed(self, state: TrainState, images: jax.Array) -> jax.Array:
@@ -152,8 +157,11 @@ class Family:
 
 
 def norms(*, grads: Any, params: Any, updates: Any) -> Metrics:
-  return {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
-          "update_norm": optax.tree.norm(updates)}
+  return {
+    "grad_norm": optax.tree.norm(grads),
+    "param_norm": optax.tree.norm(params),
+    "update_norm": optax.tree.norm(updates),
+  }
 
 
 def per_device_rng(rng: jax.Array, axis_name: str | None) -> jax.Array:
@@ -196,14 +204,14 @@ class SingleNetworkFamily(Family):
 
   def init_state(self, rng: jax.Array) -> TrainState:
     params = self.init_params(rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
 
   def train_step(self, state, batch, rng, *, axis_name=None):
     # The step's own key: fresh noise every step, and the same noise again on resume.
     rng = per_device_rng(jax.random.fold_in(rng, state.step), axis_name)
-    loss_fn = (functools.partial(self.loss, axis_name=axis_name) if self.loss_needs_axis
-               else self.loss)
+    loss_fn = (
+      functools.partial(self.loss, axis_name=axis_name) if self.loss_needs_axis else self.loss
+    )
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, metrics), grads = grad_fn(state.params, batch, rng)
     if axis_name is not None:
@@ -234,5 +242,3 @@ def get(model: str) -> type[Family]:
   if model not in _REGISTRY:
     raise UsageError(f"--model={model!r} is not a model; accepted: {', '.join(names())}")
   return _REGISTRY[model]
-
-

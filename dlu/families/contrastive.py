@@ -38,20 +38,40 @@ from dlu.model_flags import conv_channels, int_list, num_clusters
 from dlu.models.contrastive import ContrastiveNet
 
 flags.DEFINE_float("temperature", 0.5, "simclr_*: temperature of the NT-Xent loss.")
-flags.DEFINE_list("projection_dims", ["256", "128"],
-                  "simclr_*: widths of the projection head (the loss's space).")
-flags.DEFINE_float("crop_min_scale", 0.5, "simclr_*: smallest area fraction of a random crop "
-                   "(1: crops keep the whole area, only the aspect ratio varies).")
+flags.DEFINE_list(
+  "projection_dims", ["256", "128"], "simclr_*: widths of the projection head (the loss's space)."
+)
+flags.DEFINE_float(
+  "crop_min_scale",
+  0.5,
+  "simclr_*: smallest area fraction of a random crop "
+  "(1: crops keep the whole area, only the aspect ratio varies).",
+)
 flags.DEFINE_boolean("hflip", True, "simclr_*: flip views left-right with probability 1/2.")
-flags.DEFINE_float("brightness", 0.0, "simclr_*: views' intensities are multiplied by a random "
-                   "factor in [1 - brightness, 1 + brightness] (clipped to the pixel range).")
-flags.DEFINE_float("intensity_gamma", 0.0, "simclr_*: views' intensities (in [0, 1]) are "
-                   "raised to a random power in [exp(-gamma), exp(gamma)].")
-flags.DEFINE_boolean("cluster_head", False, "simclr_*: also learn a clustering: a softmax head "
-                     "over --n_clusters clusters trained by contrastive clustering's cluster "
-                     "loss; experiments.evaluate scores its assignments.")
-flags.DEFINE_float("cluster_temperature", 1.0, "simclr_* --cluster_head: temperature of the "
-                   "contrast between clusters.")
+flags.DEFINE_float(
+  "brightness",
+  0.0,
+  "simclr_*: views' intensities are multiplied by a random "
+  "factor in [1 - brightness, 1 + brightness] (clipped to the pixel range).",
+)
+flags.DEFINE_float(
+  "intensity_gamma",
+  0.0,
+  "simclr_*: views' intensities (in [0, 1]) are "
+  "raised to a random power in [exp(-gamma), exp(gamma)].",
+)
+flags.DEFINE_boolean(
+  "cluster_head",
+  False,
+  "simclr_*: also learn a clustering: a softmax head "
+  "over --n_clusters clusters trained by contrastive clustering's cluster "
+  "loss; experiments.evaluate scores its assignments.",
+)
+flags.DEFINE_float(
+  "cluster_temperature",
+  1.0,
+  "simclr_* --cluster_head: temperature of the contrast between clusters.",
+)
 
 
 @register
@@ -68,12 +88,15 @@ class SimCLR(SingleNetworkFamily):
     int_list(getattr(cfg, encoder_flag), encoder_flag)
     require_above_zero(cfg, "temperature", "cluster_temperature")
     if not 0 < cfg.crop_min_scale <= 1:
-      raise UsageError(f"--crop_min_scale is an area fraction in (0, 1], got {cfg.crop_min_scale!r}")
+      raise UsageError(
+        f"--crop_min_scale is an area fraction in (0, 1], got {cfg.crop_min_scale!r}"
+      )
     require_fraction(cfg, "brightness")
     require_non_negative(cfg, "intensity_gamma")
     if cfg.batch_size < 2:
-      raise UsageError(f"simclr needs other images in the batch: --batch_size >= 2, "
-                       f"got {cfg.batch_size}")
+      raise UsageError(
+        f"simclr needs other images in the batch: --batch_size >= 2, got {cfg.batch_size}"
+      )
 
   @property
   def num_clusters(self) -> int:
@@ -81,14 +104,18 @@ class SimCLR(SingleNetworkFamily):
     if not self.cfg.cluster_head:
       return 0
     if not (self.cfg.n_clusters or self.spec.num_classes):
-      raise UsageError("--cluster_head needs --n_clusters: the data has no labels to count "
-                       "classes from")
+      raise UsageError(
+        "--cluster_head needs --n_clusters: the data has no labels to count classes from"
+      )
     return num_clusters(self.cfg, self.spec.num_classes)
 
   def make_model(self):
     cfg, shape = self.cfg, self.spec.image_shape
-    common = dict(feature_dim=cfg.latent_dim, num_clusters=self.num_clusters,
-                  projection=int_list(cfg.projection_dims, "projection_dims"))
+    common = dict(
+      feature_dim=cfg.latent_dim,
+      num_clusters=self.num_clusters,
+      projection=int_list(cfg.projection_dims, "projection_dims"),
+    )
     if cfg.model == "simclr_conv":
       return ContrastiveNet("conv", channels=conv_channels(cfg, shape), **common)
     return ContrastiveNet("mlp", widths=int_list(cfg.widths, "widths"), **common)
@@ -96,9 +123,16 @@ class SimCLR(SingleNetworkFamily):
   def two_views(self, images: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Two independent random views of each normalised image. [B, H, W, C] each"""
     x, cfg = data.normalize(images, "unit"), self.cfg
-    draw = lambda key: self.normalize(views.random_views(
-        key, x, min_scale=cfg.crop_min_scale, hflip=cfg.hflip, brightness=cfg.brightness,
-        gamma=cfg.intensity_gamma))
+    draw = lambda key: self.normalize(
+      views.random_views(
+        key,
+        x,
+        min_scale=cfg.crop_min_scale,
+        hflip=cfg.hflip,
+        brightness=cfg.brightness,
+        gamma=cfg.intensity_gamma,
+      )
+    )
     k1, k2 = jax.random.split(rng)
     return draw(k1), draw(k2)
 
@@ -108,8 +142,7 @@ class SimCLR(SingleNetworkFamily):
     v1, v2 = self.two_views(images, rng)
     n = v1.shape[0]
     _, z, logits = self.model.apply({"params": params}, jnp.concatenate([v1, v2]))  # 2B views.
-    loss, top1 = losses.nt_xent(z[:n], z[n:], temperature=self.cfg.temperature,
-                                axis_name=axis_name)
+    loss, top1 = losses.nt_xent(z[:n], z[n:], temperature=self.cfg.temperature, axis_name=axis_name)
     out = {"loss": loss, "top1": top1}
     if logits is not None:
       out["probs"] = jax.nn.softmax(logits)
@@ -121,8 +154,11 @@ class SimCLR(SingleNetworkFamily):
     if "probs" in out:
       n = batch["image"].shape[0]
       cluster_loss, entropy = losses.cluster_contrast(
-          out["probs"][:n], out["probs"][n:], temperature=self.cfg.cluster_temperature,
-          axis_name=axis_name)
+        out["probs"][:n],
+        out["probs"][n:],
+        temperature=self.cfg.cluster_temperature,
+        axis_name=axis_name,
+      )
       loss = loss + cluster_loss
       metrics.update(cluster_loss=cluster_loss, cluster_entropy=entropy)
     return loss, metrics
@@ -134,8 +170,10 @@ class SimCLR(SingleNetworkFamily):
     metrics = {"loss": halves(out["loss"]), "top1": halves(out["top1"])}
     if "probs" in out:  # How sure the head is, and whether both views land in one cluster.
       hard = jnp.argmax(out["probs"], axis=-1)
-      metrics.update(confidence=halves(jnp.max(out["probs"], axis=-1)),
-                     views_agree=(hard[:n] == hard[n:]).astype(jnp.float32))
+      metrics.update(
+        confidence=halves(jnp.max(out["probs"], axis=-1)),
+        views_agree=(hard[:n] == hard[n:]).astype(jnp.float32),
+      )
     return metrics
 
   def images(self, state, batch, rng):
@@ -149,8 +187,9 @@ class SimCLR(SingleNetworkFamily):
 
   def cluster_probs(self, state, images: jax.Array) -> jax.Array:
     """The cluster head's probabilities for whole images. [B, K]"""
-    logits = self.model.apply({"params": state.params}, self.normalize(images),
-                              method="cluster_logits")
+    logits = self.model.apply(
+      {"params": state.params}, self.normalize(images), method="cluster_logits"
+    )
     return jax.nn.softmax(logits)
 
   # --- Host-side hooks.
@@ -166,8 +205,10 @@ class SimCLR(SingleNetworkFamily):
       return None
 
     def assign(state, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-      return batched_eval.cluster_assignments(self._probs, state, x, mesh=self._ctx.mesh,
-                                            batch_size=self._ctx.batch_size)
+      return batched_eval.cluster_assignments(
+        self._probs, state, x, mesh=self._ctx.mesh, batch_size=self._ctx.batch_size
+      )
+
     return assign
 
   def split_metrics(self, state, dataset, ctx):

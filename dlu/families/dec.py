@@ -28,11 +28,17 @@ from dlu.families.base import EvalContext, SingleNetworkFamily, TrainState, get,
 from dlu.flags import require_above_zero, require_non_negative, require_positive
 from dlu.model_flags import num_clusters
 
-flags.DEFINE_string("init_from", None,
-                    "dec/idec: workdir of the trained autoencoder run to start from.")
-flags.DEFINE_integer("target_update_every", 140,
-                     "dec/idec: recompute the target distribution over the training split every N steps.")
-flags.DEFINE_float("gamma", 0.1, "idec: weight of the clustering (KL) loss beside the reconstruction loss.")
+flags.DEFINE_string(
+  "init_from", None, "dec/idec: workdir of the trained autoencoder run to start from."
+)
+flags.DEFINE_integer(
+  "target_update_every",
+  140,
+  "dec/idec: recompute the target distribution over the training split every N steps.",
+)
+flags.DEFINE_float(
+  "gamma", 0.1, "idec: weight of the clustering (KL) loss beside the reconstruction loss."
+)
 flags.DEFINE_float("alpha", 1.0, "dec/idec: degrees of freedom of the Student-t kernel.")
 
 SCORES = ("acc", "nmi", "ari")
@@ -48,8 +54,10 @@ def load_autoencoder(workdir: str, spec, mesh) -> tuple[Autoencoder, TrainState]
   cfg = dlu_flags.config_from_flagfile(os.path.join(workdir, "flags.txt"))
   family_cls = get(cfg.model)
   if not issubclass(family_cls, Autoencoder):
-    raise UsageError(f"--init_from={workdir!r} holds a --model={cfg.model} run; "
-                     "expected an autoencoder (ae_seed, ae_mlp, ae_conv)")
+    raise UsageError(
+      f"--init_from={workdir!r} holds a --model={cfg.model} run; "
+      "expected an autoencoder (ae_seed, ae_mlp, ae_conv)"
+    )
   family = family_cls(cfg, spec)
   if not has_checkpoint(workdir):
     raise UsageError(f"--init_from={workdir!r} holds no checkpoint: train the autoencoder first")
@@ -69,6 +77,7 @@ class DEC(SingleNetworkFamily):
   adds each example's row of the target to its batch (`target`), and the loss is
   deterministic given it.
   """
+
   models = ("dec", "idec")
   needs_index = True
 
@@ -77,8 +86,9 @@ class DEC(SingleNetworkFamily):
     if not cfg.init_from:
       raise UsageError(f"--model={cfg.model} needs --init_from=WORKDIR, a trained autoencoder run")
     if not os.path.isfile(os.path.join(cfg.init_from, "flags.txt")):
-      raise UsageError(f"--init_from={cfg.init_from!r} is not the workdir of a dlu run "
-                       "(it has no flags.txt)")
+      raise UsageError(
+        f"--init_from={cfg.init_from!r} is not the workdir of a dlu run (it has no flags.txt)"
+      )
     require_positive(cfg, "target_update_every")
     require_above_zero(cfg, "alpha")
     require_non_negative(cfg, "gamma")
@@ -87,17 +97,20 @@ class DEC(SingleNetworkFamily):
   def prepare(self, dataset, ctx):
     ae, ae_state = load_autoencoder(self.cfg.init_from, self.spec, ctx.mesh)
     if ae.cfg.pixel_range != self.cfg.pixel_range or ae.cfg.dataset != self.cfg.dataset:
-      raise UsageError(f"--init_from={self.cfg.init_from!r} was trained with --dataset="
-                       f"{ae.cfg.dataset} --pixel_range={ae.cfg.pixel_range}; this run has "
-                       f"--dataset={self.cfg.dataset} --pixel_range={self.cfg.pixel_range}")
+      raise UsageError(
+        f"--init_from={self.cfg.init_from!r} was trained with --dataset="
+        f"{ae.cfg.dataset} --pixel_range={ae.cfg.pixel_range}; this run has "
+        f"--dataset={self.cfg.dataset} --pixel_range={self.cfg.pixel_range}"
+      )
     k = num_clusters(self.cfg, dataset.num_classes, dataset.name)
     if has_checkpoint(ctx.workdir):  # resuming or evaluating: the checkpoint holds the centroids
       z_dim = jax.eval_shape(ae.embed, ae_state, jnp.zeros((1,) + self.spec.image_shape)).shape[-1]
       centroids = np.zeros((k, z_dim), np.float32)
     else:
       embed = parallel.make_embed(ae, ctx.mesh)
-      z = batched_eval.embed_split(embed, ae_state, dataset.x_train, mesh=ctx.mesh,
-                                 batch_size=ctx.batch_size)
+      z = batched_eval.embed_split(
+        embed, ae_state, dataset.x_train, mesh=ctx.mesh, batch_size=ctx.batch_size
+      )
       centroids = clustering.kmeans(z, k, seed=self.cfg.seed, n_init=self.cfg.kmeans_inits)[1]
     self.set_pretrained(ae, jax.device_get(ae_state.params), centroids)
     self.set_data(dataset, ctx)
@@ -119,15 +132,21 @@ class DEC(SingleNetworkFamily):
   # --- Pure functions (jitted by the loop).
   def init_state(self, rng):
     del rng  # everything starts from the pretrained run
-    params = {"ae": jax.tree.map(jnp.asarray, self.ae_params),
-              "centroids": jnp.asarray(self.centroids)}
+    params = {
+      "ae": jax.tree.map(jnp.asarray, self.ae_params),
+      "centroids": jnp.asarray(self.centroids),
+    }
     n, k = self.spec.num_train, self.centroids.shape[0]
-    extra = {"p": jnp.zeros((n, k), jnp.float32), "assign": jnp.full((n,), -1, jnp.int32),
-             "assign_changed": jnp.ones((), jnp.float32)}
+    extra = {
+      "p": jnp.zeros((n, k), jnp.float32),
+      "assign": jnp.full((n,), -1, jnp.int32),
+      "assign_changed": jnp.ones((), jnp.float32),
+    }
     if self.scored:
       extra.update({name: jnp.zeros((), jnp.float32) for name in SCORES})
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.tx.init(params), extra=extra)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), extra=extra
+    )
 
   def encode(self, ae_params, x: jax.Array) -> jax.Array:
     return self.ae.model.apply({"params": ae_params}, x, method="encode")  # [B, D]
@@ -173,18 +192,23 @@ class DEC(SingleNetworkFamily):
   # --- Host-side hooks.
   def assignments(self, state, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Soft assignments [N, K] and hard ones [N] of every row of `x`."""
-    return batched_eval.cluster_assignments(self._probs, state, x, mesh=self.ctx.mesh,
-                                          batch_size=self.ctx.batch_size)
+    return batched_eval.cluster_assignments(
+      self._probs, state, x, mesh=self.ctx.mesh, batch_size=self.ctx.batch_size
+    )
 
   def refresh_target(self, state: TrainState) -> TrainState:
     """Recomputes p over the whole training split; records how many assignments moved."""
     q, assign = self.assignments(state, self.dataset.x_train)
     old = np.asarray(jax.device_get(state.extra["assign"]))
-    extra = {"p": clustering.target_distribution(q), "assign": assign,
-             "assign_changed": np.float32(np.mean(assign != old))}
+    extra = {
+      "p": clustering.target_distribution(q),
+      "assign": assign,
+      "assign_changed": np.float32(np.mean(assign != old)),
+    }
     if self.scored:
-      extra.update({k: np.float32(v)
-                    for k, v in clustering.scores(self.dataset.y_train, assign).items()})
+      extra.update(
+        {k: np.float32(v) for k, v in clustering.scores(self.dataset.y_train, assign).items()}
+      )
     return state.replace(extra=jax.device_put(extra, parallel.replicated(self.ctx.mesh)))
 
   def step_boundaries(self):

@@ -38,29 +38,56 @@ from dlu.grids import as_grid
 from dlu.model_flags import int_list
 from dlu.models import gan as gan_models
 
-flags.DEFINE_enum("gan_loss", "ns", list(gan_losses.LOSS_TYPES),
-                  "ns: non-saturating; hinge; wgan_gp: Wasserstein with gradient penalty.")
+flags.DEFINE_enum(
+  "gan_loss",
+  "ns",
+  list(gan_losses.LOSS_TYPES),
+  "ns: non-saturating; hinge; wgan_gp: Wasserstein with gradient penalty.",
+)
 flags.DEFINE_float("gp_weight", 10.0, "wgan_gp: weight (lambda) of the gradient penalty.")
-flags.DEFINE_float("r1_weight", 0.0, "R1 penalty gamma/2 * E||grad_x D(x)||^2 on real images "
-                   "with gamma = this; 0 turns it off.")
-flags.DEFINE_integer("d_steps", 1, "Discriminator updates per generator update (each on its "
-                     "own slice of the batch).")
-flags.DEFINE_float("ema_decay", 0.999, "Decay of the generator's weight average used for "
-                   "evaluation and samples (warmed up as min(decay, (1+t)/(10+t))); 0: off.")
+flags.DEFINE_float(
+  "r1_weight",
+  0.0,
+  "R1 penalty gamma/2 * E||grad_x D(x)||^2 on real images with gamma = this; 0 turns it off.",
+)
+flags.DEFINE_integer(
+  "d_steps", 1, "Discriminator updates per generator update (each on its own slice of the batch)."
+)
+flags.DEFINE_float(
+  "ema_decay",
+  0.999,
+  "Decay of the generator's weight average used for "
+  "evaluation and samples (warmed up as min(decay, (1+t)/(10+t))); 0: off.",
+)
 flags.DEFINE_float("g_learning_rate", None, "Generator learning rate (default --learning_rate).")
-flags.DEFINE_float("d_learning_rate", None, "Discriminator learning rate (default --learning_rate).")
-flags.DEFINE_float("gan_b1", 0.5, "Adam beta1 of both GAN networks (--b1 is for single-network "
-                   "families).")
-flags.DEFINE_integer("gan_channels", 64, "dcgan: channels c of the first discriminator and last "
-                     "hidden generator layer (2c in the middle).")
-flags.DEFINE_list("gan_widths", ["256", "512"], "mlp_gan: generator hidden widths (the "
-                  "discriminator uses them reversed).")
-flags.DEFINE_boolean("conditional", False, "Class-conditional GAN (dcgan, mlp_gan): the generator "
-                     "takes a label, the discriminator is a projection discriminator; needs labels.")
+flags.DEFINE_float(
+  "d_learning_rate", None, "Discriminator learning rate (default --learning_rate)."
+)
+flags.DEFINE_float(
+  "gan_b1", 0.5, "Adam beta1 of both GAN networks (--b1 is for single-network families)."
+)
+flags.DEFINE_integer(
+  "gan_channels",
+  64,
+  "dcgan: channels c of the first discriminator and last "
+  "hidden generator layer (2c in the middle).",
+)
+flags.DEFINE_list(
+  "gan_widths",
+  ["256", "512"],
+  "mlp_gan: generator hidden widths (the discriminator uses them reversed).",
+)
+flags.DEFINE_boolean(
+  "conditional",
+  False,
+  "Class-conditional GAN (dcgan, mlp_gan): the generator "
+  "takes a label, the discriminator is a projection discriminator; needs labels.",
+)
 
 
-def _draw(sample: Callable, rng: jax.Array, shape: tuple[int, ...],
-          axis_name: str | None) -> jax.Array:
+def _draw(
+  sample: Callable, rng: jax.Array, shape: tuple[int, ...], axis_name: str | None
+) -> jax.Array:
   """Noise for the global batch, of which this device keeps its rows under pmap.
 
   So pmap and jit draw the same numbers: the step is the same program either way.
@@ -84,8 +111,9 @@ class GAN(Family):
   @classmethod
   def validate(cls, cfg):
     if cfg.gan_loss not in gan_losses.LOSS_TYPES:
-      raise UsageError(f"--gan_loss must be one of {', '.join(gan_losses.LOSS_TYPES)}; "
-                       f"got {cfg.gan_loss!r}")
+      raise UsageError(
+        f"--gan_loss must be one of {', '.join(gan_losses.LOSS_TYPES)}; got {cfg.gan_loss!r}"
+      )
     require_positive(cfg, "latent_dim", "d_steps", "gan_channels")
     if cfg.model == "mlp_gan":
       int_list(cfg.gan_widths, "gan_widths")
@@ -93,26 +121,33 @@ class GAN(Family):
     require_non_negative(cfg, "gp_weight", "r1_weight")
     for name in ("g_learning_rate", "d_learning_rate"):
       if getattr(cfg, name) is not None and not getattr(cfg, name) > 0:
-        raise UsageError(f"--{name} must be > 0 (or unset for --learning_rate), "
-                         f"got {getattr(cfg, name)!r}")
+        raise UsageError(
+          f"--{name} must be > 0 (or unset for --learning_rate), got {getattr(cfg, name)!r}"
+        )
     if cfg.optimizer == "gd":
       raise UsageError("--optimizer=gd (full-batch) does not apply to GANs; use adam, sgd, ...")
     if not isinstance(cfg.conditional, bool):
       raise UsageError(f"--conditional must be true or false, got {cfg.conditional!r}")
     n = jax.device_count()
     if cfg.batch_size % (cfg.d_steps * n):
-      raise UsageError(f"--batch_size={cfg.batch_size} must be divisible by --d_steps={cfg.d_steps} "
-                       f"times the device count ({n}): each D step takes a slice on every device")
+      raise UsageError(
+        f"--batch_size={cfg.batch_size} must be divisible by --d_steps={cfg.d_steps} "
+        f"times the device count ({n}): each D step takes a slice on every device"
+      )
 
   def __init__(self, cfg, spec):
     super().__init__(cfg, spec)
     if cfg.model == "dcgan" and not gan_models.dcgan_compatible(spec.image_shape):
       h, w, _ = spec.image_shape
-      raise UsageError(f"--model=dcgan needs image height and width divisible by 4; "
-                       f"the data has {h}x{w} (use --model=mlp_gan)")
+      raise UsageError(
+        f"--model=dcgan needs image height and width divisible by 4; "
+        f"the data has {h}x{w} (use --model=mlp_gan)"
+      )
     if cfg.conditional and not spec.num_classes:
-      raise UsageError("--conditional needs a labelled dataset; this one has no labels "
-                       "(train an unconditional GAN: drop --conditional)")
+      raise UsageError(
+        "--conditional needs a labelled dataset; this one has no labels "
+        "(train an unconditional GAN: drop --conditional)"
+      )
     #: classes the networks are conditioned on; None: unconditional.
     self.num_classes = spec.num_classes if cfg.conditional else None
     self.needs_label = self.num_classes is not None
@@ -121,25 +156,35 @@ class GAN(Family):
       self.discriminator = gan_models.DCGANDiscriminator(cfg.gan_channels, self.num_classes)
     else:
       self.discriminator = gan_models.MLPDiscriminator(
-          tuple(reversed(int_list(cfg.gan_widths, "gan_widths"))), self.num_classes)
+        tuple(reversed(int_list(cfg.gan_widths, "gan_widths"))), self.num_classes
+      )
     b1 = cfg.gan_b1
-    self.g_tx = optim.make_optimizer(cfg, learning_rate=cfg.g_learning_rate or cfg.learning_rate,
-                                     b1=b1)
+    self.g_tx = optim.make_optimizer(
+      cfg, learning_rate=cfg.g_learning_rate or cfg.learning_rate, b1=b1
+    )
     # The D optimizer counts d_steps updates per step: stretch its schedule to match.
-    d_cfg = cfg.replace(num_steps=cfg.num_steps * cfg.d_steps,
-                        warmup_steps=cfg.warmup_steps * cfg.d_steps)
-    self.d_tx = optim.make_optimizer(d_cfg, learning_rate=cfg.d_learning_rate or cfg.learning_rate,
-                                     b1=b1)
+    d_cfg = cfg.replace(
+      num_steps=cfg.num_steps * cfg.d_steps, warmup_steps=cfg.warmup_steps * cfg.d_steps
+    )
+    self.d_tx = optim.make_optimizer(
+      d_cfg, learning_rate=cfg.d_learning_rate or cfg.learning_rate, b1=b1
+    )
 
   # --- Networks.
 
   def generator(self, axis_name: str | None = None):
     cfg, shape = self.cfg, self.spec.image_shape
     if cfg.model == "dcgan":
-      return gan_models.DCGANGenerator(shape, cfg.gan_channels, self.output_activation, axis_name,
-                                       self.num_classes)
-    return gan_models.MLPGenerator(shape, int_list(cfg.gan_widths, "gan_widths"),
-                                   self.output_activation, axis_name, self.num_classes)
+      return gan_models.DCGANGenerator(
+        shape, cfg.gan_channels, self.output_activation, axis_name, self.num_classes
+      )
+    return gan_models.MLPGenerator(
+      shape,
+      int_list(cfg.gan_widths, "gan_widths"),
+      self.output_activation,
+      axis_name,
+      self.num_classes,
+    )
 
   def critic(self, d_params, labels: jax.Array | None = None) -> Callable[[jax.Array], jax.Array]:
     """x -> [B] logits; a conditional critic scores each image against its row of `labels`."""
@@ -166,14 +211,18 @@ class GAN(Family):
     g_rng, d_rng = jax.random.split(rng)
     labels = self.balanced_labels(1)
     g_vars = self.generator().init(g_rng, jnp.zeros((1, self.cfg.latent_dim)), labels, train=False)
-    d_params = self.discriminator.init(d_rng, jnp.zeros((1,) + self.spec.image_shape),
-                                       labels)["params"]
+    d_params = self.discriminator.init(d_rng, jnp.zeros((1,) + self.spec.image_shape), labels)[
+      "params"
+    ]
     params = {"generator": g_vars["params"], "discriminator": d_params}
-    opt_state = {"generator": self.g_tx.init(g_vars["params"]),
-                 "discriminator": self.d_tx.init(d_params)}
+    opt_state = {
+      "generator": self.g_tx.init(g_vars["params"]),
+      "discriminator": self.d_tx.init(d_params),
+    }
     extra = {"batch_stats": g_vars["batch_stats"], "ema": g_vars["params"]}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                      extra=extra)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, extra=extra
+    )
 
   # --- The step.
 
@@ -185,15 +234,20 @@ class GAN(Family):
     cfg = self.cfg
     critic = self.critic(d_params, labels)
     real_logit, fake_logit = critic(real), critic(fake)  # [B], [B]
-    d_loss = gan_losses.discriminator_loss(real_logit=real_logit, fake_logit=fake_logit,
-                                           loss_type=cfg.gan_loss)
+    d_loss = gan_losses.discriminator_loss(
+      real_logit=real_logit, fake_logit=fake_logit, loss_type=cfg.gan_loss
+    )
     total, penalty = d_loss, jnp.zeros((), d_loss.dtype)
     if cfg.gan_loss == "wgan_gp":
       weights = _draw(jax.random.uniform, rng, (real.shape[0],), axis_name)
       penalty = gan_losses.gradient_penalty(critic, real=real, fake=fake, weights=weights)
       total = total + cfg.gp_weight * penalty
-    metrics = {"d_loss": d_loss, "d_real": jnp.mean(real_logit), "d_fake": jnp.mean(fake_logit),
-               "grad_penalty": penalty}
+    metrics = {
+      "d_loss": d_loss,
+      "d_real": jnp.mean(real_logit),
+      "d_fake": jnp.mean(fake_logit),
+      "grad_penalty": penalty,
+    }
     if cfg.r1_weight > 0:
       metrics["r1_penalty"] = gan_losses.r1_penalty(critic, real)
       total = total + cfg.r1_weight / 2 * metrics["r1_penalty"]
@@ -216,8 +270,9 @@ class GAN(Family):
 
     def generate(g_params, key, labels_k):
       z = _draw(jax.random.normal, key, (b, cfg.latent_dim), axis_name)
-      fake, updates = gen.apply({"params": g_params, "batch_stats": stats}, z, labels_k,
-                                train=True, mutable=["batch_stats"])
+      fake, updates = gen.apply(
+        {"params": g_params, "batch_stats": stats}, z, labels_k, train=True, mutable=["batch_stats"]
+      )
       return fake, updates["batch_stats"]
 
     def d_update(carry, xs):
@@ -225,31 +280,37 @@ class GAN(Family):
       real_k, labels_k, k = xs
       z_key, gp_key = jax.random.split(jax.random.fold_in(rng, k))
       fake = jax.lax.stop_gradient(generate(g_params, z_key, labels_k)[0])
-      grads = jax.grad(lambda p: self.d_objective(p, real_k, fake, gp_key, axis_name,
-                                                  labels_k)[0])(d_params)
+      grads = jax.grad(lambda p: self.d_objective(p, real_k, fake, gp_key, axis_name, labels_k)[0])(
+        d_params
+      )
       updates, d_opt = self.d_tx.update(mean(grads), d_opt, d_params)
       return (optax.apply_updates(d_params, updates), d_opt), None
 
     last_labels = None if labels is None else labels[-1]
     if d > 1:
       (d_params, d_opt), _ = jax.lax.scan(
-          d_update, (d_params, d_opt),
-          (slices[:-1], None if labels is None else labels[:-1], jnp.arange(d - 1)))
+        d_update,
+        (d_params, d_opt),
+        (slices[:-1], None if labels is None else labels[:-1], jnp.arange(d - 1)),
+      )
 
     def joint(g_params, d_params):
       # One generator forward; D's loss sees the fakes as constants, G's loss sees D as one,
       # so the gradient of the sum is each network's own (XLA shares the identical forwards).
       z_key, gp_key = jax.random.split(jax.random.fold_in(rng, d - 1))
       fake, new_stats = generate(g_params, z_key, last_labels)
-      d_total, metrics = self.d_objective(d_params, slices[-1], jax.lax.stop_gradient(fake),
-                                          gp_key, axis_name, last_labels)
+      d_total, metrics = self.d_objective(
+        d_params, slices[-1], jax.lax.stop_gradient(fake), gp_key, axis_name, last_labels
+      )
       g_loss = gan_losses.generator_loss(
-          fake_logit=self.critic(jax.lax.stop_gradient(d_params), last_labels)(fake),
-          loss_type=cfg.gan_loss)
+        fake_logit=self.critic(jax.lax.stop_gradient(d_params), last_labels)(fake),
+        loss_type=cfg.gan_loss,
+      )
       return d_total + g_loss, ({**metrics, "g_loss": g_loss}, new_stats)
 
     (g_grads, d_grads), (metrics, new_stats) = jax.grad(joint, argnums=(0, 1), has_aux=True)(
-        g_params, d_params)
+      g_params, d_params
+    )
     g_grads, d_grads, metrics = mean((g_grads, d_grads, metrics))
     d_updates, d_opt = self.d_tx.update(d_grads, d_opt, d_params)
     d_params = optax.apply_updates(d_params, d_updates)
@@ -259,14 +320,18 @@ class GAN(Family):
     step = state.step.astype(jnp.float32)
     decay = jnp.minimum(cfg.ema_decay, (1.0 + step) / (10.0 + step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.extra["ema"], g_params)
-    metrics.update(g_grad_norm=optax.tree.norm(g_grads), d_grad_norm=optax.tree.norm(d_grads),
-                   g_param_norm=optax.tree.norm(g_params),
-                   d_param_norm=optax.tree.norm(d_params))
+    metrics.update(
+      g_grad_norm=optax.tree.norm(g_grads),
+      d_grad_norm=optax.tree.norm(d_grads),
+      g_param_norm=optax.tree.norm(g_params),
+      d_param_norm=optax.tree.norm(d_params),
+    )
     return state.replace(
-        step=state.step + 1,
-        params={"generator": g_params, "discriminator": d_params},
-        opt_state={"generator": g_opt, "discriminator": d_opt},
-        extra={"batch_stats": new_stats, "ema": ema}), metrics
+      step=state.step + 1,
+      params={"generator": g_params, "discriminator": d_params},
+      opt_state={"generator": g_opt, "discriminator": d_opt},
+      extra={"batch_stats": new_stats, "ema": ema},
+    ), metrics
 
   # --- Evaluation.
 
@@ -284,8 +349,9 @@ class GAN(Family):
     grids = {"samples": as_grid(x)}
     if self.needs_label:  # Row y: class y; column j: the same noise in every row.
       k, cols = self.num_classes, BY_CLASS_COLUMNS
-      z = jnp.tile(jax.random.normal(jax.random.fold_in(rng, 1), (cols, self.cfg.latent_dim)),
-                   (k, 1))
+      z = jnp.tile(
+        jax.random.normal(jax.random.fold_in(rng, 1), (cols, self.cfg.latent_dim)), (k, 1)
+      )
       x = self.sample(state, z, jnp.repeat(jnp.arange(k, dtype=jnp.int32), cols))
       x = jnp.clip(self.to_unit(x), 0.0, 1.0)
       grids["samples_by_class"] = x.reshape((k, cols) + x.shape[1:])
@@ -293,8 +359,9 @@ class GAN(Family):
 
   def embed(self, state, images):
     """Discriminator penultimate features. [B, D]"""
-    return self.discriminator.apply({"params": state.params["discriminator"]},
-                                    self.normalize(images), method="embed")
+    return self.discriminator.apply(
+      {"params": state.params["discriminator"]}, self.normalize(images), method="embed"
+    )
 
   # --- Samples for the sample_quality evaluator.
 

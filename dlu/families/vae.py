@@ -42,21 +42,39 @@ from dlu.grids import as_grid, paired_rows, to_unit
 from dlu.model_flags import conv_channels, int_list
 from dlu.models import vae as vae_models
 
-flags.DEFINE_enum("likelihood", "bernoulli", ["bernoulli", "gaussian"],
-                  "VAE decoder: bernoulli (logits, data in [0, 1]) or gaussian (means).")
+flags.DEFINE_enum(
+  "likelihood",
+  "bernoulli",
+  ["bernoulli", "gaussian"],
+  "VAE decoder: bernoulli (logits, data in [0, 1]) or gaussian (means).",
+)
 flags.DEFINE_float("gaussian_std", 0.1, "Fixed pixel standard deviation of --likelihood=gaussian.")
-flags.DEFINE_boolean("learn_variance", False,
-                     "--likelihood=gaussian: learn a per-pixel log standard deviation instead.")
+flags.DEFINE_boolean(
+  "learn_variance",
+  False,
+  "--likelihood=gaussian: learn a per-pixel log standard deviation instead.",
+)
 flags.DEFINE_float("beta", 1.0, "Weight of the KL term (beta-VAE); 1 is the ELBO.")
-flags.DEFINE_integer("kl_warmup_steps", 0, "Ramp the KL weight linearly from 0 to --beta over N steps.")
-flags.DEFINE_enum("objective", "elbo", ["elbo", "iwae"],
-                  "elbo: mean over samples of the ELBO; iwae: the importance-weighted bound.")
+flags.DEFINE_integer(
+  "kl_warmup_steps", 0, "Ramp the KL weight linearly from 0 to --beta over N steps."
+)
+flags.DEFINE_enum(
+  "objective",
+  "elbo",
+  ["elbo", "iwae"],
+  "elbo: mean over samples of the ELBO; iwae: the importance-weighted bound.",
+)
 flags.DEFINE_integer("train_samples", 1, "Posterior samples per image in training (K of the IWAE).")
-flags.DEFINE_enum("binarize", "dynamic", ["dynamic", "none"],
-                  "dynamic: a fresh Bernoulli sample of each image per batch (test: a fixed one).")
+flags.DEFINE_enum(
+  "binarize",
+  "dynamic",
+  ["dynamic", "none"],
+  "dynamic: a fresh Bernoulli sample of each image per batch (test: a fixed one).",
+)
 flags.DEFINE_integer("iwae_samples", 1000, "Importance samples K of the final nll_iwae.")
-flags.DEFINE_integer("iwae_chunk", 4096,
-                     "Decoder evaluations (images x samples) at once for nll_iwae: bounds memory.")
+flags.DEFINE_integer(
+  "iwae_chunk", 4096, "Decoder evaluations (images x samples) at once for nll_iwae: bounds memory."
+)
 flags.DEFINE_integer("iwae_examples", 0, "Test images scored by nll_iwae; 0: the whole test split.")
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -85,23 +103,37 @@ class VAE(SingleNetworkFamily):
     if cfg.likelihood == "bernoulli" and cfg.pixel_range != "unit":
       raise UsageError("--likelihood=bernoulli needs --pixel_range=unit (targets in [0, 1])")
     if cfg.binarize == "dynamic" and cfg.likelihood != "bernoulli":
-      raise UsageError("--binarize=dynamic makes binary images: it needs --likelihood=bernoulli "
-                       "(use --binarize=none with --likelihood=gaussian)")
+      raise UsageError(
+        "--binarize=dynamic makes binary images: it needs --likelihood=bernoulli "
+        "(use --binarize=none with --likelihood=gaussian)"
+      )
     if cfg.likelihood == "gaussian" and not cfg.learn_variance and not cfg.gaussian_std > 0:
       raise UsageError(f"--gaussian_std must be > 0, got {cfg.gaussian_std!r}")
     if cfg.learn_variance and cfg.likelihood != "gaussian":
       raise UsageError("--learn_variance needs --likelihood=gaussian")
     if cfg.objective == "iwae" and (cfg.beta != 1.0 or cfg.kl_warmup_steps):
-      raise UsageError("--objective=iwae trains a bound on log p(x): --beta and "
-                       "--kl_warmup_steps apply to --objective=elbo only")
+      raise UsageError(
+        "--objective=iwae trains a bound on log p(x): --beta and "
+        "--kl_warmup_steps apply to --objective=elbo only"
+      )
 
   def make_model(self):
     cfg, shape = self.cfg, self.spec.image_shape
     if cfg.model == "conv_vae":
-      return vae_models.VAE(shape, cfg.latent_dim, "conv", channels=conv_channels(cfg, shape),
-                            learn_variance=cfg.learn_variance)
-    return vae_models.VAE(shape, cfg.latent_dim, "mlp", widths=int_list(cfg.widths, "widths"),
-                          learn_variance=cfg.learn_variance)
+      return vae_models.VAE(
+        shape,
+        cfg.latent_dim,
+        "conv",
+        channels=conv_channels(cfg, shape),
+        learn_variance=cfg.learn_variance,
+      )
+    return vae_models.VAE(
+      shape,
+      cfg.latent_dim,
+      "mlp",
+      widths=int_list(cfg.widths, "widths"),
+      learn_variance=cfg.learn_variance,
+    )
 
   # --- The model's pieces, as pure functions of the parameters.
 
@@ -122,7 +154,9 @@ class VAE(SingleNetworkFamily):
     """log p(x | z) for decoder outputs `out` [..., H, W, C]. [...]"""
     if self.cfg.likelihood == "bernoulli":
       return likelihoods.bernoulli_log_prob(out, x)
-    log_std = params["pixel_log_std"] if self.cfg.learn_variance else math.log(self.cfg.gaussian_std)
+    log_std = (
+      params["pixel_log_std"] if self.cfg.learn_variance else math.log(self.cfg.gaussian_std)
+    )
     return likelihoods.gaussian_log_prob(out, log_std, x)
 
   def mean_image(self, out: jax.Array) -> jax.Array:
@@ -138,8 +172,9 @@ class VAE(SingleNetworkFamily):
     """Per-sample log p(x|z) and log p(z) - log q(z|x) for k posterior draws. [k, B] each"""
     z = self.posterior_samples(mean, log_var, rng, k)
     log_px = self.log_likelihood(params, self.decode(params, z), x[None])
-    log_prior_ratio = (likelihoods.standard_normal_log_prob(z)
-                       - likelihoods.diag_gaussian_log_prob(z, mean, log_var))
+    log_prior_ratio = likelihoods.standard_normal_log_prob(z) - likelihoods.diag_gaussian_log_prob(
+      z, mean, log_var
+    )
     return log_px, log_prior_ratio
 
   def kl_weight(self, step: jax.Array) -> jax.Array:
@@ -159,8 +194,9 @@ class VAE(SingleNetworkFamily):
     binarize_rng, z_rng = jax.random.split(rng)
     x = self.model_input(batch["image"], binarize_rng)
     mean, log_var = self.encode(params, x)
-    log_px, log_prior_ratio = self.sample_terms(params, x, mean, log_var, z_rng,
-                                                self.cfg.train_samples)
+    log_px, log_prior_ratio = self.sample_terms(
+      params, x, mean, log_var, z_rng, self.cfg.train_samples
+    )
     recon = -jnp.mean(log_px, axis=0)  # [B]
     kl = likelihoods.kl_to_standard_normal(mean, log_var)  # [B]
     weight = self.kl_weight(batch["step"])
@@ -168,8 +204,12 @@ class VAE(SingleNetworkFamily):
       loss = -jnp.mean(likelihoods.importance_weighted_bound(log_px + log_prior_ratio))
     else:
       loss = jnp.mean(recon + weight * kl)
-    return loss, {"elbo": -jnp.mean(recon + kl), "recon": jnp.mean(recon), "kl": jnp.mean(kl),
-                  "kl_weight": weight}
+    return loss, {
+      "elbo": -jnp.mean(recon + kl),
+      "recon": jnp.mean(recon),
+      "kl": jnp.mean(kl),
+      "kl_weight": weight,
+    }
 
   def eval_metrics(self, state, batch, rng):
     binarize_rng, z_rng = jax.random.split(rng)
@@ -194,8 +234,9 @@ class VAE(SingleNetworkFamily):
     chunk = samples_per_chunk(k, x.shape[0], self.cfg.iwae_chunk)
 
     def chunk_logsumexp(_, i):
-      log_px, log_prior_ratio = self.sample_terms(params, x, mean, log_var,
-                                                  jax.random.fold_in(z_rng, i), chunk)
+      log_px, log_prior_ratio = self.sample_terms(
+        params, x, mean, log_var, jax.random.fold_in(z_rng, i), chunk
+      )
       return None, jax.nn.logsumexp(log_px + log_prior_ratio, axis=0)  # [B]
 
     _, per_chunk = jax.lax.scan(chunk_logsumexp, None, jnp.arange(k // chunk))
@@ -209,26 +250,40 @@ class VAE(SingleNetworkFamily):
     return cache[name, mesh]
 
   def split_metrics(self, state, dataset, ctx):
-    means = batched_eval.per_example(self._per_example("posterior_mean", ctx.mesh), state,
-                                   dataset.x_test, mesh=ctx.mesh, batch_size=ctx.batch_size,
-                                   rng=ctx.rng)
+    means = batched_eval.per_example(
+      self._per_example("posterior_mean", ctx.mesh),
+      state,
+      dataset.x_test,
+      mesh=ctx.mesh,
+      batch_size=ctx.batch_size,
+      rng=ctx.rng,
+    )
     return {"active_units": int(np.sum(np.var(means, axis=0) > ACTIVE_UNIT_THRESHOLD))}
 
   def final_metrics(self, state, dataset, ctx):
-    x = dataset.x_test[:self.cfg.iwae_examples or None]
+    x = dataset.x_test[: self.cfg.iwae_examples or None]
     # Fewer images than an eval batch: a smaller batch, not padding that is scored too. The
     # binarisation of the first rows does not change (JAX draws each element from its index).
     batch_size = min(ctx.batch_size, batched_eval.round_batch_size(len(x)))
-    bounds = batched_eval.per_example(self._per_example("iwae_bound", ctx.mesh), state, x,
-                                    mesh=ctx.mesh, batch_size=batch_size, rng=ctx.rng)
+    bounds = batched_eval.per_example(
+      self._per_example("iwae_bound", ctx.mesh),
+      state,
+      x,
+      mesh=ctx.mesh,
+      batch_size=batch_size,
+      rng=ctx.rng,
+    )
     nll = -float(np.mean(bounds))
     bin_width = None
     if self.cfg.likelihood == "gaussian":  # a density on 8-bit pixels: add the bins' width
       bin_width = (2.0 if self.spec.pixel_range == "symmetric" else 1.0) / 256
-    return {"nll_iwae": nll,
-            "nll_iwae_stderr": float(np.std(bounds) / math.sqrt(len(bounds))),
-            "bits_per_dim": likelihoods.bits_per_dim(nll, math.prod(self.spec.image_shape),
-                                                     bin_width=bin_width)}
+    return {
+      "nll_iwae": nll,
+      "nll_iwae_stderr": float(np.std(bounds) / math.sqrt(len(bounds))),
+      "bits_per_dim": likelihoods.bits_per_dim(
+        nll, math.prod(self.spec.image_shape), bin_width=bin_width
+      ),
+    }
 
   def images(self, state, batch, rng):
     params, d = state.params, self.cfg.latent_dim
@@ -247,11 +302,12 @@ class VAE(SingleNetworkFamily):
     # Each row: a test image, decodes along the line between two posterior means, another.
     pairs = min(8, n // 2)
     if pairs:
-      a, b = mean[:pairs], mean[pairs:2 * pairs]
+      a, b = mean[:pairs], mean[pairs : 2 * pairs]
       t = jnp.linspace(0.0, 1.0, _INTERPOLATION_STEPS)[None, :, None]
       path = show(self.decode(params, a[:, None] + t * (b - a)[:, None]))
       grids["interpolations"] = jnp.concatenate(
-          [unit_x[:pairs, None], path, unit_x[pairs:2 * pairs, None]], axis=1)
+        [unit_x[:pairs, None], path, unit_x[pairs : 2 * pairs, None]], axis=1
+      )
 
     if d == 2:  # The decoded manifold over the prior's quantiles (z2 grows upwards).
       q = jax.scipy.stats.norm.ppf(jnp.linspace(0.05, 0.95, _MANIFOLD_SIDE))

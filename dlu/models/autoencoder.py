@@ -23,6 +23,7 @@ class MLPAutoencoder(nn.Module):
   The seed model is `encoder_widths=(), latent_dim=128, latent_activation="relu"`:
   Dense(128, relu) then a linear Dense back to the input size.
   """
+
   image_shape: tuple[int, int, int]
   encoder_widths: Sequence[int] = ()
   latent_dim: int = 128
@@ -30,8 +31,9 @@ class MLPAutoencoder(nn.Module):
   activation: str = "relu"
 
   def setup(self):
-    self.encoder = MLP(tuple(self.encoder_widths) + (self.latent_dim,), self.activation,
-                       self.latent_activation)
+    self.encoder = MLP(
+      tuple(self.encoder_widths) + (self.latent_dim,), self.activation, self.latent_activation
+    )
     out_dim = math.prod(self.image_shape)
     self.decoder = MLP(tuple(reversed(self.encoder_widths)) + (out_dim,), self.activation)
 
@@ -48,6 +50,7 @@ class MLPAutoencoder(nn.Module):
 
 class ConvEncoder(nn.Module):
   """Strided convolutions (each halves H and W), then a dense layer to `out_dim`."""
+
   channels: Sequence[int] = (32, 64)
   out_dim: int = 32
 
@@ -60,6 +63,7 @@ class ConvEncoder(nn.Module):
 
 class ConvDecoder(nn.Module):
   """Dense to a small feature map, strided transposed convs back up, a stride-1 output layer."""
+
   image_shape: tuple[int, int, int]
   channels: Sequence[int] = (64, 32)
 
@@ -97,8 +101,5 @@ class ConvAutoencoder(nn.Module):
 
 def conv_compatible(image_shape: Sequence[int], num_strided: int) -> bool:
   """Whether H and W survive `num_strided` halvings and come back to the same size."""
-  scale = 2 ** num_strided
+  scale = 2**num_strided
   return image_shape[0] % scale == 0 and image_shape[1] % scale == 0
-
-
-

@@ -19,6 +19,7 @@ class ContrastiveNet(nn.Module):
   convolutions with `channels`, then a dense layer to `feature_dim`), ReLU features; then
   the projection MLP (`projection`, ReLU between layers, linear output); with `num_clusters`,
   also the cluster head on the representation (`projection[0]` hidden units, then logits)."""
+
   encoder: str = "mlp"
   widths: Sequence[int] = (1024, 512)
   channels: Sequence[int] = (32, 64)

@@ -56,12 +56,16 @@ def _native(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads) ->
   return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=DIMENSION_NUMBERS)
 
 
-def _patches(xp: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int],
-             out_hw: tuple[int, int]) -> jax.Array:
+def _patches(
+  xp: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int], out_hw: tuple[int, int]
+) -> jax.Array:
   """[b, Hp, Wp, C] padded input -> [b * Ho * Wo, kh * kw * C], columns ordered like HWIO."""
   (kh, kw), (sh, sw), (ho, wo) = kernel_hw, strides, out_hw
-  cols = [xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-          for i in range(kh) for j in range(kw)]
+  cols = [
+    xp[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :]
+    for i in range(kh)
+    for j in range(kw)
+  ]
   return jnp.concatenate(cols, axis=-1).reshape(-1, kh * kw * xp.shape[-1])
 
 
@@ -73,8 +77,9 @@ def _chunk_size(batch: int, bytes_per_example: int) -> int:
   return divisor if 2 * divisor >= target else target
 
 
-def kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: Sequence[int], strides: tuple[int, int],
-                pads: Pads) -> jax.Array:
+def kernel_grad(
+  x: jax.Array, g: jax.Array, kernel_shape: Sequence[int], strides: tuple[int, int], pads: Pads
+) -> jax.Array:
   """d(loss)/d(kernel) of `_native(x, kernel, strides, pads)` given g = d(loss)/d(output).
 
   x: [B, H, W, Cin]; g: [B, Ho, Wo, Cout]; returns [kh, kw, Cin, Cout]. `pads` may be
@@ -83,28 +88,36 @@ def kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: Sequence[int], strides
   kh, kw, cin, cout = kernel_shape
   batch, ho, wo, _ = g.shape
   # Pad to exactly the rows and columns the windows read.
-  hi = [s * (o - 1) + k - n - lo for s, o, k, n, (lo, _) in
-        zip(strides, (ho, wo), (kh, kw), x.shape[1:3], pads)]
-  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pads[0][0], hi[0], 0),
-                                            (pads[1][0], hi[1], 0), (0, 0, 0)))
+  hi = [
+    s * (o - 1) + k - n - lo
+    for s, o, k, n, (lo, _) in zip(strides, (ho, wo), (kh, kw), x.shape[1:3], pads)
+  ]
+  xp = lax.pad(
+    x,
+    jnp.zeros((), x.dtype),
+    ((0, 0, 0), (pads[0][0], hi[0], 0), (pads[1][0], hi[1], 0), (0, 0, 0)),
+  )
 
   def gemm(xc, gc):  # [b, Hp, Wp, Cin], [b, Ho, Wo, Cout] -> [kh*kw*Cin, Cout]
     p = _patches(xc, (kh, kw), strides, (ho, wo))
-    return lax.dot_general(p, gc.reshape(-1, cout), (((0,), (0,)), ((), ())),
-                           preferred_element_type=jnp.float32)
+    return lax.dot_general(
+      p, gc.reshape(-1, cout), (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+    )
 
   chunk = _chunk_size(batch, ho * wo * kh * kw * cin * 4)
   full = batch // chunk
   dw = jnp.zeros((kh * kw * cin, cout), jnp.float32)
   if full > 1:
+
     def body(acc, xs):
       return acc + gemm(*xs), None
-    split = lambda a: a[:full * chunk].reshape((full, chunk) + a.shape[1:])
+
+    split = lambda a: a[: full * chunk].reshape((full, chunk) + a.shape[1:])
     dw, _ = lax.scan(body, dw, (split(xp), split(g)))
   elif full == 1:
     dw = gemm(xp[:chunk], g[:chunk])
   if batch > full * chunk:
-    dw = dw + gemm(xp[full * chunk:], g[full * chunk:])
+    dw = dw + gemm(xp[full * chunk :], g[full * chunk :])
   return dw.reshape(kh, kw, cin, cout).astype(x.dtype)
 
 
@@ -117,8 +130,16 @@ def _shifted_sum(z: jax.Array, pads: Pads, out_hw: tuple[int, int]) -> jax.Array
   for i in range(kh):
     for j in range(kw):
       # Rows p + i - lo_h of z, zero where outside: a (possibly negative) pad.
-      term = lax.pad(z[:, :, :, i, j], zero, ((0, 0, 0), (lo_h - i, out_hw[0] - h - lo_h + i, 0),
-                                              (lo_w - j, out_hw[1] - w - lo_w + j, 0), (0, 0, 0)))
+      term = lax.pad(
+        z[:, :, :, i, j],
+        zero,
+        (
+          (0, 0, 0),
+          (lo_h - i, out_hw[0] - h - lo_h + i, 0),
+          (lo_w - j, out_hw[1] - w - lo_w + j, 0),
+          (0, 0, 0),
+        ),
+      )
       out = term if out is None else out + term
   return out
 
@@ -137,7 +158,7 @@ def narrow_conv2d(x: jax.Array, w: jax.Array, pads: Pads) -> jax.Array:
   GFLOP/s; here every pass reads the input once: [B, H, W, Cin] -> [B, Ho, Wo, Cout].
   """
   kh, kw, cin, cout = w.shape
-  z = (x.reshape(-1, cin) @ w.transpose(2, 0, 1, 3).reshape(cin, -1))  # [B*H*W, kh*kw*Cout]
+  z = x.reshape(-1, cin) @ w.transpose(2, 0, 1, 3).reshape(cin, -1)  # [B*H*W, kh*kw*Cout]
   out_hw = tuple(n + lo + hi - k + 1 for n, (lo, hi), k in zip(x.shape[1:3], pads, (kh, kw)))
   return _shifted_sum(z.reshape(x.shape[:3] + (kh, kw, cout)), pads, out_hw)
 
@@ -155,13 +176,24 @@ def _narrow_bwd(pads, res, g):
   for i in range(kh):
     for j in range(kw):
       lo_h, lo_w = pads[0][0] - i, pads[1][0] - j
-      cols.append(lax.pad(g, zero, ((0, 0, 0), (-lo_h, h - g.shape[1] + lo_h, 0),
-                                    (-lo_w, wd - g.shape[2] + lo_w, 0), (0, 0, 0))))
+      cols.append(
+        lax.pad(
+          g,
+          zero,
+          (
+            (0, 0, 0),
+            (-lo_h, h - g.shape[1] + lo_h, 0),
+            (-lo_w, wd - g.shape[2] + lo_w, 0),
+            (0, 0, 0),
+          ),
+        )
+      )
   cols = jnp.stack(cols, axis=3).reshape(-1, kh * kw * cout)  # [B*H*W, kh*kw*Cout]
   w_t = w.transpose(0, 1, 3, 2).reshape(kh * kw * cout, cin)
   dx = (cols @ w_t).reshape(x.shape)
-  dw = lax.dot_general(x.reshape(-1, cin), cols, (((0,), (0,)), ((), ())),
-                       preferred_element_type=jnp.float32)  # [Cin, kh*kw*Cout]
+  dw = lax.dot_general(
+    x.reshape(-1, cin), cols, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+  )  # [Cin, kh*kw*Cout]
   dw = dw.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3).astype(w.dtype)
   return dx, dw
 
@@ -265,8 +297,9 @@ def _by_phases(z: jax.Array, w: jax.Array, strides: tuple[int, int], taps) -> ja
       if dh == [0] and dw == [0]:
         y = (z.reshape(-1, cz) @ wk[0, 0]).reshape(b, h, wd, cout)
       else:
-        y = lax.conv_general_dilated(z, wk, (1, 1), ((-dh[0], dh[-1]), (-dw[0], dw[-1])),
-                                     dimension_numbers=DIMENSION_NUMBERS)
+        y = lax.conv_general_dilated(
+          z, wk, (1, 1), ((-dh[0], dh[-1]), (-dw[0], dw[-1])), dimension_numbers=DIMENSION_NUMBERS
+        )
       cols.append(y)
     rows.append(jnp.stack(cols, axis=3))  # [B, H, W, sw, Cout]
   y = jnp.stack(rows, axis=2)  # [B, H, sh, W, sw, Cout]
@@ -288,8 +321,9 @@ def conv_transpose_phases(x: jax.Array, w: jax.Array, strides: tuple[int, int]) 
   return _native_transpose(x, w, strides) if y is None else y
 
 
-def strided_conv_input_grad(g: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads,
-                            x_shape: Sequence[int]) -> jax.Array | None:
+def strided_conv_input_grad(
+  g: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads, x_shape: Sequence[int]
+) -> jax.Array | None:
   """The input gradient of `_native(x, w, strides, pads)` for output gradient g, by phases.
 
   x[i] reaches output o through tap i - s*o + lo, so along each axis input s*m + r gathers

@@ -57,8 +57,12 @@ def _projection(features: jax.Array, labels: jax.Array | None, num_classes: int)
   if labels is None:
     raise ValueError("a projection discriminator needs labels")
   chex.assert_shape(labels, features.shape[:1])
-  embed = nn.Embed(num_classes, features.shape[-1], name="class_embed",
-                   embedding_init=nn.initializers.lecun_normal(in_axis=-1, out_axis=-2))
+  embed = nn.Embed(
+    num_classes,
+    features.shape[-1],
+    name="class_embed",
+    embedding_init=nn.initializers.lecun_normal(in_axis=-1, out_axis=-2),
+  )
   return jnp.sum(embed(labels) * features, axis=-1)
 
 
@@ -72,6 +76,7 @@ class DCGANGenerator(nn.Module):
   28x28 starts at 7x7, 32x32 at 8x8, the 8x8 digits at 2x2. With `num_classes`, the
   label's embedding is concatenated to the noise.
   """
+
   image_shape: tuple[int, int, int]
   channels: int = 64
   output_activation: str = "tanh"
@@ -79,19 +84,28 @@ class DCGANGenerator(nn.Module):
   num_classes: int | None = None
 
   @nn.compact
-  def __call__(self, z: jax.Array, labels: jax.Array | None = None, *,
-               train: bool = True) -> jax.Array:
+  def __call__(
+    self, z: jax.Array, labels: jax.Array | None = None, *, train: bool = True
+  ) -> jax.Array:
     h, w, c_out = self.image_shape
     b = z.shape[0]
     z = _with_label(z, labels, self.num_classes)
     x = nn.Dense((h // 4) * (w // 4) * 2 * self.channels, use_bias=False, name="dense")(z)
     x = x.reshape((b, h // 4, w // 4, 2 * self.channels))  # [B, H/4, W/4, 2c]
     x = nn.relu(_batch_norm(train, self.axis_name, "bn_0")(x))
-    x = ConvTranspose(self.channels, KERNEL, strides=(2, 2), padding="SAME", use_bias=False,
-                      kernel_init=conv_kernel_init, name="deconv_0")(x)  # [B, H/2, W/2, c]
+    x = ConvTranspose(
+      self.channels,
+      KERNEL,
+      strides=(2, 2),
+      padding="SAME",
+      use_bias=False,
+      kernel_init=conv_kernel_init,
+      name="deconv_0",
+    )(x)  # [B, H/2, W/2, c]
     x = nn.relu(_batch_norm(train, self.axis_name, "bn_1")(x))
-    x = ConvTranspose(c_out, KERNEL, strides=(2, 2), padding="SAME",
-                      kernel_init=conv_kernel_init, name="deconv_1")(x)
+    x = ConvTranspose(
+      c_out, KERNEL, strides=(2, 2), padding="SAME", kernel_init=conv_kernel_init, name="deconv_1"
+    )(x)
     chex.assert_shape(x, (b, h, w, c_out))
     return OUTPUT_ACTIVATIONS[self.output_activation](x)  # [B, H, W, C]
 
@@ -114,13 +128,17 @@ class _Discriminator(nn.Module):
 
 class DCGANDiscriminator(_Discriminator):
   """Image -> Conv(c, s2), leaky relu -> Conv(2c, s2), leaky relu -> Dense(1) (+ projection)."""
+
   channels: int = 64
   num_classes: int | None = None
 
   def setup(self):
-    self.convs = [Conv(c, KERNEL, strides=(2, 2), padding="SAME", kernel_init=conv_kernel_init,
-                       name=f"conv_{i}")
-                  for i, c in enumerate((self.channels, 2 * self.channels))]
+    self.convs = [
+      Conv(
+        c, KERNEL, strides=(2, 2), padding="SAME", kernel_init=conv_kernel_init, name=f"conv_{i}"
+      )
+      for i, c in enumerate((self.channels, 2 * self.channels))
+    ]
     self.logit = nn.Dense(1)
 
   def embed(self, x: jax.Array) -> jax.Array:
@@ -132,6 +150,7 @@ class DCGANDiscriminator(_Discriminator):
 
 class MLPGenerator(nn.Module):
   """Noise (and label embedding) -> Dense(width) -> BN, relu, ... -> Dense(H * W * C) -> image."""
+
   image_shape: tuple[int, int, int]
   widths: Sequence[int] = (256, 512)
   output_activation: str = "tanh"
@@ -139,8 +158,9 @@ class MLPGenerator(nn.Module):
   num_classes: int | None = None
 
   @nn.compact
-  def __call__(self, z: jax.Array, labels: jax.Array | None = None, *,
-               train: bool = True) -> jax.Array:
+  def __call__(
+    self, z: jax.Array, labels: jax.Array | None = None, *, train: bool = True
+  ) -> jax.Array:
     x = _with_label(z, labels, self.num_classes)
     for i, width in enumerate(self.widths):
       x = nn.Dense(width, use_bias=False, name=f"dense_{i}")(x)
@@ -152,6 +172,7 @@ class MLPGenerator(nn.Module):
 
 class MLPDiscriminator(_Discriminator):
   """Flattened image -> Dense(width), leaky relu, ... -> Dense(1) (+ projection)."""
+
   widths: Sequence[int] = (512, 256)
   num_classes: int | None = None
 

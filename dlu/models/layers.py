@@ -28,14 +28,30 @@ def _pair(value: Any) -> tuple[int, ...]:
   return (value, value) if isinstance(value, int) else tuple(value)
 
 
-def _fast_path_applies(inputs: jax.Array, kernel_hw: tuple[int, ...], strides: tuple[int, ...],
-                       dilations: Sequence[Any], padding: Any, mask: Any, precision: Any) -> bool:
+def _fast_path_applies(
+  inputs: jax.Array,
+  kernel_hw: tuple[int, ...],
+  strides: tuple[int, ...],
+  dilations: Sequence[Any],
+  padding: Any,
+  mask: Any,
+  precision: Any,
+) -> bool:
   """The cases `fast_conv` covers (what dlu's models use); anything else stays native."""
-  return (FAST_CPU_CONV and jax.default_backend() == "cpu" and inputs.ndim == 4 and len(kernel_hw) == 2
-          and len(strides) == 2 and all(s in (1, 2) for s in strides)
-          and all(_pair(d) == (1, 1) for d in dilations) and isinstance(padding, str)
-          and padding == "SAME" and mask is None and precision is None
-          and jnp.issubdtype(inputs.dtype, jnp.floating))
+  return (
+    FAST_CPU_CONV
+    and jax.default_backend() == "cpu"
+    and inputs.ndim == 4
+    and len(kernel_hw) == 2
+    and len(strides) == 2
+    and all(s in (1, 2) for s in strides)
+    and all(_pair(d) == (1, 1) for d in dilations)
+    and isinstance(padding, str)
+    and padding == "SAME"
+    and mask is None
+    and precision is None
+    and jnp.issubdtype(inputs.dtype, jnp.floating)
+  )
 
 
 def conv_kernel_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
@@ -51,8 +67,11 @@ def conv_kernel_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.floa
 def _params(module: nn.Module, kernel_shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array | None]:
   """`kernel` then `bias`, created exactly as flax creates them (same names, order and init)."""
   kernel = module.param("kernel", module.kernel_init, kernel_shape, module.param_dtype)
-  bias = (module.param("bias", module.bias_init, (module.features,), module.param_dtype)
-          if module.use_bias else None)
+  bias = (
+    module.param("bias", module.bias_init, (module.features,), module.param_dtype)
+    if module.use_bias
+    else None
+  )
   return kernel, bias
 
 
@@ -64,9 +83,15 @@ class Conv(nn.Conv):
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
     kernel_hw, strides = _pair(self.kernel_size), _pair(self.strides)
-    if (self.feature_group_count != 1 or not _fast_path_applies(
-        inputs, kernel_hw, strides, (self.input_dilation, self.kernel_dilation), self.padding,
-        self.mask, self.precision)):
+    if self.feature_group_count != 1 or not _fast_path_applies(
+      inputs,
+      kernel_hw,
+      strides,
+      (self.input_dilation, self.kernel_dilation),
+      self.padding,
+      self.mask,
+      self.precision,
+    ):
       return super().__call__(inputs)
     kernel, bias = _params(self, kernel_hw + (inputs.shape[-1], self.features))
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
@@ -83,23 +108,33 @@ class ConvTranspose(nn.ConvTranspose):
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
     kernel_hw, strides = _pair(self.kernel_size), _pair(self.strides)
-    if (self.transpose_kernel or self.preferred_element_type is not None
-        or not _fast_path_applies(inputs, kernel_hw, strides, (self.kernel_dilation,),
-                                  self.padding, self.mask, self.precision)):
+    if (
+      self.transpose_kernel
+      or self.preferred_element_type is not None
+      or not _fast_path_applies(
+        inputs, kernel_hw, strides, (self.kernel_dilation,), self.padding, self.mask, self.precision
+      )
+    ):
       return super().__call__(inputs)
     kernel, bias = _params(self, kernel_hw + (inputs.shape[-1], self.features))
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     y = fast_conv.conv_transpose2d(inputs, kernel, strides)  # [B, sh * H, sw * W, features]
     return y if bias is None else y + bias
 
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nn.relu, "leaky_relu": nn.leaky_relu, "gelu": nn.gelu, "tanh": jnp.tanh,
-    "sigmoid": nn.sigmoid, "linear": lambda x: x,
+  "relu": nn.relu,
+  "leaky_relu": nn.leaky_relu,
+  "gelu": nn.gelu,
+  "tanh": jnp.tanh,
+  "sigmoid": nn.sigmoid,
+  "linear": lambda x: x,
 }
 
 
 class MLP(nn.Module):
   """Dense layers with `activation` between them; `final_activation` after the last."""
+
   widths: Sequence[int]
   activation: str = "relu"
   final_activation: str = "linear"

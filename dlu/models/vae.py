@@ -21,6 +21,7 @@ from dlu.models.layers import MLP
 
 class VAE(nn.Module):
   """`architecture="mlp"`: Dense `widths` both ways; `"conv"`: strided convs `channels`."""
+
   image_shape: tuple[int, int, int]
   latent_dim: int = 32
   architecture: str = "mlp"
@@ -46,7 +47,7 @@ class VAE(nn.Module):
     if self.architecture == "mlp":
       x = x.reshape((x.shape[0], -1))
     h = self.encoder(x)
-    return h[:, :self.latent_dim], h[:, self.latent_dim:]
+    return h[:, : self.latent_dim], h[:, self.latent_dim :]
 
   def decode(self, z: jax.Array) -> jax.Array:
     """[..., D] latents (any leading axes, e.g. [K, B, D]) -> [..., H, W, C] logits or means."""
