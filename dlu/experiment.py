@@ -6,7 +6,7 @@ initialised; a trained run loaded back from its workdir.
 
 Training (`dlu.train_loop`), `experiments.evaluate` (`dlu.evaluate`) and
 `experiments.augment` (`dlu.few_shot`) all start here. Importing this module defines every
-model flag (it imports the families).
+flag a run records in its flags.txt (it imports the families and the evaluators).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from dlu import batched_eval, checkpointing, data, families, parallel
+from dlu import batched_eval, checkpointing, data, evaluators, families, parallel
 from dlu import flags as dlu_flags
 from dlu.errors import UsageError
 from dlu.families import DataSpec, EvalContext, Family
@@ -53,6 +53,7 @@ def build(cfg: dlu_flags.Config, workdir: str) -> Experiment:
   if not workdir:
     raise UsageError("--workdir is required: the folder for checkpoints, metrics and images")
   families.validate(cfg)
+  evaluators.parse_schedule(list(cfg.evaluators), cfg.eval_every)  # --evaluators names exist
   dataset = data.load(cfg.dataset, data_dir=cfg.data_dir, idx_dir=cfg.idx_dir)
   spec = DataSpec(dataset.image_shape, dataset.num_classes, len(dataset.x_train), cfg.pixel_range)
   batch_size = _global_batch_size(cfg, spec.num_train)
@@ -101,6 +102,7 @@ RUN_FLAGS = frozenset(
     "data_dir",
     "idx_dir",
     "steps_per_dispatch",
+    "profile_steps",
   }
 )
 

@@ -8,7 +8,7 @@ dispatch (the shape of clu's periodic actions).
 An action runs when `step` is a multiple of its `every_steps` or the run's last step, and
 the `every_steps` of all actions bound the length of a multi-step dispatch
 (`dlu.device_data.dispatch_length`), so with several steps per dispatch they still run at
-the same steps as with one.
+the same steps as with one. `Profile` traces a few steps once.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import jax
 
 from dlu.metric_writers import MetricWriter, format_value, to_python
 
@@ -103,3 +105,39 @@ class ReportProgress(PeriodicAction):
         f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}",
       ]
     return " | ".join(parts)
+
+
+class Profile:
+  """Traces `num_steps` steps once with the JAX profiler, from the first call at or after
+  `first_step`, into `logdir/plugins/profile/RUN/` (TensorBoard's profile plugin and Perfetto
+  read it). Call it after each dispatch with the step reached and something to wait on."""
+
+  def __init__(self, logdir: str, *, first_step: int, num_steps: int, enabled: bool = True):
+    self.logdir, self.first_step, self.num_steps = logdir, first_step, num_steps
+    self.enabled = enabled and num_steps > 0
+    self.started_at: int | None = None
+    self.done = False
+
+  def __call__(self, step: int, outputs: Any = None, *, final: bool = False) -> None:
+    if not self.enabled or self.done:
+      return
+    if self.started_at is None:
+      if step >= self.first_step and not final:
+        jax.block_until_ready(outputs)  # Earlier work stays out of the trace.
+        jax.profiler.start_trace(self.logdir)
+        self.started_at = step
+      return
+    if step >= self.started_at + self.num_steps or final:
+      jax.block_until_ready(outputs)
+      jax.profiler.stop_trace()
+      self.done = True
+      print(
+        f"Profiled steps {self.started_at + 1}-{step} into {self.logdir}/plugins/profile",
+        flush=True,
+      )
+
+  def close(self) -> None:
+    """Stops a trace still running (a run that ended or failed inside it)."""
+    if self.started_at is not None and not self.done:
+      jax.profiler.stop_trace()
+      self.done = True

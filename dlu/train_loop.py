@@ -10,11 +10,19 @@ import time
 
 import jax
 import numpy as np
+from absl import flags
 
 from dlu import checkpointing, device_data, evaluators, experiment, metric_writers, parallel
 from dlu import flags as dlu_flags
 from dlu.experiment import Experiment
-from dlu.periodic import PeriodicCallback, ReportProgress
+from dlu.periodic import PeriodicCallback, Profile, ReportProgress
+
+flags.DEFINE_integer(
+  "profile_steps",
+  0,
+  "Trace this many training steps with the JAX profiler, after the first --log_every steps "
+  "(compilation done), into WORKDIR/plugins/profile for TensorBoard's profile plugin; 0: off.",
+)
 
 
 class NonFiniteError(RuntimeError):
@@ -65,11 +73,15 @@ def train_and_evaluate(cfg: dlu_flags.Config, workdir: str) -> dict[str, float]:
     jax.config.update("jax_debug_nans", True)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
   writer = metric_writers.create_default_writer(workdir, lead=lead)
+  profile = Profile(
+    workdir, first_step=min(cfg.log_every, cfg.num_steps), num_steps=cfg.profile_steps, enabled=lead
+  )
   try:
     evaluation = evaluators.Evaluation(exp, writer, schedule)
     with PreemptionNotice() as preemption:
-      return _train(exp, workdir, ckpt, writer, evaluation, preemption)
+      return _train(exp, workdir, ckpt, writer, evaluation, profile, preemption)
   finally:
+    profile.close()
     ckpt.close()
     writer.close()
 
@@ -80,6 +92,7 @@ def _train(
   ckpt: checkpointing.Checkpointer,
   writer: metric_writers.MetricWriter,
   evaluation: evaluators.Evaluation,
+  profile: Profile,
   preemption: PreemptionNotice,
 ) -> dict[str, float]:
   cfg, lead = exp.cfg, parallel.is_lead_process()
@@ -156,6 +169,7 @@ def _train(
         )
       t0 = None
     final = step == cfg.num_steps
+    profile(step, last_metrics, final=final)
     if report.due(step, final) or save.due(step, final):
       metrics = jax.device_get(host_state(last_metrics))
       check_finite(step, metrics)

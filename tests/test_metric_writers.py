@@ -4,11 +4,12 @@ import io
 import json
 import os
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from dlu import metric_writers
-from dlu.periodic import PeriodicCallback, ReportProgress
+from dlu.periodic import PeriodicCallback, Profile, ReportProgress
 
 
 def test_default_writer_composes_jsonl_tensorboard_pngs_and_console(tmp_path, capsys):
@@ -82,3 +83,19 @@ def test_report_progress_prints_a_line_and_writes_a_train_row():
   assert line.startswith("step 10/100 | loss 0.125 | ") and "steps/s" in line and "ETA" in line
   ((step, split, metrics),) = rows.rows
   assert (step, split) == (10, "train") and metrics["steps_per_s"] == report.rate > 0
+
+
+def test_profile_traces_the_steps_it_is_asked_for(tmp_path, capsys):
+  profile = Profile(str(tmp_path), first_step=2, num_steps=3)
+  x = jnp.ones((8, 8))
+  for step in range(1, 9):
+    x = x @ x / 8
+    profile(step, x, final=step == 8)
+  profile.close()
+  assert profile.started_at == 2 and profile.done
+  assert "Profiled steps 3-5" in capsys.readouterr().out
+  traces = [f for _, _, files in os.walk(tmp_path / "plugins" / "profile") for f in files]
+  assert any(f.endswith(".xplane.pb") for f in traces)
+  off = Profile(str(tmp_path / "off"), first_step=0, num_steps=0)
+  off(1, x)
+  assert not os.path.exists(tmp_path / "off")

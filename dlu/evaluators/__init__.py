@@ -17,6 +17,7 @@ from dlu.evaluators.registry import (  # noqa: F401
   full_schedule,
   get,
   names,
+  parse_schedule,
   register,
   training_schedule,
 )
