@@ -82,6 +82,12 @@ flags.DEFINE_integer(
   "Training steps per jitted dispatch (a lax.scan over K steps on batches gathered "
   "in device memory); logging, eval and checkpoints happen between dispatches.",
 )
+flags.DEFINE_integer(
+  "profile_steps",
+  0,
+  "Trace this many training steps with the JAX profiler, after the first --log_every steps "
+  "(compilation done), into WORKDIR/plugins/profile for TensorBoard's profile plugin; 0: off.",
+)
 flags.DEFINE_bool(
   "debug_nans", False, "Turn on JAX NaN checking to find the operation that makes one."
 )
@@ -97,7 +103,7 @@ _POSITIVE_INTS = (
   "num_images",
   "steps_per_dispatch",
 )
-_NON_NEGATIVE = ("warmup_steps", "weight_decay", "grad_clip")
+_NON_NEGATIVE = ("warmup_steps", "weight_decay", "grad_clip", "profile_steps")
 
 
 class Config(types.SimpleNamespace):

@@ -10,19 +10,11 @@ import time
 
 import jax
 import numpy as np
-from absl import flags
 
 from dlu import checkpointing, device_data, evaluators, experiment, metric_writers, parallel
 from dlu import flags as dlu_flags
 from dlu.experiment import Experiment
 from dlu.periodic import PeriodicCallback, Profile, ReportProgress
-
-flags.DEFINE_integer(
-  "profile_steps",
-  0,
-  "Trace this many training steps with the JAX profiler, after the first --log_every steps "
-  "(compilation done), into WORKDIR/plugins/profile for TensorBoard's profile plugin; 0: off.",
-)
 
 
 class NonFiniteError(RuntimeError):

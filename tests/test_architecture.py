@@ -35,3 +35,25 @@ def test_ruff(args):
     timeout=300,
   )
   assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def _flags_defined_by(module: str) -> set[str]:
+  code = f"import {module}; from dlu import flags; print(' '.join(vars(flags.make_config())))"
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  return set(out.stdout.split())
+
+
+def test_a_loaded_run_knows_every_flag_training_records():
+  """flags.txt holds every flag of the training process; dlu.experiment.load_run (used by
+  evaluate, augment and notebooks) must be able to read it back."""
+  trained = _flags_defined_by("dlu.train_loop")
+  assert {"model", "latent_dim", "evaluators", "cluster_on", "eval_samples"} <= trained
+  assert trained == _flags_defined_by("dlu.experiment")
