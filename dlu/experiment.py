@@ -21,6 +21,7 @@ from absl import flags
 
 from dlu import batched_eval, checkpointing, data, evaluators, families, parallel
 from dlu import flags as dlu_flags
+from dlu.data import tables
 from dlu.errors import UsageError
 from dlu.families import DataSpec, EvalContext, Family
 
@@ -30,7 +31,7 @@ class Experiment:
   """Everything a run needs, built from a Config without writing anything."""
 
   cfg: dlu_flags.Config
-  dataset: data.ImageData
+  dataset: data.Dataset
   spec: DataSpec
   family: Family
   sampler: data.BatchSampler
@@ -48,14 +49,50 @@ def _global_batch_size(cfg: dlu_flags.Config, num_train: int) -> int:
   return num_train // n * n
 
 
+#: A run's table preprocessing (columns, imputation, scaling statistics of its training split).
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def table_options(cfg: dlu_flags.Config, workdir: str) -> data.TableOptions:
+  """How a run reads tables and vectors: the preprocessing its workdir holds (resumed,
+  evaluated and applied runs scale exactly as they trained), else that of the run it starts
+  from (--init_from: DEC/IDEC), else fitted anew on its training split."""
+  stored = None
+  for directory in (workdir, getattr(cfg, "init_from", None)):
+    path = os.path.join(directory or "", PREPROCESSING_FILE)
+    if directory and os.path.isfile(path):
+      stored = tables.Preprocessing.load(path)
+      break
+  return data.TableOptions(
+    label_column=cfg.label_column,
+    test_fraction=cfg.test_fraction,
+    seed=cfg.seed,
+    impute=cfg.impute,
+    feature_scaling=cfg.feature_scaling,
+    preprocessing=stored,
+  )
+
+
+def save_preprocessing(exp: Experiment) -> None:
+  """The table preprocessing beside the checkpoints (lead process; nothing for images)."""
+  pre = exp.dataset.preprocessing
+  if pre is not None and parallel.is_lead_process():
+    pre.save(os.path.join(exp.ctx.workdir, PREPROCESSING_FILE))
+
+
 def build(cfg: dlu_flags.Config, workdir: str) -> Experiment:
   """Everything that can fail on bad input, before the workdir is touched."""
   if not workdir:
     raise UsageError("--workdir is required: the folder for checkpoints, metrics and images")
   families.validate(cfg)
   evaluators.parse_schedule(list(cfg.evaluators), cfg.eval_every)  # --evaluators names exist
-  dataset = data.load(cfg.dataset, data_dir=cfg.data_dir, idx_dir=cfg.idx_dir)
-  spec = DataSpec(dataset.image_shape, dataset.num_classes, len(dataset.x_train), cfg.pixel_range)
+  dataset = data.load(
+    cfg.dataset,
+    data_dir=cfg.data_dir,
+    idx_dir=cfg.idx_dir,
+    table_options=table_options(cfg, workdir),
+  )
+  spec = DataSpec(dataset.example_shape, dataset.num_classes, len(dataset.x_train), cfg.pixel_range)
   batch_size = _global_batch_size(cfg, spec.num_train)
   parallel.check_batch_size(batch_size)
   if batch_size > spec.num_train:

@@ -83,7 +83,7 @@ class FeatureNet:
     return self.model.apply({"params": params}, images, method="features")
 
 
-def cache_path(dataset: data.ImageData, cache_dir: str) -> str:
+def cache_path(dataset: data.Dataset, cache_dir: str) -> str:
   """Where the feature network of `dataset` is kept; the name changes with data or recipe."""
   h = hashlib.sha256(repr(sorted(RECIPE.items())).encode())
   for part in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
@@ -150,7 +150,7 @@ def train_classifier(
   return model, params
 
 
-def _train(dataset: data.ImageData, log: Callable[[str], None]) -> tuple[Classifier, Any]:
+def _train(dataset: data.Dataset, log: Callable[[str], None]) -> tuple[Classifier, Any]:
   """The recipe: RECIPE["epochs"] epochs (at least RECIPE["min_steps"]) of the train split."""
   batch_size = min(RECIPE["batch_size"], len(dataset.x_train))
   num_steps = max(RECIPE["epochs"] * (len(dataset.x_train) // batch_size), RECIPE["min_steps"])
@@ -199,7 +199,7 @@ def _save(path: str, params: Any, test_accuracy: float) -> None:
 
 
 def load_or_train(
-  dataset: data.ImageData, cache_dir: str, log: Callable[[str], None] = print
+  dataset: data.Dataset, cache_dir: str, log: Callable[[str], None] = print
 ) -> FeatureNet:
   """The cached feature network of `dataset`, training (and caching) it on first use."""
   if dataset.y_train is None or dataset.y_test is None or not dataset.num_classes:

@@ -93,7 +93,7 @@ def sample_classes(
     y = jax.make_array_from_callback(y.shape, sharded, lambda index, y=y: y[index])
     x = draw(state, jax.random.fold_in(key, i), y)
     out.append(np.asarray(multihost_utils.process_allgather(x, tiled=True))[: len(chunk)])
-  shape = (0,) + exp.spec.image_shape
+  shape = (0,) + exp.spec.example_shape
   return to_stored(np.concatenate(out) if out else np.zeros(shape), exp.dataset.x_train.dtype)
 
 

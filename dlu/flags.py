@@ -22,7 +22,8 @@ flags.DEFINE_string("model", "ae_seed", "Model name; see dlu.families.names().")
 flags.DEFINE_string(
   "dataset",
   "fashion_mnist",
-  "digits | fashion_mnist | mnist | cifar10 | any tfds image dataset | npz:PATH | folder:DIR.",
+  "digits | fashion_mnist | mnist | cifar10 | any tfds image dataset | npz:PATH (images "
+  "[N, H, W(, C)] or vectors [N, D]) | folder:DIR | csv:PATH | parquet:PATH.",
 )
 flags.DEFINE_string(
   "data_dir", None, "tfds data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)."
@@ -32,6 +33,33 @@ flags.DEFINE_string(
 )
 flags.DEFINE_enum(
   "pixel_range", "unit", ["unit", "symmetric"], "Pixels scaled to [0, 1] (unit) or [-1, 1]."
+)
+# Tables (csv:, parquet:) and vectors (npz: with x [N, D]).
+flags.DEFINE_string(
+  "label_column",
+  None,
+  "csv/parquet: the column holding labels (they only score clusterings, fit probes and "
+  "condition GANs; never a feature). Default: unlabelled.",
+)
+flags.DEFINE_float(
+  "test_fraction",
+  0.1,
+  "Tables and vectors without a test split: the fraction of rows held out for it (the same "
+  "rows for a given --seed).",
+)
+flags.DEFINE_enum(
+  "impute",
+  "none",
+  ["none", "mean", "median"],
+  "Tables: fill missing cells with the training split's column mean or median; none: "
+  "missing cells are an error.",
+)
+flags.DEFINE_enum(
+  "feature_scaling",
+  "standard",
+  ["standard", "minmax", "none"],
+  "Tables and vectors: standard (zero mean, unit variance) or minmax ([0, 1]) per column, "
+  "from the training split only; kept in WORKDIR/preprocessing.json.",
 )
 
 # --- Optimisation.
@@ -190,6 +218,8 @@ def validate(cfg: Config) -> None:
   require_non_negative(cfg, *_NON_NEGATIVE)
   require_above_zero(cfg, "learning_rate")
   require_fraction(cfg, "momentum", "b1", "b2")
+  if not 0 < cfg.test_fraction < 1:
+    raise UsageError(f"--test_fraction must be in (0, 1), got {cfg.test_fraction!r}")
   if cfg.warmup_steps >= cfg.num_steps and cfg.warmup_steps > 0:
     raise UsageError(
       f"--warmup_steps ({cfg.warmup_steps}) must be smaller than --num_steps ({cfg.num_steps})"

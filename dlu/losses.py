@@ -15,6 +15,15 @@ def _flat(x: jax.Array) -> jax.Array:
   return x.reshape((x.shape[0], -1))
 
 
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x / max(||x||, eps) over the last axis, with a finite gradient where x is all zeros (a
+  ReLU code can be) rather than the NaN of differentiating a norm at 0."""
+  sq = jnp.sum(x * x, axis=-1, keepdims=True)
+  nonzero = sq > 0
+  norm = jnp.sqrt(jnp.where(nonzero, sq, 1.0))
+  return x / jnp.where(nonzero, jnp.maximum(norm, eps), 1.0)
+
+
 def mse(prediction: jax.Array, target: jax.Array) -> jax.Array:
   """Mean squared error over each example's values (Keras' 'mse'). [B]"""
   return jnp.mean(jnp.square(_flat(prediction) - _flat(target)), axis=-1)
@@ -47,7 +56,7 @@ def nt_xent(
   """
   n, dim = z1.shape
   z = jnp.concatenate([z1, z2])
-  z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)  # [2B, D]
+  z = l2_normalize(z)  # [2B, D]
   if axis_name is None:
     keys, offset, total = z, 0, n
   else:  # Keys in the global order [views 1 of all devices; views 2 of all devices].
@@ -83,7 +92,7 @@ def cluster_contrast(
   entropy = lambda p: -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-12)))
   marginal = (entropy(jnp.mean(p1, axis=0)) + entropy(jnp.mean(p2, axis=0))) / 2
   c = jnp.concatenate([p1.T, p2.T])  # [2K, B]
-  c = c / jnp.maximum(jnp.linalg.norm(c, axis=-1, keepdims=True), 1e-12)
+  c = l2_normalize(c)
   logits = jnp.where(jnp.eye(2 * k, dtype=bool), -jnp.inf, c @ c.T / temperature)
   partner = (jnp.arange(2 * k) + k) % (2 * k)
   contrast = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, partner))

@@ -102,6 +102,7 @@ def _train(
     )
     with open(os.path.join(workdir, "flags.txt"), "w") as f:
       f.write(cfg.to_flagfile())
+    experiment.save_preprocessing(exp)
     writer.write_hparams(vars(cfg))
   train_step = parallel.make_train_step(exp.family, exp.mesh, parallelism=cfg.parallelism)
   pmap = cfg.parallelism == "pmap"

@@ -96,3 +96,20 @@ def random_views(
     k, x, min_scale=min_scale, hflip=hflip, brightness=brightness, gamma=gamma
   )
   return jax.vmap(view)(keys, images)
+
+
+def corrupt_features(
+  key: jax.Array, x: jax.Array, *, rate: float, noise_std: float = 0.0
+) -> jax.Array:
+  """A view of table rows [B, D] for contrastive learning, as in SCARF (Bahri et al., 2022):
+  each feature of each row is replaced, with probability `rate`, by the same feature of a
+  random row of the batch (a draw from its empirical marginal), then Gaussian noise of
+  `noise_std` is added. [B, D]"""
+  k_mask, k_rows, k_noise = jax.random.split(key, 3)
+  replace = jax.random.bernoulli(k_mask, rate, x.shape)
+  rows = jax.random.randint(k_rows, x.shape, 0, x.shape[0])
+  marginal = jnp.take_along_axis(x, rows, axis=0)  # [B, D]: feature d of row rows[b, d]
+  view = jnp.where(replace, marginal, x)
+  if noise_std:
+    view = view + noise_std * jax.random.normal(k_noise, x.shape, x.dtype)
+  return view

@@ -130,7 +130,7 @@ class Runner:
       else experiment.build(self._config(model), self.workdir)
     )
     state = jax.eval_shape(exp.family.init_state, exp.init_rng)
-    batch = {"image": jax.ShapeDtypeStruct((self.batch_size,) + exp.spec.image_shape, jnp.uint8)}
+    batch = {"image": jax.ShapeDtypeStruct((self.batch_size,) + exp.spec.example_shape, jnp.uint8)}
     if exp.family.needs_label:
       batch["label"] = jax.ShapeDtypeStruct((self.batch_size,), jnp.int32)
     fast, layers.FAST_CPU_CONV = layers.FAST_CPU_CONV, False

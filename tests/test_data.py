@@ -22,7 +22,7 @@ from dlu.errors import UsageError
 
 def test_digits_shapes_split_and_determinism():
   ds = data.load("digits")
-  assert ds.name == "digits" and ds.num_classes == 10 and ds.image_shape == (8, 8, 1)
+  assert ds.name == "digits" and ds.num_classes == 10 and ds.example_shape == (8, 8, 1)
   assert ds.x_train.shape == (1500, 8, 8, 1) and ds.x_test.shape == (297, 8, 8, 1)
   assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32
   assert ds.x_train.max() == 255 and ds.x_train.min() == 0
@@ -289,7 +289,8 @@ def test_npz_with_test_split_and_float(tmp_path):
   "arrays, match",
   [
     ({"images": np.zeros((3, 4, 4))}, r"has no array 'x' \(it has: images\)"),
-    ({"x": np.zeros((3, 4))}, r"x has shape \(3, 4\); expected images"),
+    ({"x": np.zeros((3, 4, 4, 1, 1))}, r"x has shape \(3, 4, 4, 1, 1\); expected images"),
+    ({"x": np.ones((3, 4))}, "column 'f0' is constant on the training split"),  # vectors
     ({"x": np.zeros((3, 4, 4, 2))}, r"with C in 1, 3, 4"),
     ({"x": np.zeros((0, 4, 4))}, "x is empty"),
     ({"x": np.zeros((3, 4, 4)), "y": np.zeros(2, int)}, r"y has shape \(2,\); expected \(3,\)"),
@@ -331,7 +332,7 @@ def test_folder_labelled_and_flat(tmp_path):
     )
   ds = data.load(f"folder:{tmp_path / 'tree'}")
   assert (
-    ds.image_shape == (4, 5, 3) and len(ds.x_train) + len(ds.x_test) == 6 and len(ds.x_test) == 1
+    ds.example_shape == (4, 5, 3) and len(ds.x_train) + len(ds.x_test) == 6 and len(ds.x_test) == 1
   )
   assert ds.num_classes == 2
   for x, y in zip(np.concatenate([ds.x_train, ds.x_test]), np.concatenate([ds.y_train, ds.y_test])):
@@ -339,7 +340,7 @@ def test_folder_labelled_and_flat(tmp_path):
   for i in range(3):
     _png(tmp_path / "flat" / f"{i}.png")
   ds = data.load(f"folder:{tmp_path / 'flat'}")
-  assert ds.image_shape == (4, 5, 1) and ds.y_train is None and ds.num_classes is None
+  assert ds.example_shape == (4, 5, 1) and ds.y_train is None and ds.num_classes is None
 
 
 def test_folder_errors(tmp_path):

@@ -38,7 +38,7 @@ def _family(model, mesh, x_train, y_train=None):
   family.set_pretrained(
     ae, ae.init_params(jax.random.key(0)), rng.normal(size=(K, 6)).astype(np.float32)
   )
-  ds = data.ImageData(
+  ds = data.Dataset(
     "fake",
     x_train,
     y_train,

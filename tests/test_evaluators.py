@@ -73,7 +73,7 @@ def test_due_steps_and_one_row_per_step(tmp_path):
 
 def test_needs_a_run_cannot_meet_skip_the_evaluator(capsys):
   ds = data.load("digits")
-  unlabelled = data.ImageData("blobs", ds.x_train, None, ds.x_test, None, None)
+  unlabelled = data.Dataset("blobs", ds.x_train, None, ds.x_test, None, None)
   cfg = dlu_flags.make_config(model="ae_seed", evaluators=["metrics", "clustering:50"])
   family = families.get("ae_seed")(cfg, DataSpec((8, 8, 1), None, len(ds.x_train)))
   exp = types.SimpleNamespace(cfg=cfg, dataset=unlabelled, family=family)

@@ -194,13 +194,13 @@ def test_feature_net_is_trained_once_cached_and_accurate(digits_feature_dir, mon
   feats = net.features(net.params, data.normalize(ds.x_test[:4]))
   assert feats.shape == (4, feature_net.RECIPE["width"])
   # Other data (or another recipe) gets another file.
-  other = data.ImageData("digits", ds.x_train[:-1], ds.y_train[:-1], ds.x_test, ds.y_test, 10)
+  other = data.Dataset("digits", ds.x_train[:-1], ds.y_train[:-1], ds.x_test, ds.y_test, 10)
   assert feature_net.cache_path(other, digits_feature_dir) != path
 
 
 def test_sample_quality_evaluator_needs_samples_and_labels(capsys):
   ds = data.load("digits")
-  unlabelled = data.ImageData("blobs", ds.x_train, None, ds.x_test, None, None)
+  unlabelled = data.Dataset("blobs", ds.x_train, None, ds.x_test, None, None)
   gan = types.SimpleNamespace(
     cfg=_cfg(), dataset=unlabelled, family=families.get("dcgan")(_cfg(), SPEC)
   )

@@ -1,4 +1,5 @@
-"""Image datasets as arrays in memory, and the order in which training batches visit them.
+"""Datasets (images, tables, vectors) as arrays in memory, and the order in which training
+batches visit them.
 
     ds = data.load("fashion_mnist")   # or "digits", "mnist", "cifar10", "npz:PATH", "folder:DIR"
     sampler = data.BatchSampler(len(ds.x_train), 128, seed=0)
@@ -7,23 +8,34 @@
 The datasets are small, so they are decoded once, cached, and batched from memory.
 Reading needs no TensorFlow; only downloading new tfds datasets does (see tfds_offline).
 
-Modules, each importing only those named before it: arrays (ImageData, normalize, checks);
-sampler (BatchSampler); local (digits, npz, folder) and tfds_offline; sources (load).
+Modules, each importing only those named before it: arrays (Dataset, normalize, checks);
+sampler (BatchSampler); local (digits, npz, folder), tables (csv, parquet, vectors:
+reading, checks, preprocessing) and tfds_offline; sources (load).
 """
 
-from dlu.data.arrays import ACCEPTED_FORMS, PIXEL_RANGES, ImageData, normalize
+from dlu.data.arrays import ACCEPTED_FORMS, PIXEL_RANGES, Dataset, normalize
 from dlu.data.sampler import BatchSampler
-from dlu.data.sources import DEFAULT_IDX_DIR, default_data_dir, describe, load, prepare
+from dlu.data.sources import (
+  DEFAULT_IDX_DIR,
+  TableOptions,
+  default_data_dir,
+  describe,
+  load,
+  prepare,
+  read_rows,
+)
 
 __all__ = [
   "ACCEPTED_FORMS",
   "BatchSampler",
   "DEFAULT_IDX_DIR",
-  "ImageData",
+  "Dataset",
   "PIXEL_RANGES",
+  "TableOptions",
   "default_data_dir",
   "describe",
   "load",
   "normalize",
   "prepare",
+  "read_rows",
 ]

@@ -1,4 +1,5 @@
-"""The in-memory form of every dataset, pixel scaling, and the checks local sources apply.
+"""The in-memory form of every dataset (images or vectors), pixel scaling, and the checks local
+sources apply.
 
 The bottom of dlu.data: it imports no other module of the package; the local sources,
 tfds_offline and the entry points (sources) build on it.
@@ -16,39 +17,50 @@ from dlu.errors import UsageError
 PIXEL_RANGES = ("unit", "symmetric")
 ACCEPTED_FORMS = (
   "digits, fashion_mnist, mnist, cifar10, ... (any tfds image dataset, as "
-  "NAME[/CONFIG][:VERSION]), npz:PATH, folder:DIR"
+  "NAME[/CONFIG][:VERSION]), npz:PATH, folder:DIR, csv:PATH, parquet:PATH"
 )
 VALID_CHANNELS = (1, 3, 4)
 HELD_OUT_FRACTION = 0.1
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous: compare by identity
-class ImageData:
-  """A whole dataset held in host memory; small enough to batch from RAM or device memory."""
+class Dataset:
+  """A whole dataset held in host memory: images [N, H, W, C] or vectors [N, D].
+
+  Images are stored as read (uint8 0..255, or float32 in [0, 1]) and scaled by `normalize`;
+  vectors (tables, npz arrays [N, D]) are float32 model inputs already, made from the raw
+  columns by `preprocessing` (a `dlu.data.tables.Preprocessing`, fitted on the training split).
+  """
 
   name: str
-  x_train: np.ndarray  # [N, H, W, C] uint8 in 0..255, or float32 in [0, 1]
+  x_train: np.ndarray  # [N, H, W, C] or [N, D]
   y_train: np.ndarray | None  # [N] int32; None when unlabelled
-  x_test: np.ndarray  # [M, H, W, C], same dtype and image shape as x_train
+  x_test: np.ndarray  # [M, ...], same dtype and example shape as x_train
   y_test: np.ndarray | None  # [M] int32
   num_classes: int | None
+  preprocessing: Any = None  # vectors: how raw columns became x; images: None
 
   def __post_init__(self):
     # Catches mismatched splits at construction, not deep inside a jitted step.
-    if self.x_train.ndim != 4 or self.x_test.shape[1:] != self.x_train.shape[1:]:
+    if self.x_train.ndim not in (2, 4) or self.x_test.shape[1:] != self.x_train.shape[1:]:
       raise UsageError(
-        f"ImageData({self.name}): x_train {self.x_train.shape} and x_test "
-        f"{self.x_test.shape} must both be [N, H, W, C] with the same image shape"
+        f"Dataset({self.name}): x_train {self.x_train.shape} and x_test "
+        f"{self.x_test.shape} must both be images [N, H, W, C] or vectors [N, D] of one shape"
       )
     for x, y, split in ((self.x_train, self.y_train, "train"), (self.x_test, self.y_test, "test")):
       if y is not None and y.shape != (len(x),):
         raise UsageError(
-          f"ImageData({self.name}): y_{split} has shape {y.shape}, expected ({len(x)},)"
+          f"Dataset({self.name}): y_{split} has shape {y.shape}, expected ({len(x)},)"
         )
 
   @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return tuple(int(d) for d in self.x_train.shape[1:])  # type: ignore[return-value]
+  def example_shape(self) -> tuple[int, ...]:
+    """(H, W, C) of an image or (D,) of a vector."""
+    return tuple(int(d) for d in self.x_train.shape[1:])
+
+  @property
+  def is_image(self) -> bool:
+    return self.x_train.ndim == 4
 
 
 def normalize(x: Any, pixel_range: str = "unit") -> Any:
@@ -130,7 +142,7 @@ def assemble(
   x_test: Any = None,
   y_test: Any = None,
   num_classes: int | None = None,
-) -> ImageData:
+) -> Dataset:
   """Validates a local source's arrays; holds out a test split when none is given."""
   x = _check_images(x, f"{what}: x")
   y = None if y is None else _check_labels(y, len(x), f"{what}: y")
@@ -154,7 +166,7 @@ def assemble(
     y_test = None if y_test is None else _check_labels(y_test, len(x_test), f"{what}: y_test")
   if y is not None and num_classes is None:
     num_classes = int(max(y.max(initial=0), y_test.max(initial=0))) + 1
-  return ImageData(
+  return Dataset(
     name=name,
     x_train=x,
     y_train=y,

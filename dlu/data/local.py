@@ -7,7 +7,7 @@ import zipfile
 
 import numpy as np
 
-from dlu.data.arrays import ImageData, assemble
+from dlu.data.arrays import Dataset, assemble
 from dlu.errors import UsageError
 
 DIGITS_NUM_TEST = 297
@@ -15,7 +15,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _CHANNEL_NAMES = {1: "grey", 3: "RGB", 4: "RGBA"}
 
 
-def load_digits() -> ImageData:
+def load_digits() -> Dataset:
   """scikit-learn's 1,797 8x8 digits, 0..16 scaled to 0..255, fixed 1500/297 split: for smoke runs."""
   from sklearn import datasets  # pylint: disable=g-import-not-at-top  # slow; only this needs it
 
@@ -24,7 +24,7 @@ def load_digits() -> ImageData:
   y = digits.target.astype(np.int32)
   perm = np.random.default_rng(0).permutation(len(x))
   train, test = perm[:-DIGITS_NUM_TEST], perm[-DIGITS_NUM_TEST:]
-  return ImageData(
+  return Dataset(
     name="digits",
     x_train=x[train],
     y_train=y[train],
@@ -34,8 +34,8 @@ def load_digits() -> ImageData:
   )
 
 
-def load_npz(dataset: str, path: str) -> ImageData:
-  """Arrays x (and optionally y, x_test, y_test) of a NumPy .npz archive."""
+def read_npz(dataset: str, path: str) -> dict[str, np.ndarray]:
+  """The arrays of a NumPy .npz archive holding x (and optionally y, x_test, y_test)."""
   what = f"--dataset={dataset}"
   if not os.path.isfile(path):
     raise UsageError(
@@ -55,8 +55,16 @@ def load_npz(dataset: str, path: str) -> ImageData:
   if "x" not in arrays:
     raise UsageError(
       f"{what}: {path} has no array 'x' (it has: {', '.join(sorted(arrays)) or 'none'}); "
-      "expected images x [N, H, W(, C)] and optional y, x_test, y_test"
+      "expected images x [N, H, W(, C)] or vectors x [N, D], and optional y, x_test, y_test"
     )
+  return arrays
+
+
+def load_npz(dataset: str, path: str, arrays: dict[str, np.ndarray] | None = None) -> Dataset:
+  """Images x [N, H, W(, C)] (and optionally y, x_test, y_test) of a NumPy .npz archive."""
+  what = f"--dataset={dataset}"
+  if arrays is None:
+    arrays = read_npz(dataset, path)
   return assemble(
     dataset,
     f"{what}: {path}",
@@ -99,7 +107,7 @@ def _decode_image(path: str, what: str) -> np.ndarray:
   return x if x.ndim == 3 else x[..., None]
 
 
-def load_folder(dataset: str, directory: str) -> ImageData:
+def load_folder(dataset: str, directory: str) -> Dataset:
   """PNG/JPEG images; sub-folder names (sorted) are the labels, a flat folder is unlabelled."""
   what = f"--dataset={dataset}"
   if not os.path.isdir(directory):

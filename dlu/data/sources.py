@@ -1,15 +1,20 @@
 """The entry points: a --dataset string parsed, handed to its source, and described.
 
-"digits", "npz:PATH" and "folder:DIR" are read by dlu.data.local; any other name is a
-tfds dataset, read (and prepared when it must be) by dlu.data.tfds_offline.
+"digits", "npz:PATH" (images) and "folder:DIR" are read by dlu.data.local; "csv:PATH",
+"parquet:PATH" and npz vectors [N, D] by dlu.data.tables; any other name is a tfds dataset,
+read (and prepared when it must be) by dlu.data.tfds_offline.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any
 
-from dlu.data import local, tfds_offline
-from dlu.data.arrays import ACCEPTED_FORMS, ImageData
+import numpy as np
+
+from dlu.data import local, tables, tfds_offline
+from dlu.data.arrays import ACCEPTED_FORMS, Dataset
 from dlu.errors import UsageError
 
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -21,17 +26,18 @@ def default_data_dir() -> str:
 
 
 def _parse(dataset: str) -> tuple[str, str]:
-  """(kind, argument): ("digits", ""), ("npz", path), ("folder", dir) or ("tfds", name)."""
+  """(kind, argument): ("digits", ""), ("npz" | "csv" | "parquet", path), ("folder", dir) or
+  ("tfds", name)."""
   if not isinstance(dataset, str) or not dataset.strip():
     raise UsageError(f"--dataset is empty; expected one of: {ACCEPTED_FORMS}")
   dataset = dataset.strip()
   if dataset == "digits":
     return "digits", ""
-  for kind, arg in (("npz", "PATH"), ("folder", "DIR")):
+  for kind, arg in (("npz", "PATH"), ("folder", "DIR"), ("csv", "PATH"), ("parquet", "PATH")):
     if dataset.startswith(kind + ":"):
       if not dataset[len(kind) + 1 :]:
         raise UsageError(
-          f"--dataset={dataset} names no {'file' if kind == 'npz' else 'directory'}; "
+          f"--dataset={dataset} names no {'directory' if kind == 'folder' else 'file'}; "
           f"expected {kind}:{arg}"
         )
       return kind, os.path.expanduser(dataset[len(kind) + 1 :])
@@ -58,13 +64,96 @@ def _data_dir(data_dir: str | None) -> str:
   return path
 
 
-def _load(dataset: str, data_dir: str | None, idx_dir: str | None) -> tuple[ImageData, str]:
+@dataclasses.dataclass(frozen=True)
+class TableOptions:
+  """How tables and vectors become model inputs (the --label_column, --test_fraction,
+  --impute and --feature_scaling flags); `preprocessing`: a run's stored one, applied as is."""
+
+  label_column: str | None = None
+  test_fraction: float = 0.1
+  seed: int = 0
+  impute: str = "none"
+  feature_scaling: str = "standard"
+  preprocessing: Any = None
+
+
+def _vectors(dataset: str, what: str, arrays: dict[str, np.ndarray], opts: TableOptions) -> Dataset:
+  """npz vectors x [N, D] (optional y, x_test, y_test), preprocessed like a table."""
+  columns, x = tables.vectors_from_arrays(arrays["x"], what)
+  y = arrays.get("y")
+  if "x_test" in arrays:
+    _, x_test = tables.vectors_from_arrays(arrays["x_test"], f"{what}: x_test")
+    y_test = arrays.get("y_test")
+    if (y is None) != (y_test is None):
+      raise UsageError(f"{what}: labels for only one split; give both y and y_test, or neither")
+  else:
+    train, test = tables.split_rows(len(x), opts.test_fraction, opts.seed, what)
+    x, x_test = x[train], x[test]
+    y, y_test = (None, None) if y is None else (y[train], y[test])
+  if x_test.shape[1] != x.shape[1]:
+    raise UsageError(f"{what}: x has {x.shape[1]} columns but x_test {x_test.shape[1]}")
+  pre = opts.preprocessing or tables.fit_preprocessing(
+    columns, x, impute=opts.impute, scaling=opts.feature_scaling, what=what
+  )
+  labels, num_classes = [None, None], None
+  if y is not None:
+    if np.ndim(y) != 1 or len(y) != len(x) or np.ndim(y_test) != 1 or len(y_test) != len(x_test):
+      raise UsageError(f"{what}: y and y_test need one label per row of x and x_test")
+    codes, classes = tables.encode_labels(np.concatenate([y, y_test]), f"{what}: y")
+    labels, num_classes = [codes[: len(y)], codes[len(y) :]], len(classes)
+  return Dataset(
+    dataset,
+    pre.transform(x, f"{what}: x"),
+    labels[0],
+    pre.transform(x_test, f"{what}: x_test"),
+    labels[1],
+    num_classes,
+    preprocessing=pre,
+  )
+
+
+def _table(dataset: str, kind: str, path: str, opts: TableOptions) -> Dataset:
+  what = f"--dataset={dataset}"
+  out = tables.load_table(
+    path,
+    fmt=kind,
+    what=what,
+    label_column=opts.label_column,
+    test_fraction=opts.test_fraction,
+    seed=opts.seed,
+    impute=opts.impute,
+    feature_scaling=opts.feature_scaling,
+    preprocessing=opts.preprocessing,
+  )
+  return Dataset(
+    dataset,
+    out["x_train"],
+    out["y_train"],
+    out["x_test"],
+    out["y_test"],
+    out["num_classes"],
+    preprocessing=out["preprocessing"],
+  )
+
+
+def _load(
+  dataset: str, data_dir: str | None, idx_dir: str | None, opts: TableOptions
+) -> tuple[Dataset, str]:
   kind, arg = _parse(dataset)
   dataset = dataset.strip()
+  if opts.label_column and kind not in ("csv", "parquet"):
+    raise UsageError(
+      f"--label_column names a column of a table (csv:, parquet:); --dataset={dataset} is not one"
+    )
   if kind == "digits":
     return local.load_digits(), "ships with scikit-learn; nothing to prepare"
   if kind == "npz":
-    return local.load_npz(dataset, arg), f"read from {arg}"
+    arrays = local.read_npz(dataset, arg)
+    if np.asarray(arrays["x"]).ndim == 2:
+      return _vectors(dataset, f"--dataset={dataset}", arrays, opts), f"read from {arg}"
+    return local.load_npz(dataset, arg, arrays), f"read from {arg}"
+  if kind in ("csv", "parquet"):
+    return _table(dataset, kind, arg, opts), f"read from {arg}"
   if kind == "folder":
     return local.load_folder(dataset, arg), f"decoded from the images in {arg}"
   if (
@@ -84,21 +173,56 @@ def _load(dataset: str, data_dir: str | None, idx_dir: str | None) -> tuple[Imag
   )
 
 
-def load(dataset: str, *, data_dir: str | None = None, idx_dir: str | None = None) -> ImageData:
+def load(
+  dataset: str,
+  *,
+  data_dir: str | None = None,
+  idx_dir: str | None = None,
+  table_options: TableOptions | None = None,
+) -> Dataset:
   """The whole dataset as arrays in host memory, preparing it first when it must and can.
 
   dataset: "digits", a tfds name ("fashion_mnist", "mnist", "NAME/CONFIG:VERSION"),
-    "npz:PATH" or "folder:DIR".
+    "npz:PATH", "folder:DIR", "csv:PATH" or "parquet:PATH".
   data_dir: where tfds datasets are prepared (default: `default_data_dir()`).
   idx_dir: the Fashion-MNIST IDX files (default DEFAULT_IDX_DIR), used to prepare
     fashion_mnist without TensorFlow.
+  table_options: how tables and vectors are split and scaled (default: TableOptions()).
   """
-  return _load(dataset, data_dir, idx_dir)[0]
+  return _load(dataset, data_dir, idx_dir, table_options or TableOptions())[0]
 
 
-def describe(data: ImageData) -> str:
-  h, w, c = data.image_shape
+def read_rows(
+  dataset: str, *, columns: tuple[str, ...] | None = None, label_column: str | None = None
+) -> np.ndarray:
+  """Every row of a --dataset form, unsplit and in its own units (for a trained run applied to
+  new data): a table's features matched by name to `columns` (raw, float64, NaN for missing
+  cells), npz x as stored, a folder's images as uint8."""
+  kind, arg = _parse(dataset)
+  what = f"--input={dataset.strip()}"
+  if kind in ("csv", "parquet"):
+    names, x, _ = tables.read_table(arg, fmt=kind, label_column=label_column, what=what)
+    return tables.match_columns(names, x, columns, what) if columns else x
+  if kind == "npz":
+    x = local.read_npz(dataset, arg)["x"]
+    if columns and np.asarray(x).ndim == 2 and x.shape[1] != len(columns):
+      raise UsageError(f"{what}: x has {x.shape[1]} columns; the run was trained on {len(columns)}")
+    return np.asarray(x)
+  if kind == "folder":
+    ds = local.load_folder(dataset, arg)
+    return np.concatenate([ds.x_train, ds.x_test])  # (the folder's order is not kept)
+  raise UsageError(f"{what}: expected a table (csv:PATH, parquet:PATH), npz:PATH or folder:DIR")
+
+
+def describe(data: Dataset) -> str:
   labels = f"{data.num_classes} classes" if data.num_classes is not None else "unlabelled"
+  if not data.is_image:
+    scaling = data.preprocessing.scaling if data.preprocessing is not None else "none"
+    return (
+      f"{len(data.x_train)} train and {len(data.x_test)} test rows of {data.example_shape[0]} "
+      f"features ({scaling} scaling), {labels}"
+    )
+  h, w, c = data.example_shape
   return (
     f"{len(data.x_train)} train and {len(data.x_test)} test images of {h}x{w}x{c} "
     f"{data.x_train.dtype}, {labels}"
@@ -110,5 +234,5 @@ def prepare(dataset: str, *, data_dir: str | None = None, idx_dir: str | None = 
 
   Raises UsageError when it cannot, e.g. fashion_mnist with neither IDX files nor TensorFlow.
   """
-  data, where = _load(dataset, data_dir, idx_dir)
+  data, where = _load(dataset, data_dir, idx_dir, TableOptions())
   return f"{dataset.strip()}: {where}; {describe(data)}"

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from dlu.data.arrays import ACCEPTED_FORMS, ImageData
+from dlu.data.arrays import ACCEPTED_FORMS, Dataset
 from dlu.errors import UsageError
 
 CACHE_FILE = "dlu_arrays.npz"
@@ -78,7 +78,7 @@ def _info_hash(version_dir: str) -> str:
     return hashlib.sha256(f.read()).hexdigest()
 
 
-def _read_cache(dataset: str, version_dir: str) -> ImageData | None:
+def _read_cache(dataset: str, version_dir: str) -> Dataset | None:
   path = os.path.join(version_dir, CACHE_FILE)
   try:
     with np.load(path, allow_pickle=False) as f:
@@ -91,7 +91,7 @@ def _read_cache(dataset: str, version_dir: str) -> ImageData | None:
       logging.warning("Ignoring unreadable %s: %s", path, e)
     return None
   num_classes = int(arrays["num_classes"])
-  return ImageData(
+  return Dataset(
     name=dataset,
     x_train=arrays["x_train"],
     y_train=arrays.get("y_train"),
@@ -101,7 +101,7 @@ def _read_cache(dataset: str, version_dir: str) -> ImageData | None:
   )
 
 
-def _write_cache(data: ImageData, version_dir: str) -> None:
+def _write_cache(data: Dataset, version_dir: str) -> None:
   """Atomic (temp file then rename), so concurrent readers never see half a file."""
   arrays: dict[str, Any] = {
     "x_train": data.x_train,
@@ -128,7 +128,7 @@ def _write_cache(data: ImageData, version_dir: str) -> None:
   logging.info("Cached decoded arrays in %s", path)
 
 
-def find_cached(dataset: str, data_dir: str) -> tuple[ImageData, str] | None:
+def find_cached(dataset: str, data_dir: str) -> tuple[Dataset, str] | None:
   """The cached arrays, found without importing tfds when the version folder is unambiguous."""
   match = parse_name(dataset)
   base = os.path.join(data_dir, match["name"], *([match["config"]] if match["config"] else []))
@@ -393,7 +393,7 @@ def _decode_split(source: Any, dataset: str, split: str) -> tuple[np.ndarray, np
   return images, labels
 
 
-def read(dataset: str, builder: Any, data_dir: str) -> ImageData:
+def read(dataset: str, builder: Any, data_dir: str) -> Dataset:
   """Decodes both splits through `tfds.data_source`: TensorFlow is not needed to read."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -418,7 +418,7 @@ def read(dataset: str, builder: Any, data_dir: str) -> ImageData:
   num_classes = getattr(label, "num_classes", None) if y_train is not None else None
   if y_train is not None and num_classes is None:
     num_classes = int(max(y_train.max(), y_test.max())) + 1
-  return ImageData(
+  return Dataset(
     name=dataset,
     x_train=x_train,
     y_train=y_train,
@@ -430,7 +430,7 @@ def read(dataset: str, builder: Any, data_dir: str) -> ImageData:
 
 def load(
   dataset: str, data_dir: str, idx_dir: str, *, explicit_idx: bool = False
-) -> tuple[ImageData, str]:
+) -> tuple[Dataset, str]:
   """The dataset's arrays and a description of where they came from."""
   cached = find_cached(dataset, data_dir)
   if cached is not None:

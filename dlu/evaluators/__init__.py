@@ -4,11 +4,12 @@ experiments.evaluate. Importing this package registers the built-in ones (and th
   metrics         the family's eval metrics on the test split, and its split metrics
   sample_quality  FID, KID, precision and recall of a generative family's samples
   likelihood      the family's end-of-run metrics (VAEs: nll_iwae, bits_per_dim)
-  images          the family's image grids
+  images          the family's image grids (images)
+  features        per-feature reconstruction error and a PCA map of the embeddings (vectors)
   clustering      clustering scores, probes and baselines of the embeddings (labelled data)
 """
 
-from dlu.evaluators import family_metrics, representation, sample_quality  # noqa: F401
+from dlu.evaluators import family_metrics, features, representation, sample_quality  # noqa: F401
 from dlu.evaluators.registry import (  # noqa: F401
   Evaluation,
   Evaluator,

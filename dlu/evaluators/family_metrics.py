@@ -38,7 +38,7 @@ def final_metrics(exp: Any, state: Any, inputs: Inputs) -> dict[str, Any]:
   return exp.family.final_metrics(state, exp.dataset, exp.ctx)
 
 
-@register("images")
+@register("images", needs=("images",))
 def image_grids(exp: Any, state: Any, inputs: Inputs) -> dict[str, Any]:
   """The family's image grids of the first --num_images test images (reconstructions,
   samples, views), saved as images/NAME_STEP.png and to TensorBoard."""

@@ -1,8 +1,9 @@
 """Evaluators by name: what a run measures, what each needs, and when training runs it.
 
 An evaluator is a function `(exp, state, inputs) -> {name: value}` registered under a name
-with what it needs of the run (`embeddings`: the family's `embed`; `samples`: its
-`samples_from_noise`; `labels`: labels on both splits) and its default schedule. Values may nest: eval.json keeps them as they are,
+with what it needs of the run (`images` or `vectors`: the kind of data; `embeddings`,
+`reconstructions`, `samples`: the family's `embed`, `reconstruct`, `samples_from_noise`;
+`labels`: labels on both splits) and its default schedule. Values may nest: eval.json keeps them as they are,
 metrics.jsonl and TensorBoard get the numbers flattened as `a/b/c`.
 
 Training runs the evaluators named by `--evaluators` (`training_schedule`), each `name` at its default schedule,
@@ -27,7 +28,7 @@ from dlu.metric_writers import MetricWriter, to_python
 
 flags.DEFINE_list(
   "evaluators",
-  ["metrics", "sample_quality", "likelihood", "images"],
+  ["metrics", "sample_quality", "likelihood", "images", "features"],
   "Evaluators run during training: NAME (its default schedule: likelihood at the "
   "end, the others every --eval_every), NAME:N (every N steps) or NAME:final; all "
   "of them also after the last step. Those a run cannot feed (samples of a model "
@@ -36,7 +37,7 @@ flags.DEFINE_list(
 )
 
 #: What an evaluator may need of a run.
-NEEDS = ("embeddings", "samples", "labels")
+NEEDS = ("images", "vectors", "embeddings", "reconstructions", "samples", "labels")
 #: A default schedule: every --eval_every steps.
 EVAL_EVERY = "eval_every"
 #: A schedule: only after the last step.
@@ -95,8 +96,14 @@ def get(name: str) -> Evaluator:
 def unmet_needs(evaluator: Evaluator, exp: Any) -> tuple[str, str] | None:
   """(what is missing, why) when `exp` cannot give `evaluator` what it needs, else None."""
   family, ds = exp.family, exp.dataset
+  if "images" in evaluator.needs and not ds.is_image:
+    return "images", f"{ds.name} holds vectors, not images"
+  if "vectors" in evaluator.needs and ds.is_image:
+    return "vectors", f"{ds.name} holds images"
   if "embeddings" in evaluator.needs and not family.has_embedding:
     return "embeddings", f"--model={exp.cfg.model} has no embedding"
+  if "reconstructions" in evaluator.needs and not family.has_reconstruction:
+    return "reconstructions", f"--model={exp.cfg.model} does not reconstruct"
   if "samples" in evaluator.needs and not family.has_samples:
     return "samples", f"--model={exp.cfg.model} draws no samples"
   if "labels" in evaluator.needs and (ds.y_train is None or ds.y_test is None):
@@ -105,8 +112,8 @@ def unmet_needs(evaluator: Evaluator, exp: Any) -> tuple[str, str] | None:
 
 
 def _runnable(evaluator: Evaluator, exp: Any, log: Callable[[str], None]) -> bool:
-  """Whether `evaluator` can run on `exp`. A model without the capability skips it quietly;
-  data without labels is said once."""
+  """Whether `evaluator` can run on `exp`. A model or data kind without the capability skips
+  it quietly; data without labels is said once."""
   unmet = unmet_needs(evaluator, exp)
   if unmet is None:
     return True

@@ -90,10 +90,25 @@ def _split(cfg, train: np.ndarray, test: np.ndarray) -> np.ndarray:
   return np.concatenate([train, test])
 
 
-def cluster_embeddings(z: np.ndarray, k: int, cfg) -> np.ndarray:
-  """--manifold map (if any), then --cluster_on. [N] assignments."""
+#: k-means centroids of a run's embeddings [K, D], kept in the workdir for `dlu.apply`'s
+#: `assign` (written when the clustering is k-means on the embeddings themselves).
+KMEANS_FILE = "kmeans_centroids.npz"
+
+
+def cluster_embeddings(
+  z: np.ndarray, k: int, cfg, *, centroids_to: str | None = None
+) -> np.ndarray:
+  """--manifold map (if any), then --cluster_on. [N] assignments. `centroids_to`: where to save
+  k-means centroids when they live in the embeddings' own space (no --manifold)."""
   dim = cfg.manifold_dim or (2 if cfg.manifold == "tsne" else k)
   mapped = clustering.manifold(z, cfg.manifold, dim=dim, seed=cfg.seed)
+  if cfg.cluster_on == "kmeans" and cfg.manifold == "none" and centroids_to:
+    assign, centroids = clustering.kmeans(mapped, k, seed=cfg.seed, n_init=cfg.kmeans_inits)
+    if parallel.is_lead_process():
+      tmp = centroids_to + ".tmp.npz"
+      np.savez(tmp, centroids=centroids.astype(np.float32))
+      os.replace(tmp, centroids_to)
+    return assign
   return clustering.cluster(
     mapped, k, method=cfg.cluster_on, seed=cfg.seed, n_init=cfg.kmeans_inits
   )
@@ -124,7 +139,7 @@ def overcluster(cfg, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
   return {"overcluster_purity": clustering.purity(y, pred)}
 
 
-def baselines(cfg, ds: data.ImageData, y: np.ndarray, k: int, dim: int) -> dict[str, Any]:
+def baselines(cfg, ds: data.Dataset, y: np.ndarray, k: int, dim: int) -> dict[str, Any]:
   """Pixels and PCA (at the embedding's dimension): k-means scores and probe accuracy.
 
   With a --manifold, also `pixels_<manifold>_<cluster_on>`: the same map and clusterer on raw
@@ -223,7 +238,12 @@ def representation_metrics(exp, state, inputs: Inputs) -> dict[str, Any]:
 
   t = time.perf_counter()
   head = getattr(family, "assignments", None)
-  pipeline = cluster_embeddings(_split(cfg, z_train, z_test), k, cfg)
+  pipeline = cluster_embeddings(
+    _split(cfg, z_train, z_test),
+    k,
+    cfg,
+    centroids_to=os.path.join(exp.ctx.workdir, KMEANS_FILE),
+  )
   if head is not None:
     pred = _split(cfg, *(head(state, x)[1] for x in (ds.x_train, ds.x_test)))
     results["clustering"] = f"{cfg.model} clustering layer"

@@ -79,7 +79,7 @@ def _sample_features(
   return np.concatenate(out)[:n]
 
 
-@register("sample_quality", needs=("samples", "labels"), check=check_flags)
+@register("sample_quality", needs=("images", "samples", "labels"), check=check_flags)
 def sample_quality_metrics(exp: Any, state: Any, inputs: Inputs) -> dict[str, Any]:
   """fid, kid, precision, recall of --eval_samples samples vs the test split, fid_floor and
   feature_net_acc (the classifier's test accuracy)."""

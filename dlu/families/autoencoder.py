@@ -52,8 +52,18 @@ class Autoencoder(SingleNetworkFamily):
         f"--noise_level is a drop probability for masking: must be < 1, got {cfg.noise_level!r}"
       )
 
+  def __init__(self, cfg, spec):
+    super().__init__(cfg, spec)
+    if cfg.model == "ae_conv":
+      spec.require_images(cfg.model, instead="ae_mlp")
+    if cfg.recon_loss == "bce" and not spec.is_image:
+      raise UsageError(
+        "--recon_loss=bce needs targets in [0, 1]; vectors are scaled by --feature_scaling: "
+        "use --recon_loss=mse"
+      )
+
   def make_model(self):
-    cfg, shape = self.cfg, self.spec.image_shape
+    cfg, shape = self.cfg, self.spec.example_shape
     if cfg.model == "ae_seed":
       return ae_models.MLPAutoencoder(
         shape, encoder_widths=(), latent_dim=cfg.hidden_units, latent_activation="relu"
@@ -79,10 +89,15 @@ class Autoencoder(SingleNetworkFamily):
       return losses.binary_cross_entropy_with_logits(output, target)
     return losses.mse(output, target)
 
-  def reconstruct(self, params, x: jax.Array) -> jax.Array:
-    """Reconstructions in pixel space. [B, H, W, C]"""
-    out = self.model.apply({"params": params}, x)
+  def reconstruct(self, state, images: jax.Array) -> jax.Array:
+    """Reconstructions of stored inputs, in the model's units. [B, ...]"""
+    out = self.model.apply({"params": state.params}, self.normalize(images))
     return jax.nn.sigmoid(out) if self.cfg.recon_loss == "bce" else out
+
+  def score(self, state, images: jax.Array) -> jax.Array:
+    """Anomaly score: the reconstruction error the loss minimises (mse or bce). [B]"""
+    x = self.normalize(images)
+    return self.reconstruction_error(self.model.apply({"params": state.params}, x), x)
 
   def loss(self, params, batch, rng):
     x = self.normalize(batch["image"])
@@ -93,15 +108,17 @@ class Autoencoder(SingleNetworkFamily):
     x = self.normalize(batch["image"])
     out = self.model.apply({"params": state.params}, x)
     recon = jax.nn.sigmoid(out) if self.cfg.recon_loss == "bce" else out
-    low = -1.0 if self.spec.pixel_range == "symmetric" else 0.0
-    metrics = {"mse": losses.mse(recon, x), "psnr": losses.psnr(recon, x, low=low, high=1.0)}
+    metrics = {"mse": losses.mse(recon, x)}
+    if self.spec.is_image:
+      low = -1.0 if self.spec.pixel_range == "symmetric" else 0.0
+      metrics["psnr"] = losses.psnr(recon, x, low=low, high=1.0)
     if self.cfg.recon_loss == "bce":
       metrics["bce"] = losses.binary_cross_entropy_with_logits(out, x)
     return metrics
 
   def images(self, state, batch, rng):
     x = self.normalize(batch["image"])
-    recon = self.reconstruct(state.params, x)
+    recon = self.reconstruct(state, batch["image"])
     unit = lambda v: to_unit(v, self.spec.pixel_range)
     return {"reconstructions": paired_rows(unit(x), unit(recon))}
 

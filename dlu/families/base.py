@@ -8,6 +8,8 @@ functions (under jit or pmap) and never looks inside the state:
   eval_metrics(state, batch, rng)       -> {name: [B] per-example values}
   images(state, batch, rng)             -> {name: [rows, cols, H, W, C] in [0, 1]}
   embed(state, images)                  -> [B, D]
+  reconstruct(state, images)            -> [B, ...] in the model's units (autoencoders, VAEs)
+  score(state, images)                  -> [B] anomaly score, higher = less like the data
   sample_noise(rng, start, n), samples_from_noise(state, noise) -> [n, H, W, C] in [0, 1]
 
 and, host-side, with an `EvalContext` (mesh, batch size, rng, workdir):
@@ -20,7 +22,8 @@ and, host-side, with an `EvalContext` (mesh, batch size, rng, workdir):
 The evaluators (`dlu.evaluators`: `metrics`, `likelihood`, `images`, `clustering`) decide
 when these run and where their results go.
 
-`batch` is a dict with `image`: [B, H, W, C], uint8 or float, as stored,
+`batch` is a dict with `image`: [B, H, W, C] images (uint8 or float, as stored) or [B, D]
+vectors (float32 model inputs),
 `index`: [B] int32 rows of the training split when the family sets `needs_index`, and
 `label`: [B] int32 classes of those rows when it sets `needs_label` (train and eval batches).
 `rng` is the run's train key, the same at every call: a step folds in `state.step` to
@@ -51,10 +54,23 @@ Metrics = dict[str, jax.Array]
 class DataSpec:
   """What a model needs to know of the data."""
 
-  image_shape: tuple[int, int, int]  # (H, W, C)
+  example_shape: tuple[int, ...]  # an image's (H, W, C) or a vector's (D,)
   num_classes: int | None
   num_train: int
   pixel_range: str = "unit"
+
+  @property
+  def is_image(self) -> bool:
+    return len(self.example_shape) == 3
+
+  def require_images(self, model: str, instead: str | None = None) -> None:
+    """UsageError unless the data are images: convolutional models cannot take vectors."""
+    if not self.is_image:
+      hint = f" (use --model={instead})" if instead else ""
+      raise UsageError(
+        f"--model={model} needs images [H, W, C]; the data are vectors of "
+        f"{self.example_shape[0]} features{hint}"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +126,7 @@ class Family:
   def images(self, state: TrainState, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
     return {}
 
-  def prepare(self, dataset: data.ImageData, ctx: EvalContext) -> None:
+  def prepare(self, dataset: data.Dataset, ctx: EvalContext) -> None:
     """Host-side set-up before the state is initialised."""
 
   def step_boundaries(self) -> tuple[int, ...]:
@@ -122,17 +138,33 @@ class Family:
     return state
 
   def split_metrics(
-    self, state: TrainState, dataset: data.ImageData, ctx: EvalContext
+    self, state: TrainState, dataset: data.Dataset, ctx: EvalContext
   ) -> dict[str, float]:
     return {}
 
   def final_metrics(
-    self, state: TrainState, dataset: data.ImageData, ctx: EvalContext
+    self, state: TrainState, dataset: data.Dataset, ctx: EvalContext
   ) -> dict[str, float]:
     return {}
 
   def embed(self, state: TrainState, images: jax.Array) -> jax.Array:
     raise NotImplementedError(f"{type(self).__name__} has no embedding")
+
+  def reconstruct(self, state: TrainState, images: jax.Array) -> jax.Array:
+    """Reconstructions of stored inputs, in the model's units (autoencoders, VAEs). [B, ...]"""
+    raise NotImplementedError(f"{type(self).__name__} does not reconstruct")
+
+  def score(self, state: TrainState, images: jax.Array) -> jax.Array:
+    """An anomaly score per example: higher is less like the training data. [B]"""
+    raise NotImplementedError(f"{type(self).__name__} has no anomaly score")
+
+  @property
+  def has_reconstruction(self) -> bool:
+    return type(self).reconstruct is not Family.reconstruct
+
+  @property
+  def has_score(self) -> bool:
+    return type(self).score is not Family.score
 
   @property
   def has_embedding(self) -> bool:
@@ -153,7 +185,8 @@ class Family:
     return type(self).samples_from_noise is not Family.samples_from_noise
 
   def normalize(self, images: jax.Array) -> jax.Array:
-    return data.normalize(images, self.spec.pixel_range)
+    """Stored pixels to the model's range; vectors are model inputs already."""
+    return data.normalize(images, self.spec.pixel_range) if self.spec.is_image else images
 
 
 def norms(*, grads: Any, params: Any, updates: Any) -> Metrics:
@@ -199,7 +232,7 @@ class SingleNetworkFamily(Family):
     return self._tx
 
   def init_params(self, rng: jax.Array) -> Any:
-    dummy = jnp.zeros((1,) + self.spec.image_shape, jnp.float32)
+    dummy = jnp.zeros((1,) + self.spec.example_shape, jnp.float32)
     return self.model.init(rng, dummy)["params"]
 
   def init_state(self, rng: jax.Array) -> TrainState:

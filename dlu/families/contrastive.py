@@ -68,6 +68,15 @@ flags.DEFINE_boolean(
   "loss; experiments.evaluate scores its assignments.",
 )
 flags.DEFINE_float(
+  "corruption_rate",
+  0.6,
+  "simclr_mlp on vectors: fraction of each row's features replaced by draws from their "
+  "marginals (SCARF views).",
+)
+flags.DEFINE_float(
+  "feature_noise", 0.0, "simclr_mlp on vectors: std of Gaussian noise added to the views."
+)
+flags.DEFINE_float(
   "cluster_temperature",
   1.0,
   "simclr_* --cluster_head: temperature of the contrast between clusters.",
@@ -91,8 +100,8 @@ class SimCLR(SingleNetworkFamily):
       raise UsageError(
         f"--crop_min_scale is an area fraction in (0, 1], got {cfg.crop_min_scale!r}"
       )
-    require_fraction(cfg, "brightness")
-    require_non_negative(cfg, "intensity_gamma")
+    require_fraction(cfg, "brightness", "corruption_rate")
+    require_non_negative(cfg, "intensity_gamma", "feature_noise")
     if cfg.batch_size < 2:
       raise UsageError(
         f"simclr needs other images in the batch: --batch_size >= 2, got {cfg.batch_size}"
@@ -109,8 +118,13 @@ class SimCLR(SingleNetworkFamily):
       )
     return num_clusters(self.cfg, self.spec.num_classes)
 
+  def __init__(self, cfg, spec):
+    super().__init__(cfg, spec)
+    if cfg.model == "simclr_conv":
+      spec.require_images(cfg.model, instead="simclr_mlp")
+
   def make_model(self):
-    cfg, shape = self.cfg, self.spec.image_shape
+    cfg, shape = self.cfg, self.spec.example_shape
     common = dict(
       feature_dim=cfg.latent_dim,
       num_clusters=self.num_clusters,
@@ -121,8 +135,16 @@ class SimCLR(SingleNetworkFamily):
     return ContrastiveNet("mlp", widths=int_list(cfg.widths, "widths"), **common)
 
   def two_views(self, images: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Two independent random views of each normalised image. [B, H, W, C] each"""
-    x, cfg = data.normalize(images, "unit"), self.cfg
+    """Two independent random views of each normalised image (crops, flips, intensity
+    jitter) or table row (SCARF feature corruption). [B, ...] each"""
+    cfg = self.cfg
+    k1, k2 = jax.random.split(rng)
+    if not self.spec.is_image:
+      draw = lambda key: views.corrupt_features(
+        key, images, rate=cfg.corruption_rate, noise_std=cfg.feature_noise
+      )
+      return draw(k1), draw(k2)
+    x = data.normalize(images, "unit")
     draw = lambda key: self.normalize(
       views.random_views(
         key,
@@ -133,7 +155,6 @@ class SimCLR(SingleNetworkFamily):
         gamma=cfg.intensity_gamma,
       )
     )
-    k1, k2 = jax.random.split(rng)
     return draw(k1), draw(k2)
 
   def contrast(self, params, images, rng, axis_name=None) -> dict[str, jax.Array]:
@@ -183,7 +204,7 @@ class SimCLR(SingleNetworkFamily):
 
   def embed(self, state, images):
     h = self.model.apply({"params": state.params}, self.normalize(images), method="encode")
-    return h / jnp.maximum(jnp.linalg.norm(h, axis=-1, keepdims=True), 1e-12)
+    return losses.l2_normalize(h)
 
   def cluster_probs(self, state, images: jax.Array) -> jax.Array:
     """The cluster head's probabilities for whole images. [B, K]"""

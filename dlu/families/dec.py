@@ -104,7 +104,9 @@ class DEC(SingleNetworkFamily):
       )
     k = num_clusters(self.cfg, dataset.num_classes, dataset.name)
     if has_checkpoint(ctx.workdir):  # resuming or evaluating: the checkpoint holds the centroids
-      z_dim = jax.eval_shape(ae.embed, ae_state, jnp.zeros((1,) + self.spec.image_shape)).shape[-1]
+      z_dim = jax.eval_shape(ae.embed, ae_state, jnp.zeros((1,) + self.spec.example_shape)).shape[
+        -1
+      ]
       centroids = np.zeros((k, z_dim), np.float32)
     else:
       embed = parallel.make_embed(ae, ctx.mesh)
@@ -120,7 +122,7 @@ class DEC(SingleNetworkFamily):
     self.ae, self.ae_params = ae, ae_params
     self.centroids = np.asarray(centroids, np.float32)
 
-  def set_data(self, dataset: data.ImageData, ctx: EvalContext) -> None:
+  def set_data(self, dataset: data.Dataset, ctx: EvalContext) -> None:
     """The training split the targets are computed over, and where to compute them."""
     self.dataset, self.ctx = dataset, ctx
     self._probs = parallel.jit_over_images(self.cluster_probs, ctx.mesh)
@@ -188,6 +190,12 @@ class DEC(SingleNetworkFamily):
 
   def embed(self, state, images):
     return self.encode(state.params["ae"], self.normalize(images))
+
+  def reconstruct(self, state, images):
+    return self.ae.reconstruct(state.replace(params=state.params["ae"]), images)
+
+  def score(self, state, images):
+    return self.ae.score(state.replace(params=state.params["ae"]), images)
 
   # --- Host-side hooks.
   def assignments(self, state, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

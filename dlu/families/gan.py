@@ -137,8 +137,10 @@ class GAN(Family):
 
   def __init__(self, cfg, spec):
     super().__init__(cfg, spec)
-    if cfg.model == "dcgan" and not gan_models.dcgan_compatible(spec.image_shape):
-      h, w, _ = spec.image_shape
+    if cfg.model == "dcgan":
+      spec.require_images(cfg.model, instead="mlp_gan")
+    if cfg.model == "dcgan" and not gan_models.dcgan_compatible(spec.example_shape):
+      h, w, _ = spec.example_shape
       raise UsageError(
         f"--model=dcgan needs image height and width divisible by 4; "
         f"the data has {h}x{w} (use --model=mlp_gan)"
@@ -151,7 +153,11 @@ class GAN(Family):
     #: classes the networks are conditioned on; None: unconditional.
     self.num_classes = spec.num_classes if cfg.conditional else None
     self.needs_label = self.num_classes is not None
-    self.output_activation = "tanh" if spec.pixel_range == "symmetric" else "sigmoid"
+    # Pixels in the data's range; vectors (scaled features) unbounded.
+    if not spec.is_image:
+      self.output_activation = "linear"
+    else:
+      self.output_activation = "tanh" if spec.pixel_range == "symmetric" else "sigmoid"
     if cfg.model == "dcgan":
       self.discriminator = gan_models.DCGANDiscriminator(cfg.gan_channels, self.num_classes)
     else:
@@ -173,7 +179,7 @@ class GAN(Family):
   # --- Networks.
 
   def generator(self, axis_name: str | None = None):
-    cfg, shape = self.cfg, self.spec.image_shape
+    cfg, shape = self.cfg, self.spec.example_shape
     if cfg.model == "dcgan":
       return gan_models.DCGANGenerator(
         shape, cfg.gan_channels, self.output_activation, axis_name, self.num_classes
@@ -204,6 +210,17 @@ class GAN(Family):
       return None
     return (start + jnp.arange(n, dtype=jnp.int32)) % self.num_classes
 
+  def score(self, state, images):
+    """Anomaly score: minus the discriminator's logit (it scores real data high). [B]
+    A conditional discriminator scores each input against every class and keeps the best."""
+    x = self.normalize(images)
+    d = state.params["discriminator"]
+    if self.num_classes is None:
+      return -self.critic(d)(x)
+    classes = jnp.arange(self.num_classes, dtype=jnp.int32)
+    logits = jax.vmap(lambda y: self.critic(d, jnp.full((x.shape[0],), y))(x))(classes)
+    return -jnp.max(logits, axis=0)
+
   def to_unit(self, x: jax.Array) -> jax.Array:
     return (x + 1.0) / 2.0 if self.output_activation == "tanh" else x
 
@@ -211,7 +228,7 @@ class GAN(Family):
     g_rng, d_rng = jax.random.split(rng)
     labels = self.balanced_labels(1)
     g_vars = self.generator().init(g_rng, jnp.zeros((1, self.cfg.latent_dim)), labels, train=False)
-    d_params = self.discriminator.init(d_rng, jnp.zeros((1,) + self.spec.image_shape), labels)[
+    d_params = self.discriminator.init(d_rng, jnp.zeros((1,) + self.spec.example_shape), labels)[
       "params"
     ]
     params = {"generator": g_vars["params"], "discriminator": d_params}

@@ -117,8 +117,18 @@ class VAE(SingleNetworkFamily):
         "--kl_warmup_steps apply to --objective=elbo only"
       )
 
+  def __init__(self, cfg, spec):
+    super().__init__(cfg, spec)
+    if cfg.model == "conv_vae":
+      spec.require_images(cfg.model, instead="vae")
+    if not spec.is_image and (cfg.likelihood != "gaussian" or cfg.binarize != "none"):
+      raise UsageError(
+        "--model=vae on vectors needs --likelihood=gaussian --binarize=none: features scaled "
+        "by --feature_scaling are not pixel intensities in [0, 1]"
+      )
+
   def make_model(self):
-    cfg, shape = self.cfg, self.spec.image_shape
+    cfg, shape = self.cfg, self.spec.example_shape
     if cfg.model == "conv_vae":
       return vae_models.VAE(
         shape,
@@ -151,13 +161,14 @@ class VAE(SingleNetworkFamily):
     return self.model.apply({"params": params}, z, method="decode")  # [..., H, W, C]
 
   def log_likelihood(self, params, out: jax.Array, x: jax.Array) -> jax.Array:
-    """log p(x | z) for decoder outputs `out` [..., H, W, C]. [...]"""
+    """log p(x | z) for decoder outputs `out` [..., H, W, C] or [..., D]. [...]"""
+    event_ndims = len(self.spec.example_shape)
     if self.cfg.likelihood == "bernoulli":
-      return likelihoods.bernoulli_log_prob(out, x)
+      return likelihoods.bernoulli_log_prob(out, x, event_ndims=event_ndims)
     log_std = (
       params["pixel_log_std"] if self.cfg.learn_variance else math.log(self.cfg.gaussian_std)
     )
-    return likelihoods.gaussian_log_prob(out, log_std, x)
+    return likelihoods.gaussian_log_prob(out, log_std, x, event_ndims=event_ndims)
 
   def mean_image(self, out: jax.Array) -> jax.Array:
     """E[x | z] in pixel space, for display."""
@@ -275,13 +286,15 @@ class VAE(SingleNetworkFamily):
     )
     nll = -float(np.mean(bounds))
     bin_width = None
-    if self.cfg.likelihood == "gaussian":  # a density on 8-bit pixels: add the bins' width
+    if (
+      self.cfg.likelihood == "gaussian" and self.spec.is_image
+    ):  # a density on 8-bit pixels: add the bins' width
       bin_width = (2.0 if self.spec.pixel_range == "symmetric" else 1.0) / 256
     return {
       "nll_iwae": nll,
       "nll_iwae_stderr": float(np.std(bounds) / math.sqrt(len(bounds))),
       "bits_per_dim": likelihoods.bits_per_dim(
-        nll, math.prod(self.spec.image_shape), bin_width=bin_width
+        nll, math.prod(self.spec.example_shape), bin_width=bin_width
       ),
     }
 
@@ -317,3 +330,15 @@ class VAE(SingleNetworkFamily):
 
   def embed(self, state, images):
     return self.encode(state.params, self.normalize(images))[0]
+
+  def reconstruct(self, state, images):
+    """The decoder's mean at the posterior mean of the (grey, not binarised) inputs. [B, ...]"""
+    return self.mean_image(self.decode(state.params, self.embed(state, images)))
+
+  def score(self, state, images):
+    """-ELBO at the posterior mean: -log p(x | z = mean) + KL(q(z|x) || p(z)), deterministic
+    (grey inputs, not binarised). [B]"""
+    x = self.normalize(images)
+    mean, log_var = self.encode(state.params, x)
+    log_px = self.log_likelihood(state.params, self.decode(state.params, mean), x)
+    return -log_px + likelihoods.kl_to_standard_normal(mean, log_var)

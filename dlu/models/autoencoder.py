@@ -18,7 +18,7 @@ from dlu.models.layers import MLP, Conv, ConvTranspose
 
 
 class MLPAutoencoder(nn.Module):
-  """Flattened image -> encoder widths -> latent -> reversed widths -> image.
+  """Flattened input (image or vector) -> encoder widths -> latent -> reversed widths -> input.
 
   The seed model is `encoder_widths=(), latent_dim=128, latent_activation="relu"`:
   Dense(128, relu) then a linear Dense back to the input size.
@@ -44,7 +44,7 @@ class MLPAutoencoder(nn.Module):
     return self.decoder(z).reshape((z.shape[0],) + tuple(self.image_shape))  # [B, H, W, C]
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    chex.assert_rank(x, 4)
+    chex.assert_rank(x, {2, 4})  # vectors [B, D] or images [B, H, W, C]
     return self.decode(self.encode(x))
 
 

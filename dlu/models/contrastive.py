@@ -49,6 +49,6 @@ class ContrastiveNet(nn.Module):
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """Representation [B, feature_dim], projection [B, projection[-1]] and cluster logits
     [B, num_clusters] (None without a cluster head)."""
-    chex.assert_rank(x, 4)
+    chex.assert_rank(x, {2, 4})
     h = self.encode(x)
     return h, self.head(h), self.cluster_head(h) if self.num_clusters else None

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from dlu.models.layers import Conv, ConvTranspose, conv_kernel_init
 
-OUTPUT_ACTIVATIONS = {"tanh": jnp.tanh, "sigmoid": nn.sigmoid}
+OUTPUT_ACTIVATIONS = {"tanh": jnp.tanh, "sigmoid": nn.sigmoid, "linear": lambda x: x}
 KERNEL = (4, 4)  # DCGAN's stride-2 kernels: 4x4 divides evenly into the 2x upsampling
 
 
@@ -118,7 +118,7 @@ class _Discriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None = None) -> jax.Array:
-    chex.assert_rank(x, 4)
+    chex.assert_rank(x, {2, 4})
     features = self.embed(x)
     logit = self.logit(features)[:, 0]  # [B]
     if self.num_classes is None:
@@ -171,7 +171,7 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(_Discriminator):
-  """Flattened image -> Dense(width), leaky relu, ... -> Dense(1) (+ projection)."""
+  """Flattened image or vector -> Dense(width), leaky relu, ... -> Dense(1) (+ projection)."""
 
   widths: Sequence[int] = (512, 256)
   num_classes: int | None = None

@@ -43,7 +43,7 @@ class VAE(nn.Module):
 
   def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Posterior mean and log-variance. [B, D] each"""
-    chex.assert_rank(x, 4)
+    chex.assert_rank(x, {2, 4})
     if self.architecture == "mlp":
       x = x.reshape((x.shape[0], -1))
     h = self.encoder(x)
