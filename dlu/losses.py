@@ -18,10 +18,9 @@ def _flat(x: jax.Array) -> jax.Array:
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   """x / max(||x||, eps) over the last axis, with a finite gradient where x is all zeros (a
   ReLU code can be) rather than the NaN of differentiating a norm at 0."""
-  sq = jnp.sum(x * x, axis=-1, keepdims=True)
-  nonzero = sq > 0
-  norm = jnp.sqrt(jnp.where(nonzero, sq, 1.0))
-  return x / jnp.where(nonzero, jnp.maximum(norm, eps), 1.0)
+  nonzero = jnp.any(x != 0, axis=-1, keepdims=True)
+  norm = jnp.linalg.norm(jnp.where(nonzero, x, 1.0), axis=-1, keepdims=True)
+  return jnp.where(nonzero, x / jnp.maximum(norm, eps), 0.0)
 
 
 def mse(prediction: jax.Array, target: jax.Array) -> jax.Array:
