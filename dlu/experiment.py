@@ -21,7 +21,7 @@ from absl import flags
 
 from dlu import batched_eval, checkpointing, data, evaluators, families, parallel
 from dlu import flags as dlu_flags
-from dlu.data import tables
+from dlu.data import preprocessing
 from dlu.errors import UsageError
 from dlu.families import DataSpec, EvalContext, Family
 
@@ -61,7 +61,7 @@ def table_options(cfg: dlu_flags.Config, workdir: str) -> data.TableOptions:
   for directory in (workdir, getattr(cfg, "init_from", None)):
     path = os.path.join(directory or "", PREPROCESSING_FILE)
     if directory and os.path.isfile(path):
-      stored = tables.Preprocessing.load(path)
+      stored = preprocessing.Preprocessing.load(path)
       break
   return data.TableOptions(
     label_column=cfg.label_column,

@@ -1,4 +1,5 @@
-"""Tests for dlu.data.tables: reading CSV/Parquet, labels, splits and train-only preprocessing."""
+"""Tests for dlu.data.tables (reading CSV/Parquet, labels, splits) and dlu.data.preprocessing
+(train-only fitting, JSON, column matching)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dlu.data import tables
-from dlu.data.tables import Preprocessing
+from dlu.data import preprocessing, tables
+from dlu.data.preprocessing import Preprocessing
 from dlu.errors import UsageError
 
 
@@ -431,8 +432,8 @@ def test_preprocessing_load_errors_name_the_file(tmp_path):
 def test_inverse_of_transform_is_identity():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(50, 3)) * [1.0, 1e3, 1e-3] + [5.0, -2e3, 0.0]
-  for scaling in tables.FEATURE_SCALINGS:
-    prep = tables.fit_preprocessing(["a", "b", "c"], x, impute="none", scaling=scaling)
+  for scaling in preprocessing.FEATURE_SCALINGS:
+    prep = preprocessing.fit_preprocessing(["a", "b", "c"], x, impute="none", scaling=scaling)
     z = prep.transform(x, "--dataset")
     assert z.dtype == np.float32
     back = prep.inverse(z)
@@ -442,7 +443,7 @@ def test_inverse_of_transform_is_identity():
 
 
 def test_transform_errors():
-  prep = tables.fit_preprocessing(
+  prep = preprocessing.fit_preprocessing(
     ["a", "b"], np.array([[1.0, 2.0], [3.0, 5.0]]), impute="none", scaling="minmax"
   )
   message = _raises(
@@ -494,10 +495,12 @@ def test_given_preprocessing_missing_or_extra_columns(tmp_path):
 def test_match_columns():
   x = np.array([[1.0, 2.0, 3.0]])
   np.testing.assert_array_equal(
-    tables.match_columns(["a", "b", "c"], x, ("c", "a", "b"), "w"), [[3, 1, 2]]
+    preprocessing.match_columns(["a", "b", "c"], x, ("c", "a", "b"), "w"), [[3, 1, 2]]
   )
-  assert tables.match_columns(["a", "b"], x[:, :2], ("a", "b"), "w") is not None
-  message = _raises(tables.match_columns, ["a", "b", "z"], x, ("a", "b", "c"), "--input=csv:/n.csv")
+  assert preprocessing.match_columns(["a", "b"], x[:, :2], ("a", "b"), "w") is not None
+  message = _raises(
+    preprocessing.match_columns, ["a", "b", "z"], x, ("a", "b", "c"), "--input=csv:/n.csv"
+  )
   assert message.startswith("--input=csv:/n.csv: lacks the feature columns 'c' and has columns")
   assert "'z'" in message
 

@@ -12,7 +12,7 @@ import pytest
 import dlu
 from dlu import experiment, families, train_loop
 from dlu import flags as dlu_flags
-from dlu.data import tables
+from dlu.data import preprocessing, tables
 from dlu.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +91,7 @@ def test_autoencoder_on_a_table_trains_resumes_and_evaluates(ae_run, tmp_path):
   assert [r["step"] for r in evals] == [20, 40]
   assert "psnr" not in evals[-1] and evals[-1]["mse"] < evals[0]["mse"]
   assert {"acc", "nmi", "ari", "feature_mse_max"} <= set(evals[-1]) and evals[-1]["acc"] > 0.4
-  pre = tables.Preprocessing.load(os.path.join(workdir, "preprocessing.json"))
+  pre = preprocessing.Preprocessing.load(os.path.join(workdir, "preprocessing.json"))
   assert pre.scaling == "standard" and pre.label_column == "cultivar" and len(pre.columns) == 13
   assert os.path.exists(os.path.join(workdir, "feature_error_0000040.csv"))
   assert os.path.exists(os.path.join(workdir, "images", "embedding_pca_0000040.png"))

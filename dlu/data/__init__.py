@@ -9,8 +9,9 @@ The datasets are small, so they are decoded once, cached, and batched from memor
 Reading needs no TensorFlow; only downloading new tfds datasets does (see tfds_offline).
 
 Modules, each importing only those named before it: arrays (Dataset, normalize, checks);
-sampler (BatchSampler); local (digits, npz, folder), tables (csv, parquet, vectors:
-reading, checks, preprocessing) and tfds_offline; sources (load).
+preprocessing (a table's imputation and scaling, fitted on the training split; JSON); sampler
+(BatchSampler); local (digits, npz, folder), tables (csv, parquet, vectors: reading, checks,
+splits) and tfds_offline; sources (load).
 """
 
 from dlu.data.arrays import ACCEPTED_FORMS, PIXEL_RANGES, Dataset, normalize

@@ -29,7 +29,7 @@ class Dataset:
 
   Images are stored as read (uint8 0..255, or float32 in [0, 1]) and scaled by `normalize`;
   vectors (tables, npz arrays [N, D]) are float32 model inputs already, made from the raw
-  columns by `preprocessing` (a `dlu.data.tables.Preprocessing`, fitted on the training split).
+  columns by `preprocessing` (a `dlu.data.preprocessing.Preprocessing`, fitted on the training split).
   """
 
   name: str

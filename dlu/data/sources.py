@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from dlu.data import local, tables, tfds_offline
+from dlu.data import local, preprocessing, tables, tfds_offline
 from dlu.data.arrays import ACCEPTED_FORMS, Dataset
 from dlu.errors import UsageError
 
@@ -92,7 +92,7 @@ def _vectors(dataset: str, what: str, arrays: dict[str, np.ndarray], opts: Table
     y, y_test = (None, None) if y is None else (y[train], y[test])
   if x_test.shape[1] != x.shape[1]:
     raise UsageError(f"{what}: x has {x.shape[1]} columns but x_test {x_test.shape[1]}")
-  pre = opts.preprocessing or tables.fit_preprocessing(
+  pre = opts.preprocessing or preprocessing.fit_preprocessing(
     columns, x, impute=opts.impute, scaling=opts.feature_scaling, what=what
   )
   labels, num_classes = [None, None], None
@@ -202,7 +202,7 @@ def read_rows(
   what = f"--input={dataset.strip()}"
   if kind in ("csv", "parquet"):
     names, x, _ = tables.read_table(arg, fmt=kind, label_column=label_column, what=what)
-    return tables.match_columns(names, x, columns, what) if columns else x
+    return preprocessing.match_columns(names, x, columns, what) if columns else x
   if kind == "npz":
     x = local.read_npz(dataset, arg)["x"]
     if columns and np.asarray(x).ndim == 2 and x.shape[1] != len(columns):

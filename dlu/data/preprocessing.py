@@ -1,0 +1,295 @@
+"""How a table's feature columns become model inputs: missing cells filled, then each column
+offset and scaled, with statistics fitted on the training split only.
+
+    prep = fit_preprocessing(names, x_train_raw, impute="mean", scaling="standard")
+    prep.save(os.path.join(workdir, "preprocessing.json"))
+    x = Preprocessing.load(path).transform(match_columns(names, x_raw, prep.columns, what), what)
+
+Evaluation and inference load the saved Preprocessing, so new rows become exactly the inputs the
+model was trained on: same columns (matched by name), same fill values, same offsets and scales,
+same class indices.
+
+Numbers only (numpy, the standard library, dlu.errors): reading files is tables' job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from dlu.errors import UsageError
+
+FEATURE_SCALINGS = ("standard", "minmax", "none")
+IMPUTE = ("none", "mean", "median")
+JSON_VERSION = 1
+_MAX_LISTED = 10
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous: compare by identity
+class Preprocessing:
+  """How raw feature columns become model inputs: fitted on the training split, stored in a run's
+  workdir (preprocessing.json), applied unchanged at evaluation and inference."""
+
+  columns: tuple[str, ...]  # feature columns, in the model's order
+  impute: str  # one of IMPUTE
+  fill: np.ndarray | None  # [D] float64 values that replace missing cells (None: impute "none")
+  scaling: str  # one of FEATURE_SCALINGS
+  offset: np.ndarray  # [D] float64; model input = (raw - offset) / scale
+  scale: np.ndarray  # [D] float64 (ones and zeros offset for "none")
+  label_column: str | None = None
+  classes: tuple[str, ...] | None = None  # label values (as str) in class-index order
+
+  def __post_init__(self):
+    # Normalises types and freezes the arrays, so a loaded file is checked once, here.
+    columns = tuple(self.columns)
+    d = len(columns)
+    if not all(isinstance(c, str) for c in columns) or len(set(columns)) != d:
+      raise UsageError(f"preprocessing: columns must be distinct names, got {list(columns)}")
+    if self.impute not in IMPUTE or self.scaling not in FEATURE_SCALINGS:
+      raise UsageError(
+        f"preprocessing: impute {self.impute!r} / scaling {self.scaling!r}; expected one of "
+        f"{', '.join(IMPUTE)} / {', '.join(FEATURE_SCALINGS)}"
+      )
+    arrays = {"offset": self.offset, "scale": self.scale}
+    if (self.fill is None) != (self.impute == "none"):
+      raise UsageError(
+        f"preprocessing: impute {self.impute!r} needs fill values exactly when not 'none'"
+      )
+    if self.fill is not None:
+      arrays["fill"] = self.fill
+    for field, value in arrays.items():
+      a = np.array(value, np.float64)
+      if a.shape != (d,):
+        raise UsageError(f"preprocessing: {field} has shape {a.shape}, expected ({d},)")
+      a.flags.writeable = False
+      object.__setattr__(self, field, a)
+    if np.any(self.scale == 0) or not np.all(np.isfinite(self.scale)):
+      raise UsageError("preprocessing: every scale must be finite and non-zero")
+    classes = None if self.classes is None else tuple(str(c) for c in self.classes)
+    object.__setattr__(self, "columns", columns)
+    object.__setattr__(self, "classes", classes)
+
+  def transform(self, x_raw: np.ndarray, what: str) -> np.ndarray:
+    """Raw features [N, D] (NaN = missing) -> float32 model inputs: fill, then scale."""
+    return self._apply(np.array(x_raw, np.float64), what)
+
+  def _apply(self, x: np.ndarray, what: str) -> np.ndarray:
+    """transform, overwriting the float64 array `x` (load_table's own copies: no second one)."""
+    if x.ndim != 2 or x.shape[1] != len(self.columns):
+      raise UsageError(
+        f"{what}: features have shape {x.shape}, expected [N, {len(self.columns)}] "
+        f"(columns {listed(self.columns)})"
+      )
+    missing = np.isnan(x)
+    if self.fill is not None:
+      np.copyto(x, self.fill, where=missing)
+    elif missing.any():
+      j = int(np.flatnonzero(missing.any(axis=0))[0])
+      i = int(np.flatnonzero(missing[:, j])[0])
+      raise UsageError(missing_message(what, self.columns[j], f"row {i + 1}"))
+    x -= self.offset
+    x /= self.scale
+    return x.astype(np.float32)
+
+  def inverse(self, x: np.ndarray) -> np.ndarray:
+    """Model units -> raw units, float64 (filled cells stay filled)."""
+    return np.asarray(x, np.float64) * self.scale + self.offset
+
+  def to_json(self) -> str:
+    """Every field; floats go through repr, so from_json gives back identical values."""
+    fields = {
+      "version": JSON_VERSION,
+      "columns": list(self.columns),
+      "impute": self.impute,
+      "fill": None if self.fill is None else self.fill.tolist(),
+      "scaling": self.scaling,
+      "offset": self.offset.tolist(),
+      "scale": self.scale.tolist(),
+      "label_column": self.label_column,
+      "classes": None if self.classes is None else list(self.classes),
+    }
+    return json.dumps(fields, indent=1) + "\n"
+
+  @classmethod
+  def from_json(cls, text: str) -> Preprocessing:
+    try:
+      fields = json.loads(text)
+      if not isinstance(fields, dict):
+        raise TypeError(f"expected a JSON object, got {type(fields).__name__}")
+      if fields.get("version") != JSON_VERSION:
+        raise ValueError(f"version {fields.get('version')!r}, expected {JSON_VERSION}")
+      label_column = fields.get("label_column")
+      if label_column is not None and not isinstance(label_column, str):
+        raise TypeError(f"label_column {label_column!r} is not a string")
+      for key in ("columns", "offset", "scale", "fill", "classes"):
+        if not isinstance(fields.get(key, []), (list, type(None))):
+          raise TypeError(f"{key} is not a list")
+      return cls(
+        columns=tuple(fields["columns"]),
+        impute=fields["impute"],
+        fill=fields["fill"],
+        scaling=fields["scaling"],
+        offset=fields["offset"],
+        scale=fields["scale"],
+        label_column=label_column,
+        classes=None if fields.get("classes") is None else tuple(fields["classes"]),
+      )
+    except UsageError:
+      raise
+    except KeyError as e:
+      raise UsageError(f"invalid preprocessing JSON: no field {e}") from e
+    except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+      raise UsageError(f"invalid preprocessing JSON: {first_line(e)}") from e
+
+  def save(self, path: str) -> None:
+    """Writes atomically: a reader sees the old file or the new one, never half of one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+      with open(tmp, "w", encoding="utf-8") as f:
+        f.write(self.to_json())
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):  # only after a failure
+        os.remove(tmp)
+
+  @classmethod
+  def load(cls, path: str) -> Preprocessing:
+    try:
+      with open(path, encoding="utf-8") as f:
+        text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+      reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+      raise UsageError(
+        f"{path}: cannot read the preprocessing ({reason}); expected the preprocessing.json "
+        "that training wrote in its workdir"
+      ) from e
+    try:
+      return cls.from_json(text)
+    except UsageError as e:
+      raise UsageError(f"{path}: {e}") from e
+
+
+def fit_preprocessing(
+  columns,
+  x_train_raw,
+  *,
+  impute,
+  scaling,
+  label_column=None,
+  classes=None,
+  what="--dataset",
+) -> Preprocessing:
+  """Fill values and offsets/scales from the training rows only (NaN-aware statistics)."""
+  check_choices(impute, scaling)
+  columns = tuple(columns)
+  x = np.asarray(x_train_raw, np.float64)
+  if x.ndim != 2 or x.shape[1] != len(columns) or not len(x):
+    raise UsageError(
+      f"{what}: training features have shape {x.shape}, expected [N >= 1, {len(columns)}]"
+    )
+  present = ~np.isnan(x)
+  empty = np.flatnonzero(~present.any(axis=0))
+  if len(empty):
+    raise UsageError(
+      f"{what}: column {columns[empty[0]]!r} has no values on the training split (every cell "
+      "is missing); drop the column"
+    )
+  complete = present.all()  # the plain reductions are much faster than the nan* ones
+  fill = None
+  if impute == "mean":
+    fill = x.mean(axis=0) if complete else np.nanmean(x, axis=0)
+  elif impute == "median":
+    fill = np.median(x, axis=0) if complete else np.nanmedian(x, axis=0)
+  d = len(columns)
+  offset, scale = np.zeros(d), np.ones(d)
+  if scaling != "none":
+    lo = x.min(axis=0) if complete else np.nanmin(x, axis=0)
+    hi = x.max(axis=0) if complete else np.nanmax(x, axis=0)
+    constant = lo == hi  # exact: a std computed for a constant column may not be exactly 0
+    if scaling == "standard":
+      if constant.any():
+        raise UsageError(
+          f"{what}: column {columns[np.flatnonzero(constant)[0]]!r} is constant on the training "
+          "split; --feature_scaling=standard cannot scale it (drop the column or use "
+          "--feature_scaling=minmax|none)"
+        )
+      offset = x.mean(axis=0) if complete else np.nanmean(x, axis=0)
+      scale = x.std(axis=0) if complete else np.nanstd(x, axis=0)
+    else:  # minmax; a constant column maps to 0
+      offset, scale = lo, np.where(constant, 1.0, hi - lo)
+  return Preprocessing(
+    columns=columns,
+    impute=impute,
+    fill=fill,
+    scaling=scaling,
+    offset=offset,
+    scale=scale,
+    label_column=label_column,
+    classes=None if classes is None else tuple(classes),
+  )
+
+
+def match_columns(
+  names: list[str],
+  x_raw: np.ndarray,
+  columns: tuple[str, ...],
+  what: str,
+  *,
+  label_column: str | None = None,
+) -> np.ndarray:
+  """x_raw's columns (named `names`) in the order of `columns`, matched by name: the file must
+  hold exactly those feature columns. `label_column`, the stored label, only sharpens the error
+  when it was read as a feature."""
+  position = {name: j for j, name in enumerate(names)}
+  stored = set(columns)
+  missing = [c for c in columns if c not in position]
+  extra = [c for c in names if c not in stored]
+  if missing or extra:
+    problems = []
+    if missing:
+      problems.append(f"lacks the feature columns {listed(missing)}")
+    if extra:
+      hint = ""
+      if label_column in extra:
+        hint = f" ({label_column!r} was the label: pass --label_column={label_column})"
+      problems.append(f"has columns the model was not trained on: {listed(extra)}{hint}")
+    raise UsageError(
+      f"{what}: {' and '.join(problems)}; expected the {len(columns)} feature columns the model "
+      "was trained on"
+    )
+  order = [position[c] for c in columns]
+  return x_raw if order == list(range(len(names))) else x_raw[:, order]
+
+
+# --- helpers ---
+
+
+def check_choices(impute: str, scaling: str) -> None:
+  if impute not in IMPUTE:
+    raise UsageError(f"--impute={impute}: expected one of {', '.join(IMPUTE)}")
+  if scaling not in FEATURE_SCALINGS:
+    raise UsageError(f"--feature_scaling={scaling}: expected one of {', '.join(FEATURE_SCALINGS)}")
+
+
+def missing_message(where: str, column: str, row: str) -> str:
+  return (
+    f"{where}: column {column!r} has missing values (first at {row}); fill them or pass "
+    "--impute=mean|median"
+  )
+
+
+def listed(names) -> str:
+  """At most _MAX_LISTED names, quoted, then '...'."""
+  names = list(names)
+  shown = ", ".join(repr(n) for n in names[:_MAX_LISTED])
+  return shown + (", ..." if len(names) > _MAX_LISTED else "")
+
+
+def first_line(e: BaseException) -> str:
+  """The first line of an exception's message, cut short (pyarrow quotes whole CSV rows)."""
+  lines = str(e).strip().splitlines()
+  line = lines[0] if lines else type(e).__name__
+  return line if len(line) <= 200 else line[:197] + "..."
