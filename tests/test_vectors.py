@@ -220,3 +220,36 @@ def test_dec_on_a_table_uses_the_autoencoders_scaling(ae_run, tmp_path):
   assert {"acc", "nmi", "mse", "confidence"} <= set(final)
   stored = [open(os.path.join(w, "preprocessing.json")).read() for w in (ae, workdir)]
   assert stored[0] == stored[1]
+
+
+def test_load_run_on_an_image_run(tmp_path):
+  from dlu import data
+
+  workdir = str(tmp_path / "digits")
+  cfg = dlu_flags.make_config(
+    model="ae_seed",
+    hidden_units=8,
+    dataset="digits",
+    batch_size=64,
+    num_steps=20,
+    log_every=10,
+    eval_every=20,
+    checkpoint_every=20,
+    eval_batch_size=512,
+    num_images=8,
+  )
+  train_loop.train_and_evaluate(cfg, workdir)
+  run = dlu.load_run(workdir)
+  ds = data.load("digits")
+  np.testing.assert_allclose(
+    run.encode(ds.x_test), np.load(f"{workdir}/embeddings_test.npz")["embeddings"], rtol=1e-6
+  )
+  recon = run.reconstruct(ds.x_test[:5, ..., 0])  # [N, H, W] is read as one channel
+  assert recon.shape == (5, 8, 8, 1) and 0 <= recon.min() and recon.max() <= 1
+  assert run.score(ds.x_test).shape == (297,)
+  with pytest.raises(UsageError, match=r"trained on images of shape \(8, 8, 1\)"):
+    run.encode(np.zeros((2, 9, 9, 1), np.uint8))
+  with pytest.raises(UsageError, match="experiments.evaluate"):
+    run.assign(ds.x_test)  # no clustering layer, and no k-means kept yet
+  with pytest.raises(UsageError, match="draws no samples"):
+    run.sample(2)

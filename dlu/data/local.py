@@ -109,6 +109,13 @@ def _decode_image(path: str, what: str) -> np.ndarray:
 
 def load_folder(dataset: str, directory: str) -> Dataset:
   """PNG/JPEG images; sub-folder names (sorted) are the labels, a flat folder is unlabelled."""
+  images, labels, num_classes = read_folder(dataset, directory)
+  return assemble(dataset, f"--dataset={dataset}", images, labels, num_classes=num_classes)
+
+
+def read_folder(dataset: str, directory: str) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+  """Every image of a folder in sorted file order [N, H, W, C] uint8, their labels (sub-folder
+  indices) or None, and the class count."""
   what = f"--dataset={dataset}"
   if not os.path.isdir(directory):
     raise UsageError(f"{what}: no such directory {directory}; expected a folder of PNG/JPEG images")
@@ -155,6 +162,4 @@ def load_folder(dataset: str, directory: str) -> Dataset:
         f"but {path} is {_CHANNEL_NAMES[c]}; convert them all to one mode"
       )
     images.append(x)
-  return assemble(
-    dataset, what, np.stack(images), labels, num_classes=len(classes) if classes else None
-  )
+  return np.stack(images), labels, len(classes) if classes else None

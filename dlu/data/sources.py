@@ -209,8 +209,7 @@ def read_rows(
       raise UsageError(f"{what}: x has {x.shape[1]} columns; the run was trained on {len(columns)}")
     return np.asarray(x)
   if kind == "folder":
-    ds = local.load_folder(dataset, arg)
-    return np.concatenate([ds.x_train, ds.x_test])  # (the folder's order is not kept)
+    return local.read_folder(dataset, arg)[0]  # in sorted file order
   raise UsageError(f"{what}: expected a table (csv:PATH, parquet:PATH), npz:PATH or folder:DIR")
 
 
