@@ -12,9 +12,9 @@ from dlu.families import DataSpec
 SPEC = DataSpec((8, 8, 1), 10, 512)
 
 
-def run_steps(cfg, mesh, parallelism, batches):
+def run_steps(cfg, mesh, parallelism, batches, spec=SPEC):
   """Params and last metrics after one train step per batch of images (also used by other tests)."""
-  family = families.get(cfg.model)(cfg, SPEC)
+  family = families.get(cfg.model)(cfg, spec)
   init, _ = parallel.make_init(family, mesh)
   state = init(jax.random.key(0))
   step = parallel.make_train_step(family, mesh, parallelism=parallelism)
@@ -96,3 +96,29 @@ def test_dispatch_window_waits_on_the_oldest_outputs_beyond_its_depth(monkeypatc
     window.push(i)
   # The host ran at most two dispatches ahead: it waited on 0, 1, 2, in order.
   assert waited == [0, 1, 2]
+
+
+@pytest.mark.parametrize("model,with_pmap", [("ae_mlp", True), ("simclr_mlp", False)])
+def test_vectors_on_one_device_eight_devices_and_pmap_agree(model, with_pmap):
+  """Tables train as images do. (SimCLR's SCARF views draw marginals from the global batch under
+  jit, from each device's rows under pmap: only jit is compared.)"""
+  cfg = dlu_flags.make_config(
+    model=model,
+    optimizer="sgd",
+    learning_rate=0.05,
+    widths=["16"],
+    latent_dim=4,
+    projection_dims=["8"],
+    dataset="csv:unused.csv",
+  )
+  spec = DataSpec((13,), 3, 512)
+  rng = np.random.default_rng(0)
+  batches = [rng.normal(size=(64, 13)).astype(np.float32) for _ in range(3)]
+  one = Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,))
+  p1, m1 = run_steps(cfg, one, "jit", batches, spec)
+  p8, m8 = run_steps(cfg, parallel.make_mesh(), "jit", batches, spec)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, p8)
+  np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
+  if with_pmap:
+    pp, _ = run_steps(cfg, parallel.make_mesh(), "pmap", batches, spec)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, pp)
