@@ -204,6 +204,12 @@ def _truncated_idx_dir(tmp_path):
 
 def _bad_npz(tmp_path):
   path = tmp_path / "bad.npz"
+  np.savez(path, x=np.zeros((4, 5, 5, 1, 1), np.uint8))
+  return f"npz:{path}"
+
+
+def _constant_vectors(tmp_path):
+  path = tmp_path / "constant.npz"
   np.savez(path, x=np.zeros((4, 5), np.uint8))
   return f"npz:{path}"
 
@@ -213,6 +219,7 @@ BAD_INPUTS = [
   (dict(dataset="imagenet_nope"), "--dataset"),
   (dict(dataset="npz:/nonexistent.npz"), "no such file /nonexistent.npz"),
   (dict(dataset=_bad_npz), "expected images"),
+  (dict(dataset=_constant_vectors), "column 'f0' is constant on the training split"),
   (dict(dataset="folder:/nonexistent_dir"), "no such directory"),
   (dict(optimizer="lbfgs"), "--optimizer must be one of"),
   (dict(schedule="exponential"), "--schedule must be one of"),
