@@ -5,7 +5,7 @@ r"""Apply a trained dlu run to new data.
 
 --input is any --dataset form: a table with the training columns (matched by name, in any
 order), an npz (x: images or vectors), or a folder of images. Per input row the output holds
-the embedding (`embedding`, or `emb_0`, ... columns in a CSV), `score` (anomaly score: higher
+the embedding (`embedding`, or `embedding_0`, ... columns in a CSV), `score` (anomaly score: higher
 is less like the training data), and for clustering runs `cluster` and `confidence` (the
 run's clustering layer, or the k-means `experiments.evaluate` fitted). With --samples=N a
 GAN or VAE also writes N generated examples (per class for conditional GANs) in the data's
