@@ -22,7 +22,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dlu  # noqa: E402
-from dlu import data, train_loop  # noqa: E402
+from dlu import cli, data, train_loop  # noqa: E402
 from dlu import flags as dlu_flags  # noqa: E402
 
 flags.DEFINE_string("out", None, "Folder for the per-class data, runs and anomaly.json.")
@@ -54,7 +54,7 @@ def pca_scores(x_train: np.ndarray, x_test: np.ndarray, dim: int) -> np.ndarray:
 
 
 def main(argv):
-  del argv
+  cli.start(argv)
   os.makedirs(FLAGS.out, exist_ok=True)
   ds = data.load("fashion_mnist")
   results = {m: [] for m in FLAGS.methods}

@@ -25,7 +25,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dlu import clustering, evaluate, train_loop  # noqa: E402
+from dlu import cli, clustering, evaluate, train_loop  # noqa: E402
 from dlu import flags as dlu_flags  # noqa: E402
 
 flags.DEFINE_string("out", None, "Folder for the tables, the runs and table_clustering.json.")
@@ -147,7 +147,7 @@ def baselines(x: np.ndarray, y: np.ndarray, k: int, seed: int) -> dict[str, dict
 
 
 def main(argv):
-  del argv
+  cli.start(argv)
   os.makedirs(FLAGS.out, exist_ok=True)
   seeds = [int(s) for s in FLAGS.seeds]
   results: dict = {}
