@@ -95,9 +95,10 @@ class Autoencoder(SingleNetworkFamily):
     return jax.nn.sigmoid(out) if self.cfg.recon_loss == "bce" else out
 
   def score(self, state, images: jax.Array) -> jax.Array:
-    """Anomaly score: the reconstruction error the loss minimises (mse or bce). [B]"""
-    x = self.normalize(images)
-    return self.reconstruction_error(self.model.apply({"params": state.params}, x), x)
+    """Anomaly score: the squared reconstruction error, in the model's units (also under
+    --recon_loss=bce, whose value on grey pixels is mostly their own entropy, which tracks how
+    much ink an image has rather than how well it is reconstructed). [B]"""
+    return losses.mse(self.reconstruct(state, images), self.normalize(images))
 
   def loss(self, params, batch, rng):
     x = self.normalize(batch["image"])

@@ -337,8 +337,14 @@ class VAE(SingleNetworkFamily):
 
   def score(self, state, images):
     """-ELBO at the posterior mean: -log p(x | z = mean) + KL(q(z|x) || p(z)), deterministic
-    (grey inputs, not binarised). [B]"""
+    (grey inputs, not binarised). A Bernoulli likelihood of grey pixels is offset by their own
+    entropy (the score's floor, 0 for binary images), which otherwise ranks images by how much
+    mid-grey they hold. [B]"""
     x = self.normalize(images)
     mean, log_var = self.encode(state.params, x)
     log_px = self.log_likelihood(state.params, self.decode(state.params, mean), x)
+    if self.cfg.likelihood == "bernoulli":
+      log_px = log_px - self.log_likelihood(
+        state.params, jax.scipy.special.logit(jnp.clip(x, 1e-6, 1 - 1e-6)), x
+      )
     return -log_px + likelihoods.kl_to_standard_normal(mean, log_var)
