@@ -51,7 +51,6 @@ class Evaluator:
   needs: frozenset[str] = frozenset()
   every: str = EVAL_EVERY  # the default schedule: EVAL_EVERY or FINAL
   check: Callable[[Any], None] | None = None  # flags it reads, checked before anything runs
-  doc: str = ""
 
 
 _REGISTRY: dict[str, Evaluator] = {}
@@ -70,14 +69,7 @@ def register(
     raise ValueError(f"evaluator {name!r}: bad registration (needs {needs}, every {every!r})")
 
   def add(fn):
-    _REGISTRY[name] = Evaluator(
-      name,
-      fn,
-      frozenset(needs),
-      every,
-      check,
-      (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
-    )
+    _REGISTRY[name] = Evaluator(name, fn, frozenset(needs), every, check)
     return fn
 
   return add
