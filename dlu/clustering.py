@@ -66,11 +66,13 @@ def kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 10) -> tuple[np.nd
   return km.labels_.astype(np.int32), km.cluster_centers_.astype(np.float32)
 
 
-def gmm(x: np.ndarray, k: int, *, seed: int, n_init: int = 1) -> np.ndarray:
-  """Assignments [N] of a full-covariance Gaussian mixture (as in N2D)."""
+def gmm(
+  x: np.ndarray, k: int, *, seed: int, n_init: int = 1, covariance_type: str = "full"
+) -> np.ndarray:
+  """Assignments [N] of a Gaussian mixture (full covariance by default, as in N2D)."""
   from sklearn.mixture import GaussianMixture
 
-  model = GaussianMixture(k, covariance_type="full", n_init=n_init, random_state=seed)
+  model = GaussianMixture(k, covariance_type=covariance_type, n_init=n_init, random_state=seed)
   return model.fit_predict(np.asarray(x, np.float64)).astype(np.int32)
 
 
