@@ -28,12 +28,13 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def restore(self, target: Any) -> Any | None:
-    """The latest checkpoint laid out like `target` (arrays or ShapeDtypeStructs), or None.
+  def restore(self, target: Any, step: int | None = None) -> Any | None:
+    """The checkpoint at `step` (default: the latest) laid out like `target` (arrays or
+    ShapeDtypeStructs), or None when there is none.
 
     Raises UsageError when the checkpoint cannot be read or does not fit `target`.
     """
-    step = self.latest_step()
+    step = self.latest_step() if step is None else step
     if step is None:
       return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)

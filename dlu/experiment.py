@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from dlu import batched_eval, checkpointing, data, evaluators, families, parallel
+from dlu import batched_eval, checkpointing, data, evaluators, families, parallel, selection
 from dlu import flags as dlu_flags
 from dlu.data import preprocessing
 from dlu.errors import UsageError
@@ -92,6 +92,14 @@ def build(cfg: dlu_flags.Config, workdir: str) -> Experiment:
     idx_dir=cfg.idx_dir,
     table_options=table_options(cfg, workdir),
   )
+  dataset = data.hold_out_validation(dataset, cfg.validation_fraction, seed=cfg.seed)
+  dataset = data.class_balance(dataset, cfg.class_balance, seed=cfg.seed)
+  for name in ("early_stopping_metric", "keep_best_checkpoint"):
+    if getattr(cfg, name) and dataset.x_valid is None:
+      raise UsageError(
+        f"--{name} selects on the validation split, and {cfg.dataset} has none here: "
+        "set --validation_fraction > 0 (selecting on the test split would tune on it)"
+      )
   spec = DataSpec(dataset.example_shape, dataset.num_classes, len(dataset.x_train), cfg.pixel_range)
   batch_size = _global_batch_size(cfg, spec.num_train)
   parallel.check_batch_size(batch_size)
@@ -140,6 +148,11 @@ RUN_FLAGS = frozenset(
     "idx_dir",
     "steps_per_dispatch",
     "profile_steps",
+    "early_stopping_metric",
+    "early_stopping_patience",
+    "early_stopping_min_delta",
+    "keep_best_checkpoint",
+    "checkpoint",
   }
 )
 
@@ -163,11 +176,14 @@ def _differing_flags(workdir: str, cfg: dlu_flags.Config) -> list[str]:
   ]
 
 
-def restore_or_init(exp: Experiment, ckpt: checkpointing.Checkpointer) -> tuple[Any, bool]:
-  """(state, resumed): the workdir's latest checkpoint, or a fresh state."""
+def restore_or_init(
+  exp: Experiment, ckpt: checkpointing.Checkpointer, step: int | None = None
+) -> tuple[Any, bool]:
+  """(state, resumed): the workdir's checkpoint at `step` (default: the latest), or a fresh
+  state."""
   init, abstract_state = parallel.make_init(exp.family, exp.mesh)
   try:
-    state = ckpt.restore(abstract_state)
+    state = ckpt.restore(abstract_state, step)
   except checkpointing.CheckpointError as e:
     differing = _differing_flags(exp.ctx.workdir, exp.cfg)
     if differing:
@@ -186,17 +202,17 @@ def restore_or_init(exp: Experiment, ckpt: checkpointing.Checkpointer) -> tuple[
 
 
 def load_run(workdir: str, **overrides: Any) -> tuple[Experiment, Any]:
-  """The experiment a workdir's flags.txt records (with `overrides`), and its latest
-  checkpointed state. UsageError when `workdir` holds no trained dlu run."""
+  """The experiment a workdir's flags.txt records (with `overrides`), and the checkpointed
+  state --checkpoint chooses (best, latest or a step; `overrides` may set it). UsageError
+  when `workdir` holds no trained dlu run."""
   if not workdir or not os.path.isdir(workdir):
     raise UsageError(f"--workdir={workdir!r} is not a directory: expected the workdir of a dlu run")
   cfg = dlu_flags.config_from_flagfile(os.path.join(workdir, "flags.txt"), **overrides)
   exp = build(cfg, workdir)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
+  directory, step = selection.checkpoint_to_load(workdir, cfg.checkpoint)
+  ckpt = checkpointing.Checkpointer(directory, keep=cfg.keep_checkpoints)
   try:
-    if ckpt.latest_step() is None:
-      raise UsageError(f"{workdir}/checkpoints holds no checkpoint: train the run first")
-    state, _ = restore_or_init(exp, ckpt)
+    state, _ = restore_or_init(exp, ckpt, step)
   finally:
     ckpt.close()
   return exp, state

@@ -17,6 +17,16 @@ from absl import flags
 
 from dlu.errors import UsageError
 
+#: Metrics where higher is better (early stopping, the best checkpoint, sweeps); the leaf
+#: name of a nested metric counts (`probes/linear_probe_acc` ends in `acc`).
+HIGHER_IS_BETTER = ("psnr", "acc", "nmi", "ari", "accuracy", "recall", "precision", "elbo")
+
+
+def higher_is_better(metric: str) -> bool:
+  leaf = metric.rsplit("/", 1)[-1]
+  return any(leaf == m or leaf.endswith("_" + m) for m in HIGHER_IS_BETTER)
+
+
 # --- Model and data.
 flags.DEFINE_string("model", "ae_seed", "Model name; see dlu.families.names().")
 flags.DEFINE_string(
@@ -61,6 +71,21 @@ flags.DEFINE_enum(
   "Tables and vectors: standard (zero mean, unit variance) or minmax ([0, 1]) per column, "
   "from the training split only; kept in WORKDIR/preprocessing.json.",
 )
+flags.DEFINE_float(
+  "validation_fraction",
+  0.1,
+  "Fraction of the training split held out for validation (the same rows for a given --seed, "
+  "never trained on) when the dataset has no validation split of its own; evals during "
+  "training score it, the test split is scored once, at the end. 0: no validation split "
+  "(evals during training then score the test split).",
+)
+flags.DEFINE_string(
+  "class_balance",
+  None,
+  "Labelled data: train on a class-imbalanced subset of the training split, the same rows for "
+  "a given --seed. longtail:R (exponential profile, R:1 between class 0 and the last class) "
+  "or counts:N0,N1,... (examples of each class). Default: the whole split.",
+)
 
 # --- Optimisation.
 flags.DEFINE_integer("batch_size", 256, "Global batch size, split over all devices.")
@@ -90,7 +115,9 @@ flags.DEFINE_float("grad_clip", 0.0, "Clip gradients to this global norm; 0 turn
 # --- Run.
 flags.DEFINE_integer("seed", 0, "Root seed: parameters, data order and noise all derive from it.")
 flags.DEFINE_integer(
-  "eval_every", 1000, "Evaluate on the test split every N steps (and at the end)."
+  "eval_every",
+  1000,
+  "Evaluate on the validation split every N steps (and at the end, the test split too).",
 )
 flags.DEFINE_integer("log_every", 100, "Log train metrics every N steps.")
 flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps (and at the end).")
@@ -116,6 +143,34 @@ flags.DEFINE_integer(
   "Trace this many training steps with the JAX profiler, after the first --log_every steps "
   "(compilation done), into WORKDIR/plugins/profile for TensorBoard's profile plugin; 0: off.",
 )
+flags.DEFINE_string(
+  "early_stopping_metric",
+  None,
+  "Stop training when this metric of the validation rows (e.g. mse, loss; a name of the "
+  "eval rows, `a/b` for nested ones) has not improved for --early_stopping_patience evals. "
+  "Lower is better unless it is one of: " + ", ".join(HIGHER_IS_BETTER) + ". Default: off.",
+)
+flags.DEFINE_integer(
+  "early_stopping_patience", 5, "Evals without improvement before early stopping stops."
+)
+flags.DEFINE_float(
+  "early_stopping_min_delta",
+  0.0,
+  "Smallest change of --early_stopping_metric that counts as an improvement.",
+)
+flags.DEFINE_string(
+  "keep_best_checkpoint",
+  None,
+  "Also keep the checkpoint with the best value of this validation metric (direction as for "
+  "--early_stopping_metric), in WORKDIR/checkpoints_best; experiments.evaluate and "
+  "experiments.apply load it by default. Default: off.",
+)
+flags.DEFINE_string(
+  "checkpoint",
+  "best",
+  "The checkpoint a trained run is loaded from (experiments.evaluate, experiments.apply, "
+  "dlu.load_run): best (the --keep_best_checkpoint one, else the latest), latest, or a step.",
+)
 flags.DEFINE_bool(
   "debug_nans", False, "Turn on JAX NaN checking to find the operation that makes one."
 )
@@ -131,7 +186,13 @@ _POSITIVE_INTS = (
   "num_images",
   "steps_per_dispatch",
 )
-_NON_NEGATIVE = ("warmup_steps", "weight_decay", "grad_clip", "profile_steps")
+_NON_NEGATIVE = (
+  "warmup_steps",
+  "weight_decay",
+  "grad_clip",
+  "profile_steps",
+  "early_stopping_min_delta",
+)
 
 
 class Config(types.SimpleNamespace):
@@ -218,6 +279,11 @@ def validate(cfg: Config) -> None:
   require_non_negative(cfg, *_NON_NEGATIVE)
   require_above_zero(cfg, "learning_rate")
   require_fraction(cfg, "momentum", "b1", "b2")
+  require_fraction(cfg, "validation_fraction")
+  require_positive(cfg, "early_stopping_patience")
+  checkpoint = str(cfg.checkpoint)
+  if checkpoint not in ("best", "latest") and not checkpoint.isdigit():
+    raise UsageError(f"--checkpoint must be best, latest or a step, got {cfg.checkpoint!r}")
   if not 0 < cfg.test_fraction < 1:
     raise UsageError(f"--test_fraction must be in (0, 1), got {cfg.test_fraction!r}")
   if cfg.warmup_steps >= cfg.num_steps and cfg.warmup_steps > 0:

@@ -1,6 +1,8 @@
 """train_and_evaluate: the training loop. Builds the run (`dlu.experiment`), resumes it,
 dispatches steps, and calls its periodic work: train metrics and the progress line, checkpoints,
-evaluators (`dlu.evaluators`), and a pre-emption save on SIGTERM."""
+evaluators (`dlu.evaluators`) on the validation split, early stopping and the best checkpoint
+(`dlu.selection`), and a pre-emption save on SIGTERM. The test split is scored once, at the
+end."""
 
 from __future__ import annotations
 
@@ -11,7 +13,15 @@ import time
 import jax
 import numpy as np
 
-from dlu import checkpointing, device_data, evaluators, experiment, metric_writers, parallel
+from dlu import (
+  checkpointing,
+  device_data,
+  evaluators,
+  experiment,
+  metric_writers,
+  parallel,
+  selection,
+)
 from dlu import flags as dlu_flags
 from dlu.experiment import Experiment
 from dlu.periodic import PeriodicCallback, Profile, ReportProgress
@@ -68,12 +78,15 @@ def train_and_evaluate(cfg: dlu_flags.Config, workdir: str) -> dict[str, float]:
   profile = Profile(
     workdir, first_step=min(cfg.log_every, cfg.num_steps), num_steps=cfg.profile_steps, enabled=lead
   )
+  selector = selection.ModelSelection(cfg, workdir)
   try:
-    evaluation = evaluators.Evaluation(exp, writer, schedule)
+    on = selection.VALID if exp.dataset.x_valid is not None else "test"
+    evaluation = evaluators.Evaluation(exp, writer, schedule, on=on)
     with PreemptionNotice() as preemption:
-      return _train(exp, workdir, ckpt, writer, evaluation, profile, preemption)
+      return _train(exp, workdir, ckpt, writer, evaluation, profile, preemption, selector)
   finally:
     profile.close()
+    selector.close()
     ckpt.close()
     writer.close()
 
@@ -86,11 +99,14 @@ def _train(
   evaluation: evaluators.Evaluation,
   profile: Profile,
   preemption: PreemptionNotice,
+  selector: selection.ModelSelection,
 ) -> dict[str, float]:
   cfg, lead = exp.cfg, parallel.is_lead_process()
   state, resumed = experiment.restore_or_init(exp, ckpt)
   if resumed:
     metric_writers.drop_rows_after(writer, int(state.step))
+  step = int(state.step)
+  selector.resume(step, selection.read_rows(workdir, selection.VALID, step) if resumed else [])
   if lead:
     processes = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
     print(
@@ -140,14 +156,13 @@ def _train(
     *exp.family.step_boundaries(),
   )
 
-  step = int(state.step)
   if pmap:
     state = parallel.replicate_for_pmap(jax.device_get(state))
   report.restart(step)
   eval_metrics, last_metrics = {}, None
   window = parallel.DispatchWindow()
   t0 = time.perf_counter()
-  while step < cfg.num_steps:
+  while step < cfg.num_steps and not selector.should_stop:
     state = exp.family.before_step(state, step)
     n = device_data.dispatch_length(step, cfg.num_steps, cfg.steps_per_dispatch, boundaries)
     state, last_metrics = feed(state, step, n)
@@ -171,6 +186,18 @@ def _train(
     if evaluation.due(step, final):
       eval_metrics = evaluation(step, host_state(state), final=final)
       report.restart(step)  # eval time does not count against steps/s
+      if selector.active and evaluation.on == selection.VALID:
+        flat = evaluators.flat_scalars(eval_metrics)
+        if selector(step, flat, host_state(state)) and not final:
+          check_finite(step, jax.device_get(host_state(last_metrics)))
+          save(step, final=True, state=state)
+          if lead:
+            watch = selector.stopping
+            print(
+              f"Early stopping at step {step}: validation {watch.metric} has not improved "
+              f"for {selector.patience} evals (best {watch.best:.6g} at step {watch.best_step})",
+              flush=True,
+            )
     if preemption.received and not final:
       check_finite(step, jax.device_get(host_state(last_metrics)))
       ckpt.save(step, host_state(state))
@@ -183,8 +210,10 @@ def _train(
       return eval_metrics
 
   state = host_state(state)
-  if last_metrics is None:  # Already at --num_steps: evaluate what the checkpoint holds.
+  if last_metrics is None:  # Already at --num_steps or stopped: evaluate what the checkpoint holds.
     eval_metrics = evaluation(step, state, final=True)
+  if evaluation.on == selection.VALID:  # The test split, scored once.
+    eval_metrics = evaluation.final_scores(step, state, eval_metrics, selector.summary())
   experiment.write_embeddings(
     exp,
     state,
@@ -192,6 +221,7 @@ def _train(
     evaluation.inputs.cached_embeddings("test", step),
   )
   ckpt.wait()
+  selector.wait()
   if lead:
     print_summary(workdir)
   return eval_metrics

@@ -10,7 +10,7 @@ Reading needs no TensorFlow; only downloading new tfds datasets does (see tfds_o
 
 Modules, each importing only those named before it: arrays (Dataset, normalize, checks);
 preprocessing (a table's imputation and scaling, fitted on the training split; JSON); sampler
-(BatchSampler); local (digits, npz, folder), tables (csv, parquet, vectors: reading, checks,
+(BatchSampler); subsets (the validation rows, a class-imbalanced subset); local (digits, npz, folder), tables (csv, parquet, vectors: reading, checks,
 splits) and tfds_offline; sources (load).
 """
 
@@ -25,6 +25,7 @@ from dlu.data.sources import (
   prepare,
   read_rows,
 )
+from dlu.data.subsets import class_balance, hold_out_validation
 
 __all__ = [
   "ACCEPTED_FORMS",
@@ -33,8 +34,10 @@ __all__ = [
   "Dataset",
   "PIXEL_RANGES",
   "TableOptions",
+  "class_balance",
   "default_data_dir",
   "describe",
+  "hold_out_validation",
   "load",
   "normalize",
   "prepare",

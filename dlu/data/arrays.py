@@ -39,6 +39,9 @@ class Dataset:
   y_test: np.ndarray | None  # [M] int32
   num_classes: int | None
   preprocessing: Any = None  # vectors: how raw columns became x; images: None
+  x_valid: np.ndarray | None = None  # [V, ...] held out of training (dlu.data.subsets)
+  y_valid: np.ndarray | None = None  # [V] int32
+  unsplit: Dataset | None = None  # as loaded, before subsets of its training split were taken
 
   def __post_init__(self):
     # Catches mismatched splits at construction, not deep inside a jitted step.
@@ -52,6 +55,24 @@ class Dataset:
         raise UsageError(
           f"Dataset({self.name}): y_{split} has shape {y.shape}, expected ({len(x)},)"
         )
+
+  def split(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x, y) of the `train`, `valid` or `test` split."""
+    if name == "valid" and self.x_valid is None:
+      raise UsageError(f"{self.name} has no validation split (--validation_fraction=0)")
+    return {
+      "train": (self.x_train, self.y_train),
+      "valid": (self.x_valid, self.y_valid),
+      "test": (self.x_test, self.y_test),
+    }[name]
+
+  def scored_on(self, name: str) -> Dataset:
+    """This dataset with the `name` split in the place of the test split: what evaluators
+    (which score `x_test`) read to score that split."""
+    if name == "test":
+      return self
+    x, y = self.split(name)
+    return dataclasses.replace(self, x_test=x, y_test=y)
 
   @property
   def example_shape(self) -> tuple[int, ...]:

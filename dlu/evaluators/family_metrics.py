@@ -48,6 +48,6 @@ def image_grids(exp: Any, state: Any, inputs: Inputs) -> dict[str, Any]:
     batch = {"image": jax.make_array_from_process_local_data(parallel.replicated(exp.mesh), images)}
     return parallel.make_images(exp.family, exp.mesh), batch
 
-  make_images, batch = inputs.compiled("images", build)
+  make_images, batch = inputs.compiled(f"images/{inputs.split}", build)
   inputs.save_images(jax.device_get(make_images(state, batch, exp.ctx.rng)))
   return {}

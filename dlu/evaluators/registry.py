@@ -8,9 +8,13 @@ metrics.jsonl and TensorBoard get the numbers flattened as `a/b/c`.
 
 Training runs the evaluators named by `--evaluators` (`training_schedule`), each `name` at its default schedule,
 `name:N` every N steps, `name:final` only after the last step (and every one of them after
-the last step); their results at one step form one `eval` row. `experiments.evaluate` runs
-every registered evaluator whose needs the run meets (`full_schedule`), once, into one `evaluate` row and
-eval.json. `exp` is a `dlu.experiment.Experiment` (cfg, dataset, family, mesh, ctx).
+the last step); their results at one step form one row named after the split they score:
+`valid` (the rows --validation_fraction holds out of the training split; `test` for a run
+without them). After the last step the test split is scored once (a `test` row), and the
+`metrics` evaluator's numbers on train, valid and test form a `generalisation` row.
+Evaluators read the split they score as `exp.dataset.x_test` (`Dataset.scored_on`).
+`experiments.evaluate` runs every registered evaluator whose needs the run meets
+(`full_schedule`), once, on the test split, into one `evaluate` row and eval.json. `exp` is a `dlu.experiment.Experiment` (cfg, dataset, family, mesh, ctx).
 """
 
 from __future__ import annotations
@@ -143,16 +147,23 @@ def parse_schedule(specs: list[str], eval_every: int) -> list[tuple[Evaluator, i
 
 class Inputs:
   """What evaluators at one step share: compiled functions (kept for the run) and the
-  embeddings of each split (computed once per step, for whichever evaluator asks first)."""
+  embeddings of each split (computed once per step, for whichever evaluator asks first).
+
+  `split` is the data split being scored (`valid`, `test` or `train`): evaluators read it as
+  `exp.dataset.x_test` of the `exp` they are given, and key what they keep of it by `split`.
+  """
 
   def __init__(self, exp: Any, writer: MetricWriter):
     self.exp, self.writer = exp, writer
     self.step: int = 0
+    self.split: str = "test"
     self._compiled: dict[str, Any] = {}
     self._embeddings: dict[str, np.ndarray] = {}
 
-  def start(self, step: int) -> None:
-    self.step = step
+  def start(self, step: int, exp: Any = None, split: str = "test") -> None:
+    self.step, self.split = step, split
+    if exp is not None:
+      self.exp = exp
     self._embeddings.clear()
 
   def compiled(self, key: str, build: Callable[[], Any]) -> Any:
@@ -161,7 +172,8 @@ class Inputs:
     return self._compiled[key]
 
   def embeddings(self, state: Any, split: str) -> np.ndarray:
-    """The family's embeddings of every row of the `train` or `test` split. [N, D]"""
+    """The family's embeddings of every row of the `train` or `test` split (the split being
+    scored). [N, D]"""
     if split not in self._embeddings:
       exp = self.exp
       embed = self.compiled("embed", lambda: parallel.make_embed(exp.family, exp.mesh))
@@ -172,8 +184,11 @@ class Inputs:
     return self._embeddings[split]
 
   def cached_embeddings(self, split: str, step: int) -> np.ndarray | None:
-    """The `split` embeddings computed at `step`, if an evaluator asked for them."""
-    return self._embeddings.get(split) if step == self.step else None
+    """The `split` embeddings computed at `step`, if an evaluator asked for them (`test`:
+    those of the real test split only)."""
+    if step != self.step or (split == "test" and self.split != "test"):
+      return None
+    return self._embeddings.get(split)
 
   def save_images(self, grids: Mapping[str, np.ndarray]) -> list[str]:
     return self.writer.write_images(self.step, grids)
@@ -221,10 +236,21 @@ def full_schedule(
 
 class Evaluation:
   """Runs a schedule of evaluators (`training_schedule` or `full_schedule`, built before
-  anything is written) on a run's state; their results at a step form one row."""
+  anything is written) on a run's state; their results at a step form one row.
 
-  def __init__(self, exp: Any, writer: MetricWriter, schedule: list[tuple[Evaluator, int | None]]):
-    self.exp, self.writer, self.schedule = exp, writer, schedule
+  `on`: the data split scored by default: `valid` during training when the run has one
+  (`test` otherwise, and for experiments.evaluate).
+  """
+
+  def __init__(
+    self,
+    exp: Any,
+    writer: MetricWriter,
+    schedule: list[tuple[Evaluator, int | None]],
+    *,
+    on: str = "test",
+  ):
+    self.exp, self.writer, self.schedule, self.on = exp, writer, schedule, on
     self.inputs = Inputs(exp, writer)
 
   def boundaries(self) -> tuple[int, ...]:
@@ -235,17 +261,51 @@ class Evaluation:
     return [e for e, every in self.schedule if final or (every and step % every == 0)]
 
   def __call__(
-    self, step: int, state: Any, *, final: bool = False, split: str = "eval"
+    self,
+    step: int,
+    state: Any,
+    *,
+    final: bool = False,
+    split: str | None = None,
+    on: str | None = None,
   ) -> dict[str, Any]:
-    """Runs the evaluators due at `step` (all of them when `final`); writes their numbers as
-    one `split` row and returns their results merged (nested values kept)."""
+    """Runs the evaluators due at `step` (all of them when `final`) on the data split `on`
+    (default `self.on`); writes their numbers as one row named `split` (default: `on`) and
+    returns their results merged (nested values kept)."""
+    on = on or self.on
     due = self.due(step, final)
     if not due:
       return {}
-    self.inputs.start(step)
-    results: dict[str, Any] = {}
-    for evaluator in due:
-      results.update(evaluator.fn(self.exp, state, self.inputs))
-    self.writer.write_scalars(step, split, flat_scalars(results))
+    results = self._run(step, state, due, on)
+    self.writer.write_scalars(step, split or on, flat_scalars(results))
     self.writer.flush()
     return results
+
+  def _run(self, step: int, state: Any, due: list[Evaluator], on: str) -> dict[str, Any]:
+    exp = self.exp
+    if on != "test":
+      exp = dataclasses.replace(exp, dataset=exp.dataset.scored_on(on))
+    self.inputs.start(step, exp, on)
+    results: dict[str, Any] = {}
+    for evaluator in due:
+      results.update(evaluator.fn(exp, state, self.inputs))
+    return results
+
+  def final_scores(
+    self, step: int, state: Any, valid: Mapping[str, Any], extra: Mapping[str, Any] = ()
+  ) -> dict[str, Any]:
+    """After the last step of a run with a validation split: every evaluator on the test
+    split (a `test` row), then one `generalisation` row with the `metrics` evaluator's numbers
+    on the training split (scored here), the validation split (`valid`, the last validation
+    results) and the test split, as `train/mse`, `valid/mse`, `test/mse` (the run's
+    generalisation gap), and `extra`. Returns the test results."""
+    metrics = [e for e, _ in self.schedule if e.name == "metrics"]
+    train = self._run(step, state, metrics, "train") if metrics else {}
+    test = self(step, state, final=True, on="test")
+    names = set(flat_scalars(train))
+    row = dict(extra)
+    for split, results in (("train", train), ("valid", valid), ("test", test)):
+      row.update({f"{split}/{k}": v for k, v in flat_scalars(results).items() if k in names})
+    self.writer.write_scalars(step, "generalisation", row)
+    self.writer.flush()
+    return test

@@ -81,19 +81,24 @@ def _sample_features(
 
 @register("sample_quality", needs=("images", "samples", "labels"), check=check_flags)
 def sample_quality_metrics(exp: Any, state: Any, inputs: Inputs) -> dict[str, Any]:
-  """fid, kid, precision, recall of --eval_samples samples vs the test split, fid_floor and
+  """fid, kid, precision, recall of --eval_samples samples vs the split scored, fid_floor and
   feature_net_acc (the classifier's test accuracy)."""
   n = exp.cfg.eval_samples
   if n == 0:
     return {}
   net = inputs.compiled(
     "feature_net",
-    lambda: feature_net.load_or_train(exp.dataset, exp.cfg.data_dir or data.default_data_dir()),
+    lambda: feature_net.load_or_train(
+      exp.dataset if exp.dataset.unsplit is None else exp.dataset.unsplit,
+      exp.cfg.data_dir or data.default_data_dir(),
+    ),
   )
   params = inputs.compiled(
     "feature_params", lambda: jax.device_put(net.params, parallel.replicated(exp.mesh))
   )
-  real = inputs.compiled("real_features", lambda: _real_features(exp, net, params, n))
+  real = inputs.compiled(
+    f"real_features/{inputs.split}", lambda: _real_features(exp, net, params, n)
+  )
   fake = _sample_features(exp, state, inputs, net, params, n)
   return {
     **sample_quality.all_metrics(real["test"], fake),
