@@ -38,7 +38,8 @@ def format_value(value: Any) -> str:
 
 class MetricWriter:
   """The interface: every method may be called by every process; sinks ignore what they
-  do not store. `split` names the row's kind: "train", "eval", "evaluate"."""
+  do not store. `split` names the row's kind: "train", "valid" and "test" (evals of
+  those splits), "generalisation", "evaluate"."""
 
   def write_scalars(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
     """One row of named numbers (or arrays, stored as lists) at `step`."""
@@ -168,10 +169,10 @@ class ImageFileWriter(MetricWriter):
 
 
 class ConsoleWriter(MetricWriter):
-  """`eval at step 500: mse=0.0123 psnr=19.1` for rows of `splits` (training's progress line
+  """`valid at step 500: mse=0.0123 psnr=19.1` for rows of `splits` (training's progress line
   is `dlu.periodic.ReportProgress`'s)."""
 
-  def __init__(self, splits: Sequence[str] = ("eval",), stream=None):
+  def __init__(self, splits: Sequence[str] = ("valid", "test", "generalisation"), stream=None):
     self.splits, self.stream = tuple(splits), stream or sys.stdout
 
   def write_scalars(self, step, split, metrics):

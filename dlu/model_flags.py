@@ -23,6 +23,12 @@ flags.DEFINE_list(
 flags.DEFINE_list(
   "conv_channels", ["32", "64"], "ae_conv, conv_vae: channels of the strided conv layers."
 )
+flags.DEFINE_float(
+  "dropout",
+  0.0,
+  "ae_seed, ae_mlp, ae_conv: dropout rate after every hidden layer of the encoder and "
+  "decoder (the code included), in training only; 0: none.",
+)
 flags.DEFINE_integer(
   "n_clusters", 0, "Clusters for dec/idec and experiments.evaluate; 0: the dataset's class count."
 )
@@ -72,3 +78,5 @@ def validate(cfg: Config) -> None:
   if cfg.n_clusters < 0:
     raise UsageError(f"--n_clusters must be >= 0 (0: the class count), got {cfg.n_clusters!r}")
   require_positive(cfg, "kmeans_inits")
+  if not 0 <= cfg.dropout < 1:
+    raise UsageError(f"--dropout must be in [0, 1), got {cfg.dropout!r}")

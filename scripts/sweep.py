@@ -7,8 +7,13 @@ r"""Run every combination of a flag grid, then tabulate and plot the results.
 Each combination trains in `WORKDIR_ROOT/<flag=value,...>`; finished runs are skipped, so
 rerunning a sweep resumes it (unfinished runs resume from their own checkpoints).
 `--dry_run` prints one command per run, for a cluster's job array. Flags after `--` go to
-every run. Results go to `WORKDIR_ROOT/results.csv` and `WORKDIR_ROOT/<metric>_vs_<flag>.png`
+every run. Results go to `WORKDIR_ROOT/results.csv` (each run's last validation row as
+`valid/NAME`, its test row as `test/NAME`) and `WORKDIR_ROOT/valid_<metric>_vs_<flag>.png`
 (mean and standard deviation over seeds when `seed` is swept).
+
+The sweep chooses on the validation split, never on the test split: the combination of
+flags with the best mean validation `--metric` (over seeds) is printed with its mean test
+value beside it, and kept in `WORKDIR_ROOT/selection.json`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ import sys
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from dlu.flags import higher_is_better  # noqa: E402  (absl only: no JAX)
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
@@ -88,12 +96,16 @@ def recorded_num_steps(workdir: str) -> int | None:
 
 
 def final_eval(workdir: str) -> dict[str, Any] | None:
-  """The eval row at the run's last step, or None while the run is unfinished."""
-  num_steps = recorded_num_steps(workdir)
-  evals = [r for r in read_rows(workdir) if r.get("split") == "eval"]
-  if num_steps is None or not evals or evals[-1]["step"] != num_steps:
+  """{"valid": the last validation row, "test": the test row} of a finished run (the test
+  split is scored once, when a run ends: at --num_steps or by early stopping), else None."""
+  rows = read_rows(workdir)
+  tests = [r for r in rows if r.get("split") == "test"]
+  valid = [r for r in rows if r.get("split") == "valid"]
+  if recorded_num_steps(workdir) is None or not tests or not valid:
     return None
-  return evals[-1]
+  if valid[-1]["step"] != tests[-1]["step"]:
+    return None
+  return {"valid": valid[-1], "test": tests[-1]}
 
 
 def train(cmd: list[str], log_path: str) -> int:
@@ -111,8 +123,11 @@ def write_results(
     train_rows = [r for r in read_rows(workdir) if r.get("split") == "train"]
     row: dict[str, Any] = {"run": run_name(run), **run, "finished": final is not None}
     if final is not None:
-      row["step"] = final["step"]
-      row.update({k: v for k, v in final.items() if k not in ("step", "split")})
+      row["step"] = final["test"]["step"]
+      for split in ("valid", "test"):
+        row.update(
+          {f"{split}/{k}": v for k, v in final[split].items() if k not in ("step", "split")}
+        )
     if train_rows:
       row["train_loss"] = train_rows[-1].get("loss")
     table.append(row)
@@ -134,14 +149,43 @@ def _number(value: str) -> float | None:
     return None
 
 
+def choose(table: list[dict], grid: dict[str, list[str]], metric: str) -> dict[str, Any] | None:
+  """The combination of swept flags (seeds averaged) with the best mean `valid/metric`, and
+  its mean `test/metric` beside it: chosen on validation only, whatever the test numbers."""
+  others = [k for k in grid if k != "seed"]
+  higher = higher_is_better(metric)
+  best = None
+  for combo in itertools.product(*(grid[k] for k in others)):
+    runs_ = [
+      r
+      for r in table
+      if r.get(f"valid/{metric}") is not None and all(r.get(k) == v for k, v in zip(others, combo))
+    ]
+    if not runs_:
+      continue
+    valid = sum(float(r[f"valid/{metric}"]) for r in runs_) / len(runs_)
+    if best is None or (valid > best["valid"] if higher else valid < best["valid"]):
+      tests = [float(r[f"test/{metric}"]) for r in runs_ if r.get(f"test/{metric}") is not None]
+      best = {
+        "flags": dict(zip(others, combo)),
+        "metric": metric,
+        "valid": valid,
+        "test": sum(tests) / len(tests) if tests else None,
+        "runs": [r["run"] for r in runs_],
+      }
+  return best
+
+
 def plot(root: str, table: list[dict], grid: dict[str, list[str]], metric: str, x_flag: str) -> str:
-  """`metric` against `x_flag`, one line per combination of the other flags, seeds averaged."""
+  """Validation `metric` against `x_flag`, one line per combination of the other flags, seeds
+  averaged."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import numpy as np
 
+  column = f"valid/{metric}"
   others = [k for k in grid if k not in (x_flag, "seed")]
   xs = grid[x_flag]
   numeric = all(_number(x) is not None for x in xs)
@@ -151,10 +195,10 @@ def plot(root: str, table: list[dict], grid: dict[str, list[str]], metric: str, 
     means, stds, positions = [], [], []
     for i, x in enumerate(xs):
       values = [
-        r[metric]
+        r[column]
         for r in table
         if r.get(x_flag) == x
-        and r.get(metric) is not None
+        and r.get(column) is not None
         and all(r.get(k) == v for k, v in zip(others, combo))
       ]
       if values:
@@ -171,12 +215,13 @@ def plot(root: str, table: list[dict], grid: dict[str, list[str]], metric: str, 
     ax.set_xticks(range(len(xs)), xs)
   ax.set_xlabel(x_flag)
   ax.set_ylabel(
-    metric + (" (mean ± std over seeds)" if "seed" in grid and x_flag != "seed" else "")
+    f"validation {metric}"
+    + (" (mean ± std over seeds)" if "seed" in grid and x_flag != "seed" else "")
   )
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  path = os.path.join(root, f"{metric}_vs_{x_flag}.png")
+  path = os.path.join(root, f"valid_{metric}_vs_{x_flag}.png")
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
@@ -194,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--workdir_root", required=True, help="One workdir per run goes here.")
   parser.add_argument("--parallel", type=int, default=1, help="Runs at a time on this machine.")
   parser.add_argument("--dry_run", action="store_true", help="Print the commands; run nothing.")
-  parser.add_argument("--metric", default=None, help="Eval metric to plot (default: the first).")
+  parser.add_argument(
+    "--metric",
+    default=None,
+    help="Validation metric to choose on and plot (default: the first).",
+  )
   parser.add_argument("--x_flag", default=None, help="Swept flag on the x axis (default: first).")
   args = parser.parse_args(argv)
   if not os.path.isfile(args.flagfile):
@@ -237,13 +286,21 @@ def main(argv: list[str] | None = None) -> int:
         failed.append(name)
 
   table = write_results(root, grid, all_runs)
-  metrics = [
-    k for row in table for k in row if k not in ("run", "finished", "step", "train_loss", *grid)
-  ]
+  metrics = [k.split("/", 1)[1] for row in table for k in row if k.startswith("valid/")]
   metric = args.metric or (metrics[0] if metrics else None)
   print(f"Results: {os.path.join(root, 'results.csv')}")
-  if metric is not None and any(row.get(metric) is not None for row in table):
+  if metric is not None and any(row.get(f"valid/{metric}") is not None for row in table):
     print(f"Plot:    {plot(root, table, grid, metric, x_flag)}")
+    chosen = choose(table, grid, metric)
+    with open(os.path.join(root, "selection.json"), "w") as f:
+      json.dump(chosen, f, indent=2)
+    test = "n/a" if chosen["test"] is None else f"{chosen['test']:.6g}"
+    print(
+      f"Chosen on validation {metric}: "
+      f"{','.join(f'{k}={v}' for k, v in chosen['flags'].items()) or 'the only combination'}: "
+      f"valid {metric} {chosen['valid']:.6g}, test {metric} {test} "
+      f"(mean of {len(chosen['runs'])} run(s))"
+    )
   if failed:
     print(f"{len(failed)} run(s) failed; see {os.path.join(root, 'logs')}", file=sys.stderr)
     return 1

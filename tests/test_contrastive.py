@@ -240,7 +240,7 @@ def test_digits_run_learns_views_and_clusters_and_evaluates(tmp_path):
     "experiments.train", "--flagfile=experiments/configs/cc_digits.flags", f"--workdir={workdir}"
   )
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  evals = [r for r in rows if r["split"] == "eval"]
+  evals = [r for r in rows if r["split"] == "test"]
   train = [r for r in rows if r["split"] == "train"]
   assert train[-1]["loss"] < train[0]["loss"]
   # Chance of finding the partner among the 2 * 512 - 1 other views is ~0.001.

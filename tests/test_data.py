@@ -380,3 +380,51 @@ def test_prepare_data_main(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.startswith("error: --dataset=npz:") and err.count("\n") == 1
   assert flags.FLAGS["data_dir"].default is None
+
+
+# --- Subsets of the training split: the validation rows and class-imbalanced subsets.
+
+
+def test_validation_rows_are_disjoint_fixed_by_seed_and_never_trained_on():
+  ds = data.load("digits")
+  held = data.hold_out_validation(ds, 0.1, seed=3)
+  assert len(held.x_valid) == 150 and len(held.x_train) == 1350 and held.x_test is ds.x_test
+  rows = {x.tobytes(): i for i, x in enumerate(ds.x_train)}  # digits has no duplicate rows
+  assert len(rows) == len(ds.x_train)
+  valid = {rows[x.tobytes()] for x in held.x_valid}
+  train = [rows[x.tobytes()] for x in held.x_train]
+  assert not valid & set(train) and len(valid) + len(train) == len(ds.x_train)
+  assert train == sorted(train)  # training rows keep their stored order
+  np.testing.assert_array_equal(held.y_valid, ds.y_train[sorted(valid)])
+  # The same rows in every process and on resume: a function of (data, seed) alone.
+  again = data.hold_out_validation(data.load("digits"), 0.1, seed=3)
+  np.testing.assert_array_equal(again.x_valid, held.x_valid)
+  other = data.hold_out_validation(ds, 0.1, seed=4)
+  assert not np.array_equal(other.x_valid, held.x_valid)
+  assert data.hold_out_validation(ds, 0.0, seed=3) is ds
+  assert held.unsplit is ds and held.scored_on("valid").x_test is held.x_valid
+  with pytest.raises(UsageError, match="no validation split"):
+    ds.split("valid")
+
+
+def test_class_balance_gives_the_requested_counts_reproducibly():
+  ds = data.hold_out_validation(data.load("digits"), 0.1, seed=0)
+  available = np.bincount(ds.y_train)
+  tail = data.class_balance(ds, "longtail:10", seed=0)
+  counts = np.bincount(tail.y_train, minlength=10)
+  n_max = available.min()
+  np.testing.assert_array_equal(counts, np.floor(n_max * 10.0 ** -(np.arange(10) / 9) + 1e-9))
+  assert counts[0] == n_max and counts[-1] == n_max // 10 and np.all(np.diff(counts) <= 0)
+  np.testing.assert_array_equal(data.class_balance(ds, "longtail:10", seed=0).x_train, tail.x_train)
+  assert not np.array_equal(data.class_balance(ds, "longtail:10", seed=1).x_train, tail.x_train)
+  assert tail.x_valid is ds.x_valid and tail.unsplit is ds.unsplit  # validation stays whole
+  explicit = data.class_balance(ds, "counts:" + ",".join(["5"] * 9 + ["1"]), seed=0)
+  np.testing.assert_array_equal(np.bincount(explicit.y_train), [5] * 9 + [1])
+  assert data.class_balance(ds, None, seed=0) is ds
+  for spec, match in (
+    ("longtail:0.5", "expected longtail:R"),
+    ("counts:1,2", "one positive count per class"),
+    ("counts:" + ",".join(["500"] * 10), "class 0 has 1.. training examples, 500 asked for"),
+  ):
+    with pytest.raises(UsageError, match=match):
+      data.class_balance(ds, spec, seed=0)

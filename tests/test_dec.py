@@ -152,7 +152,7 @@ def test_pretrain_dec_evaluate_end_to_end(tmp_path):
   train = [r for r in rows if r["split"] == "train"]
   assert {"acc", "nmi", "ari", "assign_changed", "kl"} <= set(train[-1])
   assert train[0]["assign_changed"] == 1.0 and train[-1]["assign_changed"] < 0.2
-  assert {"acc", "nmi", "ari"} <= set(next(r for r in rows if r["split"] == "eval"))
+  assert {"acc", "nmi", "ari"} <= set(next(r for r in rows if r["split"] == "valid"))
 
   cmd = [
     sys.executable,

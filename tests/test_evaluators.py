@@ -68,7 +68,7 @@ def test_due_steps_and_one_row_per_step(tmp_path):
     (4, ["a/x"]),
     (6, ["a/x", "b/x", "c/x"]),
   ]
-  assert "eval at step 6: a/x=1 b/x=1 c/x=1" in out.getvalue()
+  assert "test at step 6: a/x=1 b/x=1 c/x=1" in out.getvalue()
 
 
 def test_needs_a_run_cannot_meet_skip_the_evaluator(capsys):
@@ -102,7 +102,7 @@ def test_clustering_evaluator_during_training(tmp_path):
   )
   final = train_loop.train_and_evaluate(cfg, str(tmp_path))
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-  evals = [r for r in rows if r["split"] == "eval"]
+  evals = [r for r in rows if r["split"] == "valid"]
   assert [r["step"] for r in evals] == [20, 40]
   assert "acc" not in evals[0] and {"mse", "psnr"} <= set(evals[0])
   assert {"mse", "acc", "nmi", "ari", "linear_probe_acc", "knn_probe_acc"} <= set(evals[1])

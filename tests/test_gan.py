@@ -249,7 +249,7 @@ def test_dcgan_digits_end_to_end_with_resume_and_evaluate(tmp_path, digits_featu
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   train = [r for r in rows if r["split"] == "train"]
-  evals = [r for r in rows if r["split"] == "eval"]
+  evals = [r for r in rows if r["split"] == "valid"]
   assert [r["step"] for r in train] == [10, 20, 30, 40]
   assert [r["step"] for r in evals] == [20, 40]
   adversarial = {

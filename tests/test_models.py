@@ -50,3 +50,29 @@ def test_conv_autoencoder_shapes(shape):
 def test_conv_compatible():
   assert ae.conv_compatible((28, 28, 1), 2)
   assert not ae.conv_compatible((28, 28, 1), 3)
+
+
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda rate: ae.MLPAutoencoder((8, 8, 1), encoder_widths=(16,), latent_dim=4, dropout=rate),
+    lambda rate: ae.ConvAutoencoder((8, 8, 1), channels=(4, 8), latent_dim=4, dropout=rate),
+  ],
+)
+def test_dropout_only_in_training_and_same_parameters(make):
+  x = jax.random.uniform(jax.random.key(0), (6, 8, 8, 1))
+  plain, dropped = make(0.0), make(0.5)
+
+  @jax.jit  # one compilation
+  def outputs(key):
+    params = plain.init(jax.random.key(1), x)
+    train = dropped.apply(params, x, rngs={"dropout": key})
+    return plain.apply(params, x), dropped.apply(params, x), train, params
+
+  out, evaluated, train, params = outputs(jax.random.key(2))
+  assert jax.tree.structure(params) == jax.tree.structure(
+    jax.eval_shape(dropped.init, jax.random.key(1), x)
+  )
+  # Without a dropout rng (evaluation) the model is the plain one; with one, units drop.
+  assert jnp.array_equal(evaluated, out)
+  assert not jnp.allclose(train, out) and not jnp.allclose(train, outputs(jax.random.key(3))[2])

@@ -1,6 +1,7 @@
 """The sweep driver, the clustering protocol and the cluster launch scripts."""
 
 import csv
+import importlib.util
 import os
 import re
 import subprocess
@@ -53,10 +54,37 @@ def test_sweep_runs_the_grid_collects_results_and_skips_finished_runs(tmp_path):
     ("3e-3", "8"),
     ("3e-3", "16"),
   }
-  assert all(r["finished"] == "True" and r["step"] == "20" and float(r["mse"]) > 0 for r in rows)
-  assert os.path.getsize(os.path.join(root, "mse_vs_learning_rate.png")) > 1000
+  assert all(r["finished"] == "True" and r["step"] == "20" for r in rows)
+  assert all(float(r["valid/mse"]) > 0 and float(r["test/mse"]) > 0 for r in rows)
+  assert os.path.getsize(os.path.join(root, "valid_mse_vs_learning_rate.png")) > 1000
+  best = min(rows, key=lambda r: float(r["valid/mse"]))
+  assert f"valid mse {float(best['valid/mse']):.6g}, test mse {float(best['test/mse']):.6g}" in (
+    out.stdout
+  )
   again = _sweep(*args)
   assert again.returncode == 0 and "4 runs, 4 finished, 0 to run" in again.stdout
+
+
+def test_sweep_chooses_on_validation_and_ignores_test_metrics():
+  spec = importlib.util.spec_from_file_location("sweep", SWEEP)
+  sweep = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(sweep)
+  grid = {"learning_rate": ["1e-3", "3e-3"], "seed": ["0", "1"]}
+  # 3e-3 is better on test, 1e-3 on validation (seeds averaged: 0.15 against 0.2).
+  values = {("1e-3", "0"): (0.1, 0.9), ("1e-3", "1"): (0.2, 0.9), ("3e-3", "0"): (0.2, 0.1)}
+  values[("3e-3", "1")] = (0.2, 0.1)
+  table = [
+    {"run": f"{lr},{s}", "learning_rate": lr, "seed": s, "valid/mse": v, "test/mse": t}
+    for (lr, s), (v, t) in values.items()
+  ]
+  chosen = sweep.choose(table, grid, "mse")
+  assert chosen["flags"] == {"learning_rate": "1e-3"}
+  assert chosen["valid"] == pytest.approx(0.15) and chosen["test"] == pytest.approx(0.9)
+  # Higher is better for accuracies; test columns alone choose nothing.
+  for r in table:
+    r["valid/acc"] = r.pop("valid/mse")
+  assert sweep.choose(table, grid, "acc")["flags"] == {"learning_rate": "3e-3"}
+  assert sweep.choose(table, grid, "mse") is None
 
 
 def test_sweep_dry_run_prints_one_command_per_run(tmp_path):

@@ -46,18 +46,26 @@ def test_flagfile_run_writes_its_workdir_and_resumes(tmp_path):
     "--checkpoint_every=20",
   ]
   out = _train(*common, "--num_steps=60").stdout
-  assert "step 60/60" in out and "eval at step 60" in out and "tensorboard --logdir" in out
+  assert "step 60/60" in out and "valid at step 60" in out and "tensorboard --logdir" in out
+  assert "test at step 60" in out and "valid at step 30" in out and "test at step 30" not in out
 
   assert sorted(
     int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()
   ) == [20, 40, 60]
   rows = _rows(workdir)
   train = [r for r in rows if r["split"] == "train"]
-  evals = [r for r in rows if r["split"] == "eval"]
+  evals = [r for r in rows if r["split"] == "valid"]
   assert [r["step"] for r in train] == [10, 20, 30, 40, 50, 60]
   assert {"loss", "grad_norm", "param_norm", "update_norm"} <= set(train[-1])
   assert [r["step"] for r in evals] == [30, 60]
   assert {"mse", "psnr"} <= set(evals[-1]) and evals[-1]["mse"] < evals[0]["mse"]
+  # The test split is scored once, at the end; the generalisation row sets the three splits'
+  # numbers side by side (the training split's scored then too).
+  (test,) = [r for r in rows if r["split"] == "test"]
+  (gap,) = [r for r in rows if r["split"] == "generalisation"]
+  assert test["step"] == gap["step"] == 60 and test["mse"] != evals[-1]["mse"]
+  assert gap["valid/mse"] == evals[-1]["mse"] and gap["test/mse"] == test["mse"]
+  assert 0 < gap["train/mse"] != gap["valid/mse"] and {"train/psnr", "test/psnr"} <= set(gap)
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
   assert os.path.exists(os.path.join(workdir, "images", "reconstructions_0000060.png"))
   emb = np.load(os.path.join(workdir, "embeddings_test.npz"))
@@ -118,6 +126,7 @@ def test_full_batch_gradient_descent(tmp_path):
     num_images=8,
   )
   exp = experiment.build(cfg, str(tmp_path))
-  assert exp.sampler.global_batch_size == 1496  # 1500 train images, whole multiples of 8 devices
+  # 1500 train images less 150 held out for validation, in whole multiples of 8 devices.
+  assert exp.sampler.global_batch_size == 1344
   metrics = train_loop.train_and_evaluate(cfg, str(tmp_path / "gd"))
   assert np.isfinite(metrics["mse"])

@@ -282,7 +282,7 @@ def test_vae_digits_end_to_end_with_resume_and_evaluate(tmp_path):
 
   with open(os.path.join(split, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  evals = [r for r in rows if r["split"] == "eval"]
+  evals = [r for r in rows if r["split"] == "valid"]
   assert [r["step"] for r in evals] == [50, 100]
   for r in evals:
     assert {"elbo", "recon", "kl", "active_units"} <= set(r)

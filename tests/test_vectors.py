@@ -87,7 +87,7 @@ def ae_run(wine_csv, tmp_path_factory):
 def test_autoencoder_on_a_table_trains_resumes_and_evaluates(ae_run, tmp_path):
   workdir, cfg = ae_run
   rows = _rows(workdir)
-  evals = [r for r in rows if r["split"] == "eval"]
+  evals = [r for r in rows if r["split"] == "valid"]
   assert [r["step"] for r in evals] == [20, 40]
   assert "psnr" not in evals[-1] and evals[-1]["mse"] < evals[0]["mse"]
   assert {"acc", "nmi", "ari", "feature_mse_max"} <= set(evals[-1]) and evals[-1]["acc"] > 0.4
@@ -182,7 +182,7 @@ def test_vector_families_train_and_apply(wine_csv, tmp_path, model, overrides, k
   workdir = str(tmp_path / model)
   cfg = _cfg(wine_csv, model=model, num_steps=20, **overrides)
   train_loop.train_and_evaluate(cfg, workdir)
-  final = [r for r in _rows(workdir) if r["split"] == "eval"][-1]
+  final = [r for r in _rows(workdir) if r["split"] == "test"][-1]
   assert keys <= set(final) and all(np.isfinite(v) for v in final.values() if isinstance(v, float))
   run = dlu.load_run(workdir)
   _, raw, _ = tables.read_table(wine_csv, fmt="csv", label_column="cultivar", what="t")
@@ -212,7 +212,7 @@ def test_dec_on_a_table_uses_the_autoencoders_scaling(ae_run, tmp_path):
   )
   families.validate(cfg)
   train_loop.train_and_evaluate(cfg, workdir)
-  final = [r for r in _rows(workdir) if r["split"] == "eval"][-1]
+  final = [r for r in _rows(workdir) if r["split"] == "test"][-1]
   assert {"acc", "nmi", "mse", "confidence"} <= set(final)
   stored = [open(os.path.join(w, "preprocessing.json")).read() for w in (ae, workdir)]
   assert stored[0] == stored[1]

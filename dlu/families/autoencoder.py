@@ -66,14 +66,21 @@ class Autoencoder(SingleNetworkFamily):
     cfg, shape = self.cfg, self.spec.example_shape
     if cfg.model == "ae_seed":
       return ae_models.MLPAutoencoder(
-        shape, encoder_widths=(), latent_dim=cfg.hidden_units, latent_activation="relu"
+        shape,
+        encoder_widths=(),
+        latent_dim=cfg.hidden_units,
+        latent_activation="relu",
+        dropout=cfg.dropout,
       )
     if cfg.model == "ae_mlp":
       return ae_models.MLPAutoencoder(
-        shape, encoder_widths=int_list(cfg.widths, "widths"), latent_dim=cfg.latent_dim
+        shape,
+        encoder_widths=int_list(cfg.widths, "widths"),
+        latent_dim=cfg.latent_dim,
+        dropout=cfg.dropout,
       )
     return ae_models.ConvAutoencoder(
-      shape, channels=conv_channels(cfg, shape), latent_dim=cfg.latent_dim
+      shape, channels=conv_channels(cfg, shape), latent_dim=cfg.latent_dim, dropout=cfg.dropout
     )
 
   def corrupt(self, x: jax.Array, rng: jax.Array) -> jax.Array:
@@ -102,7 +109,9 @@ class Autoencoder(SingleNetworkFamily):
 
   def loss(self, params, batch, rng):
     x = self.normalize(batch["image"])
-    out = self.model.apply({"params": params}, self.corrupt(x, rng))
+    # Dropout draws from its own stream, so the corruption noise is the same with or without it.
+    rngs = {"dropout": jax.random.fold_in(rng, 1)} if self.cfg.dropout else {}
+    out = self.model.apply({"params": params}, self.corrupt(x, rng), rngs=rngs)
     return jnp.mean(self.reconstruction_error(out, x)), {}
 
   def eval_metrics(self, state, batch, rng):

@@ -14,14 +14,16 @@ import chex
 import flax.linen as nn
 import jax
 
-from dlu.models.layers import MLP, Conv, ConvTranspose
+from dlu.models.layers import MLP, Conv, ConvTranspose, dropout
 
 
 class MLPAutoencoder(nn.Module):
   """Flattened input (image or vector) -> encoder widths -> latent -> reversed widths -> input.
 
   The seed model is `encoder_widths=(), latent_dim=128, latent_activation="relu"`:
-  Dense(128, relu) then a linear Dense back to the input size.
+  Dense(128, relu) then a linear Dense back to the input size. `dropout`: the rate of
+  dropout after every hidden layer, the code included (only when applied with a `dropout`
+  rng, i.e. in training).
   """
 
   image_shape: tuple[int, int, int]
@@ -29,13 +31,20 @@ class MLPAutoencoder(nn.Module):
   latent_dim: int = 128
   latent_activation: str = "linear"
   activation: str = "relu"
+  dropout: float = 0.0
 
   def setup(self):
     self.encoder = MLP(
-      tuple(self.encoder_widths) + (self.latent_dim,), self.activation, self.latent_activation
+      tuple(self.encoder_widths) + (self.latent_dim,),
+      self.activation,
+      self.latent_activation,
+      dropout=self.dropout,
     )
     out_dim = math.prod(self.image_shape)
-    self.decoder = MLP(tuple(reversed(self.encoder_widths)) + (out_dim,), self.activation)
+    self.decoder = MLP(
+      tuple(reversed(self.encoder_widths)) + (out_dim,), self.activation, dropout=self.dropout
+    )
+    self.code_dropout = nn.Dropout(self.dropout)
 
   def encode(self, x: jax.Array) -> jax.Array:
     return self.encoder(x.reshape((x.shape[0], -1)))  # [B, D]
@@ -45,7 +54,10 @@ class MLPAutoencoder(nn.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     chex.assert_rank(x, {2, 4})  # vectors [B, D] or images [B, H, W, C]
-    return self.decode(self.encode(x))
+    z = self.encode(x)
+    if self.dropout:
+      z = self.code_dropout(z, deterministic=not self.has_rng("dropout"))
+    return self.decode(z)
 
 
 class ConvEncoder(nn.Module):
@@ -53,11 +65,13 @@ class ConvEncoder(nn.Module):
 
   channels: Sequence[int] = (32, 64)
   out_dim: int = 32
+  dropout: float = 0.0  # after each conv layer, in training
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, c in enumerate(self.channels):
       x = nn.relu(Conv(c, (3, 3), strides=(2, 2), padding="SAME", name=f"conv_{i}")(x))
+      x = dropout(self, self.dropout, x)
     return nn.Dense(self.out_dim, name="dense")(x.reshape((x.shape[0], -1)))
 
 
@@ -66,6 +80,7 @@ class ConvDecoder(nn.Module):
 
   image_shape: tuple[int, int, int]
   channels: Sequence[int] = (64, 32)
+  dropout: float = 0.0  # after each hidden layer, in training
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
@@ -73,9 +88,10 @@ class ConvDecoder(nn.Module):
     scale = 2 ** len(self.channels)
     h0, w0 = h // scale, w // scale
     x = nn.relu(nn.Dense(h0 * w0 * self.channels[0], name="dense")(z))
-    x = x.reshape((z.shape[0], h0, w0, self.channels[0]))
+    x = dropout(self, self.dropout, x).reshape((z.shape[0], h0, w0, self.channels[0]))
     for i, c in enumerate(self.channels):
       x = nn.relu(ConvTranspose(c, (3, 3), strides=(2, 2), padding="SAME", name=f"deconv_{i}")(x))
+      x = dropout(self, self.dropout, x)
     return ConvTranspose(c_out, (3, 3), strides=(1, 1), padding="SAME", name="out")(x)
 
 
@@ -83,10 +99,13 @@ class ConvAutoencoder(nn.Module):
   image_shape: tuple[int, int, int]
   channels: Sequence[int] = (32, 64)
   latent_dim: int = 32
+  dropout: float = 0.0
 
   def setup(self):
-    self.encoder = ConvEncoder(tuple(self.channels), self.latent_dim)
-    self.decoder = ConvDecoder(tuple(self.image_shape), tuple(reversed(self.channels)))
+    self.encoder = ConvEncoder(tuple(self.channels), self.latent_dim, self.dropout)
+    self.decoder = ConvDecoder(
+      tuple(self.image_shape), tuple(reversed(self.channels)), self.dropout
+    )
 
   def encode(self, x: jax.Array) -> jax.Array:
     return self.encoder(x)  # [B, D]

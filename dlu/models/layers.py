@@ -132,12 +132,22 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+def dropout(module: nn.Module, rate: float, x: jax.Array) -> jax.Array:
+  """`nn.Dropout(rate)` of `x` when the module is applied with a `dropout` rng (training),
+  `x` itself otherwise (evaluation) or when `rate` is 0."""
+  if not rate:
+    return x
+  return nn.Dropout(rate, deterministic=not module.has_rng("dropout"))(x)
+
+
 class MLP(nn.Module):
-  """Dense layers with `activation` between them; `final_activation` after the last."""
+  """Dense layers with `activation` between them; `final_activation` after the last.
+  `dropout`: the rate of dropout after each hidden layer (see `dropout`)."""
 
   widths: Sequence[int]
   activation: str = "relu"
   final_activation: str = "linear"
+  dropout: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -145,4 +155,6 @@ class MLP(nn.Module):
       x = nn.Dense(width, name=f"dense_{i}")(x)
       last = i == len(self.widths) - 1
       x = ACTIVATIONS[self.final_activation if last else self.activation](x)
+      if not last:
+        x = dropout(self, self.dropout, x)
     return x
