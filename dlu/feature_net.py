@@ -94,16 +94,20 @@ def cache_path(dataset: data.Dataset, cache_dir: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _update_fn(model: Classifier, num_steps: int, learning_rate: float):
-  """The optimizer and a jitted Adam step on cross-entropy; cached, so repeated trainings
-  with one recipe (experiments.augment) compile once per batch shape."""
+def _update_fn(model: Classifier, num_steps: int, learning_rate: float, weighted: bool = False):
+  """The optimizer and a jitted Adam step on cross-entropy (`weighted`: each example's term
+  times its class's weight, `step(..., class_weights)`); cached, so repeated trainings with
+  one recipe (experiments.augment, experiments.imbalance) compile once per batch shape."""
   tx = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps))
 
   @jax.jit
-  def step(params, opt_state, images, labels):
+  def step(params, opt_state, images, labels, class_weights=None):
     def loss_fn(p):
       logits = model.apply({"params": p}, data.normalize(images))
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [B]
+      if weighted:
+        loss = loss * class_weights[labels]
+      return loss.mean()
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -122,17 +126,21 @@ def train_classifier(
   learning_rate: float = RECIPE["learning_rate"],
   seed: int = RECIPE["seed"],
   log: Callable[[str], None] | None = None,
+  class_weights: np.ndarray | None = None,
 ) -> tuple[Classifier, Any]:
   """The feature network's architecture trained on images `x` (as stored) with labels `y`.
 
   Adam with a cosine decay over `num_steps` minibatches of min(batch_size, len(x)) drawn from
   per-epoch shuffles (numpy generator `seed`; `seed` also initialises the weights), on the
-  default device. `log` gets one line per epoch.
+  default device. `class_weights` [num_classes]: weights of each class's cross-entropy terms
+  (None: all 1). `log` gets one line per epoch.
   """
   model = Classifier(num_classes)
   batch_size = min(batch_size, len(x))
   steps_per_epoch = len(x) // batch_size
-  tx, step = _update_fn(model, num_steps, learning_rate)
+  weighted = class_weights is not None
+  tx, step = _update_fn(model, num_steps, learning_rate, weighted)
+  extra = (jnp.asarray(class_weights, jnp.float32),) if weighted else ()
   rng = jax.random.key(seed)
   params = model.init(rng, jnp.zeros((1,) + x.shape[1:]))["params"]
   opt_state = tx.init(params)
@@ -146,7 +154,7 @@ def train_classifier(
       if log is not None:
         log(f"  epoch {epoch}: loss {float(loss):.4f}, {time.perf_counter() - t0:.0f} s")
     idx = perm[j * batch_size : (j + 1) * batch_size]
-    params, opt_state, loss = step(params, opt_state, x[idx], y[idx])
+    params, opt_state, loss = step(params, opt_state, x[idx], y[idx], *extra)
   return model, params
 
 
@@ -171,18 +179,19 @@ def _predict_fn(model: Classifier):
   return jax.jit(lambda p, v: jnp.argmax(model.apply({"params": p}, data.normalize(v)), -1))
 
 
+def predict(model: Classifier, params: Any, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+  """The predicted class of each image of `x` (as stored). [N] int"""
+  fn = _predict_fn(model)
+  out = [
+    np.asarray(fn(params, x[start : start + batch_size])) for start in range(0, len(x), batch_size)
+  ]
+  return np.concatenate(out) if out else np.zeros(0, np.int32)
+
+
 def accuracy(
   model: Classifier, params: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 1000
 ) -> float:
-  predict = _predict_fn(model)
-  correct = 0
-  for start in range(0, len(x), batch_size):
-    correct += int(
-      np.sum(
-        np.asarray(predict(params, x[start : start + batch_size])) == y[start : start + batch_size]
-      )
-    )
-  return correct / len(x)
+  return float(np.mean(predict(model, params, x, batch_size) == y))
 
 
 def _save(path: str, params: Any, test_accuracy: float) -> None:

@@ -14,6 +14,7 @@ and shuffles the classifier.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -77,14 +78,8 @@ def sample_classes(
     raise UsageError(f"labels must be classes 0..{family.num_classes - 1}")
   bs = batch_size or exp.ctx.batch_size
   bs = -(-bs // jax.device_count()) * jax.device_count()
-  repl, sharded = parallel.replicated(exp.mesh), parallel.data_sharded(exp.mesh)
-  draw = jax.jit(
-    lambda s, k, y: family.to_unit(
-      family.sample(s, jax.random.normal(k, (bs, exp.cfg.latent_dim)), y)
-    ),
-    in_shardings=(repl, repl, sharded),
-    out_shardings=sharded,
-  )
+  sharded = parallel.data_sharded(exp.mesh)
+  draw = _draw_fn(family, exp.mesh, bs, exp.cfg.latent_dim)
   key, out = jax.random.key(seed), []
   for i, start in enumerate(range(0, len(labels), bs)):
     y = np.zeros(bs, np.int32)
@@ -95,6 +90,17 @@ def sample_classes(
     out.append(np.asarray(multihost_utils.process_allgather(x, tiled=True))[: len(chunk)])
   shape = (0,) + exp.spec.example_shape
   return to_stored(np.concatenate(out) if out else np.zeros(shape), exp.dataset.x_train.dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def _draw_fn(family: GAN, mesh: Any, bs: int, latent_dim: int) -> Callable[..., jax.Array]:
+  """The jitted draw of `bs` images (kept, so repeated draws compile once)."""
+  repl, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+  return jax.jit(
+    lambda s, k, y: family.to_unit(family.sample(s, jax.random.normal(k, (bs, latent_dim)), y)),
+    in_shardings=(repl, repl, sharded),
+    out_shardings=sharded,
+  )
 
 
 def conditional_samples(
@@ -114,7 +120,7 @@ def few_per_class(y: np.ndarray, k: int, num_classes: int, seed: int) -> np.ndar
   return np.sort(np.concatenate(rows))
 
 
-def _summary(values: Sequence[float]) -> dict[str, Any]:
+def summary(values: Sequence[float]) -> dict[str, Any]:
   """mean, std (sample, ddof=1; 0 for one value) and the values themselves."""
   v = np.asarray(values, np.float64)
   return {
@@ -186,8 +192,8 @@ def measure(
   per_k = {}
   for k in real_per_class:
     per_k[str(k)] = {
-      "real": _summary(real[k]),
-      "real_plus_synthetic": _summary(mixed[k]),
+      "real": summary(real[k]),
+      "real_plus_synthetic": summary(mixed[k]),
       "gain": float(np.mean(mixed[k]) - np.mean(real[k])),
     }
   return {
@@ -206,7 +212,7 @@ def measure(
       "test_examples": len(ds.x_test),
     },
     "per_k": per_k,
-    "tstr": _summary(tstr),
+    "tstr": summary(tstr),
   }
 
 

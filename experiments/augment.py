@@ -16,6 +16,7 @@ from absl import app, flags
 
 from dlu import cli, few_shot
 from dlu.errors import UsageError
+from experiments import classifier_flags  # noqa: F401  (--seeds, --classifier_*)
 
 flags.DEFINE_list(
   "real_per_class",
@@ -27,18 +28,6 @@ flags.DEFINE_integer(
   "synthetic_per_class",
   1000,
   "Generated examples per class added to the real ones, and the whole training set of TSTR.",
-)
-flags.DEFINE_integer("seeds", 3, "Repetitions (real subsets, generated sets, classifier inits).")
-flags.DEFINE_integer(
-  "classifier_steps",
-  500,
-  "Adam steps of every classifier, whatever its training set (a compute-matched comparison).",
-)
-flags.DEFINE_integer(
-  "classifier_batch_size", 128, "Classifier minibatch size (at most the training set)."
-)
-flags.DEFINE_float(
-  "classifier_learning_rate", 1e-3, "Classifier peak learning rate (cosine decay to 0)."
 )
 
 FLAGS = flags.FLAGS

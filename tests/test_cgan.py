@@ -12,7 +12,16 @@ import pytest
 from jax.sharding import Mesh
 from PIL import Image
 
-from dlu import data, device_data, experiment, families, feature_net, few_shot, parallel
+from dlu import (
+  data,
+  device_data,
+  experiment,
+  families,
+  feature_net,
+  few_shot,
+  imbalance,
+  parallel,
+)
 from dlu import flags as dlu_flags
 from dlu.errors import UsageError
 from dlu.families import DataSpec, Family
@@ -215,9 +224,14 @@ def _subprocess(module, *args):
   return proc.stdout
 
 
+#: The imbalanced split the module's GAN trains on: 4:1 between class 0 and class 9.
+CLASS_BALANCE = "longtail:4"
+
+
 @pytest.fixture(scope="module")
 def cdcgan_run(tmp_path_factory, digits_feature_dir):
-  """The cdcgan_digits.flags run, trained once for this module."""
+  """The cdcgan_digits.flags run on an imbalanced split (--class_balance), trained once for
+  this module: experiments.imbalance needs one, and experiments.augment works with any."""
   workdir = str(tmp_path_factory.mktemp("cdcgan") / "run")
   flagfile = os.path.join(ROOT, "experiments", "configs", "cdcgan_digits.flags")
   _subprocess(
@@ -225,6 +239,7 @@ def cdcgan_run(tmp_path_factory, digits_feature_dir):
     f"--flagfile={flagfile}",
     f"--workdir={workdir}",
     f"--data_dir={digits_feature_dir}",
+    f"--class_balance={CLASS_BALANCE}",
   )
   return workdir
 
@@ -309,3 +324,55 @@ def test_augment_checks_its_workdir_and_k(cdcgan_run, tmp_path):
   small, large = (few_shot.few_per_class(exp.dataset.y_train, k, 10, seed=0) for k in (3, 7))
   assert set(small) <= set(large)
   np.testing.assert_array_equal(np.bincount(exp.dataset.y_train[large]), np.full(10, 7))
+
+
+@pytest.mark.slow
+def test_imbalance_end_to_end(cdcgan_run):
+  out = _subprocess(
+    "experiments.imbalance",
+    f"--workdir={cdcgan_run}",
+    "--seeds=2",
+    "--classifier_steps=20",
+    "--fid_per_class=20",
+  )
+  assert "imbalance.json" in out and "class-wise FID" in out
+  with open(os.path.join(cdcgan_run, "imbalance.json")) as f:
+    results = json.load(f)
+  # The classifiers trained on the GAN's own imbalanced split, and were scored on the test split.
+  counts = np.bincount(experiment.load_run(cdcgan_run)[0].dataset.y_train, minlength=10)
+  assert results["train_counts"] == counts.tolist() and results["class_balance"] == CLASS_BALANCE
+  assert (
+    results["imbalance_ratio"] == pytest.approx(counts[0] / counts[9]) and counts[0] > counts[9]
+  )
+  assert set(results["methods"]) == set(imbalance.METHODS)
+  for method in results["methods"].values():
+    for name in ("accuracy", "balanced_accuracy", "worst_class_recall"):
+      s = method[name]
+      assert len(s["per_seed"]) == 2 and 0 <= s["mean"] <= 1 and s["std"] >= 0
+      np.testing.assert_allclose(s["mean"], np.mean(s["per_seed"]))
+    assert method["worst_class_recall"]["mean"] <= method["balanced_accuracy"]["mean"]
+  fid = results["classwise_fid"]
+  assert [c["class"] for c in fid] == list(range(10)) and all(c["fid"] > 0 for c in fid)
+  np.testing.assert_allclose(sum(c["share"] for c in fid), 1.0)
+  with Image.open(os.path.join(cdcgan_run, "imbalance.png")) as png:
+    assert png.size[0] > 600
+
+
+def test_imbalance_rebalancing_sets():
+  y = np.array([0] * 6 + [1] * 3 + [2] * 1)
+  rows = imbalance.oversample(y, 3, seed=0)
+  np.testing.assert_array_equal(np.bincount(y[rows]), [6, 6, 6])
+  assert set(range(10)) <= set(rows.tolist())  # every real example kept
+  np.testing.assert_array_equal(rows, imbalance.oversample(y, 3, seed=0))
+  np.testing.assert_array_equal(imbalance.fill_labels(y, 3), [1, 1, 1, 2, 2, 2, 2, 2])
+  got = imbalance.scores(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 1, 0, 0, 0]), 3)
+  assert got == pytest.approx(
+    {"accuracy": 0.5, "balanced_accuracy": 0.5, "worst_class_recall": 0.0}
+  )
+
+
+def test_imbalance_needs_a_gan_trained_on_an_imbalanced_split(tmp_path):
+  with open(tmp_path / "flags.txt", "w") as f:
+    f.write(_cfg().to_flagfile())
+  with pytest.raises(UsageError, match="trained on the whole training split"):
+    imbalance.load_imbalanced_gan(str(tmp_path))
