@@ -428,3 +428,13 @@ def test_class_balance_gives_the_requested_counts_reproducibly():
   ):
     with pytest.raises(UsageError, match=match):
       data.class_balance(ds, spec, seed=0)
+
+
+def test_a_tfds_validation_split_is_the_runs_validation_split(tmp_path, monkeypatch):
+  # Mocked builders list no splits; the real ones of e.g. patch_camelyon list validation.
+  monkeypatch.setattr(tfds_offline, "splits_to_read", lambda b: ["train", "test", "validation"])
+  with tfds.testing.mock_data(num_examples=12):
+    ds = data.load("mnist", data_dir=str(tmp_path))
+  assert ds.x_valid.shape == (12, 28, 28, 1) and ds.y_valid.shape == (12,)
+  held = data.hold_out_validation(ds, 0.1, seed=0)  # its own split: no training rows taken
+  assert held is ds and len(held.x_train) == 12

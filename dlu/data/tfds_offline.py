@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import re
 import uuid
@@ -34,6 +35,7 @@ from dlu.errors import UsageError
 
 CACHE_FILE = "dlu_arrays.npz"
 SPLITS = ("train", "test")
+VALIDATION = "validation"  # read too when a dataset has it: the run's validation split
 _NAME_RE = re.compile(
   r"^(?P<name>[a-z0-9_]+)(?:/(?P<config>[\w.-]+))?(?::(?P<version>\d+\.\d+\.\d+))?$"
 )
@@ -90,6 +92,9 @@ def _read_cache(dataset: str, version_dir: str) -> Dataset | None:
     if os.path.exists(path):
       logging.warning("Ignoring unreadable %s: %s", path, e)
     return None
+  if _has_validation(version_dir) and "x_valid" not in arrays:
+    logging.info("Ignoring %s: it lacks the validation split", path)
+    return None
   num_classes = int(arrays["num_classes"])
   return Dataset(
     name=dataset,
@@ -98,7 +103,19 @@ def _read_cache(dataset: str, version_dir: str) -> Dataset | None:
     x_test=arrays["x_test"],
     y_test=arrays.get("y_test"),
     num_classes=num_classes if num_classes >= 0 else None,
+    x_valid=arrays.get("x_valid"),
+    y_valid=arrays.get("y_valid"),
   )
+
+
+def _has_validation(version_dir: str) -> bool:
+  """Whether the prepared dataset in `version_dir` has a `validation` split."""
+  try:
+    with open(os.path.join(version_dir, "dataset_info.json")) as f:
+      splits = json.load(f).get("splits", [])
+  except (OSError, ValueError):
+    return False
+  return any(s.get("name") == VALIDATION for s in splits)
 
 
 def _write_cache(data: Dataset, version_dir: str) -> None:
@@ -112,6 +129,10 @@ def _write_cache(data: Dataset, version_dir: str) -> None:
   }
   if data.y_train is not None:
     arrays.update(y_train=data.y_train, y_test=data.y_test)
+  if data.x_valid is not None:
+    arrays["x_valid"] = data.x_valid
+    if data.y_valid is not None:
+      arrays["y_valid"] = data.y_valid
   path = os.path.join(version_dir, CACHE_FILE)
   tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"  # unique, and created under the umask
   try:
@@ -393,14 +414,20 @@ def _decode_split(source: Any, dataset: str, split: str) -> tuple[np.ndarray, np
   return images, labels
 
 
+def splits_to_read(builder: Any) -> list[str]:
+  """train and test, and validation when the prepared dataset has one."""
+  return list(SPLITS) + ([VALIDATION] if VALIDATION in builder.info.splits else [])
+
+
 def read(dataset: str, builder: Any, data_dir: str) -> Dataset:
   """Decodes both splits through `tfds.data_source`: TensorFlow is not needed to read."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  splits = splits_to_read(builder)
   try:
     sources = tfds.data_source(
       dataset,
-      split=list(SPLITS),
+      split=splits,
       data_dir=data_dir,
       download=False,
       builder_kwargs={"file_format": "array_record"},
@@ -411,9 +438,10 @@ def read(dataset: str, builder: Any, data_dir: str) -> Dataset:
       f"--dataset={dataset}: cannot read {builder.data_dir} as array_record "
       f"splits {', '.join(SPLITS)} ({reason})"
     ) from e
-  (x_train, y_train), (x_test, y_test) = (
-    _decode_split(s, dataset, split) for s, split in zip(sources, SPLITS)
+  (x_train, y_train), (x_test, y_test), *valid = (
+    _decode_split(s, dataset, split) for s, split in zip(sources, splits, strict=True)
   )
+  x_valid, y_valid = valid[0] if valid else (None, None)
   label = builder.info.features["label"] if "label" in builder.info.features else None
   num_classes = getattr(label, "num_classes", None) if y_train is not None else None
   if y_train is not None and num_classes is None:
@@ -425,6 +453,8 @@ def read(dataset: str, builder: Any, data_dir: str) -> Dataset:
     x_test=x_test,
     y_test=y_test,
     num_classes=num_classes,
+    x_valid=x_valid,
+    y_valid=y_valid,
   )
 
 
