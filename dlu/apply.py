@@ -1,7 +1,7 @@
 """A trained run applied to new data, from a script or a notebook (and `experiments.apply`).
 
     import dlu
-    run = dlu.load_run("workdirs/ae_table")      # the latest checkpoint of a workdir
+    run = dlu.load_run("workdirs/ae_table")      # the best (else latest) checkpoint of a workdir
     z = run.encode(x)                             # [N, latent]
     x_hat = run.reconstruct(x)                    # [N, ...] in the data's own units
     s = run.score(x)                              # [N] anomaly score, higher = less like the data
@@ -169,7 +169,8 @@ class Run:
 
 
 def load_run(workdir: str, **overrides: Any) -> Run:
-  """The run trained in `workdir` (its latest checkpoint), ready for new data."""
+  """The run trained in `workdir` (its best checkpoint if it kept one, else its latest;
+  `checkpoint="latest"` or a step in `overrides` chooses another), ready for new data."""
   return Run(*experiment.load_run(workdir, **overrides))
 
 

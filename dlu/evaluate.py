@@ -13,7 +13,8 @@ from dlu.metric_writers import to_python
 
 
 def evaluate_workdir(workdir: str, **overrides: Any) -> dict[str, Any]:
-  """Restores the latest checkpoint of `workdir` and evaluates it; returns what eval.json holds.
+  """Restores the checkpoint of `workdir` that --checkpoint chooses (best, else latest) and
+  evaluates it on the test split; returns what eval.json holds.
 
   `overrides` replace flags the run recorded (e.g. eval_batch_size, cluster_on). Every
   check of them runs before anything is written.

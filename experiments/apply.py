@@ -3,7 +3,8 @@ r"""Apply a trained dlu run to new data.
   python -m experiments.apply --workdir=workdirs/ae_table --input=csv:new_rows.csv \
       --output=scored.csv [--samples=16]
 
---input is any --dataset form: a table with the training columns (matched by name, in any
+The state applied is the run's best checkpoint when it kept one (--keep_best_checkpoint), else
+its latest (--checkpoint=best|latest|STEP). --input is any --dataset form: a table with the training columns (matched by name, in any
 order), an npz (x: images or vectors), or a folder of images. Per input row the output holds
 the embedding (`embedding`, or `embedding_0`, ... columns in a CSV), `score` (anomaly score: higher
 is less like the training data), and for clustering runs `cluster` and `confidence` (the
@@ -83,7 +84,7 @@ def main(argv):
     out_dir = os.path.dirname(os.path.abspath(FLAGS.output))
     if not os.path.isdir(out_dir):
       raise UsageError(f"--output={FLAGS.output}: the folder {out_dir} does not exist")
-    run = apply.load_run(FLAGS.workdir)
+    run = apply.load_run(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
     x = apply.read_inputs(FLAGS.input, run)
     out = results(run, x)
     samples = run.sample(FLAGS.samples) if FLAGS.samples else None

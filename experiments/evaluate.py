@@ -2,7 +2,9 @@ r"""Evaluate a trained dlu run from its workdir; results go to DIR/eval.json.
 
   python -m experiments.evaluate --workdir=workdirs/ae_seed
 
-Flags given here (e.g. --eval_batch_size) override those the run recorded in flags.txt.
+Flags given here (e.g. --eval_batch_size) override those the run recorded in flags.txt. The test
+split is scored, from the run's best checkpoint when it kept one (--keep_best_checkpoint), else
+its latest: --checkpoint=best|latest|STEP.
 """
 
 import json

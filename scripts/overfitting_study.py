@@ -1,0 +1,179 @@
+r"""Overfitting, measured: a deep MLP autoencoder on a small Fashion-MNIST subset, with and
+without dropout, weight decay and early stopping.
+
+  python scripts/overfitting_study.py --out=/tmp/overfit [--steps=6000] [--every=250]
+
+Every run trains `ae_mlp` on 500 training images per class (`--class_balance=counts:500,...`:
+5,000 images) and evaluates on the validation split (10% of the training split) every
+--every steps, keeping a checkpoint there. The test split never guides training: its
+curve is computed afterwards, from the kept checkpoints, only to draw it beside the validation
+curve. Prints a table (the last step's test MSE, the step the best validation MSE picks and its
+test MSE, the step early stopping stopped at) and writes OUT/overfitting.json and
+OUT/overfitting.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dlu import batched_eval, checkpointing, cli, experiment, parallel, train_loop  # noqa: E402
+from dlu import flags as dlu_flags  # noqa: E402
+
+flags.DEFINE_string("out", None, "Folder for the runs, overfitting.json and overfitting.png.")
+flags.DEFINE_integer(
+  "steps", 6000, "Training steps of every run (batch 128: ~150 epochs of 5,000)."
+)
+flags.DEFINE_integer("every", 250, "Steps between validation evals (and kept checkpoints).")
+flags.DEFINE_integer("per_class", 500, "Training images per class.")
+flags.DEFINE_list("runs", ["plain", "dropout", "weight_decay", "early_stopping"], "Runs to train.")
+FLAGS = flags.FLAGS
+
+COMMON = dict(
+  model="ae_mlp",
+  widths=["1024", "512"],
+  latent_dim=64,
+  dataset="fashion_mnist",
+  batch_size=128,
+  optimizer="adam",
+  learning_rate=1e-3,
+  evaluators=["metrics"],
+  keep_best_checkpoint="mse",
+)
+RUNS = {
+  "plain": {},
+  "dropout": dict(dropout=0.2),
+  "weight_decay": dict(optimizer="adamw", weight_decay=0.1),
+  "early_stopping": dict(early_stopping_metric="mse", early_stopping_patience=4),
+}
+
+
+def test_curve(workdir: str) -> dict[int, float]:
+  """Test MSE of every kept checkpoint (for the plot only; nothing is chosen on it)."""
+  exp, _ = experiment.load_run(workdir, checkpoint="latest")
+  _, abstract = parallel.make_init(exp.family, exp.mesh)
+  eval_sums = parallel.make_eval_sums(exp.family, exp.mesh)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=10_000)
+  curve = {}
+  try:
+    for step in sorted(ckpt.manager.all_steps()):
+      state = ckpt.restore(abstract, step)
+      metrics = batched_eval.mean_metrics(
+        eval_sums,
+        state,
+        exp.dataset.x_test,
+        exp.ctx.rng,
+        mesh=exp.mesh,
+        batch_size=exp.ctx.batch_size,
+      )
+      curve[int(step)] = float(metrics["mse"])
+  finally:
+    ckpt.close()
+  return curve
+
+
+def rows(workdir: str, split: str) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r["split"] == split]
+
+
+def plot(results: dict, path: str, steps_per_epoch: float) -> None:
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+  for i, (name, r) in enumerate(results.items()):
+    colour = f"C{i}"
+    valid = sorted((int(s), v) for s, v in r["valid_curve"].items())
+    test = sorted((int(s), v) for s, v in r["test_curve"].items())
+    ax.plot(
+      [s / steps_per_epoch for s, _ in valid],
+      [v for _, v in valid],
+      "-",
+      color=colour,
+      label=f"{name}: validation",
+    )
+    ax.plot(
+      [s / steps_per_epoch for s, _ in test],
+      [v for _, v in test],
+      ":",
+      color=colour,
+      label=f"{name}: test",
+    )
+    ax.axvline(r["best_step"] / steps_per_epoch, color=colour, alpha=0.3, linewidth=1)
+  ax.set_xlabel("epoch (5,000 training images)")
+  ax.set_ylabel("MSE")
+  ax.set_yscale("log")
+  ax.set_title(
+    "ae_mlp 1024-512-64 on 5,000 Fashion-MNIST images (vertical: best validation)", fontsize=9
+  )
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def main(argv):
+  cli.start(argv)
+  os.makedirs(FLAGS.out, exist_ok=True)
+  counts = "counts:" + ",".join([str(FLAGS.per_class)] * 10)
+  results = {}
+  for name in FLAGS.runs:
+    workdir = os.path.join(FLAGS.out, name)
+    cfg = dlu_flags.make_config(
+      **{**COMMON, "class_balance": counts, **RUNS[name]},
+      num_steps=FLAGS.steps,
+      eval_every=FLAGS.every,
+      log_every=FLAGS.every,
+      checkpoint_every=FLAGS.every,
+      keep_checkpoints=FLAGS.steps // FLAGS.every + 1,
+    )
+    t0 = time.perf_counter()
+    train_loop.train_and_evaluate(cfg, workdir)
+    valid = {r["step"]: r["mse"] for r in rows(workdir, "valid")}
+    (gap,) = rows(workdir, "generalisation")[-1:]
+    test = test_curve(workdir)
+    last = max(test)
+    results[name] = {
+      "flags": RUNS[name],
+      "last_step": last,
+      "last_test_mse": test[last],
+      "last_train_mse": gap["train/mse"],
+      "last_valid_mse": gap["valid/mse"],
+      "best_step": gap["best_step"],
+      "best_valid_mse": gap["best_value"],
+      "best_test_mse": test[gap["best_step"]],
+      "seconds": time.perf_counter() - t0,
+      "valid_curve": valid,
+      "test_curve": test,
+    }
+    print(
+      f"{name}: {json.dumps({k: v for k, v in results[name].items() if 'curve' not in k})}",
+      flush=True,
+    )
+  with open(os.path.join(FLAGS.out, "overfitting.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  plot(results, os.path.join(FLAGS.out, "overfitting.png"), FLAGS.per_class * 10 / 128)
+  print(
+    f"{'run':>15} | last step | test MSE (last) | train MSE (last) | best valid step | "
+    "test MSE (best valid)"
+  )
+  for name, r in results.items():
+    print(
+      f"{name:>15} | {r['last_step']:>9} | {r['last_test_mse']:>15.5f} | "
+      f"{r['last_train_mse']:>16.5f} | {r['best_step']:>15} | {r['best_test_mse']:>.5f}"
+    )
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("out")
+  app.run(main)
