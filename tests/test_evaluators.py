@@ -54,7 +54,7 @@ def test_due_steps_and_one_row_per_step(tmp_path):
   )
   out = io.StringIO()
   writer = MultiWriter([JsonlWriter(str(tmp_path / "m.jsonl")), ConsoleWriter(stream=out)])
-  exp = types.SimpleNamespace()
+  exp = types.SimpleNamespace(dataset=data.load("digits"))
   evaluation = registry.Evaluation(exp, writer, [(fake("a"), 2), (fake("b"), 3), (fake("c"), None)])
   assert evaluation.boundaries() == (2, 3)
   for step in range(1, 7):

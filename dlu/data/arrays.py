@@ -67,10 +67,16 @@ class Dataset:
     }[name]
 
   def scored_on(self, name: str) -> Dataset:
-    """This dataset with the `name` split in the place of the test split: what evaluators
-    (which score `x_test`) read to score that split."""
+    """What evaluators (which score `x_test` and fit on `x_train`) read to score the `name`
+    split: that split in the place of the test split. For `test`, the validation rows go
+    back into the training split (everything but the test split, as the data was loaded)."""
     if name == "test":
-      return self
+      if self.x_valid is None:
+        return self
+      y_train = None if self.y_train is None else np.concatenate([self.y_train, self.y_valid])
+      return dataclasses.replace(
+        self, x_train=np.concatenate([self.x_train, self.x_valid]), y_train=y_train
+      )
     x, y = self.split(name)
     return dataclasses.replace(self, x_test=x, y_test=y)
 

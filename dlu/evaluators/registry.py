@@ -10,7 +10,8 @@ Training runs the evaluators named by `--evaluators` (`training_schedule`), each
 `name:N` every N steps, `name:final` only after the last step (and every one of them after
 the last step); their results at one step form one row named after the split they score:
 `valid` (the rows --validation_fraction holds out of the training split; `test` for a run
-without them). After the last step the test split is scored once (a `test` row), and the
+without them). After the last step the test split is scored once (a `test` row; evaluators
+scheduled only then, like `likelihood`, score it alone), and the
 `metrics` evaluator's numbers on train, valid and test form a `generalisation` row.
 Evaluators read the split they score as `exp.dataset.x_test` (`Dataset.scored_on`).
 `experiments.evaluate` runs every registered evaluator whose needs the run meets
@@ -257,7 +258,11 @@ class Evaluation:
     """The step intervals evaluation happens at (multi-step dispatches stop there)."""
     return tuple(sorted({every for _, every in self.schedule if every}))
 
-  def due(self, step: int, final: bool) -> list[Evaluator]:
+  def due(self, step: int, final: bool, on: str = "test") -> list[Evaluator]:
+    """The evaluators to run at `step`: all of them after the last step, except that those
+    scheduled only then (`likelihood`) score the test split alone, not the validation split."""
+    if on == "valid":
+      return [e for e, every in self.schedule if every and (final or step % every == 0)]
     return [e for e, every in self.schedule if final or (every and step % every == 0)]
 
   def __call__(
@@ -273,7 +278,7 @@ class Evaluation:
     (default `self.on`); writes their numbers as one row named `split` (default: `on`) and
     returns their results merged (nested values kept)."""
     on = on or self.on
-    due = self.due(step, final)
+    due = self.due(step, final, on)
     if not due:
       return {}
     results = self._run(step, state, due, on)
@@ -283,7 +288,7 @@ class Evaluation:
 
   def _run(self, step: int, state: Any, due: list[Evaluator], on: str) -> dict[str, Any]:
     exp = self.exp
-    if on != "test":
+    if exp.dataset.x_valid is not None:
       exp = dataclasses.replace(exp, dataset=exp.dataset.scored_on(on))
     self.inputs.start(step, exp, on)
     results: dict[str, Any] = {}
