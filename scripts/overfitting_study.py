@@ -3,8 +3,8 @@ without dropout, weight decay and early stopping.
 
   python scripts/overfitting_study.py --out=/tmp/overfit [--steps=3000] [--every=150]
 
-Every run trains `ae_mlp` on 500 training images per class (`--class_balance=counts:500,...`:
-5,000 images) and evaluates on the validation split (10% of the training split) every
+Every run trains `ae_mlp` on --per_class training images per class (`--class_balance=counts:...`;
+500: 5,000 images) and evaluates on the validation split (10% of the training split) every
 --every steps, keeping a checkpoint there. The test split never guides training: its
 curve is computed afterwards, from the kept checkpoints, only to draw it beside the validation
 curve. Early stopping (`--early_stopping_metric=mse --early_stopping_patience=--patience`) is
@@ -101,7 +101,10 @@ def rows(workdir: str, split: str) -> list[dict]:
     return [r for r in map(json.loads, f) if r["split"] == split]
 
 
-def plot(results: dict, path: str, steps_per_epoch: float) -> None:
+def plot(results: dict, path: str, num_images: int, batch_size: int = 128) -> None:
+  """Validation (solid) and test (dotted) MSE against epochs; thin lines at the best validation
+  step of each run, a dashed one where early stopping stops the plain run."""
+  steps_per_epoch = num_images / batch_size
   import matplotlib  # noqa: PLC0415
 
   matplotlib.use("Agg")
@@ -127,11 +130,20 @@ def plot(results: dict, path: str, steps_per_epoch: float) -> None:
       label=f"{name}: test",
     )
     ax.axvline(r["best_step"] / steps_per_epoch, color=colour, alpha=0.3, linewidth=1)
-  ax.set_xlabel("epoch (5,000 training images)")
+    if "early_stopping_stop_step" in r:
+      ax.axvline(
+        r["early_stopping_stop_step"] / steps_per_epoch,
+        color=colour,
+        linestyle="--",
+        linewidth=1,
+        label=f"{name}: early stopping stops",
+      )
+  ax.set_xlabel(f"epoch ({num_images:,} training images)")
   ax.set_ylabel("MSE")
   ax.set_yscale("log")
   ax.set_title(
-    "ae_mlp 512-256-32 on 5,000 Fashion-MNIST images (vertical: best validation)", fontsize=9
+    f"ae_mlp 512-256-32 on {num_images:,} Fashion-MNIST images (thin: best validation)",
+    fontsize=9,
   )
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=7, ncol=2)
@@ -187,7 +199,7 @@ def main(argv):
     )
   with open(os.path.join(FLAGS.out, "overfitting.json"), "w") as f:
     json.dump(results, f, indent=2)
-  plot(results, os.path.join(FLAGS.out, "overfitting.png"), FLAGS.per_class * 10 / 128)
+  plot(results, os.path.join(FLAGS.out, "overfitting.png"), FLAGS.per_class * 10)
   print(
     f"{'run':>15} | last step | test MSE (last) | train MSE (last) | best valid step | "
     "test MSE (best valid)"
