@@ -17,7 +17,8 @@ from dlu.errors import UsageError
 PIXEL_RANGES = ("unit", "symmetric")
 ACCEPTED_FORMS = (
   "digits, fashion_mnist, mnist, cifar10, ... (any tfds image dataset, as "
-  "NAME[/CONFIG][:VERSION]), npz:PATH, folder:DIR, csv:PATH, parquet:PATH"
+  "NAME[/CONFIG][:VERSION]), npz:PATH, folder:DIR, csv:PATH, parquet:PATH, records:DIR "
+  "(experiments.prepare_data), npy:PATH (memory-mapped)"
 )
 VALID_CHANNELS = (1, 3, 4)
 HELD_OUT_FRACTION = 0.1
@@ -124,13 +125,18 @@ def _check_labels(y: Any, num_examples: int, what: str) -> np.ndarray:
   return y.astype(np.int32)
 
 
+def held_out_rows(n: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+  """(train, test) rows of an image source without a test split: a fixed shuffle (seed 0) whose
+  last 10% (at least one) is the test split, the same in every run."""
+  if n < 2:
+    raise UsageError(f"{what} has {n} image; at least 2 are needed to hold out a test split")
+  perm = np.random.default_rng(0).permutation(n)
+  num_test = max(1, int(n * HELD_OUT_FRACTION))
+  return perm[:-num_test], perm[-num_test:]
+
+
 def _held_out_split(x: np.ndarray, y: np.ndarray | None, what: str) -> tuple[Any, Any, Any, Any]:
-  """A fixed shuffle (seed 0) whose last 10% (at least one) is the test split: same in every run."""
-  if len(x) < 2:
-    raise UsageError(f"{what} has {len(x)} image; at least 2 are needed to hold out a test split")
-  perm = np.random.default_rng(0).permutation(len(x))
-  num_test = max(1, int(len(x) * HELD_OUT_FRACTION))
-  train, test = perm[:-num_test], perm[-num_test:]
+  train, test = held_out_rows(len(x), what)
   return x[train], None if y is None else y[train], x[test], None if y is None else y[test]
 
 
