@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlu import data, device_data, parallel, train_loop
+import dlu
+from dlu import apply, data, device_data, parallel, train_loop
 from dlu import flags as dlu_flags
 from dlu.checkpointing import read_checkpoint
 from dlu.data import records
@@ -124,6 +125,13 @@ def test_stream_run_resumes_bit_identically_and_matches_the_device_run(digits, t
   for other in params[1:]:
     jax.tree.map(np.testing.assert_array_equal, params[0], other)
   assert not multiprocessing.active_children()
+  # A trained run applied to rows on disk reads them batch by batch: the in-memory numbers.
+  run = dlu.load_run(resumed)
+  rows = apply.read_inputs(on_disk, run)
+  assert isinstance(rows, data.RowArray) and len(rows) == 1797
+  np.testing.assert_allclose(
+    run.score(rows), run.score(data.read_rows(in_memory)), rtol=1e-6, atol=1e-7
+  )
 
 
 def test_a_corrupt_record_stops_the_run_naming_it_and_its_workers(digits, tmp_path):

@@ -15,6 +15,7 @@ splits) and tfds_offline; sources (load).
 """
 
 from dlu.data.arrays import ACCEPTED_FORMS, PIXEL_RANGES, Dataset, normalize
+from dlu.data.records import RowArray
 from dlu.data.sampler import BatchReader, BatchSampler
 from dlu.data.sources import (
   DEFAULT_IDX_DIR,
@@ -33,6 +34,7 @@ __all__ = [
   "DEFAULT_IDX_DIR",
   "Dataset",
   "PIXEL_RANGES",
+  "RowArray",
   "TableOptions",
   "default_data_dir",
   "describe",
