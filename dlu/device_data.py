@@ -219,7 +219,7 @@ class StreamFeed:
   def _put_on_devices(self) -> None:
     try:
       for local in self._batches:
-        item = parallel.global_batch(self.mesh, local)
+        item = parallel.global_batch(self.mesh, jax.tree.map(_own_memory, local))
         while not self._stop.is_set():
           try:
             self._queue.put(item, timeout=0.1)
@@ -270,6 +270,15 @@ class StreamFeed:
 
   def __exit__(self, *exc: Any) -> None:
     self.close()
+
+
+def _own_memory(x: np.ndarray) -> np.ndarray:
+  """A worker's batch (in shared memory) copied to this process; the shared block is freed."""
+  own = np.array(x)
+  free = getattr(x, "close_and_unlink_shm", None)
+  if free is not None:
+    free()
+  return own
 
 
 PIPELINES = ("auto", "device", "host", "stream")
