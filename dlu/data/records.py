@@ -48,6 +48,7 @@ class Meta:
   columns: list[str] | None = None  # a table's feature columns, in stored order
   label_column: str | None = None
   source: str = ""
+  skipped: int = 0  # source rows left out as unreadable (experiments.prepare_data --skip_bad)
 
   def to_json(self) -> str:
     out = dataclasses.asdict(self)
