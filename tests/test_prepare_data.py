@@ -187,3 +187,25 @@ def test_cli_in_parallel_reports_a_bad_image_in_one_line(tmp_path, capsys):
   assert "prepare: 10/10 rows (100%)" in capsys.readouterr().err
   meta = json.loads((out / "dataset.json").read_text())
   assert meta["skipped"] == 1 and meta["splits"]["all"]["num_examples"] == 9
+
+
+@pytest.mark.slow
+def test_synthetic_records_do_not_depend_on_the_sharding(tmp_path):
+  def write(out, shards):
+    run = subprocess.run(
+      [sys.executable, "scripts/synthetic_records.py", f"--out={out}", "--gigabytes=0.0001"]
+      + ["--image_size=8", f"--num_shards={shards}", "--workers=1"],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    return data.load(f"records:{out}")
+
+  a, b = write(tmp_path / "a", 3), write(tmp_path / "b", 1)
+  assert a.x_train.shape[1:] == (8, 8, 3) and len(a.x_train) + len(a.x_test) == 521
+  assert a.num_classes == 10 and len(np.unique(a.y_train)) == 10
+  _assert_same(a, b)
+  pixels = np.asarray(a.x_train)
+  assert 20 < pixels.std() < 80 and len(np.unique(pixels[:50], axis=0)) == 50

@@ -35,8 +35,10 @@ SKIPPED_FILE = "skipped.txt"
 
 
 @dataclasses.dataclass
-class _Source:
-  """What a source's rows are, and how to write rows start..stop of a split as a shard."""
+class Source:
+  """What a source's rows are, and how to write rows start..stop of a split as a shard: a job
+  `shard(split, start, stop)(path)` that writes them with `writer.write_shard` and returns the
+  rows it skipped ([index, file, reason] lists). With `processes` the jobs must pickle."""
 
   kind: str  # "images" or "vectors"
   example_shape: tuple[int, ...]
@@ -94,6 +96,38 @@ def prepare_records(
     return f"{out} holds the prepared {source_name} already ({rows:,} rows); nothing to do"
 
   src = _read_source(dataset, kind, arg, label_column, skip_bad, data_dir, idx_dir)
+  return write_source(
+    src,
+    out,
+    source=source_name,
+    what=what,
+    label_column=label_column,
+    num_shards=num_shards,
+    workers=workers,
+    started=started,
+  )
+
+
+def write_source(
+  src: Source,
+  out: str,
+  *,
+  source: str,
+  what: str,
+  label_column: str | None = None,
+  num_shards: int | None = None,
+  workers: int | None = None,
+  started: float | None = None,
+) -> str:
+  """Writes `src` as records in `out` (resuming, or doing nothing when they are there); a
+  summary. `source` names it in dataset.json (`Meta.source`)."""
+  started = time.monotonic() if started is None else started
+  out = os.path.abspath(os.path.expanduser(out))
+  workers = writer.default_workers() if workers is None else workers
+  done = writer.finished(out, source, label_column, what)
+  if done is not None:
+    rows = sum(s["num_examples"] for s in done.splits.values())
+    return f"{out} holds the prepared {source} already ({rows:,} rows); nothing to do"
   stored = writer.read_plan(out) if os.path.isdir(out) else None
   row_bytes = int(np.prod(src.example_shape)) * np.dtype(src.dtype).itemsize
   splits = {}
@@ -106,7 +140,7 @@ def prepare_records(
       shards = writer.num_shards(n, row_bytes, at_least=workers if src.processes else 1)
     splits[split] = {"rows": n, "shards": shards}
   plan = {
-    "source": source_name,
+    "source": source,
     "label_column": label_column,
     "fingerprint": src.fingerprint,
     "kind": src.kind,
@@ -146,7 +180,7 @@ def prepare_records(
     dtype=src.dtype,
     splits=described,
     label_column=label_column,
-    source=source_name,
+    source=source,
     skipped=len(bad),
     **src.meta,
   )
@@ -168,7 +202,7 @@ def _read_source(
   skip_bad: bool,
   data_dir: str | None,
   idx_dir: str | None,
-) -> _Source:
+) -> Source:
   what = f"--dataset={dataset}"
   if kind == "folder":
     return _folder(dataset, arg, skip_bad)
@@ -195,12 +229,12 @@ def _read_source(
   return _from_dataset(data, "")
 
 
-def _from_dataset(data: arrays.Dataset, fingerprint: str) -> _Source:
+def _from_dataset(data: arrays.Dataset, fingerprint: str) -> Source:
   splits = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}
   return _in_memory(splits, {"num_classes": data.num_classes}, fingerprint)
 
 
-def _npz_vectors(what: str, found: dict[str, np.ndarray], fingerprint: str) -> _Source:
+def _npz_vectors(what: str, found: dict[str, np.ndarray], fingerprint: str) -> Source:
   """Vectors as `sources` reads them from an npz: columns f0.., labels encoded over both splits
   (no class names: the in-memory form keeps none)."""
   columns, x = tables.vectors_from_arrays(found["x"], what)
@@ -235,9 +269,9 @@ def _unsplit(a: np.ndarray, b: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarra
 
 def _in_memory(
   splits: dict[str, tuple[np.ndarray, np.ndarray | None]], meta: dict[str, Any], fingerprint: str
-) -> _Source:
+) -> Source:
   first = next(iter(splits.values()))[0]
-  return _Source(
+  return Source(
     kind="images" if first.ndim == 4 else "vectors",
     example_shape=tuple(int(d) for d in first.shape[1:]),
     dtype=str(first.dtype),
@@ -256,7 +290,7 @@ def _array_shard(x: np.ndarray, path: str) -> list:
   return []
 
 
-def _folder(dataset: str, directory: str, skip_bad: bool) -> _Source:
+def _folder(dataset: str, directory: str, skip_bad: bool) -> Source:
   """Files listed and the first image decoded (its shape is every image's) before OUT is
   touched; the rest are decoded by the shard jobs."""
   what = f"--dataset={dataset}"
@@ -279,7 +313,7 @@ def _folder(dataset: str, directory: str, skip_bad: bool) -> _Source:
   meta = {}
   if class_names is not None:
     meta = {"num_classes": len(class_names), "class_names": class_names}
-  return _Source(
+  return Source(
     kind="images",
     example_shape=tuple(shape),
     dtype="uint8",
