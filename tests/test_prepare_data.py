@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -209,3 +210,39 @@ def test_synthetic_records_do_not_depend_on_the_sharding(tmp_path):
   _assert_same(a, b)
   pixels = np.asarray(a.x_train)
   assert 20 < pixels.std() < 80 and len(np.unique(pixels[:50], axis=0)) == 50
+
+
+def _children(pid):
+  with open(f"/proc/{pid}/task/{pid}/children") as f:
+    return [int(p) for p in f.read().split()]
+
+
+@pytest.mark.slow
+def test_worker_processes_end_with_a_killed_run(tmp_path):
+  """kill -9 of a run leaves no worker behind, and a rerun resumes from its finished shards."""
+  out = tmp_path / "out"
+  command = [sys.executable, "scripts/synthetic_records.py", f"--out={out}"]
+  command += ["--gigabytes=0.01", "--image_size=32", "--num_shards=16", "--workers=2"]
+  run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.monotonic() + 60
+    while not list(out.glob("*.done")) and time.monotonic() < deadline:
+      time.sleep(0.05)
+    workers = _children(run.pid)
+    assert len(workers) >= 2 and list(out.glob("*.done"))  # the workers and the tracker
+  finally:
+    run.kill()
+    run.wait()
+  deadline = time.monotonic() + 20
+  while any(os.path.exists(f"/proc/{p}") for p in workers) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  left = [p for p in workers if os.path.exists(f"/proc/{p}")]
+  for p in left:
+    os.kill(p, 9)
+  assert not left, "worker processes outlived the run"
+  finished = {p.name: p.stat().st_mtime_ns for p in out.glob("*.array_record")}
+  assert finished and not (out / "dataset.json").exists()
+  run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr
+  assert all((out / name).stat().st_mtime_ns == t for name, t in finished.items())
+  assert len(data.load(f"records:{out}").x_train) + len(data.load(f"records:{out}").x_test) == 3255

@@ -19,6 +19,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -181,7 +182,10 @@ def run(
   _counter = context.Value("q", 0)
   if processes and workers > 1:
     pool = cf.ProcessPoolExecutor(
-      min(workers, len(todo)) or 1, mp_context=context, initializer=_share, initargs=(_counter,)
+      min(workers, len(todo)) or 1,
+      mp_context=context,
+      initializer=_start_worker,
+      initargs=(_counter, os.getpid()),
     )
   else:
     pool = cf.ThreadPoolExecutor(max(1, min(workers, len(todo))))
@@ -256,9 +260,25 @@ def _write_done(out: str, job: Job, skipped: list) -> None:
   os.replace(path + ".tmp", path)
 
 
-def _share(counter: Any) -> None:
+def _start_worker(counter: Any, parent: int) -> None:
   global _counter
   _counter = counter
+  _exit_with_parent(parent)
+
+
+def _exit_with_parent(parent: int) -> None:
+  """A worker ends when the process that started it does, even by kill -9: no orphans."""
+  if not sys.platform.startswith("linux"):
+    return
+  import ctypes  # noqa: PLC0415  (Linux only)
+
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    return
+  if os.getppid() != parent:  # it ended before the call
+    os._exit(1)
 
 
 def _advance(n: int) -> None:
