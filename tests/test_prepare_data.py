@@ -117,6 +117,22 @@ def test_npz_with_x_test_round_trips_exactly(tmp_path, kind):
   assert set(records.Meta.load(str(tmp_path / "out")).splits) == {"train", "test"}
 
 
+def test_digits_keep_their_splits(tmp_path):
+  preparation.prepare_records("digits", str(tmp_path / "out"), workers=2)
+  _assert_same(data.load("digits"), data.load(f"records:{tmp_path}/out"))
+  assert set(records.Meta.load(str(tmp_path / "out")).splits) == {"train", "test"}
+
+
+def test_an_image_of_another_shape_is_named(tmp_path):
+  paths = _folder(tmp_path / "images", n=6)
+  Image.new("RGB", (6, 7)).save(paths[4])
+  with pytest.raises(
+    UsageError,
+    match=rf"differ in size: {paths[0]} is 5x6 but {paths[4]} is 7x6 .*\(image 4 in file order\)",
+  ):
+    preparation.prepare_records(f"folder:{tmp_path / 'images'}", str(tmp_path / "out"), workers=1)
+
+
 def test_corrupt_image_named_then_skipped_and_resumed(tmp_path):
   """A bad image stops the run naming its file and index, keeping the shards finished before
   it; --skip_bad resumes (finished shards untouched), skips and counts it."""
@@ -219,30 +235,35 @@ def _children(pid):
 
 @pytest.mark.slow
 def test_worker_processes_end_with_a_killed_run(tmp_path):
-  """kill -9 of a run leaves no worker behind, and a rerun resumes from its finished shards."""
+  """kill -9 of a run leaves no worker behind: one worker has finished its shard, the other
+  waits forever on a named pipe among the images."""
+  paths = _folder(tmp_path / "images", n=8)
+  paths[6].unlink()
+  os.mkfifo(paths[6])
   out = tmp_path / "out"
-  command = [sys.executable, "scripts/synthetic_records.py", f"--out={out}"]
-  command += ["--gigabytes=0.01", "--image_size=32", "--num_shards=16", "--workers=2"]
-  run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  run = subprocess.Popen(
+    [sys.executable, "-m", "experiments.prepare_data", f"--dataset=folder:{tmp_path / 'images'}"]
+    + [f"--out={out}", "--workers=2"],
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": ROOT},
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   try:
     deadline = time.monotonic() + 60
-    while not list(out.glob("*.done")) and time.monotonic() < deadline:
-      time.sleep(0.05)
-    workers = _children(run.pid)
-    assert len(workers) >= 2 and list(out.glob("*.done"))  # the workers and the tracker
+    while not (out / (records.shard_name("all", 0, 2) + ".done")).exists():
+      assert time.monotonic() < deadline and run.poll() is None
+      time.sleep(0.02)
+    workers = _children(run.pid)  # the two workers and multiprocessing's resource tracker
+    assert len(workers) >= 2
   finally:
     run.kill()
     run.wait()
   deadline = time.monotonic() + 20
   while any(os.path.exists(f"/proc/{p}") for p in workers) and time.monotonic() < deadline:
-    time.sleep(0.05)
+    time.sleep(0.02)
   left = [p for p in workers if os.path.exists(f"/proc/{p}")]
   for p in left:
     os.kill(p, 9)
   assert not left, "worker processes outlived the run"
-  finished = {p.name: p.stat().st_mtime_ns for p in out.glob("*.array_record")}
-  assert finished and not (out / "dataset.json").exists()
-  run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert run.returncode == 0, run.stderr
-  assert all((out / name).stat().st_mtime_ns == t for name, t in finished.items())
-  assert len(data.load(f"records:{out}").x_train) + len(data.load(f"records:{out}").x_test) == 3255
+  assert (out / records.shard_name("all", 0, 2)).exists() and not (out / "dataset.json").exists()
