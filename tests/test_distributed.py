@@ -1,4 +1,5 @@
-"""Two processes on localhost train like one process with the same number of devices."""
+"""Two processes on localhost train like one process with the same number of devices (also
+on a table, streamed by a worker process in each)."""
 
 import os
 import socket
@@ -70,6 +71,7 @@ def test_two_processes_match_one_process(tmp_path, data):
         f"--flagfile={DIGITS}",
         f"--workdir={two}",
         *args,
+        *(["--input_pipeline=stream"] if data == "table" else []),
         f"--coordinator_address=127.0.0.1:{port}",
         "--num_processes=2",
         f"--process_id={i}",

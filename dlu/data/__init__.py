@@ -15,7 +15,8 @@ splits) and tfds_offline; sources (load).
 """
 
 from dlu.data.arrays import ACCEPTED_FORMS, PIXEL_RANGES, Dataset, normalize
-from dlu.data.sampler import BatchSampler
+from dlu.data.records import RowArray
+from dlu.data.sampler import BatchReader, BatchSampler
 from dlu.data.sources import (
   DEFAULT_IDX_DIR,
   TableOptions,
@@ -28,10 +29,12 @@ from dlu.data.sources import (
 
 __all__ = [
   "ACCEPTED_FORMS",
+  "BatchReader",
   "BatchSampler",
   "DEFAULT_IDX_DIR",
   "Dataset",
   "PIXEL_RANGES",
+  "RowArray",
   "TableOptions",
   "default_data_dir",
   "describe",

@@ -100,25 +100,37 @@ class RowArray:
   ):
     self.num_stored = int(num_stored)
     self.example_shape = tuple(int(d) for d in example_shape)
+    self.stored_shape = self.example_shape
     self.stored_dtype = np.dtype(dtype)
     self.dtype = np.dtype(np.float32) if transform is not None else self.stored_dtype
     self.rows = None if rows is None else np.asarray(rows, np.int64)
     self.transform = transform
-    self._row_bytes = int(np.prod(self.example_shape)) * self.stored_dtype.itemsize
+    self._row_bytes = int(np.prod(self.stored_shape)) * self.stored_dtype.itemsize
 
   def _read_stored(self, stored: np.ndarray) -> np.ndarray:
     raise NotImplementedError
 
-  def view(self, rows: np.ndarray | None = None, transform: Callable | None = None) -> RowArray:
-    """These rows (indices into this array; default all) with `transform` (default this one's),
-    reading nothing."""
+  def view(
+    self,
+    rows: np.ndarray | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    *,
+    dtype: Any = np.float32,
+    example_shape: Sequence[int] | None = None,
+  ) -> RowArray:
+    """These rows (indices into this array; default all), reading nothing. `transform` runs
+    after this array's own on every batch read and gives `dtype` rows of `example_shape`
+    (default: unchanged)."""
     out = object.__new__(type(self))
     out.__dict__.update(self.__getstate__())
     if rows is not None:
       rows = np.asarray(rows, np.int64)
       out.rows = rows if self.rows is None else self.rows[rows]
     if transform is not None:
-      out.transform, out.dtype = transform, np.dtype(np.float32)
+      out.transform = transform if self.transform is None else Chain(self.transform, transform)
+      out.dtype = np.dtype(dtype)
+      if example_shape is not None:
+        out.example_shape = tuple(int(d) for d in example_shape)
     return out
 
   def __len__(self) -> int:
@@ -177,6 +189,16 @@ class RowArray:
     return dict(self.__dict__)
 
 
+class Chain:
+  """f then g, picklable (for transforms handed to worker processes)."""
+
+  def __init__(self, f: Callable, g: Callable):
+    self.f, self.g = f, g
+
+  def __call__(self, x: np.ndarray) -> np.ndarray:
+    return self.g(self.f(x))
+
+
 class RecordArray(RowArray):
   """Rows stored one record each in ArrayRecord shards `paths`; it pickles as their names."""
 
@@ -199,11 +221,11 @@ class RecordArray(RowArray):
     for i, r in zip(stored.tolist(), records, strict=True):
       if len(r) != self._row_bytes:
         raise UsageError(
-          f"{self._where()}: record {i} holds {len(r)} bytes; a row of {self.example_shape} "
+          f"{self._where()}: record {i} holds {len(r)} bytes; a row of {self.stored_shape} "
           f"{self.stored_dtype} is {self._row_bytes} (the file is damaged)"
         )
     flat = np.frombuffer(b"".join(records), self.stored_dtype)
-    return flat.reshape(len(stored), *self.example_shape).copy()  # writable, own memory
+    return flat.reshape(len(stored), *self.stored_shape).copy()  # writable, own memory
 
   def _reader(self):
     if self._source is None:
@@ -277,6 +299,14 @@ def open_split(directory: str, meta: Meta, split: str) -> tuple[RecordArray, np.
       raise UsageError(f"{directory}: {info['labels']} has shape {y.shape}; expected ({len(x)},)")
     y = y.astype(np.int32)
   return x, y
+
+
+def open_rows(directory: str) -> tuple[RecordArray, Meta]:
+  """Every stored row of a records directory, unsplit (train then test when it has both)."""
+  meta = Meta.load(directory)
+  names = [n for n in SPLITS if n in meta.splits]
+  paths = [os.path.join(directory, s) for n in names for s in meta.splits[n]["shards"]]
+  return RecordArray(paths, meta.example_shape, meta.dtype), meta
 
 
 def write_shard(path: str, rows: Iterable[np.ndarray]) -> int:

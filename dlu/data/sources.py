@@ -271,7 +271,34 @@ def read_rows(
     return np.asarray(x)
   if kind == "folder":
     return local.read_folder(dataset, arg)[0]  # in sorted file order
-  raise UsageError(f"{what}: expected a table (csv:PATH, parquet:PATH), npz:PATH or folder:DIR")
+  if kind in ("records", "npy"):  # read batch by batch when used
+    if kind == "npy":
+      x, names = records.NpyArray(arg), None
+    else:
+      x, meta = records.open_rows(arg)
+      names = meta.columns
+    if not columns or x.ndim != 2:
+      return x
+    if names is None:  # npy vectors: columns by position
+      if x.example_shape[0] != len(columns):
+        raise UsageError(
+          f"{what}: rows have {x.example_shape[0]} columns; the run was trained on {len(columns)}"
+        )
+      return x
+    missing = [c for c in columns if c not in names]
+    if missing:
+      raise UsageError(
+        f"{what}: lacks the feature columns {preprocessing.listed(missing)} the run was trained on"
+      )
+    order = np.array([names.index(c) for c in columns])
+    if np.array_equal(order, np.arange(len(names))):
+      return x
+    pick = functools.partial(np.take, indices=order, axis=1)
+    return x.view(transform=pick, dtype=x.dtype, example_shape=(len(order),))
+  raise UsageError(
+    f"{what}: expected a table (csv:PATH, parquet:PATH), npz:PATH, folder:DIR, records:DIR or "
+    "npy:PATH"
+  )
 
 
 def describe(data: Dataset) -> str:
