@@ -8,7 +8,8 @@ A records directory (written by `experiments.prepare_data` or `write`) holds:
 
 SPLIT is `all` (a source without a test split; `--dataset=records:DIR` holds the test split out
 exactly as the in-memory source would) or `train` and `test`. Rows are stored raw (uint8 pixels,
-or float32 table features before scaling): reading a row is one copy, no decoding.
+or a table's float64 features before imputation and scaling): reading a row is one copy, no
+decoding.
 
 `RecordArray` is a read-only [N, ...] array over the shards: `x[i]`, `x[a:b]` and `x[rows]` read
 only those rows, so the training loop, the evaluators and worker processes index it like a NumPy
@@ -48,6 +49,7 @@ class Meta:
   columns: list[str] | None = None  # a table's feature columns, in stored order
   label_column: str | None = None
   source: str = ""
+  skipped: int = 0  # source rows left out as unreadable (experiments.prepare_data --skip_bad)
 
   def to_json(self) -> str:
     out = dataclasses.asdict(self)
