@@ -3,6 +3,9 @@ with its data in device memory; peak memory of the whole process tree.
 
   # The pipeline alone: images/s with 0, 1 and 2 worker processes (no model)
   python scripts/stream_benchmark.py pipeline --dataset=records:/data/synth1g --batch_size=256
+  # A dataset larger than memory: K copies of a records directory's shards (distinct files)
+  python scripts/stream_benchmark.py replicate --dataset=records:/data/synth1g --copies=26 \
+      --out_records=/data/synth26g
   # Training throughput and peak RSS, stream against device, same flags otherwise
   python scripts/stream_benchmark.py train --dataset=records:/data/fmnist \
       --compare_dataset=fashion_mnist --flagfile_for_train=experiments/configs/ae_conv_fashion_mnist.flags
@@ -40,6 +43,8 @@ flags.DEFINE_integer("steps", 300, "Steps to time (pipeline) or train (train).")
 flags.DEFINE_list("workers", ["0", "1", "2"], "--data_workers values to measure.")
 flags.DEFINE_list("extra", [], "train: more flags for experiments.train, e.g. --model=ae_conv.")
 flags.DEFINE_string("out", None, "Where to write the figures as JSON.")
+flags.DEFINE_integer("copies", 2, "replicate: how many copies of the shards.")
+flags.DEFINE_string("out_records", None, "replicate: the new records directory.")
 FLAGS = flags.FLAGS
 
 
@@ -172,11 +177,56 @@ def train() -> list[dict]:
   return rows
 
 
+def replicate() -> None:
+  """--copies copies of every shard of --dataset (records:DIR) as one larger dataset: the same
+  pixels repeated, in distinct files, so reading them is real disk traffic."""
+  import shutil
+
+  from dlu.data import records
+
+  src = FLAGS.dataset.removeprefix("records:")
+  meta = records.Meta.load(src)
+  if set(meta.splits) != {"all"}:
+    raise app.UsageError("replicate needs records with one split ('all')")
+  info = meta.splits["all"]
+  os.makedirs(FLAGS.out_records, exist_ok=True)
+  shards, labels = [], []
+  for k in range(FLAGS.copies):
+    for i, name in enumerate(info["shards"]):
+      new = records.shard_name(
+        "all", k * len(info["shards"]) + i, FLAGS.copies * len(info["shards"])
+      )
+      if not os.path.exists(os.path.join(FLAGS.out_records, new)):
+        shutil.copyfile(os.path.join(src, name), os.path.join(FLAGS.out_records, new + ".tmp"))
+        os.replace(
+          os.path.join(FLAGS.out_records, new + ".tmp"), os.path.join(FLAGS.out_records, new)
+        )
+      shards.append(new)
+    if info.get("labels"):
+      labels.append(np.load(os.path.join(src, info["labels"])))
+  described = {
+    "num_examples": info["num_examples"] * FLAGS.copies,
+    "shards": shards,
+    "labels": None,
+  }
+  if labels:
+    described["labels"] = "labels_all.npy"
+    np.save(os.path.join(FLAGS.out_records, "labels_all.npy"), np.concatenate(labels))
+  records.write_meta(
+    FLAGS.out_records,
+    records.Meta(**{**meta.__dict__, "splits": {"all": described}}),
+  )
+  size = sum(os.path.getsize(os.path.join(FLAGS.out_records, s)) for s in shards)
+  print(f"{FLAGS.out_records}: {described['num_examples']:,} rows, {size / 1e9:.1f} GB")
+
+
 def main(argv):
-  if len(argv) != 2 or argv[1] not in ("pipeline", "train"):
-    raise app.UsageError("usage: stream_benchmark.py pipeline|train --dataset=...")
+  if len(argv) != 2 or argv[1] not in ("pipeline", "train", "replicate"):
+    raise app.UsageError("usage: stream_benchmark.py pipeline|train|replicate --dataset=...")
   if not FLAGS.dataset:
     raise app.UsageError("--dataset is required")
+  if argv[1] == "replicate":
+    return replicate()
   if argv[1] == "train" and not FLAGS.flagfile_for_train:
     raise app.UsageError("train needs --flagfile_for_train")
   rows = pipeline() if argv[1] == "pipeline" else train()
