@@ -19,6 +19,7 @@ Batches hold `image`, plus `index` (the rows) for families that set `needs_index
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -32,7 +33,7 @@ from absl import flags
 from jax.sharding import Mesh
 
 from dlu import parallel
-from dlu.data import BatchReader, BatchSampler
+from dlu.data import BatchReader, BatchSampler, processes
 from dlu.errors import UsageError
 
 # Larger training splits stay in host memory and are fed one batch per step.
@@ -208,7 +209,8 @@ class StreamFeed:
       if not flags.FLAGS.is_parsed():  # Grain reads its own absl flags (a notebook parses none)
         flags.FLAGS.mark_as_parsed()
       stream = stream.mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch)
+        grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
+        worker_init_fn=functools.partial(processes.init_input_worker, parent=os.getpid()),
       )
     self._batches = iter(stream)
     self._queue: queue.Queue = queue.Queue(maxsize=prefetch)

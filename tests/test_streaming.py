@@ -4,6 +4,9 @@ the run."""
 
 import multiprocessing
 import os
+import subprocess
+import sys
+import time
 import types
 
 import jax
@@ -165,3 +168,63 @@ def test_pipeline_choice_and_its_errors(digits):
     choose("stream", on_disk.x_train, parallelism="pmap")
   with pytest.raises(UsageError, match="--steps_per_dispatch=4 needs .* --input_pipeline=stream"):
     device_data.check_pipeline("stream", on_disk.x_train, steps_per_dispatch=4)
+
+
+def _children(pid: int) -> list[int]:
+  out = []
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/stat") as f:
+          if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry))
+      except (OSError, ValueError, IndexError):
+        continue
+  return out
+
+
+def _cmdline(pid: int) -> str:
+  try:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+      return f.read().decode(errors="replace")
+  except OSError:
+    return ""
+
+
+@pytest.mark.slow
+def test_input_workers_end_with_a_killed_run(digits, tmp_path):
+  _, on_disk = digits
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "experiments.train",
+      f"--flagfile={root}/experiments/configs/ae_digits.flags",
+      f"--dataset={on_disk}",
+      "--input_pipeline=stream",
+      "--data_workers=1",
+      "--num_steps=1000000",
+      f"--workdir={tmp_path / 'run'}",
+    ],
+    cwd=root,
+    env={**os.environ, "XLA_FLAGS": ""},
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  try:
+    deadline, workers = time.time() + 120, []
+    while time.time() < deadline and proc.poll() is None and not workers:
+      time.sleep(0.5)
+      workers = [w for w in _children(proc.pid) if "spawn_main" in _cmdline(w)]
+    assert workers, "no input worker process was started"
+  finally:
+    proc.kill()
+    proc.wait()
+  deadline = time.time() + 20
+  while time.time() < deadline and any(os.path.exists(f"/proc/{w}") for w in workers):
+    time.sleep(0.2)
+  alive = [w for w in workers if os.path.exists(f"/proc/{w}")]
+  for w in alive:
+    os.kill(w, 9)
+  assert not alive, "input workers outlived the killed run"

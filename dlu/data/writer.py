@@ -19,7 +19,6 @@ import json
 import math
 import multiprocessing
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dlu.data import records
+from dlu.data import processes, records
 from dlu.errors import UsageError
 
 PLAN_FILE = "prepare.json"
@@ -263,22 +262,7 @@ def _write_done(out: str, job: Job, skipped: list) -> None:
 def _start_worker(counter: Any, parent: int) -> None:
   global _counter
   _counter = counter
-  _exit_with_parent(parent)
-
-
-def _exit_with_parent(parent: int) -> None:
-  """A worker ends when the process that started it does, even by kill -9: no orphans."""
-  if not sys.platform.startswith("linux"):
-    return
-  import ctypes  # noqa: PLC0415  (Linux only)
-
-  try:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-  except (OSError, AttributeError):
-    return
-  if os.getppid() != parent:  # it ended before the call
-    os._exit(1)
+  processes.exit_with_parent(parent)
 
 
 def _advance(n: int) -> None:
