@@ -4,6 +4,7 @@ the run."""
 
 import multiprocessing
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -228,3 +229,24 @@ def test_input_workers_end_with_a_killed_run(digits, tmp_path):
   for w in alive:
     os.kill(w, 9)
   assert not alive, "input workers outlived the killed run"
+
+
+def test_a_tfds_dataset_too_large_to_hold_is_read_by_row(monkeypatch):
+  from dlu.data import tfds_offline
+
+  held = data.load("fashion_mnist")
+  monkeypatch.setattr(tfds_offline, "IN_MEMORY_LIMIT", 0)  # as if it did not fit
+  lazy = data.load("fashion_mnist")
+  assert isinstance(lazy.x_train, tfds_offline.TfdsArray) and lazy.x_train.shape == (
+    60000,
+    28,
+    28,
+    1,
+  )
+  np.testing.assert_array_equal(lazy.y_train, held.y_train)
+  rows = np.array([59999, 3, 3, 12345])
+  np.testing.assert_array_equal(lazy.x_train[rows], held.x_train[rows])
+  np.testing.assert_array_equal(lazy.x_test[-5:], held.x_test[-5:])
+  sampler = data.BatchSampler(60000, 32, seed=0)
+  batch = data.BatchReader(pickle.loads(pickle.dumps(lazy.x_train)), sampler)(1875)  # epoch 1
+  np.testing.assert_array_equal(batch["image"], held.x_train[sampler.indices(1875)])

@@ -17,8 +17,7 @@ checks, splits), records (rows on disk) and tfds_offline; sources (load); writer
 (records written once).
 """
 
-from dlu.data.arrays import ACCEPTED_FORMS, PIXEL_RANGES, Dataset, normalize
-from dlu.data.records import RowArray
+from dlu.data.arrays import ACCEPTED_FORMS, PIXEL_RANGES, Dataset, RowArray, normalize
 from dlu.data.sampler import BatchReader, BatchSampler
 from dlu.data.sources import (
   DEFAULT_IDX_DIR,

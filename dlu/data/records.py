@@ -21,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from dlu.data.arrays import RowArray
 from dlu.errors import UsageError
 
 META_FILE = "dataset.json"
@@ -33,7 +34,6 @@ FORMAT = "dlu-records/1"
 SPLITS = ("all", "train", "test")
 # One record per chunk: reading a row decompresses nothing else.
 WRITER_OPTIONS = "group_size:1,uncompressed"
-_READ_CHUNK_BYTES = 64 << 20  # np.asarray of a RecordArray reads this much at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,124 +79,6 @@ class Meta:
 
 def shard_name(split: str, index: int, count: int) -> str:
   return f"{split}-{index:05d}-of-{count:05d}.array_record"
-
-
-class RowArray:
-  """A read-only array [N, *example_shape] of `dtype` whose rows stay on disk until indexed.
-
-  `rows` (optional): which stored rows this array holds, in order (a split of the stored rows).
-  `transform` (optional): applied to every batch read, e.g. a table's fitted scaling (float
-  [n, D] in, float32 [n, D] out; `dtype` is then float32). Subclasses read stored rows.
-  """
-
-  def __init__(
-    self,
-    num_stored: int,
-    example_shape: Sequence[int],
-    dtype: Any,
-    *,
-    rows: np.ndarray | None = None,
-    transform: Callable[[np.ndarray], np.ndarray] | None = None,
-  ):
-    self.num_stored = int(num_stored)
-    self.example_shape = tuple(int(d) for d in example_shape)
-    self.stored_shape = self.example_shape
-    self.stored_dtype = np.dtype(dtype)
-    self.dtype = np.dtype(np.float32) if transform is not None else self.stored_dtype
-    self.rows = None if rows is None else np.asarray(rows, np.int64)
-    self.transform = transform
-    self._row_bytes = int(np.prod(self.stored_shape)) * self.stored_dtype.itemsize
-
-  def _read_stored(self, stored: np.ndarray) -> np.ndarray:
-    raise NotImplementedError
-
-  def view(
-    self,
-    rows: np.ndarray | None = None,
-    transform: Callable[[np.ndarray], np.ndarray] | None = None,
-    *,
-    dtype: Any = np.float32,
-    example_shape: Sequence[int] | None = None,
-  ) -> RowArray:
-    """These rows (indices into this array; default all), reading nothing. `transform` runs
-    after this array's own on every batch read and gives `dtype` rows of `example_shape`
-    (default: unchanged)."""
-    out = object.__new__(type(self))
-    out.__dict__.update(self.__getstate__())
-    if rows is not None:
-      rows = np.asarray(rows, np.int64)
-      out.rows = rows if self.rows is None else self.rows[rows]
-    if transform is not None:
-      out.transform = transform if self.transform is None else Chain(self.transform, transform)
-      out.dtype = np.dtype(dtype)
-      if example_shape is not None:
-        out.example_shape = tuple(int(d) for d in example_shape)
-    return out
-
-  def __len__(self) -> int:
-    return self.num_stored if self.rows is None else len(self.rows)
-
-  @property
-  def shape(self) -> tuple[int, ...]:
-    return (len(self), *self.example_shape)
-
-  @property
-  def ndim(self) -> int:
-    return 1 + len(self.example_shape)
-
-  @property
-  def size(self) -> int:
-    return int(np.prod(self.shape))
-
-  @property
-  def nbytes(self) -> int:
-    return len(self) * int(np.prod(self.example_shape)) * self.dtype.itemsize
-
-  def __getitem__(self, key: Any) -> np.ndarray:
-    rest: tuple = ()
-    if isinstance(key, tuple):  # e.g. (slice, slice, ...) from jax.make_array_from_callback
-      key, rest = (key[0] if key else slice(None)), key[1:]
-    if isinstance(key, (int, np.integer)):
-      i = int(key) + (len(self) if key < 0 else 0)
-      out = self.read(np.array([i]))[0]
-    elif isinstance(key, slice):
-      out = self.read(np.arange(len(self))[key])
-    else:
-      idx = np.asarray(key)
-      if idx.dtype == np.bool_:
-        idx = np.flatnonzero(idx)
-      out = self.read(idx.astype(np.int64).reshape(-1)).reshape(*idx.shape, *self.example_shape)
-    return out[(slice(None), *rest)] if rest else out
-
-  def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-    step = max(1, _READ_CHUNK_BYTES // max(1, self._row_bytes))
-    parts = [self.read(np.arange(s, min(s + step, len(self)))) for s in range(0, len(self), step)]
-    out = np.concatenate(parts) if parts else np.zeros(self.shape, self.dtype)
-    return out if dtype is None else out.astype(dtype)
-
-  def astype(self, dtype: Any) -> np.ndarray:
-    return np.asarray(self, dtype)
-
-  def read(self, idx: np.ndarray) -> np.ndarray:
-    """Rows `idx` (indices into this array) as a new [len(idx), *example_shape] array."""
-    idx = np.asarray(idx, np.int64)
-    if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
-      raise IndexError(f"rows {idx.min()}..{idx.max()} are out of range for {len(self)} rows")
-    out = self._read_stored(idx if self.rows is None else self.rows[idx])
-    return self.transform(out) if self.transform is not None else out
-
-  def __getstate__(self) -> dict:
-    return dict(self.__dict__)
-
-
-class Chain:
-  """f then g, picklable (for transforms handed to worker processes)."""
-
-  def __init__(self, f: Callable, g: Callable):
-    self.f, self.g = f, g
-
-  def __call__(self, x: np.ndarray) -> np.ndarray:
-    return self.g(self.f(x))
 
 
 class RecordArray(RowArray):
