@@ -41,6 +41,7 @@ flags.DEFINE_string("flagfile_for_train", None, "train: the experiment's flagfil
 flags.DEFINE_integer("batch_size", 256, "Global batch size.")
 flags.DEFINE_integer("steps", 300, "Steps to time (pipeline) or train (train).")
 flags.DEFINE_list("workers", ["0", "1", "2"], "--data_workers values to measure.")
+flags.DEFINE_boolean("with_device", True, "train: also the device-resident run, for reference.")
 flags.DEFINE_list("extra", [], "train: more flags for experiments.train, e.g. --model=ae_conv.")
 flags.DEFINE_string("out", None, "Where to write the figures as JSON.")
 flags.DEFINE_integer("copies", 2, "replicate: how many copies of the shards.")
@@ -158,7 +159,8 @@ def _train_once(dataset: str, pipeline_flags: list[str], workdir: str) -> dict:
 def train() -> list[dict]:
   rows = []
   compare = FLAGS.compare_dataset or FLAGS.dataset
-  runs = [("device", compare, ["--input_pipeline=device"])] + [
+  runs = [("device", compare, ["--input_pipeline=device"])] if FLAGS.with_device else []
+  runs += [
     (f"stream, {w} workers", FLAGS.dataset, ["--input_pipeline=stream", f"--data_workers={w}"])
     for w in FLAGS.workers
   ]
@@ -171,15 +173,17 @@ def train() -> list[dict]:
       f"{row['steps_per_s'] * FLAGS.batch_size:,.0f} ex/s, peak RSS {row['peak_rss_mib']:,.0f} MiB",
       flush=True,
     )
-  base = rows[0]["steps_per_s"]
-  for row in rows:
-    row["relative_to_device"] = row["steps_per_s"] / base
+  if FLAGS.with_device:
+    for row in rows:
+      row["relative_to_device"] = row["steps_per_s"] / rows[0]["steps_per_s"]
   return rows
 
 
 def replicate() -> None:
-  """--copies copies of every shard of --dataset (records:DIR) as one larger dataset: the same
-  pixels repeated, in distinct files, so reading them is real disk traffic."""
+  """--copies copies of every shard of --dataset (records:DIR, one split 'all') as the train
+  split of a larger dataset, and its first shard as the test split: the same pixels repeated,
+  in distinct files, so reading them is real disk traffic, and the same small test split
+  whatever the size."""
   import shutil
 
   from dlu.data import records
@@ -189,35 +193,36 @@ def replicate() -> None:
   if set(meta.splits) != {"all"}:
     raise app.UsageError("replicate needs records with one split ('all')")
   info = meta.splits["all"]
-  os.makedirs(FLAGS.out_records, exist_ok=True)
-  shards, labels = [], []
+  out = FLAGS.out_records
+  os.makedirs(out, exist_ok=True)
+  y = np.load(os.path.join(src, info["labels"])) if info.get("labels") else None
+  count = FLAGS.copies * len(info["shards"])
+  train = []
   for k in range(FLAGS.copies):
     for i, name in enumerate(info["shards"]):
-      new = records.shard_name(
-        "all", k * len(info["shards"]) + i, FLAGS.copies * len(info["shards"])
-      )
-      if not os.path.exists(os.path.join(FLAGS.out_records, new)):
-        shutil.copyfile(os.path.join(src, name), os.path.join(FLAGS.out_records, new + ".tmp"))
-        os.replace(
-          os.path.join(FLAGS.out_records, new + ".tmp"), os.path.join(FLAGS.out_records, new)
-        )
-      shards.append(new)
-    if info.get("labels"):
-      labels.append(np.load(os.path.join(src, info["labels"])))
-  described = {
-    "num_examples": info["num_examples"] * FLAGS.copies,
-    "shards": shards,
-    "labels": None,
+      new = records.shard_name("train", k * len(info["shards"]) + i, count)
+      if not os.path.exists(os.path.join(out, new)):
+        shutil.copyfile(os.path.join(src, name), os.path.join(out, new + ".tmp"))
+        os.replace(os.path.join(out, new + ".tmp"), os.path.join(out, new))
+      train.append(new)
+  test = records.shard_name("test", 0, 1)
+  shutil.copyfile(os.path.join(src, info["shards"][0]), os.path.join(out, test))
+  num_test = records.RecordArray(
+    [os.path.join(out, test)], meta.example_shape, meta.dtype
+  ).num_stored
+  splits = {
+    "train": {"num_examples": info["num_examples"] * FLAGS.copies, "shards": train, "labels": None},
+    "test": {"num_examples": num_test, "shards": [test], "labels": None},
   }
-  if labels:
-    described["labels"] = "labels_all.npy"
-    np.save(os.path.join(FLAGS.out_records, "labels_all.npy"), np.concatenate(labels))
-  records.write_meta(
-    FLAGS.out_records,
-    records.Meta(**{**meta.__dict__, "splits": {"all": described}}),
+  if y is not None:
+    np.save(os.path.join(out, "labels_train.npy"), np.tile(y, FLAGS.copies))
+    np.save(os.path.join(out, "labels_test.npy"), y[:num_test])
+    splits["train"]["labels"], splits["test"]["labels"] = "labels_train.npy", "labels_test.npy"
+  records.write_meta(out, records.Meta(**{**meta.__dict__, "splits": splits}))
+  size = sum(os.path.getsize(os.path.join(out, s)) for s in train)
+  print(
+    f"{out}: {splits['train']['num_examples']:,} train rows ({size / 1e9:.1f} GB), {num_test:,} test"
   )
-  size = sum(os.path.getsize(os.path.join(FLAGS.out_records, s)) for s in shards)
-  print(f"{FLAGS.out_records}: {described['num_examples']:,} rows, {size / 1e9:.1f} GB")
 
 
 def main(argv):
