@@ -19,7 +19,16 @@ import jax
 import numpy as np
 from absl import flags
 
-from dlu import batched_eval, checkpointing, data, evaluators, families, parallel, selection
+from dlu import (
+  batched_eval,
+  checkpointing,
+  data,
+  device_data,
+  evaluators,
+  families,
+  parallel,
+  selection,
+)
 from dlu import flags as dlu_flags
 from dlu.data import preprocessing
 from dlu.errors import UsageError
@@ -108,6 +117,12 @@ def build(cfg: dlu_flags.Config, workdir: str) -> Experiment:
       f"--batch_size={batch_size} is larger than the training split "
       f"({spec.num_train} examples of {cfg.dataset})"
     )
+  device_data.check_pipeline(
+    cfg.input_pipeline,
+    dataset.x_train,
+    parallelism=cfg.parallelism,
+    steps_per_dispatch=cfg.steps_per_dispatch,
+  )
   sampler = data.BatchSampler(
     spec.num_train,
     batch_size,

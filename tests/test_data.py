@@ -438,3 +438,20 @@ def test_a_tfds_validation_split_is_the_runs_validation_split(tmp_path, monkeypa
   assert ds.x_valid.shape == (12, 28, 28, 1) and ds.y_valid.shape == (12,)
   held = data.hold_out_validation(ds, 0.1, seed=0)  # its own split: no training rows taken
   assert held is ds and len(held.x_train) == 12
+
+
+def test_validation_of_rows_on_disk_reads_nothing(tmp_path):
+  """npy:PATH stays on disk: the validation rows and the training rows are views of it, and
+  the test split's view puts every training row back."""
+  from dlu.data.arrays import RowArray  # pylint: disable=g-import-not-at-top
+
+  digits = data.load("digits")
+  np.save(tmp_path / "x.npy", digits.x_train)
+  ds = data.load(f"npy:{tmp_path / 'x.npy'}")
+  held = data.hold_out_validation(ds, 0.2, seed=0)
+  assert isinstance(held.x_train, RowArray) and isinstance(held.x_valid, RowArray)
+  assert len(held.x_train) + len(held.x_valid) == len(ds.x_train)
+  np.testing.assert_array_equal(np.asarray(held.x_valid), np.asarray(ds.x_train)[held.valid_rows])
+  whole = held.scored_on("test")
+  assert isinstance(whole.x_train, RowArray) and whole.x_test is held.x_test
+  np.testing.assert_array_equal(np.asarray(whole.x_train), np.asarray(ds.x_train))

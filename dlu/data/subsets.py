@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from dlu.data.arrays import Dataset
+from dlu.data.arrays import Dataset, take
 from dlu.errors import UsageError
 
 # Streams of the numpy generator seeded with [seed, stream]: each selection draws its own.
@@ -39,12 +39,13 @@ def validation_rows(num_train: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def _keep(ds: Dataset, rows: np.ndarray, **changes) -> Dataset:
-  """`ds` with only the training rows `rows`."""
+  """`ds` with only the training rows `rows` (rows on disk stay there: a view)."""
   return dataclasses.replace(
     ds,
-    x_train=ds.x_train[rows],
+    x_train=take(ds.x_train, rows),
     y_train=None if ds.y_train is None else ds.y_train[rows],
     unsplit=ds if ds.unsplit is None else ds.unsplit,
+    train_rows=rows if ds.train_rows is None else ds.train_rows[rows],
     **changes,
   )
 
@@ -61,8 +62,9 @@ def hold_out_validation(ds: Dataset, fraction: float, *, seed: int) -> Dataset:
   return _keep(
     ds,
     train,
-    x_valid=ds.x_train[valid],
+    x_valid=take(ds.x_train, valid),
     y_valid=None if ds.y_train is None else ds.y_train[valid],
+    valid_rows=valid if ds.train_rows is None else ds.train_rows[valid],
   )
 
 
