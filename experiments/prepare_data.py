@@ -6,12 +6,9 @@ fashion_mnist is built from local IDX files when present (no TensorFlow needed);
 tfds datasets are downloaded, which needs `pip install 'dlu[prepare]'`.
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
-from dlu import data
-from dlu.errors import UsageError
+from dlu import cli, data
 
 # The training flags define the same names; define them only once per process.
 if "dataset" not in flags.FLAGS:
@@ -36,14 +33,9 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    print(data.prepare(FLAGS.dataset, data_dir=FLAGS.data_dir, idx_dir=FLAGS.idx_dir))
-  except UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  del argv
+  print(data.prepare(FLAGS.dataset, data_dir=FLAGS.data_dir, idx_dir=FLAGS.idx_dir))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
