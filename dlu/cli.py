@@ -1,6 +1,6 @@
 """How every absl entry point runs: flag errors and stray arguments exit 2, a UsageError
-exits 2 and a RunFailure 1, each as one line `error: ...` (the traceback with --verbose);
-library INFO chatter stays off the console.
+exits 2 and a RunFailure 1, each as one line `error: ...` (the traceback and library
+warnings with --verbose).
 
     if __name__ == "__main__":
       cli.run(main)
@@ -46,7 +46,8 @@ def start(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # keep library INFO chatter off the console
+    # Library logs (Orbax's, JAX's) stay off the console; --verbose shows their warnings.
+    logging.set_verbosity(logging.WARNING if flags.FLAGS.verbose else logging.FATAL)
 
 
 def guarded(main: Callable[[list[str]], None], argv: list[str]) -> None:

@@ -152,8 +152,12 @@ def test_half_written_and_corrupt_checkpoints(tmp_path):
         f.truncate(3)
   out = _run(workdir, "--num_steps=80")
   assert out.returncode == 2
-  assert "cannot restore the checkpoint" in out.stderr and "resume from step 40" in out.stderr
-  assert "Traceback" not in out.stderr and _steps(workdir) == [20, 40, 60]
+  assert "checkpoint step 60 is corrupt" in out.stderr and "last intact step is 40" in out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1 and _steps(workdir) == [20, 40, 60]
+  out = _run(workdir, "--num_steps=80", "--resume_from=last_intact")
+  assert out.returncode == 0 and "from step 40" in out.stdout, out.stderr
+  assert _steps(workdir)[-1] == 80
+  assert os.listdir(os.path.join(workdir, "corrupt_checkpoints")) == ["60"]
 
 
 @pytest.mark.slow
