@@ -3,6 +3,7 @@ one line `error: ...`, and leaves every byte of the workdir as it was."""
 
 import gzip
 import io
+import json
 import os
 import shutil
 import zipfile
@@ -376,3 +377,74 @@ def test_flag_parse_errors_exit_2(capsys):
       cli.parse_flags(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: ") and message in err, err
+
+
+def test_every_file_of_a_checkpoint_is_checked(trained, tmp_path):
+  step_dir = os.path.join(trained, "checkpoints", "4")
+  files = sorted(
+    os.path.relpath(os.path.join(d, f), step_dir)
+    for d, _, fs in os.walk(step_dir)
+    for f in fs
+    if f != checkpointing.CHECKSUMS
+  )
+  assert any(_is_data(f) for f in files) and "default/manifest.ocdbt" in files
+  for rel in files:
+    workdir = str(tmp_path / rel.replace("/", "_"))
+    shutil.copytree(trained, workdir)
+    _flip(os.path.join(workdir, "checkpoints", "4", rel))
+    with pytest.raises(checkpointing.CheckpointError) as e:
+      checkpointing.read_checkpoint(workdir)
+    assert f"checkpoint step 4 is corrupt: {os.path.join(workdir, 'checkpoints', '4', rel)}" in str(
+      e.value
+    )
+    assert "has changed since it was saved" in str(e.value)
+    assert "the last intact step is 2" in str(e.value)
+  checkpointing.read_checkpoint(trained)  # The original is intact.
+
+
+def test_resume_from_last_intact_moves_the_damaged_step_aside(trained, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained, workdir)
+  _flip(_step_file(workdir, _is_data))
+  cfg = dlu_flags.make_config(**{**BASE, "num_steps": 6, "resume_from": "last_intact"})
+  code, out, err = run(cfg, workdir, capsys)
+  assert code == 0, err
+  assert "Resuming ae_seed on digits from step 2" in out
+  assert os.listdir(os.path.join(workdir, "corrupt_checkpoints")) == ["4"]
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [2, 4, 6]
+  checkpointing.read_checkpoint(workdir, 4)  # Retrained, with its own checksums.
+  rows = [json.loads(r) for r in open(os.path.join(workdir, "metrics.jsonl"))]
+  keys = [(r["step"], r["split"]) for r in rows]
+  assert len(keys) == len(set(keys)) and [k[0] for k in keys] == sorted(k[0] for k in keys)
+
+
+def test_a_full_disk_names_the_path_and_step_and_keeps_the_last_checkpoint(
+  trained, tmp_path, capsys, monkeypatch
+):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained, workdir)
+
+  def full(self, step, state):
+    raise OSError(28, "No space left on device", os.path.join(self.directory, str(step)))
+
+  monkeypatch.setattr(checkpointing.Checkpointer, "save", full)
+  code, _, err = run(dlu_flags.make_config(**{**BASE, "num_steps": 6}), workdir, capsys)
+  assert code == 1 and err.count("\n") == 1
+  assert "checkpoints/6 (No space left on device) at step 6" in err
+  assert "the last good checkpoint (step 4) is kept" in err
+  assert not os.path.exists(os.path.join(workdir, ".lock"))
+
+
+def test_loading_a_run_is_read_only(trained, tmp_path):
+  from dlu import experiment
+
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained, workdir)
+  # A save in flight of the trainer: loaders must neither see nor clean it up.
+  tmp = os.path.join(workdir, "checkpoints", "6.orbax-checkpoint-tmp-1700000000")
+  os.makedirs(os.path.join(tmp, "default"))
+  before = snapshot(workdir)
+  _, state = experiment.load_run(workdir)
+  assert int(state.step) == 4
+  assert int(checkpointing.read_checkpoint(workdir)["step"]) == 4
+  assert snapshot(workdir) == before
