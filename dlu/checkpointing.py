@@ -107,6 +107,7 @@ class Checkpointer:
         max_to_keep=keep, create=False, cleanup_tmp_directories=True
       )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._unsealed: set[int] = set()  # Saved by this process, checksums not yet written.
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -155,14 +156,15 @@ class Checkpointer:
       return
     os.makedirs(self.directory, exist_ok=True)
     self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    self._unsealed.add(step)
 
   def wait(self) -> None:
-    """Waits for the save in flight, then checksums every finished step that has none."""
+    """Waits for the save in flight, then checksums the steps this process saved (a step
+    found on disk without checksums is never sealed: it may have changed since)."""
     self.manager.wait_until_finished()
-    if self.read_only or jax.process_index() != 0:
-      return
-    for step in self.manager.all_steps():
-      if not os.path.exists(os.path.join(self.step_dir(step), CHECKSUMS)):
+    finished, self._unsealed = self._unsealed & set(self.manager.all_steps()), set()
+    if jax.process_index() == 0:
+      for step in sorted(finished):
         write_checksums(self.step_dir(step))
 
   def close(self) -> None:

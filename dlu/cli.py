@@ -8,6 +8,7 @@ warnings with --verbose).
 
 from __future__ import annotations
 
+import logging as std_logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -42,12 +43,36 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+# What Orbax's reads still in flight report after a failed restore has closed their event
+# loop, or after the interpreter began to shut down: echoes of an error already reported.
+_ECHOES = (
+  (RuntimeError, "Event loop is closed"),
+  (ImportError, "sys.meta_path is None"),
+)
+
+
+def _is_echo(value: BaseException | None) -> bool:
+  return any(isinstance(value, k) and text in str(value) for k, text in _ECHOES)
+
+
+def _without_echoes(hook: Callable) -> Callable:
+  def unraisablehook(unraisable):
+    if not _is_echo(unraisable.exc_value):
+      hook(unraisable)
+
+  return unraisablehook
+
+
 def start(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  verbose = flags.FLAGS.verbose
   if not flags.FLAGS["verbosity"].present:
     # Library logs (Orbax's, JAX's) stay off the console; --verbose shows their warnings.
-    logging.set_verbosity(logging.WARNING if flags.FLAGS.verbose else logging.FATAL)
+    logging.set_verbosity(logging.WARNING if verbose else logging.FATAL)
+  if not verbose:
+    std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+    sys.unraisablehook = _without_echoes(sys.unraisablehook)
 
 
 def guarded(main: Callable[[list[str]], None], argv: list[str]) -> None:

@@ -448,3 +448,16 @@ def test_loading_a_run_is_read_only(trained, tmp_path):
   assert int(state.step) == 4
   assert int(checkpointing.read_checkpoint(workdir)["step"]) == 4
   assert snapshot(workdir) == before
+
+
+def test_a_step_found_without_checksums_is_never_sealed(trained, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained, workdir)
+  # Killed between Orbax's rename and the checksums, then damaged: restored unchecked, and
+  # the failing restore must not write checksums of the damaged files.
+  os.remove(_step_file(workdir, lambda r: r == checkpointing.CHECKSUMS))
+  shutil.rmtree(os.path.dirname(_step_file(workdir, lambda r: r.startswith("default/d/"))))
+  before = snapshot(workdir)
+  code, _, err = run(dlu_flags.make_config(**{**BASE, "num_steps": 6}), workdir, capsys)
+  assert code == 2 and "cannot restore the checkpoint" in err and "from step 2" in err
+  assert snapshot(workdir) == before
