@@ -461,3 +461,26 @@ def test_a_step_found_without_checksums_is_never_sealed(trained, tmp_path, capsy
   code, _, err = run(dlu_flags.make_config(**{**BASE, "num_steps": 6}), workdir, capsys)
   assert code == 2 and "cannot restore the checkpoint" in err and "from step 2" in err
   assert snapshot(workdir) == before
+
+
+def test_symlinked_folders_are_not_followed_into_loops_or_duplicates(tmp_path):
+  from PIL import Image
+
+  from dlu.data import local
+
+  root = tmp_path / "images"
+  (root / "a").mkdir(parents=True)
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "a" / "x.png")
+  os.symlink(root, root / "a" / "loop")  # a/loop/a/loop/... forever if followed
+  os.symlink(root / "a", root / "b")  # class b: the images of a again
+  x, y, num_classes = local.read_folder("folder:images", str(root))
+  assert len(x) == 1 and list(y) == [0] and num_classes == 1
+
+
+def test_verbose_adds_the_traceback(trained, tmp_path, capsys, monkeypatch):
+  from absl import flags
+
+  monkeypatch.setattr(flags.FLAGS, "verbose", True)
+  code, _, err = run(dlu_flags.make_config(**{**BASE, "seed": 1}), trained, capsys)
+  assert code == 2 and "Traceback (most recent call last)" in err
+  assert err.splitlines()[-1].startswith("error: ") and "--seed (checkpoint 0, now 1)" in err
