@@ -7,6 +7,9 @@ Any flag may follow the flagfile to override it. Rerunning the same command resu
 On a cluster the same command runs in every process (see scripts/launch_*).
 """
 
+import signal
+import sys
+
 from absl import flags
 
 from dlu import cli, distributed, train_loop
@@ -15,8 +18,16 @@ from dlu import flags as dlu_flags
 FLAGS = flags.FLAGS
 
 
+def _sigterm_at_start_up(signum, frame):
+  del signum, frame
+  print("SIGTERM received during start-up; nothing written", flush=True)
+  sys.exit(0)
+
+
 def main(argv):
   del argv
+  # Until training installs its own pre-emption handler: end cleanly, nothing written.
+  signal.signal(signal.SIGTERM, _sigterm_at_start_up)
   started = distributed.initialize_from_flags(FLAGS)
   try:
     train_loop.train_and_evaluate(dlu_flags.config_from_flags(FLAGS), FLAGS.workdir)
