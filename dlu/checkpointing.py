@@ -85,6 +85,17 @@ class CheckpointError(UsageError):
     super().__init__(message)
 
 
+class SaveError(RuntimeError):
+  """A save failed (a full disk, ...): nothing of it became a checkpoint."""
+
+  def __init__(self, directory: str, steps: list[int], cause: Exception):
+    reason = getattr(cause, "strerror", None) or str(cause).strip().splitlines()[0][:300]
+    if "No space left on device" in str(cause):
+      reason = "No space left on device"
+    where = os.path.join(directory, str(steps[-1])) if steps else directory
+    super().__init__(f"cannot save the checkpoint {where} ({reason})")
+
+
 class Checkpointer:
   """Keeps the last `keep` checkpoints under `directory`; the loop decides when to save.
 
@@ -161,7 +172,11 @@ class Checkpointer:
   def wait(self) -> None:
     """Waits for the save in flight, then checksums the steps this process saved (a step
     found on disk without checksums is never sealed: it may have changed since)."""
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # Orbax raises OSError, or ValueError for tensorstore's errors.
+      unsealed, self._unsealed = sorted(self._unsealed), set()
+      raise SaveError(self.directory, unsealed, e) from e
     finished, self._unsealed = self._unsealed & set(self.manager.all_steps()), set()
     if jax.process_index() == 0:
       for step in sorted(finished):

@@ -134,15 +134,25 @@ def _start(exp: Experiment, schedule, preemption: PreemptionNotice) -> dict[str,
       enabled=lead,
     )
     evaluation = evaluators.Evaluation(exp, writer, schedule)
-    return _train(exp, workdir, ckpt, writer, evaluation, profile, preemption, state, resumed)
-  finally:
-    if profile is not None:
-      profile.close()
+    result = _train(exp, workdir, ckpt, writer, evaluation, profile, preemption, state, resumed)
+  except BaseException:
+    _close(profile, ckpt, writer, quiet=True)  # The error in flight is the one to report.
+    raise
+  _close(profile, ckpt, writer, quiet=False)
+  return result
+
+
+def _close(*resources, quiet: bool) -> None:
+  """Closes each of `resources` (None: skipped); raises the first error unless `quiet`."""
+  first = None
+  for r in resources:
     try:
-      ckpt.close()
-    finally:
-      if writer is not None:
-        writer.close()
+      if r is not None:
+        r.close()
+    except Exception as e:  # pylint: disable=broad-except
+      first = first or e
+  if first is not None and not quiet:
+    raise first
 
 
 def _train(
@@ -258,10 +268,15 @@ def _train(
       evaluation.inputs.cached_embeddings("test", step),
     )
     ckpt.wait()
-  except OSError as e:  # A full disk, a folder gone: say where, and what is kept.
+  except (OSError, checkpointing.SaveError) as e:  # A full disk: say where, and what is kept.
     kept = ckpt.kept_step()
+    what = (
+      str(e)
+      if isinstance(e, checkpointing.SaveError)
+      else f"cannot write {e.filename or workdir} ({e.strerror or e})"
+    )
     raise RunFailure(
-      f"cannot write {e.filename or workdir} ({e.strerror or e}) at step {step}; "
+      f"{what} at step {step}; "
       + (f"the last good checkpoint (step {kept}) is kept" if kept else "no checkpoint is kept")
     ) from e
   if lead:
