@@ -218,7 +218,8 @@ def restore_or_init(exp: Experiment, ckpt: checkpointing.Checkpointer) -> tuple[
   """(state, resumed): the workdir's latest checkpoint, or a fresh state.
 
   A checkpoint is only resumed by the run that wrote it: run-defining flags that differ
-  from its flags.txt are refused unless --allow_flag_changes.
+  from its flags.txt are refused unless --allow_flag_changes (loaders, read-only, may
+  override them).
   """
   init, abstract_state = parallel.make_init(exp.family, exp.mesh)
   workdir, cfg = exp.ctx.workdir, exp.cfg
@@ -226,13 +227,14 @@ def restore_or_init(exp: Experiment, ckpt: checkpointing.Checkpointer) -> tuple[
   if latest is None:
     return init(exp.init_rng), False
   differing = differing_flags(workdir, cfg)
-  if differing and not getattr(cfg, "allow_flag_changes", False):
+  # Loaders (read-only) may override flags on purpose; only a resumed training is refused.
+  if differing and not ckpt.read_only and not cfg.allow_flag_changes:
     raise UsageError(
       f"{workdir} holds a checkpoint of a different model or run; flags that differ: "
       f"{_listed(differing)}. Rerun with the flags its flags.txt records, add "
       "--allow_flag_changes to continue it with these, or use another --workdir"
     )
-  if getattr(cfg, "resume_from", "latest") == "last_intact":
+  if cfg.resume_from == "last_intact":
     return _intact_state(exp, ckpt, abstract_state), True
   try:
     state = ckpt.restore(abstract_state)

@@ -124,6 +124,7 @@ def _start(exp: Experiment, schedule, preemption: PreemptionNotice) -> dict[str,
     if resumed and step >= cfg.num_steps:
       if lead:
         print(f"{workdir} is already trained to step {step} (--num_steps); nothing to do")
+        print_summary(workdir)
       return metric_writers.last_row(os.path.join(workdir, "metrics.jsonl"), "eval")
     preemption.training()  # From here on, the workdir is written to.
     writer = metric_writers.create_default_writer(workdir, lead=lead)
