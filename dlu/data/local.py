@@ -147,7 +147,7 @@ def _decode_image(path: str, what: str) -> np.ndarray:
           f"{what}: {path} has colour mode {im.mode}; expected grey (L), RGB or RGBA"
         )
       x = np.asarray(im.convert(mode), dtype=np.uint8)
-  except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+  except (OSError, ValueError, Image.DecompressionBombError) as e:  # Unidentified: an OSError
     if isinstance(e, UsageError):
       raise
     raise UsageError(f"{what}: cannot decode image {path} ({e})") from e
