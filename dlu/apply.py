@@ -16,6 +16,7 @@ functions (and so the same numbers) as training's evaluations and `experiments.e
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -46,9 +47,23 @@ class Run:
   # --- Inputs.
 
   def inputs(self, x: Any) -> np.ndarray:
-    """`x` as the model's stored inputs, checked against the training data. [N, ...]"""
-    x = np.asarray(x)
+    """`x` as the model's stored inputs, checked against the training data. [N, ...]
+
+    Rows on disk (`data.RowArray`: records:, npy:) stay there and are read batch by batch."""
     shape = self.dataset.example_shape
+    if isinstance(x, data.RowArray):
+      if x.example_shape != shape:
+        what = "images of shape" if self.dataset.is_image else "rows of"
+        raise UsageError(
+          f"inputs are {x.example_shape} per example; the run was trained on {what} {shape}"
+        )
+      if self.dataset.is_image and x.dtype != self.dataset.x_train.dtype:
+        raise UsageError(
+          f"inputs are {x.dtype} images; the run was trained on {self.dataset.x_train.dtype}"
+        )
+      pre = self.dataset.preprocessing
+      return x.view(transform=functools.partial(pre.transform, what="inputs")) if pre else x
+    x = np.asarray(x)
     if self.dataset.is_image:
       if x.ndim == len(shape) and shape[-1] == 1:
         x = x[..., None]

@@ -1,11 +1,17 @@
-"""Training batches gathered in device memory, and several steps per dispatch.
+"""Feeds of training batches: gathered in device memory, gathered by the host, or streamed.
 
-Datasets this small fit in device memory, so the training split is put there once and
-each batch is gathered on device by index: per step only the indices (from the
-BatchSampler's per-epoch permutation, so the order is exactly the host loop's) cross
-to the device. `steps_per_dispatch=K` runs K steps in one jitted `lax.scan`, so the
-host launches one program per K steps; the loop logs, evaluates and checkpoints
-between dispatches and gets the metrics of each dispatch's last step.
+`--input_pipeline` chooses (`choose_pipeline`; auto by the split's size and where it lives):
+- device: small training splits are put in device memory once and each batch is gathered
+  on device by index: per step only the indices (from the BatchSampler's per-epoch
+  permutation, so the order is exactly the host loop's) cross to the device.
+  `steps_per_dispatch=K` runs K steps in one jitted `lax.scan`, so the host launches one
+  program per K steps; the loop logs, evaluates and checkpoints between dispatches and gets
+  the metrics of each dispatch's last step.
+- host: each process gathers its slice of every batch from host memory, one step per dispatch.
+- stream: Grain reads each process's slice of every batch, in the same order, from rows that
+  stay on disk (records:, npy:) or in memory, in worker processes (`--data_workers`), and a
+  thread puts the next batches on the devices while the current step runs.
+All three give the same batches, so the same run.
 
 Batches hold `image`, plus `index` (the rows) for families that set `needs_index` and
 `label` (y_train at those rows, int32) for families that set `needs_label`.
@@ -13,16 +19,21 @@ Batches hold `image`, plus `index` (the rows) for families that set `needs_index
 
 from __future__ import annotations
 
+import functools
+import os
+import queue
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from jax.sharding import Mesh
 
 from dlu import parallel
-from dlu.data import BatchSampler
+from dlu.data import BatchReader, BatchSampler, processes
 from dlu.errors import UsageError
 
 # Larger training splits stay in host memory and are fed one batch per step.
@@ -130,42 +141,210 @@ class DeviceFeed:
       return self.train_step(state, self.gather(self.arrays, idx[0]), self.rng)
     return self.multi_step(state, self.arrays, idx, self.rng)
 
+  def close(self) -> None:
+    pass
+
 
 class HostFeed:
-  """One step per dispatch on batches gathered in host memory (pmap, or data too large)."""
+  """One step per dispatch on batches gathered in this process, when asked for (pmap, or data
+  too large for the devices)."""
 
   def __init__(
     self,
     mesh: Mesh,
-    x_train: np.ndarray,
-    sampler: BatchSampler,
+    reader: BatchReader,
     train_step: Callable,
     rng: jax.Array,
     *,
     pmap: bool,
-    with_index: bool = False,
-    labels: np.ndarray | None = None,
   ):
-    """`labels`: [N] int32 put in each batch as `label`; None for families that need none."""
-    self.mesh, self.x_train, self.sampler, self.labels = mesh, x_train, sampler, labels
-    self.train_step, self.rng, self.pmap, self.with_index = train_step, rng, pmap, with_index
+    self.mesh, self.reader, self.train_step, self.rng, self.pmap = (
+      mesh,
+      reader,
+      train_step,
+      rng,
+      pmap,
+    )
 
   def __call__(self, state: Any, step: int, n: int) -> tuple[Any, Any]:
     assert n == 1, "a HostFeed runs one step per dispatch"
-    indices = self.sampler.indices(step)
-    local = {"image": self.x_train[indices]}
-    if self.labels is not None:
-      local["label"] = self.labels[indices]
-    if self.with_index:
-      local["index"] = indices.astype(np.int32)
+    local = self.reader(step)
     batch = parallel.pmap_batch(local) if self.pmap else parallel.global_batch(self.mesh, local)
     return self.train_step(state, batch, self.rng)
+
+  def close(self) -> None:
+    pass
+
+
+class StreamFeed:
+  """One step per dispatch on batches streamed by Grain in the sampler's order: read by
+  `workers` processes (0: threads of this one), put on the devices ahead of use by a thread.
+
+  Each process reads only its own slice of every global batch. Rows arrive as stored (uint8
+  pixels; a table's rows already scaled) and are scaled on device, as with the other feeds,
+  so the batches, and the run, are those of a DeviceFeed. Call `close()` (or use it as a
+  context manager) to stop the workers.
+  """
+
+  def __init__(
+    self,
+    mesh: Mesh,
+    reader: BatchReader,
+    train_step: Callable,
+    rng: jax.Array,
+    *,
+    start_step: int,
+    num_steps: int,
+    workers: int = 0,
+    prefetch: int = 2,
+  ):
+    import grain
+
+    self.mesh, self.train_step, self.rng = mesh, train_step, rng
+    self.next_step = start_step
+    steps = grain.MapDataset.range(start_step, max(start_step, num_steps)).map(reader)
+    # Each element is a whole batch: buffer a few, not grain's default of hundreds.
+    stream = steps.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch))
+    if workers > 0:
+      if not flags.FLAGS.is_parsed():  # Grain reads its own absl flags (a notebook parses none)
+        flags.FLAGS.mark_as_parsed()
+      stream = stream.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
+        worker_init_fn=functools.partial(processes.init_input_worker, parent=os.getpid()),
+      )
+    self._batches = iter(stream)
+    self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._put_on_devices, daemon=True)
+    self._thread.start()
+
+  def _put_on_devices(self) -> None:
+    try:
+      for local in self._batches:
+        item = parallel.global_batch(self.mesh, jax.tree.map(_own_memory, local))
+        while not self._stop.is_set():
+          try:
+            self._queue.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if self._stop.is_set():
+          return
+    except BaseException as e:  # handed to the loop, which raises it
+      self._queue.put(e)
+    else:
+      self._queue.put(StopIteration())
+
+  def next_batch(self) -> Any:
+    while True:
+      try:
+        item = self._queue.get(timeout=1.0)
+        break
+      except queue.Empty:
+        if not self._thread.is_alive():
+          raise RuntimeError("the input stream stopped without a word") from None
+    if isinstance(item, BaseException):
+      raise item
+    return item
+
+  def __call__(self, state: Any, step: int, n: int) -> tuple[Any, Any]:
+    assert n == 1, "a StreamFeed runs one step per dispatch"
+    if step != self.next_step:
+      raise RuntimeError(f"the input stream is at step {self.next_step}, the loop at {step}")
+    self.next_step += 1
+    return self.train_step(state, self.next_batch(), self.rng)
+
+  def close(self) -> None:
+    """Stops the device thread and the worker processes; safe to call more than once."""
+    self._stop.set()
+    while True:  # unblock the thread if it waits on a full queue
+      try:
+        self._queue.get_nowait()
+      except queue.Empty:
+        break
+    close = getattr(self._batches, "close", None)
+    if close is not None:
+      close()
+    self._thread.join(timeout=10)
+
+  def __enter__(self) -> StreamFeed:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+
+def _own_memory(x: np.ndarray) -> np.ndarray:
+  """A worker's batch (in shared memory) copied to this process; the shared block is freed."""
+  own = np.array(x)
+  free = getattr(x, "close_and_unlink_shm", None)
+  if free is not None:
+    free()
+  return own
+
+
+PIPELINES = ("auto", "device", "host", "stream")
+
+
+def choose_pipeline(requested: str, x_train: Any, *, parallelism: str = "jit") -> str:
+  """The feed `--input_pipeline=auto` means for this training split: `device` when it fits
+  MAX_DEVICE_BYTES (and, for rows on disk, a quarter of the host's memory), `stream` for rows on
+  disk (records:, npy:) that do not, `host` for larger splits in memory. An explicit choice is
+  checked."""
+  if requested not in PIPELINES:
+    raise UsageError(f"--input_pipeline={requested!r}: expected one of {', '.join(PIPELINES)}")
+  in_memory = isinstance(x_train, np.ndarray)
+  fits = x_train.nbytes <= MAX_DEVICE_BYTES
+  if parallelism == "pmap" and requested in ("device", "stream"):
+    raise UsageError(
+      f"--input_pipeline={requested} runs under --parallelism=jit; pmap is fed by the host "
+      "(use --input_pipeline=host or auto)"
+    )
+  if requested == "device" and not fits:
+    raise UsageError(
+      f"--input_pipeline=device: the training split is {x_train.nbytes / 2**30:.1f} GiB, more "
+      f"than the {MAX_DEVICE_BYTES / 2**30:.0f} GiB kept in device memory; use stream or host"
+    )
+  if requested != "auto":
+    return requested
+  if parallelism == "pmap":
+    return "host"
+  if not in_memory:  # rows on disk: loaded whole only when small beside the host's memory
+    small = fits and x_train.nbytes <= _host_memory_bytes() // 4
+    return "device" if small else "stream"
+  return "device" if fits else "host"
+
+
+def _host_memory_bytes() -> int:
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):  # not POSIX: assume little
+    return 4 << 30
+
+
+def check_pipeline(
+  requested: str, x_train: Any, *, parallelism: str = "jit", steps_per_dispatch: int = 1
+) -> str:
+  """`choose_pipeline`, and a UsageError when --steps_per_dispatch cannot run on its choice."""
+  pipeline = choose_pipeline(requested, x_train, parallelism=parallelism)
+  if steps_per_dispatch > 1 and pipeline != "device":
+    if parallelism == "pmap":
+      why = "--parallelism=pmap"
+    else:
+      why = f"--input_pipeline={pipeline}"
+      if x_train.nbytes > MAX_DEVICE_BYTES:
+        why += f" (a training split of {x_train.nbytes / 2**30:.1f} GiB)"
+    raise UsageError(
+      f"--steps_per_dispatch={steps_per_dispatch} needs the training data in device "
+      f"memory (--input_pipeline=device); {why} feeds one step at a time: use 1"
+    )
+  return pipeline
 
 
 def make_feed(
   family: Any,
   mesh: Mesh,
-  x_train: np.ndarray,
+  x_train: Any,
   sampler: BatchSampler,
   train_step: Callable,
   rng: jax.Array,
@@ -173,32 +352,32 @@ def make_feed(
   y_train: np.ndarray | None = None,
   parallelism: str = "jit",
   steps_per_dispatch: int = 1,
-) -> DeviceFeed | HostFeed:
-  """A DeviceFeed when the split fits in device memory under jit, otherwise a HostFeed.
+  input_pipeline: str = "auto",
+  start_step: int = 0,
+  num_steps: int = 0,
+  data_workers: int = 0,
+) -> DeviceFeed | HostFeed | StreamFeed:
+  """The feed `--input_pipeline` asks for (see `choose_pipeline`); call its `close()` when done.
 
-  `y_train` feeds the batches' `label` for families that set `needs_label`.
+  `y_train` feeds the batches' `label` for families that set `needs_label`. A StreamFeed
+  streams steps start_step..num_steps-1 in order with `data_workers` processes.
   """
-  pmap = parallelism == "pmap"
-  fits = x_train.nbytes <= MAX_DEVICE_BYTES
-  if steps_per_dispatch > 1 and (pmap or not fits):
-    why = (
-      "--parallelism=pmap"
-      if pmap
-      else f"a training split of {x_train.nbytes / 2**30:.1f} GiB (more than fits in device memory)"
-    )
-    raise UsageError(
-      f"--steps_per_dispatch={steps_per_dispatch} needs the training data in device "
-      f"memory under --parallelism=jit; {why} is fed one step at a time: use 1"
-    )
-  if pmap or not fits:
-    return HostFeed(
-      mesh,
-      x_train,
-      sampler,
-      train_step,
-      rng,
-      pmap=pmap,
-      with_index=family.needs_index,
-      labels=_check_labels(family, y_train),
-    )
-  return DeviceFeed(family, mesh, x_train, sampler, train_step, rng, y_train=y_train)
+  pipeline = check_pipeline(
+    input_pipeline, x_train, parallelism=parallelism, steps_per_dispatch=steps_per_dispatch
+  )
+  labels = _check_labels(family, y_train)
+  if pipeline == "device":
+    x = x_train if isinstance(x_train, np.ndarray) else np.asarray(x_train)
+    return DeviceFeed(family, mesh, x, sampler, train_step, rng, y_train=y_train)
+  reader = BatchReader(x_train, sampler, labels=labels, with_index=family.needs_index)
+  if pipeline == "host":
+    return HostFeed(mesh, reader, train_step, rng, pmap=parallelism == "pmap")
+  return StreamFeed(
+    mesh,
+    reader,
+    train_step,
+    rng,
+    start_step=start_step,
+    num_steps=num_steps,
+    workers=data_workers,
+  )

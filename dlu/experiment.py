@@ -19,7 +19,16 @@ import jax
 import numpy as np
 from absl import flags
 
-from dlu import batched_eval, checkpointing, data, evaluators, families, metric_writers, parallel
+from dlu import (
+  batched_eval,
+  checkpointing,
+  data,
+  device_data,
+  evaluators,
+  families,
+  metric_writers,
+  parallel,
+)
 from dlu import flags as dlu_flags
 from dlu.data import preprocessing
 from dlu.errors import UsageError
@@ -100,6 +109,12 @@ def build(cfg: dlu_flags.Config, workdir: str) -> Experiment:
       f"--batch_size={batch_size} is larger than the training split "
       f"({spec.num_train} examples of {cfg.dataset})"
     )
+  device_data.check_pipeline(
+    cfg.input_pipeline,
+    dataset.x_train,
+    parallelism=cfg.parallelism,
+    steps_per_dispatch=cfg.steps_per_dispatch,
+  )
   sampler = data.BatchSampler(
     spec.num_train,
     batch_size,
@@ -142,6 +157,8 @@ RUN_FLAGS = frozenset(
     "profile_steps",
     "allow_flag_changes",
     "resume_from",
+    "input_pipeline",
+    "data_workers",
   }
 )
 

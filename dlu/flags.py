@@ -110,6 +110,22 @@ flags.DEFINE_integer(
   "Training steps per jitted dispatch (a lax.scan over K steps on batches gathered "
   "in device memory); logging, eval and checkpoints happen between dispatches.",
 )
+flags.DEFINE_enum(
+  "input_pipeline",
+  "auto",
+  ["auto", "device", "host", "stream"],
+  "How training batches reach the devices. device: the training split in device memory, batches "
+  "gathered there; host: batches gathered in host memory; stream: Grain reads each batch from "
+  "rows on disk (records:, npy:) or in memory, in --data_workers processes, prefetched onto the "
+  "devices. auto: device when the split fits 2 GiB (rows on disk: also a quarter of host memory), "
+  "stream for larger rows on disk, host for larger splits in memory. All give the same batches.",
+)
+flags.DEFINE_integer(
+  "data_workers",
+  0,
+  "--input_pipeline=stream: processes that read and decode batches (0: threads of the "
+  "training process).",
+)
 flags.DEFINE_integer(
   "profile_steps",
   0,
@@ -146,7 +162,7 @@ _POSITIVE_INTS = (
   "num_images",
   "steps_per_dispatch",
 )
-_NON_NEGATIVE = ("warmup_steps", "weight_decay", "grad_clip", "profile_steps")
+_NON_NEGATIVE = ("warmup_steps", "weight_decay", "grad_clip", "profile_steps", "data_workers")
 
 
 class Config(types.SimpleNamespace):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -183,8 +184,6 @@ def _train(
     experiment.save_preprocessing(exp)
     writer.write_hparams(vars(cfg))
   train_step = parallel.make_train_step(exp.family, exp.mesh, parallelism=cfg.parallelism)
-  pmap = cfg.parallelism == "pmap"
-  host_state = parallel.unreplicate if pmap else (lambda s: s)
   feed = device_data.make_feed(
     exp.family,
     exp.mesh,
@@ -195,8 +194,31 @@ def _train(
     y_train=exp.dataset.y_train,
     parallelism=cfg.parallelism,
     steps_per_dispatch=cfg.steps_per_dispatch,
+    input_pipeline=cfg.input_pipeline,
+    start_step=int(state.step),
+    num_steps=cfg.num_steps,
+    data_workers=cfg.data_workers,
   )
+  try:
+    return _run(exp, workdir, ckpt, writer, evaluation, profile, preemption, state, feed)
+  finally:
+    feed.close()  # stops input worker processes, also on errors
 
+
+def _run(
+  exp: Experiment,
+  workdir: str,
+  ckpt: checkpointing.Checkpointer,
+  writer: metric_writers.MetricWriter,
+  evaluation: evaluators.Evaluation,
+  profile: Profile,
+  preemption: PreemptionNotice,
+  state: Any,
+  feed: device_data.DeviceFeed | device_data.HostFeed | device_data.StreamFeed,
+) -> dict[str, float]:
+  cfg, lead = exp.cfg, parallel.is_lead_process()
+  pmap = cfg.parallelism == "pmap"
+  host_state = parallel.unreplicate if pmap else (lambda s: s)
   # Periodic work, in the order it happens after a dispatch. Train metrics are fetched and
   # checked for NaN before they are logged or the state is saved: no checkpoint holds one.
   report = ReportProgress(

@@ -5,8 +5,11 @@
 #   scripts/launch_tpu_vm.sh TPU_NAME ZONE experiments/configs/ae_conv_fashion_mnist.flags \
 #       gs://BUCKET/dlu/ae_conv [more flags...]
 #
-# The workdir must be shared by all hosts (a GCS bucket or a shared file system); the data
-# should be prepared there once beforehand (python -m experiments.prepare_data).
+# The workdir must be shared by all hosts (a GCS bucket or a shared file system). Prepare the
+# data once as records on storage every host reads (a shared file system, or a bucket mounted
+# on each host): python -m experiments.prepare_data --dataset=... --out=/mnt/data/NAME, then
+# pass --dataset=records:/mnt/data/NAME [--data_workers=N]. Each host reads only its own slice
+# of every global batch (streamed when the data are too large to hold).
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: $0 TPU_NAME ZONE FLAGFILE WORKDIR [flags...]" >&2

@@ -124,16 +124,29 @@ def test_feeds_put_the_rows_labels_in_the_batch(n):
     y_train=ds.y_train,
     steps_per_dispatch=n,
   )
-  host = device_data.HostFeed(
-    mesh, ds.x_train, sampler, step, jax.random.key(0), pmap=False, labels=ds.y_train
-  )
+  others = [
+    device_data.make_feed(
+      probe,
+      mesh,
+      ds.x_train,
+      sampler,
+      step,
+      jax.random.key(0),
+      y_train=ds.y_train,
+      input_pipeline=pipeline,
+      start_step=5,
+      num_steps=6,
+    )
+    for pipeline in (("host", "stream") if n == 1 else ())
+  ]
   rows = sampler.global_indices(5 + n - 1)  # a dispatch returns its last step's metrics
-  for f in (feed, host) if n == 1 else (feed,):
+  for f in (feed, *others):
     state, batch = f(jnp.zeros((), jnp.int32), 5, n)
     assert int(state) == n
     assert batch["label"].dtype == jnp.int32
     np.testing.assert_array_equal(batch["label"], ds.y_train[rows])
     np.testing.assert_array_equal(batch["image"], ds.x_train[rows])
+    f.close()
   with pytest.raises(UsageError, match="--conditional"):
     device_data.make_feed(probe, mesh, ds.x_train, sampler, step, jax.random.key(0))
 

@@ -47,8 +47,14 @@ def test_four_steps_per_dispatch_match_one(tmp_path):
     exp.train_rng,
     steps_per_dispatch=4,
   )
-  host = device_data.HostFeed(
-    exp.mesh, exp.dataset.x_train, exp.sampler, train_step, exp.train_rng, pmap=False
+  host = device_data.make_feed(
+    exp.family,
+    exp.mesh,
+    exp.dataset.x_train,
+    exp.sampler,
+    train_step,
+    exp.train_rng,
+    input_pipeline="host",
   )
 
   def train(feed, lengths):

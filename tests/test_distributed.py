@@ -1,4 +1,5 @@
-"""Two processes on localhost train like one process with the same number of devices."""
+"""Two processes on localhost train like one process with the same number of devices (also
+on a table, streamed by a worker process in each)."""
 
 import os
 import socket
@@ -34,11 +35,23 @@ def _env(devices: int) -> dict:
   return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
+def _digits_table(path) -> list[str]:
+  """The 8x8 digits as a 64-column CSV with a label column: the same run on a table."""
+  from sklearn import datasets
+
+  d = datasets.load_digits()
+  header = ",".join([f"p{i}" for i in range(64)] + ["digit"])
+  np.savetxt(path, np.column_stack([d.data, d.target]), delimiter=",", header=header, comments="")
+  return [f"--dataset=csv:{path}", "--label_column=digit", "--feature_scaling=minmax"]
+
+
 @pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("data", ["images", "table"])
+def test_two_processes_match_one_process(tmp_path, data):
+  args = ARGS + (_digits_table(tmp_path / "digits.csv") if data == "table" else [])
   one = str(tmp_path / "one")
   single = subprocess.run(
-    [sys.executable, "-m", "experiments.train", f"--flagfile={DIGITS}", f"--workdir={one}", *ARGS],
+    [sys.executable, "-m", "experiments.train", f"--flagfile={DIGITS}", f"--workdir={one}", *args],
     cwd=ROOT,
     env=_env(4),
     capture_output=True,
@@ -57,7 +70,8 @@ def test_two_processes_match_one_process(tmp_path):
         "experiments.train",
         f"--flagfile={DIGITS}",
         f"--workdir={two}",
-        *ARGS,
+        *args,
+        *(["--input_pipeline=stream"] if data == "table" else []),
         f"--coordinator_address=127.0.0.1:{port}",
         "--num_processes=2",
         f"--process_id={i}",
@@ -90,6 +104,9 @@ def test_two_processes_match_one_process(tmp_path):
   with open(os.path.join(two, "metrics.jsonl")) as f:
     steps = [line for line in f if '"split": "train"' in line]
   assert len(steps) == 3  # one writer, not two
+  if data == "table":  # the scaling fitted once, on the same training rows
+    stored = [open(os.path.join(w, "preprocessing.json")).read() for w in (one, two)]
+    assert stored[0] == stored[1] and '"minmax"' in stored[0]
 
 
 def test_initialize_needs_all_three_flags_or_none():

@@ -178,12 +178,24 @@ def test_experiments_apply_matches_by_column_name(ae_run, wine_csv, tmp_path):
     ("simclr_mlp", dict(cluster_head=True, projection_dims=["8"]), {"top1", "acc"}),
   ],
 )
-def test_vector_families_train_and_apply(wine_csv, tmp_path, model, overrides, keys):
+def test_vector_families_train_resume_evaluate_and_apply(
+  wine_csv, tmp_path, model, overrides, keys
+):
+  from dlu import evaluate
+
   workdir = str(tmp_path / model)
-  cfg = _cfg(wine_csv, model=model, num_steps=20, **overrides)
-  train_loop.train_and_evaluate(cfg, workdir)
-  final = [r for r in _rows(workdir) if r["split"] == "eval"][-1]
+  cfg = _cfg(wine_csv, model=model, num_steps=20, checkpoint_every=10, **overrides)
+  train_loop.train_and_evaluate(cfg.replace(num_steps=10), workdir)
+  train_loop.train_and_evaluate(cfg, workdir)  # resumes at 10
+  rows = _rows(workdir)
+  train_steps = [r["step"] for r in rows if r["split"] == "train"]
+  assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 20  # none repeated
+  final = [r for r in rows if r["split"] == "eval"][-1]
+  assert final["step"] == 20
   assert keys <= set(final) and all(np.isfinite(v) for v in final.values() if isinstance(v, float))
+  evaluated = evaluate.evaluate_workdir(workdir, probe=False, baselines=False)
+  assert evaluated["step"] == 20 and keys <= set(evaluated)
+  assert _rows(workdir)[-1]["split"] == "evaluate"
   run = dlu.load_run(workdir)
   _, raw, _ = tables.read_table(wine_csv, fmt="csv", label_column="cultivar", what="t")
   assert run.encode(raw).shape[0] == 178
@@ -198,7 +210,9 @@ def test_vector_families_train_and_apply(wine_csv, tmp_path, model, overrides, k
     assert clusters.shape == (178,) and (confidence > 0).all()
 
 
-def test_dec_on_a_table_uses_the_autoencoders_scaling(ae_run, tmp_path):
+def test_dec_on_a_table_resumes_evaluates_and_uses_the_autoencoders_scaling(ae_run, tmp_path):
+  from dlu import evaluate
+
   ae, _ = ae_run
   workdir = str(tmp_path / "idec")
   cfg = dlu_flags.config_from_flagfile(
@@ -211,9 +225,13 @@ def test_dec_on_a_table_uses_the_autoencoders_scaling(ae_run, tmp_path):
     evaluators=["metrics"],
   )
   families.validate(cfg)
-  train_loop.train_and_evaluate(cfg, workdir)
+  train_loop.train_and_evaluate(cfg.replace(num_steps=10, checkpoint_every=10), workdir)
+  train_loop.train_and_evaluate(cfg, workdir)  # resumes at 10
   final = [r for r in _rows(workdir) if r["split"] == "eval"][-1]
-  assert {"acc", "nmi", "mse", "confidence"} <= set(final)
+  assert final["step"] == 20 and {"acc", "nmi", "mse", "confidence"} <= set(final)
+  evaluated = evaluate.evaluate_workdir(workdir, probe=False, baselines=False)
+  assert evaluated["step"] == 20 and {"acc", "nmi", "mse"} <= set(evaluated)
+  assert evaluated["acc"] > 0.45  # every row (train and test) through the clustering layer
   stored = [open(os.path.join(w, "preprocessing.json")).read() for w in (ae, workdir)]
   assert stored[0] == stored[1]
 

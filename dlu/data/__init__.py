@@ -1,21 +1,24 @@
-"""Datasets (images, tables, vectors) as arrays in memory, and the order in which training
-batches visit them.
+"""Datasets (images, tables, vectors), in memory or read by row from disk, and the order in which
+training batches visit them.
 
-    ds = data.load("fashion_mnist")   # or "digits", "mnist", "cifar10", "npz:PATH", "folder:DIR"
+    ds = data.load("fashion_mnist")   # or "digits", "npz:PATH", "folder:DIR", "records:DIR", ...
     sampler = data.BatchSampler(len(ds.x_train), 128, seed=0)
     x = data.normalize(ds.x_train[sampler.indices(step)])
 
-The datasets are small, so they are decoded once, cached, and batched from memory.
-Reading needs no TensorFlow; only downloading new tfds datasets does (see tfds_offline).
+Small datasets are decoded once, cached, and batched from memory. `records:DIR` (ArrayRecord
+shards that `experiments.prepare_data` writes) and `npy:PATH` stay on disk: their splits are
+`RowArray`s, indexed like arrays, read row by row when a batch needs them. Reading needs no
+TensorFlow; only downloading new tfds datasets does (see tfds_offline).
 
 Modules, each importing only those named before it: arrays (Dataset, normalize, checks);
 preprocessing (a table's imputation and scaling, fitted on the training split; JSON); sampler
-(BatchSampler); local (digits, npz, folder), tables (csv, parquet, vectors: reading, checks,
-splits) and tfds_offline; sources (load).
+(BatchSampler, BatchReader); local (digits, npz, folder), tables (csv, parquet, vectors: reading,
+checks, splits), records (rows on disk) and tfds_offline; sources (load); writer and preparation
+(records written once).
 """
 
-from dlu.data.arrays import ACCEPTED_FORMS, PIXEL_RANGES, Dataset, normalize
-from dlu.data.sampler import BatchSampler
+from dlu.data.arrays import ACCEPTED_FORMS, PIXEL_RANGES, Dataset, RowArray, normalize
+from dlu.data.sampler import BatchReader, BatchSampler
 from dlu.data.sources import (
   DEFAULT_IDX_DIR,
   TableOptions,
@@ -28,10 +31,12 @@ from dlu.data.sources import (
 
 __all__ = [
   "ACCEPTED_FORMS",
+  "BatchReader",
   "BatchSampler",
   "DEFAULT_IDX_DIR",
   "Dataset",
   "PIXEL_RANGES",
+  "RowArray",
   "TableOptions",
   "default_data_dir",
   "describe",

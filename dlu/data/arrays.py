@@ -8,6 +8,7 @@ tfds_offline and the entry points (sources) build on it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,8 @@ from dlu.errors import UsageError
 PIXEL_RANGES = ("unit", "symmetric")
 ACCEPTED_FORMS = (
   "digits, fashion_mnist, mnist, cifar10, ... (any tfds image dataset, as "
-  "NAME[/CONFIG][:VERSION]), npz:PATH, folder:DIR, csv:PATH, parquet:PATH"
+  "NAME[/CONFIG][:VERSION]), npz:PATH, folder:DIR, csv:PATH, parquet:PATH, records:DIR "
+  "(experiments.prepare_data), npy:PATH (memory-mapped)"
 )
 VALID_CHANNELS = (1, 3, 4)
 HELD_OUT_FRACTION = 0.1
@@ -61,6 +63,127 @@ class Dataset:
   @property
   def is_image(self) -> bool:
     return self.x_train.ndim == 4
+
+
+_READ_CHUNK_BYTES = 64 << 20  # np.asarray of a RowArray reads this much at a time
+
+
+class RowArray:
+  """A read-only array [N, *example_shape] of `dtype` whose rows stay on disk until indexed.
+
+  `rows` (optional): which stored rows this array holds, in order (a split of the stored rows).
+  `transform` (optional): applied to every batch read, e.g. a table's fitted scaling (float
+  [n, D] in, float32 [n, D] out; `dtype` is then float32). Subclasses read stored rows.
+  """
+
+  def __init__(
+    self,
+    num_stored: int,
+    example_shape: Sequence[int],
+    dtype: Any,
+    *,
+    rows: np.ndarray | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+  ):
+    self.num_stored = int(num_stored)
+    self.example_shape = tuple(int(d) for d in example_shape)
+    self.stored_shape = self.example_shape
+    self.stored_dtype = np.dtype(dtype)
+    self.dtype = np.dtype(np.float32) if transform is not None else self.stored_dtype
+    self.rows = None if rows is None else np.asarray(rows, np.int64)
+    self.transform = transform
+    self._row_bytes = int(np.prod(self.stored_shape)) * self.stored_dtype.itemsize
+
+  def _read_stored(self, stored: np.ndarray) -> np.ndarray:
+    raise NotImplementedError
+
+  def view(
+    self,
+    rows: np.ndarray | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    *,
+    dtype: Any = np.float32,
+    example_shape: Sequence[int] | None = None,
+  ) -> RowArray:
+    """These rows (indices into this array; default all), reading nothing. `transform` runs
+    after this array's own on every batch read and gives `dtype` rows of `example_shape`
+    (default: unchanged)."""
+    out = object.__new__(type(self))
+    out.__dict__.update(self.__getstate__())
+    if rows is not None:
+      rows = np.asarray(rows, np.int64)
+      out.rows = rows if self.rows is None else self.rows[rows]
+    if transform is not None:
+      out.transform = transform if self.transform is None else Chain(self.transform, transform)
+      out.dtype = np.dtype(dtype)
+      if example_shape is not None:
+        out.example_shape = tuple(int(d) for d in example_shape)
+    return out
+
+  def __len__(self) -> int:
+    return self.num_stored if self.rows is None else len(self.rows)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return (len(self), *self.example_shape)
+
+  @property
+  def ndim(self) -> int:
+    return 1 + len(self.example_shape)
+
+  @property
+  def size(self) -> int:
+    return int(np.prod(self.shape))
+
+  @property
+  def nbytes(self) -> int:
+    return len(self) * int(np.prod(self.example_shape)) * self.dtype.itemsize
+
+  def __getitem__(self, key: Any) -> np.ndarray:
+    rest: tuple = ()
+    if isinstance(key, tuple):  # e.g. (slice, slice, ...) from jax.make_array_from_callback
+      key, rest = (key[0] if key else slice(None)), key[1:]
+    if isinstance(key, (int, np.integer)):
+      i = int(key) + (len(self) if key < 0 else 0)
+      out = self.read(np.array([i]))[0]
+    elif isinstance(key, slice):
+      out = self.read(np.arange(len(self))[key])
+    else:
+      idx = np.asarray(key)
+      if idx.dtype == np.bool_:
+        idx = np.flatnonzero(idx)
+      out = self.read(idx.astype(np.int64).reshape(-1)).reshape(*idx.shape, *self.example_shape)
+    return out[(slice(None), *rest)] if rest else out
+
+  def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+    step = max(1, _READ_CHUNK_BYTES // max(1, self._row_bytes))
+    parts = [self.read(np.arange(s, min(s + step, len(self)))) for s in range(0, len(self), step)]
+    out = np.concatenate(parts) if parts else np.zeros(self.shape, self.dtype)
+    return out if dtype is None else out.astype(dtype)
+
+  def astype(self, dtype: Any) -> np.ndarray:
+    return np.asarray(self, dtype)
+
+  def read(self, idx: np.ndarray) -> np.ndarray:
+    """Rows `idx` (indices into this array) as a new [len(idx), *example_shape] array."""
+    idx = np.asarray(idx, np.int64)
+    if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+      raise IndexError(f"rows {idx.min()}..{idx.max()} are out of range for {len(self)} rows")
+    out = self._read_stored(idx if self.rows is None else self.rows[idx])
+    return self.transform(out) if self.transform is not None else out
+
+  def __getstate__(self) -> dict:
+    return dict(self.__dict__)
+
+
+class Chain:
+  """f then g, picklable (for transforms handed to worker processes)."""
+
+  def __init__(self, f: Callable, g: Callable):
+    self.f, self.g = f, g
+
+  def __call__(self, x: np.ndarray) -> np.ndarray:
+    return self.g(self.f(x))
 
 
 def normalize(x: Any, pixel_range: str = "unit") -> Any:
@@ -139,13 +262,18 @@ def _check_labels(y: Any, num_examples: int, what: str) -> np.ndarray:
   return y.astype(np.int32)
 
 
+def held_out_rows(n: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+  """(train, test) rows of an image source without a test split: a fixed shuffle (seed 0) whose
+  last 10% (at least one) is the test split, the same in every run."""
+  if n < 2:
+    raise UsageError(f"{what} has {n} image; at least 2 are needed to hold out a test split")
+  perm = np.random.default_rng(0).permutation(n)
+  num_test = max(1, int(n * HELD_OUT_FRACTION))
+  return perm[:-num_test], perm[-num_test:]
+
+
 def _held_out_split(x: np.ndarray, y: np.ndarray | None, what: str) -> tuple[Any, Any, Any, Any]:
-  """A fixed shuffle (seed 0) whose last 10% (at least one) is the test split: same in every run."""
-  if len(x) < 2:
-    raise UsageError(f"{what} has {len(x)} image; at least 2 are needed to hold out a test split")
-  perm = np.random.default_rng(0).permutation(len(x))
-  num_test = max(1, int(len(x) * HELD_OUT_FRACTION))
-  train, test = perm[:-num_test], perm[-num_test:]
+  train, test = held_out_rows(len(x), what)
   return x[train], None if y is None else y[train], x[test], None if y is None else y[test]
 
 

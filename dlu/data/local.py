@@ -135,7 +135,7 @@ def _image_files(directory: str) -> list[str]:
   return found
 
 
-def _decode_image(path: str, what: str) -> np.ndarray:
+def decode_image(path: str, what: str) -> np.ndarray:
   """[H, W, C] uint8; palette and 1-bit images are widened, other modes refused."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
@@ -147,7 +147,8 @@ def _decode_image(path: str, what: str) -> np.ndarray:
           f"{what}: {path} has colour mode {im.mode}; expected grey (L), RGB or RGBA"
         )
       x = np.asarray(im.convert(mode), dtype=np.uint8)
-  except (OSError, ValueError, Image.DecompressionBombError) as e:  # Unidentified: an OSError
+  # PIL.UnidentifiedImageError is an OSError; a damaged PNG chunk can be a SyntaxError.
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
     if isinstance(e, UsageError):
       raise
     raise UsageError(f"{what}: cannot decode image {path} ({e})") from e
@@ -163,6 +164,22 @@ def load_folder(dataset: str, directory: str) -> Dataset:
 def read_folder(dataset: str, directory: str) -> tuple[np.ndarray, np.ndarray | None, int | None]:
   """Every image of a folder in sorted file order [N, H, W, C] uint8, their labels (sub-folder
   indices) or None, and the class count."""
+  what = f"--dataset={dataset}"
+  files, labels, class_names = list_folder(dataset, directory)
+  images = []
+  for path in files:
+    x = decode_image(path, what)
+    if images and x.shape != images[0].shape:
+      raise UsageError(shape_mismatch(what, files[0], images[0].shape, path, x.shape))
+    images.append(x)
+  return np.stack(images), labels, len(class_names) if class_names else None
+
+
+def list_folder(
+  dataset: str, directory: str
+) -> tuple[list[str], np.ndarray | None, list[str] | None]:
+  """A folder's image files in sorted order, their labels (sub-folder indices, int32 [N]) or
+  None, and the class names (the sub-folders, sorted) or None; nothing is decoded."""
   what = f"--dataset={dataset}"
   if not os.path.isdir(directory):
     raise UsageError(f"{what}: no such directory {directory}; expected a folder of PNG/JPEG images")
@@ -189,25 +206,22 @@ def read_folder(dataset: str, directory: str) -> tuple[np.ndarray, np.ndarray | 
       f"{what}: no images in {directory}; expected {', '.join(IMAGE_EXTENSIONS)} "
       "files, optionally in one sub-folder per class"
     )
-  files = [f for fs in classes.values() for f in fs] if classes else top
-  labels = (
-    np.concatenate([np.full(len(fs), k, np.int32) for k, fs in enumerate(classes.values())])
-    if classes
-    else None
+  if not classes:
+    return top, None, None
+  files = [f for fs in classes.values() for f in fs]
+  labels = np.concatenate([np.full(len(fs), k, np.int32) for k, fs in enumerate(classes.values())])
+  return files, labels, list(classes)
+
+
+def shape_mismatch(what: str, first: str, first_shape: tuple, path: str, shape: tuple) -> str:
+  """The message for an image whose [H, W, C] differs from the first image's."""
+  (h, w, c), (h0, w0, c0) = shape, first_shape
+  if (h, w) != (h0, w0):
+    return (
+      f"{what}: images differ in size: {first} is {h0}x{w0} but {path} is {h}x{w} (HxW); all "
+      "images must have the same size"
+    )
+  return (
+    f"{what}: images differ in colour mode: {first} is {_CHANNEL_NAMES.get(c0, c0)} but {path} "
+    f"is {_CHANNEL_NAMES.get(c, c)}; convert them all to one mode"
   )
-  images = []
-  for path in files:
-    x = _decode_image(path, what)
-    if images and x.shape != images[0].shape:
-      (h, w, c), (h0, w0, c0) = x.shape, images[0].shape
-      if (h, w) != (h0, w0):
-        raise UsageError(
-          f"{what}: images differ in size: {files[0]} is {h0}x{w0} but {path} is "
-          f"{h}x{w} (HxW); all images must have the same size"
-        )
-      raise UsageError(
-        f"{what}: images differ in colour mode: {files[0]} is {_CHANNEL_NAMES[c0]} "
-        f"but {path} is {_CHANNEL_NAMES[c]}; convert them all to one mode"
-      )
-    images.append(x)
-  return np.stack(images), labels, len(classes) if classes else None

@@ -70,3 +70,31 @@ class BatchSampler:
     """This process's contiguous slice of `global_indices(step)`; [global_batch_size // process_count]."""
     start = self.process_index * self.local_batch_size
     return self.global_indices(step)[start : start + self.local_batch_size]
+
+
+class BatchReader:
+  """This process's rows of the batch of a global step, read from `x` (an array, or rows on
+  disk) in the sampler's order: `reader(step)` -> {"image", "label"?, "index"?}.
+
+  It holds no open files or devices and pickles small (on-disk arrays pickle as their file
+  names), so input worker processes can each read any step.
+  """
+
+  def __init__(
+    self,
+    x,
+    sampler: BatchSampler,
+    *,
+    labels: np.ndarray | None = None,
+    with_index: bool = False,
+  ):
+    self.x, self.sampler, self.labels, self.with_index = x, sampler, labels, with_index
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    indices = self.sampler.indices(int(step))
+    batch = {"image": np.asarray(self.x[indices])}
+    if self.labels is not None:
+      batch["label"] = self.labels[indices]
+    if self.with_index:
+      batch["index"] = indices.astype(np.int32)
+    return batch

@@ -1,20 +1,23 @@
 """The entry points: a --dataset string parsed, handed to its source, and described.
 
 "digits", "npz:PATH" (images) and "folder:DIR" are read by dlu.data.local; "csv:PATH",
-"parquet:PATH" and npz vectors [N, D] by dlu.data.tables; any other name is a tfds dataset,
-read (and prepared when it must be) by dlu.data.tfds_offline.
+"parquet:PATH" and npz vectors [N, D] by dlu.data.tables; "records:DIR" (ArrayRecord shards that
+experiments.prepare_data wrote) and "npy:PATH" (memory-mapped) stay on disk, read by row
+(dlu.data.records); any other name is a tfds dataset, read (and prepared when it must be) by
+dlu.data.tfds_offline.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
 import numpy as np
 
-from dlu.data import local, preprocessing, tables, tfds_offline
-from dlu.data.arrays import ACCEPTED_FORMS, Dataset
+from dlu.data import local, preprocessing, records, tables, tfds_offline
+from dlu.data.arrays import ACCEPTED_FORMS, Dataset, held_out_rows
 from dlu.errors import UsageError
 
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -33,11 +36,18 @@ def _parse(dataset: str) -> tuple[str, str]:
   dataset = dataset.strip()
   if dataset == "digits":
     return "digits", ""
-  for kind, arg in (("npz", "PATH"), ("folder", "DIR"), ("csv", "PATH"), ("parquet", "PATH")):
+  for kind, arg in (
+    ("npz", "PATH"),
+    ("folder", "DIR"),
+    ("csv", "PATH"),
+    ("parquet", "PATH"),
+    ("records", "DIR"),
+    ("npy", "PATH"),
+  ):
     if dataset.startswith(kind + ":"):
       if not dataset[len(kind) + 1 :]:
         raise UsageError(
-          f"--dataset={dataset} names no {'directory' if kind == 'folder' else 'file'}; "
+          f"--dataset={dataset} names no {'file' if arg == 'PATH' else 'directory'}; "
           f"expected {kind}:{arg}"
         )
       return kind, os.path.expanduser(dataset[len(kind) + 1 :])
@@ -136,6 +146,55 @@ def _table(dataset: str, kind: str, path: str, opts: TableOptions) -> Dataset:
   )
 
 
+def _on_disk(dataset: str, kind: str, path: str, opts: TableOptions) -> Dataset:
+  """records:DIR or npy:PATH: rows read when indexed, split as their in-memory forms split."""
+  what = f"--dataset={dataset}"
+  if kind == "npy":
+    x = records.NpyArray(path)
+    if x.ndim == 4 and x.stored_dtype != np.uint8:
+      raise UsageError(f"{what}: images [N, H, W, C] must be uint8 to be read by row")
+    meta = records.Meta(
+      kind="images" if x.ndim == 4 else "vectors",
+      example_shape=x.example_shape,
+      dtype=str(x.stored_dtype),
+      splits={"all": {"num_examples": len(x)}},
+      columns=None if x.ndim == 4 else [f"x{i}" for i in range(x.example_shape[0])],
+    )
+    splits = {"all": (x, None)}
+  else:
+    meta = records.Meta.load(path)
+    splits = {name: records.open_split(path, meta, name) for name in meta.splits}
+  if meta.kind == "images" and len(meta.example_shape) != 3:
+    raise UsageError(f"{what}: images need [N, H, W, C] rows; they are {meta.example_shape}")
+  if "all" in splits:
+    x, y = splits["all"]
+    if meta.kind == "images":
+      train, test = held_out_rows(len(x), what)
+    else:
+      train, test = tables.split_rows(len(x), opts.test_fraction, opts.seed, what)
+    x_train, x_test = x.view(train), x.view(test)
+    y_train, y_test = (None, None) if y is None else (y[train], y[test])
+  else:
+    (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
+  pre = None
+  if meta.kind == "vectors":
+    pre = opts.preprocessing or preprocessing.fit_preprocessing(
+      meta.columns,
+      np.asarray(x_train, np.float64),
+      impute=opts.impute,
+      scaling=opts.feature_scaling,
+      label_column=meta.label_column,
+      classes=meta.class_names,
+      what=what,
+    )
+    x_train = x_train.view(transform=functools.partial(pre.transform, what=what))
+    x_test = x_test.view(transform=functools.partial(pre.transform, what=what))
+  num_classes = meta.num_classes
+  if y_train is not None and num_classes is None:
+    num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+  return Dataset(dataset, x_train, y_train, x_test, y_test, num_classes, preprocessing=pre)
+
+
 def _load(
   dataset: str, data_dir: str | None, idx_dir: str | None, opts: TableOptions
 ) -> tuple[Dataset, str]:
@@ -156,6 +215,8 @@ def _load(
     return _table(dataset, kind, arg, opts), f"read from {arg}"
   if kind == "folder":
     return local.load_folder(dataset, arg), f"decoded from the images in {arg}"
+  if kind in ("records", "npy"):
+    return _on_disk(dataset, kind, arg, opts), f"read by row from {arg}"
   if (
     idx_dir
     and tfds_offline.is_fashion_mnist(dataset)
@@ -210,7 +271,34 @@ def read_rows(
     return np.asarray(x)
   if kind == "folder":
     return local.read_folder(dataset, arg)[0]  # in sorted file order
-  raise UsageError(f"{what}: expected a table (csv:PATH, parquet:PATH), npz:PATH or folder:DIR")
+  if kind in ("records", "npy"):  # read batch by batch when used
+    if kind == "npy":
+      x, names = records.NpyArray(arg), None
+    else:
+      x, meta = records.open_rows(arg)
+      names = meta.columns
+    if not columns or x.ndim != 2:
+      return x
+    if names is None:  # npy vectors: columns by position
+      if x.example_shape[0] != len(columns):
+        raise UsageError(
+          f"{what}: rows have {x.example_shape[0]} columns; the run was trained on {len(columns)}"
+        )
+      return x
+    missing = [c for c in columns if c not in names]
+    if missing:
+      raise UsageError(
+        f"{what}: lacks the feature columns {preprocessing.listed(missing)} the run was trained on"
+      )
+    order = np.array([names.index(c) for c in columns])
+    if np.array_equal(order, np.arange(len(names))):
+      return x
+    pick = functools.partial(np.take, indices=order, axis=1)
+    return x.view(transform=pick, dtype=x.dtype, example_shape=(len(order),))
+  raise UsageError(
+    f"{what}: expected a table (csv:PATH, parquet:PATH), npz:PATH, folder:DIR, records:DIR or "
+    "npy:PATH"
+  )
 
 
 def describe(data: Dataset) -> str:

@@ -29,10 +29,13 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from dlu.data.arrays import ACCEPTED_FORMS, Dataset
+from dlu.data.arrays import ACCEPTED_FORMS, Dataset, RowArray
 from dlu.errors import UsageError
 
 CACHE_FILE = "dlu_arrays.npz"
+# Decoded splits larger than this stay on disk, read by row (TfdsArray); None: a quarter of the
+# host's memory.
+IN_MEMORY_LIMIT: int | None = None
 SPLITS = ("train", "test")
 _NAME_RE = re.compile(
   r"^(?P<name>[a-z0-9_]+)(?:/(?P<config>[\w.-]+))?(?::(?P<version>\d+\.\d+\.\d+))?$"
@@ -428,14 +431,114 @@ def read(dataset: str, builder: Any, data_dir: str) -> Dataset:
   )
 
 
+class TfdsArray(RowArray):
+  """The decoded `image` of the rows of one split of a prepared tfds dataset, read through
+  `tfds.data_source` when indexed; it pickles as (dataset, split, data_dir)."""
+
+  def __init__(
+    self, dataset: str, split: str, data_dir: str, example_shape: tuple[int, ...], n: int, **kw
+  ):
+    self.dataset, self.split, self.data_dir = dataset, split, data_dir
+    self._source = None
+    super().__init__(n, example_shape, np.uint8, **kw)
+
+  def _read_stored(self, stored: np.ndarray) -> np.ndarray:
+    out = np.empty((len(stored), *self.stored_shape), np.uint8)
+    for i, ex in enumerate(_read_records(self._open(), stored.tolist())):
+      image = np.asarray(ex["image"])
+      if image.shape != out.shape[1:] or image.dtype != np.uint8:
+        raise UsageError(
+          f"--dataset={self.dataset}: example {int(stored[i])} of split {self.split!r} is "
+          f"{image.dtype} {image.shape}; expected uint8 {out.shape[1:]} like the rest"
+        )
+      out[i] = image
+    return out
+
+  def _open(self) -> Any:
+    if self._source is None:
+      self._source = _data_source(self.dataset, self.split, self.data_dir)
+    return self._source
+
+  def __getstate__(self) -> dict:
+    return {**self.__dict__, "_source": None}
+
+  def __repr__(self) -> str:
+    return f"TfdsArray({self.dataset}:{self.split}, shape={self.shape}, dtype={self.dtype})"
+
+
+def _data_source(dataset: str, split: str, data_dir: str, **kwargs: Any) -> Any:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  return tfds.data_source(
+    dataset,
+    split=split,
+    data_dir=data_dir,
+    download=False,
+    builder_kwargs={"file_format": "array_record"},
+    **kwargs,
+  )
+
+
+def _in_memory_limit() -> int:
+  if IN_MEMORY_LIMIT is not None:
+    return IN_MEMORY_LIMIT
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+  except (ValueError, OSError, AttributeError):
+    return 4 << 30
+
+
+def _on_disk(dataset: str, builder: Any, data_dir: str) -> Dataset | None:
+  """The dataset read by row (TfdsArray splits) when its decoded images would not fit
+  `_in_memory_limit()`; None when they fit (or vary in size: decoding them whole says so)."""
+  shape = tuple(builder.info.features["image"].shape)
+  if None in shape:
+    return None
+  try:
+    sizes = {split: builder.info.splits[split].num_examples for split in SPLITS}
+  except KeyError:  # sizes unknown (mock data): decode whole
+    return None
+  if sum(sizes.values()) * int(np.prod(shape)) <= _in_memory_limit():
+    return None
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  splits, labels = {}, {}
+  for split in SPLITS:
+    splits[split] = TfdsArray(dataset, split, data_dir, shape, sizes[split])
+    if "label" in builder.info.features:  # labels without decoding a single image
+      raw = _data_source(dataset, split, data_dir, decoders={"image": tfds.decode.SkipDecoding()})
+      labels[split] = np.fromiter(
+        (
+          ex["label"]
+          for start in range(0, sizes[split], _READ_CHUNK)
+          for ex in _read_records(raw, list(range(start, min(start + _READ_CHUNK, sizes[split]))))
+        ),
+        np.int32,
+        count=sizes[split],
+      )
+  label = builder.info.features["label"] if labels else None
+  num_classes = getattr(label, "num_classes", None) if labels else None
+  return Dataset(
+    name=dataset,
+    x_train=splits["train"],
+    y_train=labels.get("train"),
+    x_test=splits["test"],
+    y_test=labels.get("test"),
+    num_classes=num_classes,
+  )
+
+
 def load(
   dataset: str, data_dir: str, idx_dir: str, *, explicit_idx: bool = False
 ) -> tuple[Dataset, str]:
-  """The dataset's arrays and a description of where they came from."""
-  cached = find_cached(dataset, data_dir)
+  """The dataset's arrays (or rows read from disk, when too large) and where they came from."""
+  cached = find_cached(dataset, data_dir) if IN_MEMORY_LIMIT is None else None
   if cached is not None:
     return cached[0], f"prepared; decoded arrays cached in {cached[1]}"
   builder, how = ensure_prepared(dataset, data_dir, idx_dir, explicit_idx=explicit_idx)
+  lazy = _on_disk(dataset, builder, data_dir)
+  if lazy is not None:
+    return lazy, f"{how}; read by row from {builder.data_dir} (too large to hold decoded)"
   version_dir = os.fspath(builder.data_dir)
   cacheable = builder.is_prepared() and _within(version_dir, data_dir)
   data = _read_cache(dataset, version_dir) if cacheable else None
