@@ -477,10 +477,10 @@ def test_symlinked_folders_are_not_followed_into_loops_or_duplicates(tmp_path):
   assert len(x) == 1 and list(y) == [0] and num_classes == 1
 
 
-def test_verbose_adds_the_traceback(trained, tmp_path, capsys, monkeypatch):
-  from absl import flags
+def test_verbose_adds_the_traceback(trained, tmp_path, capsys):
+  from absl.testing import flagsaver
 
-  monkeypatch.setattr(flags.FLAGS, "verbose", True)
-  code, _, err = run(dlu_flags.make_config(**{**BASE, "seed": 1}), trained, capsys)
+  with flagsaver.flagsaver(verbose=True):
+    code, _, err = run(dlu_flags.make_config(**{**BASE, "seed": 1}), trained, capsys)
   assert code == 2 and "Traceback (most recent call last)" in err
   assert err.splitlines()[-1].startswith("error: ") and "--seed (checkpoint 0, now 1)" in err
