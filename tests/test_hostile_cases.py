@@ -112,6 +112,15 @@ def _replace_with_file(name):
   return mutate
 
 
+def _self_symlink(name):
+  def mutate(tmp, w):
+    path = os.path.join(w, name)
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    os.symlink(path, path)  # A loop: every open fails with ELOOP.
+
+  return mutate
+
+
 def _append(name, data):
   def mutate(tmp, w):
     with open(os.path.join(w, name), "ab") as f:
@@ -220,6 +229,8 @@ CASES = [
   ("other pixels", dict(pixel_range="symmetric"), None, 2, "--pixel_range (checkpoint 'unit'"),
   ("other schedule", dict(schedule="cosine"), None, 2, "--schedule (checkpoint 'constant'"),
   ("other grad_clip", dict(grad_clip=1.0), None, 2, "--grad_clip (checkpoint 0.0, now 1.0)"),
+  ("other b1", dict(b1=0.5), None, 2, "--b1 (checkpoint 0.9, now 0.5)"),
+  ("other decay", dict(weight_decay=0.1), None, 2, "--weight_decay (checkpoint 0.0, now 0.1)"),
   ("num_steps below", dict(num_steps=2), None, 2, "--num_steps=2 is below the step"),
   ("finished rerun", dict(), None, 0, "is already trained to step 4"),
   # What the workdir holds.
@@ -230,6 +241,9 @@ CASES = [
   ("metrics not utf8", dict(), _append("metrics.jsonl", b"\xff\xfe\n"), 2, "is not UTF-8"),
   ("flags not utf8", dict(), _append("flags.txt", b"\xc3\x28"), 2, "flags.txt is not UTF-8"),
   ("flags a dir", dict(), _replace_with_dir("flags.txt"), 2, "flags.txt is not a file"),
+  ("flags loop", dict(), _self_symlink("flags.txt"), 2, "flags.txt is not a file"),
+  ("metrics loop", dict(), _self_symlink("metrics.jsonl"), 2, "metrics.jsonl is not a file"),
+  ("checkpoints loop", dict(), _self_symlink("checkpoints"), 2, "checkpoints is not a folder"),
   ("flags unknown", dict(), _append("flags.txt", b"--lerning_rate=1\n"), 2, "unknown flag"),
   ("flags bad value", dict(), _append("flags.txt", b"--seed=x\n"), 2, "bad value for --seed"),
   ("flags bare", dict(), _append("flags.txt", b"--seed\n"), 2, "--seed needs a value"),
