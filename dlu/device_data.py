@@ -233,7 +233,7 @@ class StreamFeed:
     except BaseException as e:  # handed to the loop, which raises it
       self._queue.put(e)
     else:
-      self._queue.put(StopIteration())
+      self._queue.put(RuntimeError(f"the input stream ended before step {self.next_step + 1}"))
 
   def next_batch(self) -> Any:
     while True:
