@@ -19,12 +19,26 @@ def round_batch_size(requested: int) -> int:
   return -(-requested // n) * n
 
 
+#: The most bytes of float32 input one global eval batch holds (large images: fewer rows).
+MAX_BATCH_BYTES = 256 << 20
+
+
+def fit_batch_size(x: np.ndarray, batch_size: int) -> int:
+  """`batch_size`, or fewer rows (a multiple of the device count) when a batch of `x` as
+  float32 would pass MAX_BATCH_BYTES."""
+  n = jax.device_count()
+  row_bytes = max(1, int(np.prod(x.shape[1:], dtype=np.int64)) * 4)
+  return min(batch_size, max(n, MAX_BATCH_BYTES // row_bytes // n * n))
+
+
 def padded_batches(x: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """This process's rows of consecutive global batches covering `x`, padded, with a mask."""
+  """This process's rows of consecutive global batches covering `x`, with a mask. The last
+  batch is padded to a multiple of the device count, not to `batch_size`."""
   count, index = jax.process_count(), jax.process_index()
-  per_process = batch_size // count
   for start in range(0, len(x), batch_size):
-    idx = np.arange(start, start + batch_size)
+    size = min(batch_size, round_batch_size(len(x) - start))
+    per_process = size // count
+    idx = np.arange(start, start + size)
     mask = idx < len(x)
     idx = np.where(mask, idx, 0)[index * per_process : (index + 1) * per_process]
     yield x[idx], mask[index * per_process : (index + 1) * per_process]
@@ -43,6 +57,7 @@ def mean_metrics(
   """Means over all of `x` of a family's per-example eval metrics; batches carry `label`
   (rows of `y`) when `y` is given."""
   totals, window = None, parallel.DispatchWindow()
+  batch_size = fit_batch_size(x, batch_size)
   labels = padded_batches(y, batch_size) if y is not None else None
   for i, (images, mask) in enumerate(padded_batches(x, batch_size)):
     local = {"image": images}
@@ -65,7 +80,7 @@ def per_example(
   `mean_metrics`, so both see the same noise (e.g. the same binarised test images).
   """
   out = []
-  for i, (images, _) in enumerate(padded_batches(x, batch_size)):
+  for i, (images, _) in enumerate(padded_batches(x, fit_batch_size(x, batch_size))):
     args = (state, parallel.global_batch(mesh, images))
     if rng is not None:
       args += (jax.random.fold_in(rng, i),)

@@ -8,11 +8,13 @@ come from flags. Must run before anything touches a JAX device.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 
 import jax
 from absl import flags
 
-from dlu.errors import UsageError
+from dlu.errors import RunFailure, UsageError
 
 flags.DEFINE_enum(
   "distributed",
@@ -24,6 +26,17 @@ flags.DEFINE_enum(
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in the job, for --distributed.")
 flags.DEFINE_integer("process_id", None, "This process's index in [0, --num_processes).")
+flags.DEFINE_integer(
+  "distributed_timeout",
+  300,
+  "Seconds a process waits for the coordinator and the other processes at start-up before "
+  "giving up.",
+)
+
+
+def _give_up(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+  os._exit(1)
 
 
 def _cluster_detected() -> bool:
@@ -38,6 +51,7 @@ def initialize(
   coordinator_address: str | None,
   num_processes: int | None,
   process_id: int | None,
+  timeout: int = 300,
 ) -> bool:
   """Starts jax.distributed when asked or detected; returns whether it did."""
   given = [coordinator_address is not None, num_processes is not None, process_id is not None]
@@ -53,11 +67,37 @@ def initialize(
       raise UsageError(f"--num_processes must be >= 1, got {num_processes}")
     if not 0 <= process_id < num_processes:
       raise UsageError(f"--process_id must be in [0, {num_processes}), got {process_id}")
+  if timeout < 1:
+    raise UsageError(f"--distributed_timeout must be a positive integer, got {timeout}")
   # CPU processes exchange collectives through gloo; accelerators use their own.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(
-    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  who = f"process {process_id} of {num_processes}" if num_processes else "this process"
+  where = coordinator_address or "the coordinator the cluster names"
+  print(
+    f"Multi-process start-up: {who} waits up to {timeout} s for {where} and the other processes",
+    flush=True,
   )
+  # The runtime aborts the process when its own deadline passes: give up cleanly first.
+  message = (
+    f"error: multi-process start-up: {who} did not reach {where} and the other processes "
+    f"within --distributed_timeout={timeout} s; check that every process was started with "
+    "the same --coordinator_address and --num_processes"
+  )
+  watchdog = threading.Timer(timeout, _give_up, args=(message,))
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
+      initialization_timeout=timeout + 60,
+    )
+  except Exception as e:  # jaxlib raises its own XlaRuntimeError (a bad address, ...).
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise RunFailure(f"multi-process start-up failed: {who}, {where}: {first}") from None
+  finally:
+    watchdog.cancel()
   return True
 
 
@@ -67,6 +107,7 @@ def initialize_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> bool:
     coordinator_address=flag_values.coordinator_address,
     num_processes=flag_values.num_processes,
     process_id=flag_values.process_id,
+    timeout=flag_values.distributed_timeout,
   )
 
 

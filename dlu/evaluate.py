@@ -20,6 +20,7 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> dict[str, Any]:
   check of them runs before anything is written.
   """
   exp, state = experiment.load_run(workdir, **overrides)
+  experiment.check_workdir(workdir)  # Where the results go: metrics.jsonl, images/.
   schedule = evaluators.full_schedule(exp)
   lead = parallel.is_lead_process()
   writer = metric_writers.create_default_writer(workdir, lead=lead, console=False)

@@ -26,6 +26,7 @@ from dlu import (
   device_data,
   evaluators,
   families,
+  metric_writers,
   parallel,
   selection,
 )
@@ -163,6 +164,10 @@ RUN_FLAGS = frozenset(
     "idx_dir",
     "steps_per_dispatch",
     "profile_steps",
+    "allow_flag_changes",
+    "resume_from",
+    "input_pipeline",
+    "data_workers",
     "early_stopping_metric",
     "early_stopping_patience",
     "early_stopping_min_delta",
@@ -170,6 +175,9 @@ RUN_FLAGS = frozenset(
     "checkpoint",
   }
 )
+
+#: Where `--resume_from=last_intact` moves checkpoints that fail their checksums.
+CORRUPT_DIR = "corrupt_checkpoints"
 
 
 def _state_flag(name: str) -> bool:
@@ -179,53 +187,128 @@ def _state_flag(name: str) -> bool:
   return not (defined_in and defined_in("dlu.evaluators"))
 
 
-def _differing_flags(workdir: str, cfg: dlu_flags.Config) -> list[str]:
-  try:
-    old = dlu_flags.config_from_flagfile(os.path.join(workdir, "flags.txt"))
-  except UsageError:
+def differing_flags(workdir: str, cfg: dlu_flags.Config) -> list[tuple[str, Any, Any]]:
+  """(name, recorded, now) of each run-defining flag that differs from the workdir's
+  flags.txt (none when it has none)."""
+  path = os.path.join(workdir, "flags.txt")
+  if not os.path.lexists(path):
     return []
+  old = dlu_flags.config_from_flagfile(path)
   return [
-    f"--{k} (checkpoint {getattr(old, k)!r}, now {v!r})"
+    (k, getattr(old, k), v)
     for k, v in sorted(vars(cfg).items())
     if _state_flag(k) and getattr(old, k, v) != v
   ]
 
 
+def _listed(differing: list[tuple[str, Any, Any]]) -> str:
+  return ", ".join(f"--{k} (checkpoint {old!r}, now {new!r})" for k, old, new in differing)
+
+
+def check_workdir(workdir: str) -> None:
+  """UsageError when what the workdir already holds cannot be resumed or written to: a
+  file where a folder belongs, an unreadable flags.txt or metrics.jsonl."""
+  if not os.path.isdir(workdir):
+    if os.path.lexists(workdir):
+      raise UsageError(f"--workdir={workdir} is a file; expected a folder")
+    return
+  for name in ("checkpoints", "images"):
+    path = os.path.join(workdir, name)
+    if os.path.lexists(path) and not os.path.isdir(path):
+      raise UsageError(f"{path} is not a folder; move it aside (a run writes its {name} there)")
+  flags_path = os.path.join(workdir, "flags.txt")
+  if os.path.lexists(flags_path):
+    if not os.path.isfile(flags_path):
+      raise UsageError(f"{flags_path} is not a file; expected the flags.txt of a dlu run")
+    dlu_flags.config_from_flagfile(flags_path)
+  metric_writers.check_jsonl(os.path.join(workdir, "metrics.jsonl"))
+
+
+def _intact_state(exp: Experiment, ckpt: checkpointing.Checkpointer, abstract_state: Any) -> Any:
+  """--resume_from=last_intact: the newest checkpoint that passes its checksums and restores;
+  newer ones are moved to CORRUPT_DIR (left in place when loading read-only)."""
+  for step in reversed(ckpt.all_steps()):
+    try:
+      state = ckpt.restore(abstract_state, step=step)
+    except checkpointing.CheckpointError as e:
+      print(f"warning: skipped {e}", flush=True)
+      continue
+    newer = [s for s in ckpt.all_steps() if s > step]
+    if newer and not ckpt.read_only:
+      aside = os.path.join(exp.ctx.workdir, CORRUPT_DIR)
+      os.makedirs(aside, exist_ok=True)
+      for s in newer:
+        os.replace(ckpt.step_dir(s), os.path.join(aside, str(s)))
+      ckpt.manager.reload()
+      print(f"moved the checkpoints of steps {newer} to {aside}", flush=True)
+    return state
+  raise UsageError(f"{ckpt.directory} holds no intact checkpoint; move it aside to start over")
+
+
 def restore_or_init(
   exp: Experiment, ckpt: checkpointing.Checkpointer, step: int | None = None
 ) -> tuple[Any, bool]:
-  """(state, resumed): the workdir's checkpoint at `step` (default: the latest), or a fresh
-  state."""
+  """(state, resumed): the workdir's latest checkpoint (or `step`), or a fresh state.
+
+  A checkpoint is only resumed by the run that wrote it: run-defining flags that differ
+  from its flags.txt are refused unless --allow_flag_changes (loaders, read-only, may
+  override them).
+  """
   init, abstract_state = parallel.make_init(exp.family, exp.mesh)
+  workdir, cfg = exp.ctx.workdir, exp.cfg
+  latest = ckpt.latest_step() if step is None else step
+  if latest is None:
+    return init(exp.init_rng), False
+  differing = differing_flags(workdir, cfg)
+  # Loaders (read-only) may override flags on purpose; only a resumed training is refused.
+  if differing and not ckpt.read_only and not cfg.allow_flag_changes:
+    raise UsageError(
+      f"{workdir} holds a checkpoint of a different model or run; flags that differ: "
+      f"{_listed(differing)}. Rerun with the flags its flags.txt records, add "
+      "--allow_flag_changes to continue it with these, or use another --workdir"
+    )
+  if cfg.resume_from == "last_intact":
+    return _intact_state(exp, ckpt, abstract_state), True
   try:
     state = ckpt.restore(abstract_state, step)
   except checkpointing.CheckpointError as e:
-    differing = _differing_flags(exp.ctx.workdir, exp.cfg)
     if differing:
       raise UsageError(
-        f"{exp.ctx.workdir} holds a checkpoint of a different model; flags that "
-        f"differ: {', '.join(differing)}. Use another --workdir"
+        f"{workdir} holds a checkpoint of a different model; flags that "
+        f"differ: {_listed(differing)}. Use another --workdir"
       ) from None
-    earlier = [s for s in ckpt.manager.all_steps() if s < e.step]
-    hint = (
-      f"; move {e.path} aside to resume from step {max(earlier)}"
-      if earlier
-      else "; move it aside to start over"
-    )
+    if isinstance(e.cause, str):  # Checksums: the files changed since they were saved.
+      hint = (
+        " (rerun with --resume_from=last_intact to resume from it)"
+        if e.intact is not None
+        else f": move {ckpt.directory} aside to start over"
+      )
+    else:
+      earlier = [s for s in ckpt.all_steps() if s < e.step]
+      hint = (
+        f"; move {e.path} aside (or rerun with --resume_from=last_intact) to resume from "
+        f"step {max(earlier)}"
+        if earlier
+        else "; move it aside to start over"
+      )
     raise UsageError(f"{e}{hint}") from None
-  return (init(exp.init_rng), False) if state is None else (state, True)
+  return state, True
 
 
 def load_run(workdir: str, **overrides: Any) -> tuple[Experiment, Any]:
   """The experiment a workdir's flags.txt records (with `overrides`), and the checkpointed
   state --checkpoint chooses (best, latest or a step; `overrides` may set it). UsageError
-  when `workdir` holds no trained dlu run."""
+  when `workdir` holds no trained dlu run.
+
+  Read-only: nothing in the workdir is created, cleaned up or deleted, so it works on a run
+  that is still training (its latest finalised checkpoint).
+  """
   if not workdir or not os.path.isdir(workdir):
     raise UsageError(f"--workdir={workdir!r} is not a directory: expected the workdir of a dlu run")
   cfg = dlu_flags.config_from_flagfile(os.path.join(workdir, "flags.txt"), **overrides)
   exp = build(cfg, workdir)
   directory, step = selection.checkpoint_to_load(workdir, cfg.checkpoint)
-  ckpt = checkpointing.Checkpointer(directory, keep=cfg.keep_checkpoints)
+  ckpt = checkpointing.Checkpointer(directory, read_only=True)
   try:
     state, _ = restore_or_init(exp, ckpt, step)
   finally:
@@ -233,8 +316,28 @@ def load_run(workdir: str, **overrides: Any) -> tuple[Experiment, Any]:
   return exp, state
 
 
-def check_writable(workdir: str) -> None:
-  """Fail before training if results could not be written there."""
+def write_flags(exp: Experiment, step: int) -> None:
+  """flags.txt: the flagfile of this run. Flags changed on resume (--allow_flag_changes) are
+  kept above it as comments, the history of what the checkpoints were trained with."""
+  path = os.path.join(exp.ctx.workdir, "flags.txt")
+  history = []
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      history = [line for line in f.read().splitlines() if line.startswith("# ")]
+    history += [
+      f"# from step {step}: --{k}={v!r} (was {old!r})"
+      for k, old, v in differing_flags(exp.ctx.workdir, exp.cfg)
+    ]
+  text = "".join(line + "\n" for line in history) + exp.cfg.to_flagfile()
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def check_writable(workdir: str) -> bool:
+  """Fail before training if results could not be written there; True when the workdir
+  was created here (so a refusal can remove it again)."""
+  created = not os.path.lexists(workdir)
   probe = os.path.join(workdir, f".write_test_{os.getpid()}")
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -244,7 +347,17 @@ def check_writable(workdir: str) -> None:
       os.fsync(f.fileno())
     os.remove(probe)
   except OSError as e:
+    if created:
+      remove_if_empty(workdir)
     raise UsageError(f"--workdir={workdir} is not writable: {e.strerror or e}") from None
+  return created
+
+
+def remove_if_empty(workdir: str) -> None:
+  try:
+    os.rmdir(workdir)
+  except OSError:
+    pass
 
 
 def write_embeddings(

@@ -191,6 +191,21 @@ flags.DEFINE_bool(
   "debug_nans", False, "Turn on JAX NaN checking to find the operation that makes one."
 )
 
+flags.DEFINE_bool(
+  "allow_flag_changes",
+  False,
+  "Resume a workdir whose flags.txt records other run-defining flags (seed, data, model, "
+  "optimizer, ...): without it such a rerun is refused. flags.txt keeps the changes as comments.",
+)
+flags.DEFINE_enum(
+  "resume_from",
+  "latest",
+  ["latest", "last_intact"],
+  "latest: resume from the newest checkpoint (a damaged one stops the run); last_intact: from "
+  "the newest one that passes its checksums, moving the damaged ones to "
+  "WORKDIR/corrupt_checkpoints.",
+)
+
 _POSITIVE_INTS = (
   "batch_size",
   "num_steps",
@@ -233,13 +248,17 @@ class Config(types.SimpleNamespace):
     return "\n".join(lines) + "\n"
 
 
+# Flags of how a process is launched (coordinator, verbosity): not part of a run.
+_LAUNCH_MODULES = ("dlu.distributed", "dlu.cli")
+
+
 def _all_flag_values(flag_values: flags.FlagValues) -> dict[str, Any]:
   # Only the flags dlu defines: absl's own (logtostderr, ...) are not part of a run.
-  # Process-launch flags (dlu.distributed) differ per process and are not part of a run.
+  # Process-launch flags differ per process and are not part of a run.
   names = {
     f.name
     for module, fl in flag_values.flags_by_module_dict().items()
-    if module.startswith(("dlu.", "experiments.")) and module != "dlu.distributed"
+    if module.startswith(("dlu.", "experiments.")) and module not in _LAUNCH_MODULES
     for f in fl
   }
   return {name: flag_values[name].value for name in sorted(names)}
@@ -319,25 +338,33 @@ def config_from_flagfile(path: str, **overrides: Any) -> Config:
   """The Config a run's `flags.txt` (or any flagfile) records, with `overrides` applied."""
   if not os.path.isfile(path):
     raise UsageError(f"{path} does not exist: expected the flags.txt of a dlu run")
+  try:
+    with open(path, "rb") as f:
+      text = f.read().decode("utf-8")
+  except OSError as e:
+    raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+  except UnicodeDecodeError as e:
+    raise UsageError(
+      f"{path} is not UTF-8 text (byte {e.start}): expected the flags.txt of a dlu run"
+    ) from None
   values = {}
   defined = _all_flag_values(flags.FLAGS)
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line.startswith("--"):
-        continue
-      name, eq, value = line[2:].partition("=")
-      if not eq:  # A bare boolean, as absl reads it: --flag or --noflag.
-        if name.startswith("no") and name not in defined and name[2:] in defined:
-          name, value = name[2:], "false"
-        else:
-          value = "true"
-        if name in defined and not flags.FLAGS[name].boolean:
-          raise UsageError(f"{path}: --{name} needs a value (--{name}=...)")
-      if name not in defined:
-        raise UsageError(f"{path}: unknown flag --{name}")
-      try:
-        values[name] = flags.FLAGS[name]._parse(value)  # pylint: disable=protected-access
-      except (ValueError, flags.Error) as e:
-        raise UsageError(f"{path}: bad value for --{name}: {e}") from None
+  for line in text.splitlines():
+    line = line.strip()
+    if not line.startswith("--"):
+      continue
+    name, eq, value = line[2:].partition("=")
+    if not eq:  # A bare boolean, as absl reads it: --flag or --noflag.
+      if name.startswith("no") and name not in defined and name[2:] in defined:
+        name, value = name[2:], "false"
+      else:
+        value = "true"
+      if name in defined and not flags.FLAGS[name].boolean:
+        raise UsageError(f"{path}: --{name} needs a value (--{name}=...)")
+    if name not in defined:
+      raise UsageError(f"{path}: unknown flag --{name}")
+    try:
+      values[name] = flags.FLAGS[name]._parse(value)  # pylint: disable=protected-access
+    except (ValueError, flags.Error) as e:
+      raise UsageError(f"{path}: bad value for --{name}: {e}") from None
   return make_config(**values).replace(**overrides)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dlu.errors import UsageError
 from dlu.grids import tile_grid
 
 
@@ -194,6 +195,38 @@ def create_default_writer(workdir: str, *, lead: bool, console: bool = True) -> 
   if console:
     writers.append(ConsoleWriter())
   return MultiWriter(writers)
+
+
+def check_jsonl(path: str) -> None:
+  """UsageError naming `path` when it exists but is not a UTF-8 text file a run can append to."""
+  if not os.path.lexists(path):
+    return
+  if not os.path.isfile(path):
+    raise UsageError(f"{path} is not a file; expected a run's metrics (JSON lines)")
+  try:
+    with open(path, "rb") as f:
+      f.read().decode("utf-8")
+  except OSError as e:
+    raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+  except UnicodeDecodeError as e:
+    raise UsageError(
+      f"{path} is not UTF-8 text (byte {e.start}); expected a run's metrics (JSON lines)"
+    ) from None
+
+
+def last_row(path: str, split: str) -> dict[str, Any]:
+  """The metrics of the last row of `split` in a metrics.jsonl (empty when there is none)."""
+  row = {}
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        try:
+          r = json.loads(line)
+        except ValueError:
+          continue
+        if isinstance(r, dict) and r.get("split") == split:
+          row = {k: v for k, v in r.items() if k not in ("step", "split")}
+  return row
 
 
 def drop_rows_after(writer: MetricWriter, step: int) -> None:

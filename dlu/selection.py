@@ -1,7 +1,7 @@
 """Model selection on the validation split: early stopping and the best checkpoint.
 
     selection = ModelSelection(cfg, workdir)
-    selection.resume(step, rows)              # the `valid` rows of metrics.jsonl up to `step`
+    selection.replay(rows)                    # resumed: the `valid` rows up to its step
     stop = selection(step, flat_metrics, state)  # after each validation eval
 
 `--early_stopping_metric` stops a run once its validation metric has not improved by
@@ -104,12 +104,15 @@ class ModelSelection:
   def should_stop(self) -> bool:
     return self.stopping is not None and self.stopping.since_best >= self.patience
 
-  def resume(self, step: int, rows: list[Mapping[str, Any]]) -> None:
-    """Replays the validation rows up to `step`; drops a best checkpoint saved after it."""
+  def replay(self, rows: list[Mapping[str, Any]]) -> None:
+    """Takes the validation rows a resumed run wrote up to its checkpoint, in order."""
     for row in rows:
       self._update(int(row["step"]), row)
+
+  def drop_after(self, step: int) -> None:
+    """Deletes a best checkpoint saved after `step` (the run resumes before it)."""
     if self.ckpt is not None:
-      for s in self.ckpt.manager.all_steps():
+      for s in self.ckpt.all_steps():
         if s > step:
           self.ckpt.manager.delete(s)
 

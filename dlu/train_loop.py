@@ -22,13 +22,15 @@ from dlu import (
   metric_writers,
   parallel,
   selection,
+  workdir_lock,
 )
 from dlu import flags as dlu_flags
+from dlu.errors import RunFailure, UsageError
 from dlu.experiment import Experiment
 from dlu.periodic import PeriodicCallback, Profile, ReportProgress
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(RunFailure):
   """A train metric became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -40,11 +42,19 @@ def check_finite(step: int, metrics: dict) -> None:
       )
 
 
+class Preempted(Exception):
+  """SIGTERM arrived before training started: the run ends with nothing written."""
+
+
 class PreemptionNotice:
-  """Turns SIGTERM (a scheduler's pre-emption notice) into a flag the loop polls."""
+  """SIGTERM, a scheduler's pre-emption notice. Before `training()` it raises Preempted, as
+  nothing is written yet; after, it sets `received`, which the loop polls to save and stop,
+  and restores SIGTERM's default action, so that a second SIGTERM ends the process at once
+  (e.g. one stuck in a step)."""
 
   def __init__(self):
     self.received = False
+    self._training = False
     self._previous = None
 
   def __enter__(self):
@@ -54,9 +64,15 @@ class PreemptionNotice:
       self._previous = None
     return self
 
+  def training(self) -> None:
+    self._training = True
+
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if not self._training:
+      raise Preempted()
     self.received = True
+    signal.signal(signum, signal.SIG_DFL)
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -66,30 +82,90 @@ class PreemptionNotice:
 def train_and_evaluate(cfg: dlu_flags.Config, workdir: str) -> dict[str, float]:
   """Trains to `cfg.num_steps`, resuming from `workdir` if it holds a checkpoint.
 
-  Returns the final eval metrics.
+  Returns the final eval metrics. Every refusal (UsageError), and a SIGTERM before
+  training starts, leaves the workdir as it was.
   """
-  exp = experiment.build(cfg, workdir)
-  schedule = evaluators.training_schedule(exp)
   lead = parallel.is_lead_process()
-  experiment.check_writable(workdir)
-  if cfg.debug_nans:
-    jax.config.update("jax_debug_nans", True)
+  lock, created = None, False
+  with PreemptionNotice() as preemption:
+    try:
+      exp = experiment.build(cfg, workdir)
+      schedule = evaluators.training_schedule(exp)
+      experiment.check_workdir(workdir)
+      created = experiment.check_writable(workdir)
+      lock = workdir_lock.WorkdirLock(workdir, enabled=lead)
+      lock.acquire()
+      if lock.stale_note():
+        print(f"warning: {lock.stale_note()}", flush=True)
+      if cfg.debug_nans:
+        jax.config.update("jax_debug_nans", True)
+      return _start(exp, schedule, preemption)
+    except Preempted:
+      if lead:
+        print(f"SIGTERM received before training started; nothing written in {workdir}")
+      return {}
+    finally:
+      if lock is not None:
+        lock.release()
+      if created:
+        experiment.remove_if_empty(workdir)
+
+
+def _start(exp: Experiment, schedule, preemption: PreemptionNotice) -> dict[str, float]:
+  """Restores or initialises the state, then opens the writers and trains."""
+  cfg, workdir, lead = exp.cfg, exp.ctx.workdir, parallel.is_lead_process()
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
-  writer = metric_writers.create_default_writer(workdir, lead=lead)
-  profile = Profile(
-    workdir, first_step=min(cfg.log_every, cfg.num_steps), num_steps=cfg.profile_steps, enabled=lead
-  )
-  selector = selection.ModelSelection(cfg, workdir)
+  writer = profile = selector = None
   try:
+    latest = ckpt.latest_step()
+    if latest is not None and latest > cfg.num_steps:
+      raise UsageError(
+        f"--num_steps={cfg.num_steps} is below the step of the checkpoint in "
+        f"{ckpt.directory} ({latest}); give --num_steps >= {latest} or use another --workdir"
+      )
+    state, resumed = experiment.restore_or_init(exp, ckpt)
+    step = int(state.step)
+    selector = selection.ModelSelection(cfg, workdir)
+    if resumed:  # Early stopping and the best checkpoint decide as the uninterrupted run did.
+      selector.replay(selection.read_rows(workdir, selection.VALID, step))
+    if resumed and (step >= cfg.num_steps or selector.should_stop):
+      if lead:
+        why = "--num_steps" if step >= cfg.num_steps else "stopped early"
+        print(f"{workdir} is already trained to step {step} ({why}); nothing to do")
+        print_summary(workdir)
+      return metric_writers.last_row(os.path.join(workdir, "metrics.jsonl"), "test")
+    preemption.training()  # From here on, the workdir is written to.
+    selector.drop_after(step)
+    writer = metric_writers.create_default_writer(workdir, lead=lead)
+    profile = Profile(
+      workdir,
+      first_step=min(cfg.log_every, cfg.num_steps),
+      num_steps=cfg.profile_steps,
+      enabled=lead,
+    )
     on = selection.VALID if exp.dataset.x_valid is not None else "test"
     evaluation = evaluators.Evaluation(exp, writer, schedule, on=on)
-    with PreemptionNotice() as preemption:
-      return _train(exp, workdir, ckpt, writer, evaluation, profile, preemption, selector)
-  finally:
-    profile.close()
-    selector.close()
-    ckpt.close()
-    writer.close()
+    result = _train(
+      exp, workdir, ckpt, writer, evaluation, profile, preemption, state, resumed, selector
+    )
+  except BaseException:
+    _close(profile, selector, ckpt, writer, quiet=True)  # The error in flight is reported.
+    raise
+  _close(profile, selector, ckpt, writer, quiet=False)
+  return result
+
+
+def _close(*resources, quiet: bool) -> None:
+  """Closes each of `resources` (None: skipped); raises the first error unless `quiet`."""
+  first = None
+  for r in resources:
+    try:
+      if r is not None:
+        r.close()
+    except Exception as e:  # pylint: disable=broad-except
+      first = first or e
+  if first is not None and not quiet:
+    raise first
 
 
 def _train(
@@ -100,14 +176,13 @@ def _train(
   evaluation: evaluators.Evaluation,
   profile: Profile,
   preemption: PreemptionNotice,
+  state,
+  resumed: bool,
   selector: selection.ModelSelection,
 ) -> dict[str, float]:
   cfg, lead = exp.cfg, parallel.is_lead_process()
-  state, resumed = experiment.restore_or_init(exp, ckpt)
   if resumed:
     metric_writers.drop_rows_after(writer, int(state.step))
-  step = int(state.step)
-  selector.resume(step, selection.read_rows(workdir, selection.VALID, step) if resumed else [])
   if lead:
     processes = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
     print(
@@ -117,8 +192,7 @@ def _train(
       f"global batch {exp.sampler.global_batch_size})",
       flush=True,
     )
-    with open(os.path.join(workdir, "flags.txt"), "w") as f:
-      f.write(cfg.to_flagfile())
+    experiment.write_flags(exp, int(state.step))
     experiment.save_preprocessing(exp)
     writer.write_hparams(vars(cfg))
   train_step = parallel.make_train_step(exp.family, exp.mesh, parallelism=cfg.parallelism)
@@ -186,66 +260,77 @@ def _run(
   eval_metrics, last_metrics = {}, None
   window = parallel.DispatchWindow()
   t0 = time.perf_counter()
-  while step < cfg.num_steps and not selector.should_stop:
-    state = exp.family.before_step(state, step)
-    n = device_data.dispatch_length(step, cfg.num_steps, cfg.steps_per_dispatch, boundaries)
-    state, last_metrics = feed(state, step, n)
-    window.push(last_metrics)
-    step += n
-    if t0 is not None:
-      jax.block_until_ready(last_metrics)
-      if lead:
-        what = "step" if n == 1 else f"dispatch ({n} steps)"
+  try:
+    while step < cfg.num_steps and not selector.should_stop:
+      state = exp.family.before_step(state, step)
+      n = device_data.dispatch_length(step, cfg.num_steps, cfg.steps_per_dispatch, boundaries)
+      state, last_metrics = feed(state, step, n)
+      window.push(last_metrics)
+      step += n
+      if t0 is not None:
+        jax.block_until_ready(last_metrics)
+        if lead:
+          what = "step" if n == 1 else f"dispatch ({n} steps)"
+          print(
+            f"First {what} (compilation included) took {time.perf_counter() - t0:.1f} s", flush=True
+          )
+        t0 = None
+      final = step == cfg.num_steps
+      profile(step, last_metrics, final=final)
+      if report.due(step, final) or save.due(step, final):
+        metrics = jax.device_get(host_state(last_metrics))
+        check_finite(step, metrics)
+        report(step, final=final, metrics=metrics)
+        save(step, final=final, state=state)
+      if evaluation.due(step, final):
+        eval_metrics = evaluation(step, host_state(state), final=final)
+        report.restart(step)  # eval time does not count against steps/s
+        if selector.active and evaluation.on == selection.VALID:
+          flat = evaluators.flat_scalars(eval_metrics)
+          if selector(step, flat, host_state(state)) and not final:
+            check_finite(step, jax.device_get(host_state(last_metrics)))
+            save(step, final=True, state=state)
+            if lead:
+              watch = selector.stopping
+              print(
+                f"Early stopping at step {step}: validation {watch.metric} has not improved "
+                f"for {selector.patience} evals (best {watch.best:.6g} at step "
+                f"{watch.best_step})",
+                flush=True,
+              )
+      if preemption.received and not final:
+        check_finite(step, jax.device_get(host_state(last_metrics)))
+        ckpt.save(step, host_state(state))
+        ckpt.wait()
         print(
-          f"First {what} (compilation included) took {time.perf_counter() - t0:.1f} s", flush=True
+          f"SIGTERM received: saved a checkpoint at step {step} in {workdir}; "
+          "rerun the same command to resume",
+          flush=True,
         )
-      t0 = None
-    final = step == cfg.num_steps
-    profile(step, last_metrics, final=final)
-    if report.due(step, final) or save.due(step, final):
-      metrics = jax.device_get(host_state(last_metrics))
-      check_finite(step, metrics)
-      report(step, final=final, metrics=metrics)
-      save(step, final=final, state=state)
-    if evaluation.due(step, final):
-      eval_metrics = evaluation(step, host_state(state), final=final)
-      report.restart(step)  # eval time does not count against steps/s
-      if selector.active and evaluation.on == selection.VALID:
-        flat = evaluators.flat_scalars(eval_metrics)
-        if selector(step, flat, host_state(state)) and not final:
-          check_finite(step, jax.device_get(host_state(last_metrics)))
-          save(step, final=True, state=state)
-          if lead:
-            watch = selector.stopping
-            print(
-              f"Early stopping at step {step}: validation {watch.metric} has not improved "
-              f"for {selector.patience} evals (best {watch.best:.6g} at step {watch.best_step})",
-              flush=True,
-            )
-    if preemption.received and not final:
-      check_finite(step, jax.device_get(host_state(last_metrics)))
-      ckpt.save(step, host_state(state))
-      ckpt.wait()
-      print(
-        f"SIGTERM received: saved a checkpoint at step {step} in {workdir}; "
-        "rerun the same command to resume",
-        flush=True,
-      )
-      return eval_metrics
+        return eval_metrics
 
-  state = host_state(state)
-  if last_metrics is None:  # Already at --num_steps or stopped: evaluate what the checkpoint holds.
-    eval_metrics = evaluation(step, state, final=True)
-  if evaluation.on == selection.VALID:  # The test split, scored once.
-    eval_metrics = evaluation.final_scores(step, state, eval_metrics, selector.summary())
-  experiment.write_embeddings(
-    exp,
-    state,
-    os.path.join(workdir, "embeddings_test.npz"),
-    evaluation.inputs.cached_embeddings("test", step),
-  )
-  ckpt.wait()
-  selector.wait()
+    state = host_state(state)
+    if evaluation.on == selection.VALID:  # The test split, scored once.
+      eval_metrics = evaluation.final_scores(step, state, eval_metrics, selector.summary())
+    experiment.write_embeddings(
+      exp,
+      state,
+      os.path.join(workdir, "embeddings_test.npz"),
+      evaluation.inputs.cached_embeddings("test", step),
+    )
+    ckpt.wait()
+    selector.wait()
+  except (OSError, checkpointing.SaveError) as e:  # A full disk: say where, and what is kept.
+    kept = ckpt.kept_step()
+    what = (
+      str(e)
+      if isinstance(e, checkpointing.SaveError)
+      else f"cannot write {e.filename or workdir} ({e.strerror or e})"
+    )
+    raise RunFailure(
+      f"{what} at step {step}; "
+      + (f"the last good checkpoint (step {kept}) is kept" if kept else "no checkpoint is kept")
+    ) from e
   if lead:
     print_summary(workdir)
   return eval_metrics

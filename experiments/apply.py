@@ -14,10 +14,9 @@ own units (`samples`, `sample_labels` in the npz; DIR/samples.csv or .npz beside
 """
 
 import os
-import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from dlu import apply, cli
 from dlu.errors import UsageError
@@ -72,25 +71,21 @@ def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def main(argv):
-  cli.start(argv)
-  try:
-    if not FLAGS.input or not FLAGS.output:
-      raise UsageError(
-        "--input=SPEC (any --dataset form) and --output=PATH.npz|PATH.csv are both needed"
-      )
-    fmt = os.path.splitext(FLAGS.output)[1].lower()
-    if fmt not in (".npz", ".csv"):
-      raise UsageError(f"--output={FLAGS.output}: expected a path ending in .npz or .csv")
-    out_dir = os.path.dirname(os.path.abspath(FLAGS.output))
-    if not os.path.isdir(out_dir):
-      raise UsageError(f"--output={FLAGS.output}: the folder {out_dir} does not exist")
-    run = apply.load_run(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
-    x = apply.read_inputs(FLAGS.input, run)
-    out = results(run, x)
-    samples = run.sample(FLAGS.samples) if FLAGS.samples else None
-  except UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  del argv
+  if not FLAGS.input or not FLAGS.output:
+    raise UsageError(
+      "--input=SPEC (any --dataset form) and --output=PATH.npz|PATH.csv are both needed"
+    )
+  fmt = os.path.splitext(FLAGS.output)[1].lower()
+  if fmt not in (".npz", ".csv"):
+    raise UsageError(f"--output={FLAGS.output}: expected a path ending in .npz or .csv")
+  out_dir = os.path.dirname(os.path.abspath(FLAGS.output))
+  if not os.path.isdir(out_dir):
+    raise UsageError(f"--output={FLAGS.output}: the folder {out_dir} does not exist")
+  run = apply.load_run(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
+  x = apply.read_inputs(FLAGS.input, run)
+  out = results(run, x)
+  samples = run.sample(FLAGS.samples) if FLAGS.samples else None
   if fmt == ".npz":
     if samples is not None:
       out["samples"] = samples[0]
@@ -124,4 +119,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -10,9 +10,7 @@ examples alone (TSTR). All are scored on the real test split. Results: DIR/augme
 plot of accuracy against k, DIR/augment.png.
 """
 
-import sys
-
-from absl import app, flags
+from absl import flags
 
 from dlu import cli, few_shot
 from dlu.errors import UsageError
@@ -50,20 +48,16 @@ def _real_per_class() -> list[int]:
 
 
 def main(argv):
-  cli.start(argv)
-  try:
-    results = few_shot.run(
-      FLAGS.workdir,
-      real_per_class=_real_per_class(),
-      synthetic_per_class=FLAGS.synthetic_per_class,
-      seeds=FLAGS.seeds,
-      steps=FLAGS.classifier_steps,
-      batch_size=FLAGS.classifier_batch_size,
-      learning_rate=FLAGS.classifier_learning_rate,
-    )
-  except UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  del argv
+  results = few_shot.run(
+    FLAGS.workdir,
+    real_per_class=_real_per_class(),
+    synthetic_per_class=FLAGS.synthetic_per_class,
+    seeds=FLAGS.seeds,
+    steps=FLAGS.classifier_steps,
+    batch_size=FLAGS.classifier_batch_size,
+    learning_rate=FLAGS.classifier_learning_rate,
+  )
   print(few_shot.table(results))
   print(
     f"\nResults: {FLAGS.workdir}/augment.json\nPlot:    {FLAGS.workdir}/augment.png", flush=True
@@ -71,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -8,31 +8,25 @@ its latest: --checkpoint=best|latest|STEP.
 """
 
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
 
 from dlu import cli, evaluate
 from dlu import flags as dlu_flags
-from dlu.errors import UsageError
 
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  cli.start(argv)
+  del argv
   overrides = {
     name: FLAGS[name].value
     for name in vars(dlu_flags.config_from_flags(FLAGS))
     if FLAGS[name].present and name != "workdir"
   }
-  try:
-    results = evaluate.evaluate_workdir(FLAGS.workdir, **overrides)
-  except UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  results = evaluate.evaluate_workdir(FLAGS.workdir, **overrides)
   print(json.dumps(results, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -10,9 +10,7 @@ With --out the dataset is written as ArrayRecord shards in OUT (in parallel, res
 keeps the finished shards), and `--dataset=records:OUT` reads the same dataset by row.
 """
 
-import sys
-
-from absl import app, flags
+from absl import flags
 
 from dlu import cli, data
 from dlu.data import preparation
@@ -62,30 +60,26 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-  cli.start(argv)
-  try:
-    if FLAGS.out is None:
-      for name in ("num_shards", "workers", "skip_bad", "label_column"):
-        if FLAGS[name].present:
-          raise UsageError(f"--{name} applies to preparing records: give --out=DIR too")
-      print(data.prepare(FLAGS.dataset, data_dir=FLAGS.data_dir, idx_dir=FLAGS.idx_dir))
-      return
-    print(
-      preparation.prepare_records(
-        FLAGS.dataset,
-        FLAGS.out,
-        label_column=FLAGS.label_column,
-        num_shards=FLAGS.num_shards,
-        workers=FLAGS.workers,
-        skip_bad=FLAGS.skip_bad,
-        data_dir=FLAGS.data_dir,
-        idx_dir=FLAGS.idx_dir,
-      )
+  del argv
+  if FLAGS.out is None:
+    for name in ("num_shards", "workers", "skip_bad", "label_column"):
+      if FLAGS[name].present:
+        raise UsageError(f"--{name} applies to preparing records: give --out=DIR too")
+    print(data.prepare(FLAGS.dataset, data_dir=FLAGS.data_dir, idx_dir=FLAGS.idx_dir))
+    return
+  print(
+    preparation.prepare_records(
+      FLAGS.dataset,
+      FLAGS.out,
+      label_column=FLAGS.label_column,
+      num_shards=FLAGS.num_shards,
+      workers=FLAGS.workers,
+      skip_bad=FLAGS.skip_bad,
+      data_dir=FLAGS.data_dir,
+      idx_dir=FLAGS.idx_dir,
     )
-  except UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  )
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -7,32 +7,33 @@ Any flag may follow the flagfile to override it. Rerunning the same command resu
 On a cluster the same command runs in every process (see scripts/launch_*).
 """
 
+import signal
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from dlu import cli, distributed, train_loop
 from dlu import flags as dlu_flags
-from dlu.errors import UsageError
 
 FLAGS = flags.FLAGS
 
 
+def _sigterm_at_start_up(signum, frame):
+  del signum, frame
+  print("SIGTERM received during start-up; nothing written", flush=True)
+  sys.exit(0)
+
+
 def main(argv):
-  cli.start(argv)
-  started = False
+  del argv
+  # Until training installs its own pre-emption handler: end cleanly, nothing written.
+  signal.signal(signal.SIGTERM, _sigterm_at_start_up)
+  started = distributed.initialize_from_flags(FLAGS)
   try:
-    started = distributed.initialize_from_flags(FLAGS)
     train_loop.train_and_evaluate(dlu_flags.config_from_flags(FLAGS), FLAGS.workdir)
-  except UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except train_loop.NonFiniteError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
   finally:
     distributed.shutdown(started)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -13,7 +13,7 @@ from absl import flags
 from absl.testing import flagsaver
 from PIL import Image
 
-from dlu import data
+from dlu import cli, data
 from dlu.data import sources, tfds_offline
 from dlu.errors import UsageError
 
@@ -375,7 +375,7 @@ def test_prepare_data_main(tmp_path, capsys):
     prepare_data.main(["prepare_data"])
   assert "1500 train and 297 test images of 8x8x1" in capsys.readouterr().out
   with flagsaver.flagsaver(dataset=f"npz:{tmp_path}/missing.npz"), pytest.raises(SystemExit) as e:
-    prepare_data.main(["prepare_data"])
+    cli.guarded(prepare_data.main, ["prepare_data"])
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert err.startswith("error: --dataset=npz:") and err.count("\n") == 1

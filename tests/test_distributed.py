@@ -121,3 +121,29 @@ def test_initialize_needs_all_three_flags_or_none():
     distributed.initialize(
       distributed="on", coordinator_address="127.0.0.1:1234", num_processes=2, process_id=2
     )
+
+
+def test_a_missing_coordinator_gives_up_after_the_timeout_with_one_line(tmp_path):
+  workdir = tmp_path / "w"
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.train",
+      f"--flagfile={DIGITS}",
+      f"--workdir={workdir}",
+      f"--coordinator_address=127.0.0.1:{_free_port()}",
+      "--num_processes=2",
+      "--process_id=1",
+      "--distributed_timeout=2",
+    ],
+    cwd=ROOT,
+    env=_env(1),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert out.returncode == 1
+  assert "waits up to 2 s for 127.0.0.1:" in out.stdout
+  assert out.stderr.startswith("error: multi-process start-up: process 1 of 2 did not reach")
+  assert out.stderr.count("\n") == 1 and not workdir.exists()

@@ -122,6 +122,13 @@ def test_sigterm_saves_at_the_current_step_and_the_rerun_continues(tmp_path):
     ),
     proc,
   )
+  # A second run on the same workdir is refused, naming the first; nothing is touched.
+  flags_before = open(os.path.join(workdir, "flags.txt")).read()
+  cfg = dlu_flags.config_from_flagfile(DIGITS, seed=1, num_steps=1000000)
+  with pytest.raises(UsageError, match=f"is in use by another run .*pid {proc.pid}, started "):
+    train_loop.train_and_evaluate(cfg, workdir)
+  assert open(os.path.join(workdir, "flags.txt")).read() == flags_before
+  assert len([f for f in os.listdir(workdir) if f.startswith("events.")]) == 1
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err
@@ -152,8 +159,17 @@ def test_half_written_and_corrupt_checkpoints(tmp_path):
         f.truncate(3)
   out = _run(workdir, "--num_steps=80")
   assert out.returncode == 2
-  assert "cannot restore the checkpoint" in out.stderr and "resume from step 40" in out.stderr
-  assert "Traceback" not in out.stderr and _steps(workdir) == [20, 40, 60]
+  assert "checkpoint step 60 is corrupt" in out.stderr and "last intact step is 40" in out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1 and _steps(workdir) == [20, 40, 60]
+  # Without checksums (killed before they were written) Orbax itself fails: one line too.
+  os.remove(os.path.join(workdir, "checkpoints", "60", "dlu_checksums.json"))
+  out = _run(workdir, "--num_steps=80")
+  assert out.returncode == 2 and "cannot restore the checkpoint" in out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+  out = _run(workdir, "--num_steps=80", "--resume_from=last_intact")
+  assert out.returncode == 0 and "from step 40" in out.stdout, out.stderr
+  assert _steps(workdir)[-1] == 80
+  assert os.listdir(os.path.join(workdir, "corrupt_checkpoints")) == ["60"]
 
 
 @pytest.mark.slow
@@ -269,32 +285,16 @@ def test_unwritable_workdir(tmp_path):
     train_loop.train_and_evaluate(cfg, str(blocker / "run"))
 
 
-@pytest.mark.slow
-def test_workdir_of_a_different_model_is_refused_and_kept(tmp_path):
-  workdir = str(tmp_path / "run")
-  assert _run(workdir, "--num_steps=20", "--hidden_units=16").returncode == 0
-  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-  flags_before = open(os.path.join(workdir, "flags.txt")).read()
-  out = _run(workdir, "--num_steps=40", "--hidden_units=24")
-  assert out.returncode == 2
-  assert "holds a checkpoint of a different model" in out.stderr
-  assert "--hidden_units (checkpoint 16, now 24)" in out.stderr
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
-  assert open(os.path.join(workdir, "flags.txt")).read() == flags_before
-
-
 @pytest.mark.parametrize(
   "args,message",
   [
     (["--flagfile=/nonexistent.flags"], "/nonexistent.flags"),
     (["--learning_rate=-1"], "error: --learning_rate must be > 0"),
-    (["--no_such_flag=3"], "no_such_flag"),
-    (["--batch_size=abc"], "batch_size"),
   ],
 )
 def test_command_line_errors_are_short_and_leave_no_workdir(tmp_path, args, message):
   proc = _run(tmp_path / "w", *args)
-  assert proc.returncode != 0
+  assert proc.returncode == 2
   assert message in proc.stderr
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "w").exists()
@@ -317,5 +317,5 @@ def test_unknown_flag_in_a_flagfile(tmp_path):
     text=True,
     timeout=120,
   )
-  assert proc.returncode != 0 and "lerning_rate" in proc.stderr
+  assert proc.returncode == 2 and "lerning_rate" in proc.stderr
   assert not (tmp_path / "w").exists()

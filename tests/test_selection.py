@@ -64,7 +64,7 @@ def test_a_resumed_selection_decides_as_the_uninterrupted_one(tmp_path):
   assert _feed(full, SCRIPT)[0] == [70]
   resumed = selection.ModelSelection(_cfg(early_stopping_min_delta=0.01), str(tmp_path / "b"))
   rows = [{"step": 10 * (i + 1), "split": "valid", "mse": v} for i, v in enumerate(SCRIPT[:5])]
-  resumed.resume(50, rows)
+  resumed.replay(rows)
   stops, saved = _feed(resumed, [])  # nothing new yet: the state is the replayed one
   assert resumed.stopping.best_step == 40 and resumed.stopping.since_best == 1 and not saved
   assert resumed.best.best_step == 50

@@ -80,8 +80,10 @@ def test_flagfile_run_writes_its_workdir_and_resumes(tmp_path):
   assert train == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
 
   # Rerunning a finished run changes nothing and says where its results are.
+  rows = _rows(workdir)
   out = _train(*common, "--num_steps=100").stdout
-  assert "from step 100" in out and "Results in" in out
+  assert "already trained to step 100" in out and "Results in" in out
+  assert _rows(workdir) == rows
 
 
 def _params(workdir, step):

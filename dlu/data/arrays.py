@@ -246,6 +246,10 @@ def normalize(x: Any, pixel_range: str = "unit") -> Any:
 # --- Checks shared by the local sources (npz, folder). ---
 
 
+#: The most classes a labelled dataset may have (labels index arrays of this length).
+MAX_CLASSES = 100_000
+
+
 def _check_images(x: Any, what: str) -> np.ndarray:
   """`x` as [N, H, W, C] uint8, or float32 in [0, 1]; `what` names its origin in errors."""
   x = np.asarray(x)
@@ -263,7 +267,14 @@ def _check_images(x: Any, what: str) -> np.ndarray:
   if not np.issubdtype(x.dtype, np.floating):
     raise UsageError(f"{what} has dtype {x.dtype}; expected uint8 in 0..255 or float in [0, 1]")
   x = x.astype(np.float32)
-  if not np.all((x >= 0) & (x <= 1)):  # also false for NaN
+  for bad, name in ((np.isnan(x), "NaN"), (np.isinf(x), "infinite values")):
+    if bad.any():
+      first = tuple(int(i) for i in np.argwhere(bad)[0])
+      raise UsageError(
+        f"{what} holds {name} ({int(bad.sum())} of them, the first at index {first}); "
+        "expected uint8 in 0..255 or float in [0, 1]"
+      )
+  if not np.all((x >= 0) & (x <= 1)):
     raise UsageError(
       f"{what} is float with values outside [0, 1] (min {np.nanmin(x):g}, max "
       f"{np.nanmax(x):g}); expected uint8 in 0..255 or float in [0, 1]"
@@ -279,6 +290,10 @@ def _check_labels(y: Any, num_examples: int, what: str) -> np.ndarray:
     raise UsageError(f"{what} has dtype {y.dtype}; expected integer class indices")
   if y.min() < 0:
     raise UsageError(f"{what} has negative labels (min {y.min()}); expected class indices 0..K-1")
+  if y.max() >= MAX_CLASSES:
+    raise UsageError(
+      f"{what} has a label {y.max()}; expected class indices 0..K-1 with K <= {MAX_CLASSES:,}"
+    )
   return y.astype(np.int32)
 
 

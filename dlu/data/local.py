@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -34,23 +35,69 @@ def load_digits() -> Dataset:
   )
 
 
+# Deflate expands at most ~1032:1: a member claiming more than this is lying about its size.
+_MAX_DEFLATE_RATIO = 1100
+
+
+def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, size: int) -> None:
+  """UsageError unless the .npy header of `info` declares a plain array of as many bytes as
+  the archive holds for it (checked before anything is allocated)."""
+  if info.compress_size > size:
+    raise UsageError(
+      f"{where} claims {info.compress_size:,} bytes in a file of {size:,}: the file is damaged"
+    )
+  with zf.open(info) as f:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+      shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+      shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    header = f.tell() if f.seekable() else None
+  if dtype.hasobject:
+    raise UsageError(f"{where} holds Python objects (pickled data), which are not read")
+  declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+  limit = info.compress_size * (_MAX_DEFLATE_RATIO if info.compress_type else 1)
+  held = info.file_size - (header or 0)
+  if declared > limit + 4096 or (header is not None and declared != held):
+    raise UsageError(
+      f"{where} declares shape {tuple(shape)} of {dtype} ({declared:,} bytes) but the archive "
+      f"holds {held:,} bytes for it: the file is damaged"
+    )
+
+
 def read_npz(dataset: str, path: str) -> dict[str, np.ndarray]:
-  """The arrays of a NumPy .npz archive holding x (and optionally y, x_test, y_test)."""
+  """The arrays of a NumPy .npz archive holding x (and optionally y, x_test, y_test).
+
+  Every failure mode of a damaged or foreign file is one UsageError naming it: an .npy
+  under an .npz name, a damaged zip or deflate stream, headers declaring sizes the file
+  does not hold (checked before allocating), pickled objects.
+  """
   what = f"--dataset={dataset}"
   if not os.path.isfile(path):
     raise UsageError(
       f"{what}: no such file {path}; expected a NumPy .npz archive with an array 'x'"
     )
+  arrays = {}
   try:
-    with np.load(path, allow_pickle=False) as archive:
-      if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise UsageError(
-          f"{what}: {path} is a single .npy array; expected an .npz archive with 'x'"
-        )
-      arrays = {key: archive[key] for key in archive.files}
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    if isinstance(e, UsageError):
-      raise
+    with open(path, "rb") as raw:
+      magic = raw.read(6)
+    if magic == b"\x93NUMPY":
+      raise UsageError(
+        f"{what}: {path} is a single .npy array; expected an .npz archive with 'x' "
+        "(np.savez(path, x=...))"
+      )
+    with zipfile.ZipFile(path) as zf:
+      for info in zf.infolist():
+        if not info.filename.endswith(".npy"):
+          continue
+        name = info.filename[: -len(".npy")]
+        where = f"{what}: array '{name}' of {path}"
+        _member_header(zf, info, where, os.path.getsize(path))
+        with zf.open(info) as f:
+          arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
+  except UsageError:
+    raise
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
     raise UsageError(f"{what}: cannot read {path} as a NumPy .npz archive ({e})") from e
   if "x" not in arrays:
     raise UsageError(
@@ -78,7 +125,7 @@ def load_npz(dataset: str, path: str, arrays: dict[str, np.ndarray] | None = Non
 def _image_files(directory: str) -> list[str]:
   """Image files under `directory`, recursively, in a fixed (sorted) order."""
   found = []
-  for root, dirs, files in os.walk(directory):
+  for root, dirs, files in os.walk(directory):  # Directory symlinks are not followed.
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
     found.extend(
       os.path.join(root, f)
@@ -101,7 +148,7 @@ def decode_image(path: str, what: str) -> np.ndarray:
         )
       x = np.asarray(im.convert(mode), dtype=np.uint8)
   # PIL.UnidentifiedImageError is an OSError; a damaged PNG chunk can be a SyntaxError.
-  except (OSError, ValueError, SyntaxError) as e:
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
     if isinstance(e, UsageError):
       raise
     raise UsageError(f"{what}: cannot decode image {path} ({e})") from e
@@ -142,10 +189,11 @@ def list_folder(
     for e in entries
     if e.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, e))
   ]
+  # Symlinked class folders are skipped: they would loop or count images twice.
   classes = {
     e: _image_files(os.path.join(directory, e))
     for e in entries
-    if os.path.isdir(os.path.join(directory, e))
+    if os.path.isdir(os.path.join(directory, e)) and not os.path.islink(os.path.join(directory, e))
   }
   classes = {name: files for name, files in classes.items() if files}
   if top and classes:

@@ -61,7 +61,7 @@ def load_autoencoder(workdir: str, spec, mesh) -> tuple[Autoencoder, TrainState]
   family = family_cls(cfg, spec)
   if not has_checkpoint(workdir):
     raise UsageError(f"--init_from={workdir!r} holds no checkpoint: train the autoencoder first")
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   try:
     state = ckpt.restore(parallel.make_init(family, mesh)[1])
   finally:
