@@ -74,8 +74,8 @@ def feature_metrics(exp: Any, state: Any, inputs: Inputs) -> dict[str, Any]:
         f"{exp.cfg.model} on {ds.name}, step {step}: the {min(WORST_SHOWN, len(names))} "
         "worst-reconstructed columns",
       )
+  z = inputs.embeddings(state, "test")  # on every process: it gathers across them
   if lead:
-    z = inputs.embeddings(state, "test")
     points = z if z.shape[1] == 2 else clustering.manifold(z, "pca", dim=2, seed=exp.cfg.seed)
     clustering.scatter_plot(
       points,
