@@ -6,6 +6,7 @@ end."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -43,7 +44,12 @@ def check_finite(step: int, metrics: dict) -> None:
 
 
 class Preempted(Exception):
-  """SIGTERM arrived before training started: the run ends with nothing written."""
+  """SIGTERM arrived before training started (the run ends with nothing written), or while no
+  step was running (`during` says what it stopped; what was saved is kept)."""
+
+  def __init__(self, during: str | None = None):
+    super().__init__(during or "start-up")
+    self.during = during
 
 
 class PreemptionNotice:
@@ -55,6 +61,7 @@ class PreemptionNotice:
   def __init__(self):
     self.received = False
     self._training = False
+    self._idle: str | None = None
     self._previous = None
 
   def __enter__(self):
@@ -67,12 +74,24 @@ class PreemptionNotice:
   def training(self) -> None:
     self._training = True
 
+  @contextlib.contextmanager
+  def no_step_running(self, what: str):
+    """While `what` (e.g. an evaluation) runs, SIGTERM stops the run at once (Preempted): there
+    is no step to finish, and the checkpoints saved so far are what a rerun resumes from."""
+    self._idle = what
+    try:
+      yield
+    finally:
+      self._idle = None
+
   def _handle(self, signum, frame):
     del frame
     if not self._training:
       raise Preempted()
     self.received = True
     signal.signal(signum, signal.SIG_DFL)
+    if self._idle:
+      raise Preempted(self._idle)
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -100,8 +119,14 @@ def train_and_evaluate(cfg: dlu_flags.Config, workdir: str) -> dict[str, float]:
       if cfg.debug_nans:
         jax.config.update("jax_debug_nans", True)
       return _start(exp, schedule, preemption)
-    except Preempted:
-      if lead:
+    except Preempted as e:
+      if lead and e.during:
+        print(
+          f"SIGTERM received during {e.during}: stopped at once; the checkpoints saved so far "
+          f"are kept in {workdir}; rerun the same command to resume",
+          flush=True,
+        )
+      elif lead:
         print(f"SIGTERM received before training started; nothing written in {workdir}")
       return {}
     finally:
@@ -282,8 +307,9 @@ def _run(
         check_finite(step, metrics)
         report(step, final=final, metrics=metrics)
         save(step, final=final, state=state)
-      if evaluation.due(step, final):
-        eval_metrics = evaluation(step, host_state(state), final=final)
+      if evaluation.due(step, final) and not (preemption.received and not final):
+        with preemption.no_step_running(f"the evaluation at step {step}"):
+          eval_metrics = evaluation(step, host_state(state), final=final)
         report.restart(step)  # eval time does not count against steps/s
         if selector.active and evaluation.on == selection.VALID:
           flat = evaluators.flat_scalars(eval_metrics)

@@ -69,3 +69,38 @@ def test_a_second_sigterm_ends_the_process_at_once():
     # The next SIGTERM is no longer caught: it ends the process, even one stuck in a step.
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
   assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_sigterm_during_an_evaluation_stops_at_once_keeping_the_checkpoints(
+  tmp_path, monkeypatch, capsys
+):
+  from dlu import evaluators, flags
+  from dlu.checkpointing import read_checkpoint
+
+  evaluate = evaluators.Evaluation.__call__
+
+  def sigterm_in_the_first_eval(self, step, *args, **kwargs):
+    if step == 4:
+      os.kill(os.getpid(), signal.SIGTERM)  # no step is running: nothing to wait for
+      raise AssertionError("the evaluation went on after SIGTERM")
+    return evaluate(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(evaluators.Evaluation, "__call__", sigterm_in_the_first_eval)
+  cfg = flags.make_config(
+    dataset="digits",
+    model="ae_seed",
+    hidden_units=8,
+    batch_size=64,
+    num_steps=8,
+    log_every=4,
+    eval_every=4,
+    checkpoint_every=4,
+    evaluators=["metrics"],
+  )
+  workdir, before = str(tmp_path / "run"), signal.getsignal(signal.SIGTERM)
+  assert train_loop.train_and_evaluate(cfg, workdir) == {}
+  out = capsys.readouterr().out
+  assert "SIGTERM received during the evaluation at step 4: stopped at once" in out
+  assert int(read_checkpoint(workdir)["step"]) == 4  # saved before the evaluation, kept
+  assert signal.getsignal(signal.SIGTERM) == before  # restored on the way out
+  assert not os.path.exists(os.path.join(workdir, LOCK_FILE))
