@@ -253,12 +253,14 @@ _LAUNCH_MODULES = ("dlu.distributed", "dlu.cli")
 
 
 def _all_flag_values(flag_values: flags.FlagValues) -> dict[str, Any]:
-  # Only the flags dlu defines: absl's own (logtostderr, ...) are not part of a run.
-  # Process-launch flags differ per process and are not part of a run.
+  # Only the flags the library defines: absl's own (logtostderr, ...) are not part of a run,
+  # nor are the tools' own (experiments.apply's --input, prepare_data's --skip_bad, ...), which
+  # a process that imported them would otherwise record. Process-launch flags differ per
+  # process and are not part of a run.
   names = {
     f.name
     for module, fl in flag_values.flags_by_module_dict().items()
-    if module.startswith(("dlu.", "experiments.")) and module not in _LAUNCH_MODULES
+    if module.startswith("dlu.") and module not in _LAUNCH_MODULES
     for f in fl
   }
   return {name: flag_values[name].value for name in sorted(names)}

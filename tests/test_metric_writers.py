@@ -21,20 +21,20 @@ def test_default_writer_composes_jsonl_tensorboard_pngs_and_console(tmp_path, ca
     "ConsoleWriter",
   ]
   writer.write_scalars(10, "train", {"loss": np.float32(0.5)})
-  writer.write_scalars(20, "eval", {"mse": 0.25, "hist": np.arange(3)})
+  writer.write_scalars(20, "valid", {"mse": 0.25, "hist": np.arange(3)})
   paths = writer.write_images(20, {"samples": np.zeros((2, 3, 8, 8, 1))})
   writer.write_hparams({"seed": 0})
   writer.close()
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert rows == [
     {"step": 10, "split": "train", "loss": 0.5},
-    {"step": 20, "split": "eval", "mse": 0.25, "hist": [0, 1, 2]},
+    {"step": 20, "split": "valid", "mse": 0.25, "hist": [0, 1, 2]},
   ]
   assert paths == [str(tmp_path / "images" / "samples_0000020.png")]
   with Image.open(paths[0]) as png:  # 8x8 images are shown at 32x32, 1 px apart
     assert png.size == (3 * 33 + 1, 2 * 33 + 1)
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
-  assert capsys.readouterr().out == "eval at step 20: hist=[0, 1, 2] mse=0.25\n"
+  assert capsys.readouterr().out == "valid at step 20: hist=[0, 1, 2] mse=0.25\n"
 
 
 def test_other_processes_write_nothing(tmp_path):
