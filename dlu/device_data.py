@@ -276,10 +276,11 @@ class StreamFeed:
 
 def _own_memory(x: np.ndarray) -> np.ndarray:
   """A worker's batch (in shared memory) copied to this process; the shared block is freed."""
-  own = np.array(x)
   free = getattr(x, "close_and_unlink_shm", None)
-  if free is not None:
-    free()
+  if free is None:  # read in this process: already its own
+    return x
+  own = np.array(x)
+  free()
   return own
 
 

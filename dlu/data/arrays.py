@@ -177,7 +177,7 @@ class RowArray:
       i = int(key) + (len(self) if key < 0 else 0)
       out = self.read(np.array([i]))[0]
     elif isinstance(key, slice):
-      out = self.read(np.arange(len(self))[key])
+      out = self.read(np.arange(*key.indices(len(self))))  # only the rows asked for
     else:
       idx = np.asarray(key)
       if idx.dtype == np.bool_:
