@@ -1,8 +1,18 @@
-"""Training throughput of dlu's models beside the same models in PyTorch and Keras.
+"""Training speed and quality of dlu's models beside the same models in PyTorch and Keras.
 
-  python scripts/benchmark.py --out=benchmarks/            # every model, ~10 minutes on 2 cores
-  python scripts/benchmark.py --quick --out=/tmp/bench     # a few minutes
+  python scripts/benchmark.py --out=benchmarks/            # everything, ~45 minutes on 2 cores
+  python scripts/benchmark.py --quality --out=/tmp/q       # quality only (~35 minutes)
+  python scripts/benchmark.py --throughput --quick         # examples/s only, a few minutes
   python scripts/benchmark.py --models=ae_conv --frameworks=dlu,pytorch --repeats=9
+
+Quality: every framework trains every model for the same steps on the same training split,
+batch 256, from its own defaults, over --seeds seeds, and is scored on the test split by this
+script's code: the peers hand back their reconstructions (logits for BCE models), their VAE
+posteriors and decoder logits at given noise on one binarisation of the test images, or their
+GAN samples (scored by dlu's feature network: FID, KID, precision and recall). The MLPs are
+scored at 5 and 20 epochs (--mlp_epochs), the conv models at --conv_steps. Time to target: the
+training seconds each framework needs, on its curve averaged over seeds, to reach the best
+quality any framework reached at that budget (compilation included, evaluations excluded).
 
 dlu trains through its real step (`dlu.parallel` and `dlu.device_data`, as `experiments.train`
 runs it); the peers are written as their users write them (`benchmark_torch.py`,
@@ -19,11 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
@@ -31,6 +44,16 @@ sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 MODELS = ("ae_seed", "ae_mlp", "ae_conv", "conv_vae", "dcgan")
 FRAMEWORKS = ("dlu", "pytorch", "keras")
 LATENT = {"ae_seed": 128, "ae_mlp": 32, "ae_conv": 32, "conv_vae": 16, "dcgan": 64}
+# What each model is judged by (lower is better for all): test MSE or BCE per pixel of the
+# reconstructions, -ELBO in nats per image (one posterior sample at given noise), FID.
+QUALITY = {
+  "ae_seed": "mse",
+  "ae_mlp": "bce",
+  "ae_conv": "bce",
+  "conv_vae": "neg_elbo",
+  "dcgan": "fid",
+}
+MLP_MODELS = ("ae_seed", "ae_mlp")
 DESCRIPTIONS = {
   "ae_seed": "seed MLP AE 784-128-784, MSE",
   "ae_mlp": "deep MLP AE 784-512-256-32-256-512-784, BCE",
@@ -83,9 +106,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     help="dlu's --steps_per_dispatch for the MLP models (conv models use 1)",
   )
   p.add_argument("--quick", action="store_true", help="3 repetitions of ~0.5 s: a few minutes")
+  p.add_argument("--quality", action="store_true", help="only the quality part")
+  p.add_argument("--throughput", action="store_true", help="only the examples/s part")
+  p.add_argument("--seeds", type=int, default=3, help="quality: seeds per model and framework")
+  p.add_argument(
+    "--mlp_epochs", type=csv, default=["5", "20"], help="quality: MLP budgets, in epochs"
+  )
+  p.add_argument("--conv_steps", type=int, default=600, help="quality: conv models' budget")
+  p.add_argument("--eval_points", type=int, default=8, help="quality: points on each curve")
+  p.add_argument("--gan_samples", type=int, default=10000, help="quality: samples scored")
+  p.add_argument(
+    "--dlu_flags",
+    type=csv,
+    default=[],
+    help="dlu flags set for every model, NAME=VALUE,... (e.g. kernel_init=lecun_normal)",
+  )
   p.add_argument("--out", default=None, help="write DIR/benchmark.json and DIR/benchmark.md")
   p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-  p.add_argument("--data", default=None, help=argparse.SUPPRESS)
+  p.add_argument("--data_dir", default=None, help=argparse.SUPPRESS)
   return p.parse_args(argv)
 
 
@@ -105,15 +143,20 @@ def _worker_main(framework: str) -> None:
   proto = os.fdopen(os.dup(1), "w", buffering=1)
   os.dup2(2, 1)  # Whatever the libraries print goes to stderr, not into the protocol.
   send = lambda obj: print(json.dumps(obj), file=proto, flush=True)
-  import numpy as np
-
-  x = np.load(FLAGS.data)
+  x = np.load(os.path.join(FLAGS.data_dir, "train_images.npy"))
+  inputs = {"images": np.load(os.path.join(FLAGS.data_dir, "test_images.npy"))}
+  with np.load(os.path.join(FLAGS.data_dir, "vae_inputs.npz")) as f:
+    inputs.update(binary=f["binary"], eps=f["eps"])
   try:
     if framework == "dlu":
       import benchmark_dlu as module
 
       runner = module.Runner(
-        FLAGS.dataset, FLAGS.batch_size, FLAGS.steps_per_dispatch, {m: DLU_FLAGS[m] for m in MODELS}
+        FLAGS.dataset,
+        FLAGS.batch_size,
+        FLAGS.steps_per_dispatch,
+        {m: DLU_FLAGS[m] for m in MODELS},
+        dict(kv.split("=", 1) for kv in FLAGS.dlu_flags),
       )
     else:
       module = __import__(f"benchmark_{'torch' if framework == 'pytorch' else 'keras'}")
@@ -139,6 +182,25 @@ def _worker_main(framework: str) -> None:
         }
       elif cmd["cmd"] == "run":
         out = {"seconds": runner.run(cmd["model"], cmd["steps"])}
+      elif cmd["cmd"] == "train":
+        points = []
+
+        def report(step, seconds, arrays, cmd=cmd, points=points):
+          path = os.path.join(cmd["out"], f"{framework}_{cmd['model']}_{cmd['seed']}_{step}.npz")
+          np.savez(path, **arrays)
+          points.append({"step": step, "seconds": seconds, "path": path})
+
+        runner.train(
+          cmd["model"],
+          LATENT[cmd["model"]],
+          cmd["seed"],
+          cmd["steps"],
+          cmd["eval_at"],
+          inputs,
+          cmd["samples"],
+          report,
+        )
+        out = {"points": points}
       elif cmd["cmd"] == "peak":
         out = {"gflops": runner.matmul_peak()}
       elif cmd["cmd"] == "flops":
@@ -151,15 +213,16 @@ def _worker_main(framework: str) -> None:
 
 
 class Worker:
-  def __init__(self, framework: str, data_path: str, log_path: str):
+  def __init__(self, framework: str, data_dir: str, log_path: str):
     args = [
       sys.executable,
       os.path.abspath(__file__),
       f"--worker={framework}",
-      f"--data={data_path}",
+      f"--data_dir={data_dir}",
       f"--batch_size={FLAGS.batch_size}",
       f"--dataset={FLAGS.dataset}",
       f"--steps_per_dispatch={FLAGS.steps_per_dispatch}",
+      f"--dlu_flags={','.join(FLAGS.dlu_flags)}",
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
     self.log = open(log_path, "w")
@@ -204,23 +267,27 @@ def _median(v: list[float]) -> float:
   return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
 
 
-def _prepare_data(out_dir: str) -> str:
+def _prepare_data(out_dir: str):
+  """The dataset, and in `out_dir/data`: what the workers read (training and test images, the
+  VAE's binarised test images and posterior noise)."""
   from dlu import data
 
   ds = data.load(FLAGS.dataset)
-  path = os.path.join(out_dir, "train_images.npy")
-  import numpy as np
+  data_dir = os.path.join(out_dir, "data")
+  os.makedirs(data_dir, exist_ok=True)
+  np.save(os.path.join(data_dir, "train_images.npy"), ds.x_train)
+  np.save(os.path.join(data_dir, "test_images.npy"), ds.x_test)
+  rng = np.random.default_rng(0)
+  binary = (rng.random(ds.x_test.shape) < ds.x_test / 255.0).astype(np.float32)
+  eps = rng.standard_normal((len(ds.x_test), LATENT["conv_vae"])).astype(np.float32)
+  np.savez(os.path.join(data_dir, "vae_inputs.npz"), binary=binary, eps=eps)
+  return ds, data_dir
 
-  np.save(path, ds.x_train)
-  return path
 
-
-def run_benchmark(out_dir: str) -> tuple[list[dict], list[str]]:
-  notes, rows = [], []
-  data_path = _prepare_data(out_dir)
+def start_workers(data_dir: str, out_dir: str, notes: list[str]) -> dict:
   workers = {}
   for fw in FLAGS.frameworks:
-    w = Worker(fw, data_path, os.path.join(out_dir, f"worker_{fw}.log"))
+    w = Worker(fw, data_dir, os.path.join(out_dir, f"worker_{fw}.log"))
     if "error" in w.hello:
       notes.append(f"{fw}: skipped: {w.hello['error']}")
       w.close()
@@ -228,6 +295,29 @@ def run_benchmark(out_dir: str) -> tuple[list[dict], list[str]]:
     workers[fw] = w
     notes.append(f"{fw}: {w.hello['version']}")
   print("\n".join(notes), flush=True)
+  return workers
+
+
+def run_benchmark(out_dir: str) -> tuple[list[dict], list[str]]:
+  notes = []
+  ds, data_dir = _prepare_data(out_dir)
+  workers = start_workers(data_dir, out_dir, notes)
+  rows = throughput(workers, notes) if not FLAGS.quality else []
+  if not FLAGS.throughput:
+    rows = merge(rows, quality(workers, ds, out_dir, notes))
+  for fw, w in workers.items():
+    rss = w(cmd="rss").get("peak_rss_mb")
+    notes.append(f"{fw} worker peak RSS: {rss:.0f} MB (all its models)")
+    w.close()
+  import shutil
+
+  shutil.rmtree(data_dir)
+  return rows, notes
+
+
+def throughput(workers: dict, notes: list[str]) -> list[dict]:
+  """Examples/s rows: interleaved timed repetitions of each model in each framework."""
+  rows = []
   repeats, seconds = (3, 0.5) if FLAGS.quick else (FLAGS.repeats, FLAGS.seconds)
   min_steps = 2 if FLAGS.quick else 3
 
@@ -301,16 +391,290 @@ def run_benchmark(out_dir: str) -> tuple[list[dict], list[str]]:
     )
   if dispatch:
     notes.append("dlu steps per dispatch: " + ", ".join(f"{m} {k}" for m, k in dispatch.items()))
-  for fw, w in workers.items():
-    rss = w(cmd="rss").get("peak_rss_mb")
-    notes.append(f"{fw} worker peak RSS: {rss:.0f} MB (all its models)")
-    w.close()
-  os.remove(data_path)
-  return rows, notes
+  return rows
+
+
+# --- Quality. ---
+
+
+def budgets(model: str, num_train: int) -> list[int]:
+  """The step budgets a model is scored at: --mlp_epochs for the MLPs (whole dispatches of
+  --steps_per_dispatch), --conv_steps for the conv models."""
+  if model not in MLP_MODELS:
+    return [FLAGS.conv_steps]
+  k = FLAGS.steps_per_dispatch
+  return sorted(
+    {max(k, round(float(e) * num_train / FLAGS.batch_size / k) * k) for e in FLAGS.mlp_epochs}
+  )
+
+
+def eval_steps(model: str, num_train: int) -> list[int]:
+  """Where each curve is scored: --eval_points evenly spaced steps and every budget."""
+  k = FLAGS.steps_per_dispatch if model in MLP_MODELS else 1
+  last = budgets(model, num_train)[-1]
+  even = {
+    max(k, round(last * i / FLAGS.eval_points / k) * k) for i in range(1, FLAGS.eval_points + 1)
+  }
+  return sorted(even | set(budgets(model, num_train)))
+
+
+class Scorer:
+  """One code scores every framework's outputs on the test split (lower is better)."""
+
+  def __init__(self, ds, data_dir: str):
+    self.ds, self.x = ds, ds.x_test.astype(np.float32) / 255.0
+    with np.load(os.path.join(data_dir, "vae_inputs.npz")) as f:
+      self.binary = f["binary"]
+    self._features = None
+
+  def features(self, images):
+    if self._features is None:
+      import jax
+
+      from dlu import data, feature_net
+
+      net = feature_net.load_or_train(self.ds, data.default_data_dir())
+      fn = jax.jit(lambda x: net.features(net.params, x))
+      self._features = lambda x: np.asarray(fn(x))
+    from dlu import sample_quality
+
+    return sample_quality.features_of(self._features, images)
+
+  def real_features(self):
+    if not hasattr(self, "_real"):
+      self._real = self.features(self.x)
+    return self._real
+
+  def __call__(self, model: str, path: str) -> dict[str, float]:
+    with np.load(path) as f:
+      out = {k: f[k].astype(np.float64) for k in f.files}
+    os.remove(path)
+    softplus = lambda v: np.logaddexp(0.0, v)
+    if model == "ae_seed":
+      return {"mse": float(np.mean((out["output"] - self.x) ** 2))}
+    if model in ("ae_mlp", "ae_conv"):
+      logits = out["output"]
+      return {"bce": float(np.mean(softplus(logits) - self.x * logits))}
+    if model == "conv_vae":
+      logits, mean, log_var = out["logits"], out["mean"], out["log_var"]
+      nll = np.sum(softplus(logits) - self.binary * logits, axis=(1, 2, 3))
+      kl = 0.5 * np.sum(mean**2 + np.exp(log_var) - 1.0 - log_var, axis=1)
+      return {"neg_elbo": float(np.mean(nll + kl))}
+    from dlu import sample_quality
+
+    fake = self.features(np.clip(out["samples"], 0.0, 1.0).astype(np.float32))
+    return sample_quality.all_metrics(self.real_features(), fake)
+
+  def floor(self) -> dict[str, float]:
+    """The GAN metrics of as many real training images as samples (the real-data floor)."""
+    from dlu import sample_quality
+
+    idx = np.random.default_rng(0).choice(len(self.ds.x_train), FLAGS.gan_samples, replace=False)
+    real = self.features(self.ds.x_train[idx].astype(np.float32) / 255.0)
+    return sample_quality.all_metrics(self.real_features(), real)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  m = sum(values) / len(values)
+  return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+
+
+def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
+  """Seconds at which a (seconds, quality) curve first reaches `target` (linear between
+  points, from the start for the first), None if it never does."""
+  prev_t, prev_q = 0.0, math.inf
+  for t, q in curve:
+    if q <= target * (1 + 1e-9):
+      if math.isinf(prev_q):
+        return t
+      return prev_t + (t - prev_t) * (prev_q - target) / (prev_q - q) if prev_q != q else t
+    prev_t, prev_q = t, q
+  return None
+
+
+def quality(workers: dict, ds, out_dir: str, notes: list[str]) -> list[dict]:
+  """Quality rows: (model, framework, steps) with the mean and std over seeds, the curve and
+  the time to target."""
+  scorer, rows = Scorer(ds, os.path.join(out_dir, "data")), []
+  points_dir = os.path.join(out_dir, "points")
+  os.makedirs(points_dir, exist_ok=True)
+  num_train = len(ds.x_train)
+  curves = {}  # (model, fw) -> {step: [(seconds, metrics) per seed]}
+  for model in FLAGS.models:
+    at = eval_steps(model, num_train)
+    for seed in range(FLAGS.seeds):
+      for fw, w in workers.items():
+        if (model, fw) in curves and curves[model, fw] is None:
+          continue
+        t = time.time()
+        r = w(
+          cmd="train",
+          model=model,
+          seed=seed,
+          steps=at[-1],
+          eval_at=at,
+          out=points_dir,
+          samples=FLAGS.gan_samples,
+        )
+        if "error" in r:
+          notes.append(f"quality {model} / {fw}: skipped: {r['error']}")
+          curves[model, fw] = None
+          continue
+        curve = curves.setdefault((model, fw), {})
+        for p in r["points"]:
+          curve.setdefault(p["step"], []).append((p["seconds"], scorer(model, p["path"])))
+        final = curve[at[-1]][-1]
+        print(
+          f"quality {model:9s} {fw:8s} seed {seed}: {QUALITY[model]} {final[1][QUALITY[model]]:.5g} "
+          f"after {at[-1]} steps, {final[0]:.1f} s training ({time.time() - t:.0f} s with scoring)",
+          flush=True,
+        )
+    if model == "dcgan" and any(curves.get((model, fw)) for fw in workers):
+      floor = scorer.floor()
+      notes.append(
+        f"dcgan real-data floor ({FLAGS.gan_samples} training images against the test split): "
+        + ", ".join(f"{k} {v:.4g}" for k, v in floor.items())
+      )
+    rows += _quality_rows(
+      model, {fw: c for (m, fw), c in curves.items() if m == model and c}, num_train
+    )
+  os.rmdir(points_dir)
+  return rows
+
+
+def _quality_rows(model: str, curves: dict, num_train: int) -> list[dict]:
+  metric, rows = QUALITY[model], []
+  if not curves:
+    return rows
+  # Curves averaged over the seeds every framework completed.
+  mean_curve = {
+    fw: [
+      (_mean_std([t for t, _ in v])[0], _mean_std([m[metric] for _, m in v])[0])
+      for _, v in sorted(c.items())
+    ]
+    for fw, c in curves.items()
+  }
+  for steps in budgets(model, num_train):
+    finals = {fw: [m for _, m in c[steps]] for fw, c in curves.items()}
+    means = {fw: _mean_std([m[metric] for m in v]) for fw, v in finals.items()}
+    target = min(m for m, _ in means.values())
+    peers = {fw: means[fw][0] for fw in means if fw != "dlu"}
+    best_peer = min(peers, key=peers.get) if peers else None
+    for fw, (mean, std) in means.items():
+      seconds = _mean_std([t for t, _ in curves[fw][steps]])[0]
+      tt = time_to(mean_curve[fw], target)
+      row = {
+        "model": model,
+        "framework": fw,
+        "steps": steps,
+        "epochs": round(steps * FLAGS.batch_size / num_train, 2),
+        "seeds": len(finals[fw]),
+        "quality_metric": metric,
+        "quality": round(mean, 6),
+        "quality_std": round(std, 6),
+        "train_s": round(seconds, 2),
+        "target": round(target, 6),
+        "time_to_target_s": None if tt is None else round(tt, 2),
+        "curve": [
+          {"step": s, "seconds": round(t, 2), metric: round(q, 6)}
+          for s, (t, q) in zip(sorted(curves[fw]), mean_curve[fw])
+        ],
+      }
+      for extra in ("kid", "precision", "recall"):
+        if extra in finals[fw][0]:
+          row[extra] = round(_mean_std([m[extra] for m in finals[fw]])[0], 5)
+      if fw == "dlu" and best_peer:
+        t_peer = time_to(mean_curve["dlu"], peers[best_peer])
+        row.update(
+          best_peer=best_peer,
+          best_peer_quality=round(peers[best_peer], 6),
+          best_peer_s=round(_mean_std([t for t, _ in curves[best_peer][steps]])[0], 2),
+          time_to_best_peer_s=None if t_peer is None else round(t_peer, 2),
+        )
+      rows.append(row)
+  return rows
+
+
+def merge(throughput_rows: list[dict], quality_rows: list[dict]) -> list[dict]:
+  """Quality rows gain the examples/s of their model and framework (the largest budget's row
+  takes the throughput row's place)."""
+  by = {(r["model"], r["framework"]): r for r in throughput_rows if "examples_per_s" in r}
+  last = {}
+  for r in quality_rows:
+    if (r["model"], r["framework"]) in by:
+      last[r["model"], r["framework"]] = r
+  out = [r for r in throughput_rows if (r["model"], r["framework"]) not in last]
+  for r in quality_rows:
+    key = (r["model"], r["framework"])
+    out.append({**by[key], **r} if last.get(key) is r else r)
+  return out
+
+
+def quality_markdown(rows: list[dict]) -> list[str]:
+  """The quality table: mean ± std over seeds at each budget, time to target, examples/s."""
+  q = [r for r in rows if "quality" in r]
+  if not q:
+    return []
+  by = {(r["model"], r["steps"], r["framework"]): r for r in q}
+  fws = [fw for fw in FRAMEWORKS if any(r["framework"] == fw for r in q)]
+  names = {"dlu": "dlu", "pytorch": "PyTorch", "keras": "Keras"}
+  seeds = max(r["seeds"] for r in q)
+  lines = [
+    f"Quality on the test split after the same steps (mean ± std over {seeds} seeds; lower is "
+    "better), training seconds to the best quality any framework reached at that budget "
+    "(- : not reached), examples/s of the throughput run:",
+    "",
+    "| model | metric @ steps (epochs) | "
+    + " | ".join(names[fw] for fw in fws)
+    + " | time to target s ("
+    + " / ".join(names[fw] for fw in fws)
+    + ") | examples/s ("
+    + " / ".join(names[fw] for fw in fws)
+    + ") | dlu to best peer's quality |",
+    "|---|---|" + "---|" * len(fws) + "---|---|---|",
+  ]
+  fmt_q = lambda r: f"{r['quality']:.4g} ± {r['quality_std']:.2g}" if r else "-"
+  fmt_t = lambda r: (
+    f"{r['time_to_target_s']:.1f}" if r and r["time_to_target_s"] is not None else "-"
+  )
+  fmt_e = lambda r: f"{r['examples_per_s']:,.0f}" if r and "examples_per_s" in r else "-"
+  for model, steps in sorted(
+    {(r["model"], r["steps"]) for r in q}, key=lambda k: (MODELS.index(k[0]), k[1])
+  ):
+    rs = [by.get((model, steps, fw)) for fw in fws]
+    any_r = next(r for r in rs if r)
+    d = by.get((model, steps, "dlu"))
+    if d and "best_peer" in d:
+      t = d["time_to_best_peer_s"]
+      vs = (
+        f"{t:.1f} s ({names[d['best_peer']]}: {d['best_peer_s']:.1f} s"
+        + (f", {d['best_peer_s'] / t:.2f}x)" if t else ")")
+        if t is not None
+        else f"not reached ({names[d['best_peer']]}: {d['best_peer_quality']:.4g})"
+      )
+    else:
+      vs = "-"
+    lines.append(
+      f"| {model} | {QUALITY[model]} @ {steps} ({any_r['epochs']:g}) | "
+      + " | ".join(fmt_q(r) for r in rs)
+      + f" | {' / '.join(fmt_t(r) for r in rs)} | {' / '.join(fmt_e(r) for r in rs)} | {vs} |"
+    )
+  gan = [r for r in q if "precision" in r]
+  if gan:
+    lines += [
+      "",
+      "DCGAN samples (means over seeds): "
+      + "; ".join(
+        f"{names[r['framework']]} @ {r['steps']}: KID {r['kid']:.4f}, precision {r['precision']:.3f}, "
+        f"recall {r['recall']:.3f}"
+        for r in gan
+      ),
+    ]
+  return lines + [""]
 
 
 def markdown(rows: list[dict], notes: list[str], command: str) -> str:
-  by = {(r["model"], r["framework"]): r for r in rows}
+  by = {(r["model"], r["framework"]): r for r in rows if "examples_per_s" in r}
   peak = next((r for r in rows if r["framework"] == "matmul_peak"), None)
   models = [m for m in MODELS if any((m, fw) in by for fw in FRAMEWORKS)]
   fmt = lambda r: f"{r['examples_per_s']:,.0f} ({r['min']:,.0f}-{r['max']:,.0f})" if r else "-"
@@ -319,13 +683,17 @@ def markdown(rows: list[dict], notes: list[str], command: str) -> str:
     if (m, "dlu") in by and (m, fw) in by
     else "-"
   )
+  load = [r["load_avg"] for r in rows if "load_avg" in r]
   lines = [
     f"`{command}`",
     "",
+  ] + quality_markdown(rows)
+  if not by:
+    return "\n".join(lines + [f"- {n}" for n in notes]) + "\n"
+  lines += [
     f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
     f"batch {FLAGS.batch_size}, {FLAGS.dataset}, examples/s median (min-max) over repetitions; "
-    f"load average during the runs {min(r.get('load_avg', 99) for r in rows if 'load_avg' in r):.1f}"
-    f"-{max(r.get('load_avg', 0) for r in rows if 'load_avg' in r):.1f}.",
+    f"load average during the runs {min(load):.1f}-{max(load):.1f}.",
     "",
     "| model | dlu | PyTorch | Keras | dlu/PyTorch | dlu/Keras | first step s (dlu / PyTorch / Keras) "
     "| dlu GFLOP/s (% of peak) |",
@@ -358,9 +726,27 @@ def check(args: argparse.Namespace) -> None:
       raise UsageError(
         f"--{name}: unknown or empty {', '.join(unknown)}; accepted: {', '.join(accepted)}"
       )
-  for name in ("repeats", "steps_per_dispatch", "batch_size"):
+  for name in (
+    "repeats",
+    "steps_per_dispatch",
+    "batch_size",
+    "seeds",
+    "conv_steps",
+    "eval_points",
+    "gan_samples",
+  ):
     if getattr(args, name) < 1:
       raise UsageError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+  try:
+    epochs = [float(e) for e in args.mlp_epochs]
+  except ValueError:
+    epochs = []
+  if not epochs or min(epochs) <= 0:
+    raise UsageError(f"--mlp_epochs must be positive numbers, got {','.join(args.mlp_epochs)}")
+  if any("=" not in kv for kv in args.dlu_flags):
+    raise UsageError(f"--dlu_flags must be NAME=VALUE pairs, got {','.join(args.dlu_flags)}")
+  if args.quality and args.throughput:
+    raise UsageError("--quality and --throughput each ask for one part only: give one (or neither)")
 
 
 def main(argv: list[str]) -> int:

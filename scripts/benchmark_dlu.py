@@ -13,6 +13,7 @@ import time
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import flags as absl_flags
 
 absl_flags.FLAGS.mark_as_parsed()  # dlu's flags are read as defaults; nothing is parsed here.
@@ -62,31 +63,40 @@ class Runner:
   """The worker protocol of scripts/benchmark.py for dlu."""
 
   def __init__(
-    self, dataset: str, batch_size: int, steps_per_dispatch: int, model_flags: dict[str, dict]
+    self,
+    dataset: str,
+    batch_size: int,
+    steps_per_dispatch: int,
+    model_flags: dict[str, dict],
+    extra_flags: dict[str, str] | None = None,
   ):
+    """`extra_flags`: flag values as text (NAME: VALUE), set for every model."""
     self.dataset, self.batch_size, self.default_k = dataset, batch_size, steps_per_dispatch
+    self.extra = {}
+    for name, text in (extra_flags or {}).items():
+      if name not in absl_flags.FLAGS:
+        raise KeyError(f"--dlu_flags: dlu has no flag --{name}")
+      self.extra[name] = absl_flags.FLAGS[name].parser.parse(text)
     self.model_flags, self.runs = model_flags, {}
     self.workdir = tempfile.mkdtemp(prefix="dlu_benchmark_")
 
-  def _config(self, model: str):
+  def _config(self, model: str, **run_flags):
     if model not in families.names():
       raise KeyError(f"no model {model!r} in this dlu (it has {', '.join(families.names())})")
     known = set(vars(dlu_flags.make_config()))
-    overrides = {k: v for k, v in self.model_flags[model].items() if k in known}
+    overrides = {
+      k: v for k, v in {**self.model_flags[model], **self.extra, **run_flags}.items() if k in known
+    }
     overrides.setdefault("steps_per_dispatch", self.default_k)
     return dlu_flags.make_config(
       model=model, dataset=self.dataset, batch_size=self.batch_size, **overrides
     )
 
-  def setup(self, model: str, latent_dim: int) -> tuple[float, float]:
-    """(seconds to the end of the first step, compilation included, as the loop prints it;
-    seconds per step after it)."""
-    del latent_dim  # in the model's flags
-    cfg = self._config(model)
+  def _build(self, cfg):
+    """(experiment, initial state, feed) of a config, as `experiments.train` builds them."""
     exp = experiment.build(cfg, self.workdir)
     state = parallel.make_init(exp.family, exp.mesh)[0](exp.init_rng)
     train_step = parallel.make_train_step(exp.family, exp.mesh)
-    k = cfg.steps_per_dispatch
     feed = device_data.make_feed(
       exp.family,
       exp.mesh,
@@ -95,8 +105,17 @@ class Runner:
       train_step,
       exp.train_rng,
       y_train=exp.dataset.y_train,
-      steps_per_dispatch=k,
+      steps_per_dispatch=cfg.steps_per_dispatch,
     )
+    return exp, state, feed
+
+  def setup(self, model: str, latent_dim: int) -> tuple[float, float]:
+    """(seconds to the end of the first step, compilation included, as the loop prints it;
+    seconds per step after it)."""
+    del latent_dim  # in the model's flags
+    cfg = self._config(model)
+    exp, state, feed = self._build(cfg)
+    k = cfg.steps_per_dispatch
     t = time.perf_counter()
     state, metrics = feed(state, 0, k)
     jax.block_until_ready(metrics)
@@ -155,3 +174,67 @@ class Runner:
 
   def steps_per_dispatch(self, model: str) -> int:
     return self.runs[model]["k"]
+
+  def train(self, model, latent_dim, seed, steps, eval_at, inputs, n_samples, report):
+    """Train a fresh model (`--seed=seed`, the whole training split) for `steps` steps; at each
+    step in `eval_at` (multiples of the model's steps per dispatch), `report(step, training
+    seconds so far, outputs)` (the time it takes is not counted)."""
+    del latent_dim  # in the model's flags
+    cfg = self._config(model, seed=seed, num_steps=steps, validation_fraction=0.0)
+    exp, state, feed = self._build(cfg)
+    outputs, k, seconds, step = _outputs_fn(exp, model), cfg.steps_per_dispatch, 0.0, 0
+    for target in eval_at:
+      t = time.perf_counter()
+      while step < target:
+        n = min(k, target - step)
+        state, metrics = feed(state, step, n)
+        step += n
+      jax.block_until_ready((state, metrics))
+      seconds += time.perf_counter() - t
+      report(step, seconds, outputs(state, inputs, n_samples))
+    feed.close()
+
+
+def _outputs_fn(exp, model: str):
+  """`(state, inputs, n_samples) -> dict of arrays` that the benchmark scores (see
+  `benchmark.py`), in batches of 1,000."""
+  family, batch = exp.family, 1000
+  if model == "dcgan":
+    sample = jax.jit(lambda s, k: family.samples_from_noise(s, family.sample_noise(k, 0, batch)))
+
+    def outputs(state, inputs, n):
+      key = jax.random.key(exp.cfg.seed)
+      parts = [sample(state, jax.random.fold_in(key, i)) for i in range(-(-n // batch))]
+      return {"samples": np.concatenate([np.asarray(p) for p in parts])[:n]}
+
+    return outputs
+  if model == "conv_vae":
+
+    @jax.jit
+    def vae(params, x, eps):
+      mean, log_var = family.encode(params, x)
+      return mean, log_var, family.decode(params, mean + jnp.exp(0.5 * log_var) * eps)
+
+    def outputs(state, inputs, n):
+      x, eps = inputs["binary"], inputs["eps"]
+      parts = [
+        vae(state.params, x[i : i + batch], eps[i : i + batch]) for i in range(0, len(x), batch)
+      ]
+      return {
+        k: np.concatenate([np.asarray(p[j]) for p in parts])
+        for j, k in enumerate(("mean", "log_var", "logits"))
+      }
+
+    return outputs
+  # Autoencoders: the decoder's output (reconstructions for MSE, logits for BCE).
+  recon = jax.jit(lambda params, x: family.model.apply({"params": params}, family.normalize(x)))
+
+  def outputs(state, inputs, n):
+    x = inputs["images"]
+    return {
+      "output": np.concatenate(
+        [np.asarray(recon(state.params, x[i : i + batch])) for i in range(0, len(x), batch)]
+      )
+    }
+
+  return outputs

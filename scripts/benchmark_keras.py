@@ -23,10 +23,10 @@ def version() -> str:
   return f"keras {keras.__version__}, tensorflow {tf.__version__}"
 
 
-def _encoder(out_dim):
+def _encoder(out_dim, shape=(28, 28, 1)):
   return keras.Sequential(
     [
-      keras.Input((28, 28, 1)),
+      keras.Input(shape),
       layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
       layers.Conv2D(64, 3, strides=2, padding="same", activation="relu"),
       layers.Flatten(),
@@ -35,12 +35,13 @@ def _encoder(out_dim):
   )
 
 
-def _decoder(in_dim):
+def _decoder(in_dim, shape=(28, 28, 1)):
+  h4, w4 = shape[0] // 4, shape[1] // 4
   return keras.Sequential(
     [
       keras.Input((in_dim,)),
-      layers.Dense(7 * 7 * 64, activation="relu"),
-      layers.Reshape((7, 7, 64)),
+      layers.Dense(h4 * w4 * 64, activation="relu"),
+      layers.Reshape((h4, w4, 64)),
       layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu"),
       layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu"),
       layers.Conv2DTranspose(1, 3, strides=1, padding="same"),
@@ -51,10 +52,10 @@ def _decoder(in_dim):
 class VAE(keras.Model):
   """Conv VAE, dynamically binarised Bernoulli likelihood, one posterior sample."""
 
-  def __init__(self, latent_dim):
+  def __init__(self, latent_dim, shape=(28, 28, 1)):
     super().__init__()
     self.latent_dim = latent_dim
-    self.encoder, self.decoder = _encoder(2 * latent_dim), _decoder(latent_dim)
+    self.encoder, self.decoder = _encoder(2 * latent_dim, shape), _decoder(latent_dim, shape)
 
   def train_step(self, x):
     x = tf.cast(tf.random.uniform(tf.shape(x)) < x, tf.float32)
@@ -76,14 +77,15 @@ class VAE(keras.Model):
 class DCGAN(keras.Model):
   """One discriminator then one generator update per batch, non-saturating loss."""
 
-  def __init__(self, latent_dim):
+  def __init__(self, latent_dim, shape=(28, 28, 1)):
     super().__init__()
     self.latent_dim = latent_dim
+    h4, w4 = shape[0] // 4, shape[1] // 4
     self.generator = keras.Sequential(
       [
         keras.Input((latent_dim,)),
-        layers.Dense(7 * 7 * 128, use_bias=False),
-        layers.Reshape((7, 7, 128)),
+        layers.Dense(h4 * w4 * 128, use_bias=False),
+        layers.Reshape((h4, w4, 128)),
         layers.BatchNormalization(),
         layers.ReLU(),
         layers.Conv2DTranspose(64, 4, strides=2, padding="same", use_bias=False),
@@ -94,7 +96,7 @@ class DCGAN(keras.Model):
     )
     self.discriminator = keras.Sequential(
       [
-        keras.Input((28, 28, 1)),
+        keras.Input(shape),
         layers.Conv2D(64, 4, strides=2, padding="same"),
         layers.LeakyReLU(0.2),
         layers.Conv2D(128, 4, strides=2, padding="same"),
@@ -128,35 +130,36 @@ class DCGAN(keras.Model):
     return {"d_loss": d_loss, "g_loss": g_loss}
 
 
-def build(model: str, latent_dim: int) -> keras.Model:
-  keras.utils.set_random_seed(0)
+def build(model: str, latent_dim: int, shape=(28, 28, 1), seed: int = 0) -> keras.Model:
+  keras.utils.set_random_seed(seed)
+  d = int(np.prod(shape))
   if model == "ae_seed":
     net = keras.Sequential(
       [
-        keras.Input((28, 28, 1)),
+        keras.Input(shape),
         layers.Flatten(),
         layers.Dense(128, activation="relu"),
-        layers.Dense(784),
-        layers.Reshape((28, 28, 1)),
+        layers.Dense(d),
+        layers.Reshape(shape),
       ]
     )
     net.compile(keras.optimizers.Adam(1e-3), loss="mse")
   elif model == "ae_mlp":
     widths = [512, 256, 32, 256, 512]
     net = keras.Sequential(
-      [keras.Input((28, 28, 1)), layers.Flatten()]
+      [keras.Input(shape), layers.Flatten()]
       + [layers.Dense(w, activation=None if w == 32 else "relu") for w in widths]
-      + [layers.Dense(784), layers.Reshape((28, 28, 1))]
+      + [layers.Dense(d), layers.Reshape(shape)]
     )
     net.compile(keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
   elif model == "ae_conv":
-    net = keras.Sequential([_encoder(latent_dim), _decoder(latent_dim)])
+    net = keras.Sequential([_encoder(latent_dim, shape), _decoder(latent_dim, shape)])
     net.compile(keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
   elif model == "conv_vae":
-    net = VAE(latent_dim)
+    net = VAE(latent_dim, shape)
     net.compile(keras.optimizers.Adam(1e-3))
   elif model == "dcgan":
-    net = DCGAN(latent_dim)
+    net = DCGAN(latent_dim, shape)
     net.compile(keras.optimizers.Adam(2e-4, beta_1=0.5), keras.optimizers.Adam(2e-4, beta_1=0.5))
   else:
     raise KeyError(model)
@@ -168,6 +171,47 @@ class _StepTimes(keras.callbacks.Callback):
     self.times.append(time.perf_counter())
 
 
+def outputs(net: keras.Model, model: str, inputs: dict, n_samples: int, batch: int = 1000) -> dict:
+  """What the benchmark scores (see `benchmark.py`), the networks in inference mode."""
+  run = lambda f, x: np.concatenate(
+    [np.asarray(f(x[i : i + batch], training=False)) for i in range(0, len(x), batch)]
+  )
+  if model == "dcgan":
+    z = np.random.normal(size=(n_samples, net.latent_dim)).astype(np.float32)
+    return {"samples": (run(net.generator, z) + 1) / 2}
+  if model == "conv_vae":
+    h = run(net.encoder, inputs["binary"])
+    mean, log_var = h[:, : net.latent_dim], h[:, net.latent_dim :]
+    z = (mean + np.exp(0.5 * log_var) * inputs["eps"]).astype(np.float32)
+    return {"mean": mean, "log_var": log_var, "logits": run(net.decoder, z)}
+  return {"output": run(net, inputs["images"].astype(np.float32) / 255.0)}
+
+
+class _Evaluations(keras.callbacks.Callback):
+  """At the end of each batch in `eval_at`: report the training time so far (without the
+  time the reports took) and the outputs."""
+
+  def __init__(self, name, eval_at, inputs, n_samples, report):
+    super().__init__()
+    self.name, self.eval_at, self.inputs, self.n, self.report = (
+      name,
+      set(eval_at),
+      inputs,
+      n_samples,
+      report,
+    )
+
+  def on_train_begin(self, logs=None):
+    self.start, self.paused = time.perf_counter(), 0.0
+
+  def on_train_batch_end(self, batch, logs=None):
+    if batch + 1 in self.eval_at:
+      t = time.perf_counter()
+      out = outputs(self.model, self.name, self.inputs, self.n)
+      self.report(batch + 1, t - self.start - self.paused, out)
+      self.paused += time.perf_counter() - t
+
+
 class Runner:
   """The worker protocol: set up a model (timing its first step), then run timed steps."""
 
@@ -175,24 +219,34 @@ class Runner:
     self.x = x.astype(np.float32) / 255.0  # [N, 28, 28, 1]
     self.batch_size, self.nets = batch_size, {}
 
-  def _fit(self, model: str, steps: int) -> list[float]:
-    net, timer = self.nets[model], _StepTimes()
+  def _fit(self, model: str, steps: int, net=None, callback=None) -> list[float]:
+    net, timer = net or self.nets[model], _StepTimes()
     timer.times = [time.perf_counter()]
     target = None if model in ("conv_vae", "dcgan") else self.x
     # A tf.data pipeline of the in-memory array, shuffled each epoch, as in the Keras guides.
     ds = tf.data.Dataset.from_tensor_slices(self.x if target is None else (self.x, target))
     ds = ds.shuffle(len(self.x)).repeat().batch(self.batch_size, drop_remainder=True)
     net.fit(
-      ds.prefetch(tf.data.AUTOTUNE), epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer]
+      ds.prefetch(tf.data.AUTOTUNE),
+      epochs=1,
+      steps_per_epoch=steps,
+      verbose=0,
+      callbacks=[timer] + ([callback] if callback else []),
     )
     return timer.times
 
   def setup(self, model: str, latent_dim: int) -> tuple[float, float]:
     """(seconds of the first step, tracing included; seconds per step after it)."""
-    self.nets[model] = build(model, latent_dim)
+    self.nets[model] = build(model, latent_dim, self.x.shape[1:])
     times = self._fit(model, 3)
     return times[1] - times[0], (times[3] - times[1]) / 2
 
   def run(self, model: str, steps: int) -> float:
     times = self._fit(model, steps + 1)
     return times[-1] - times[1]  # `steps` steps, from the end of the first batch
+
+  def train(self, model, latent_dim, seed, steps, eval_at, inputs, n_samples, report):
+    """Train a fresh model with one `fit` of `steps` steps; at each step in `eval_at`,
+    `report(step, training seconds so far, outputs)` (the time it takes is not counted)."""
+    net = build(model, latent_dim, self.x.shape[1:], seed)
+    self._fit(model, steps, net, _Evaluations(model, eval_at, inputs, n_samples, report))

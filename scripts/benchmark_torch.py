@@ -31,25 +31,26 @@ def _deconv(cin, cout, k, s):  # output = input * s
 
 
 class ConvEncoder(nn.Module):
-  def __init__(self, out_dim):
+  def __init__(self, out_dim, hw=(28, 28)):
     super().__init__()
     self.convs = nn.Sequential(_conv(1, 32, 3, 2), nn.ReLU(), _conv(32, 64, 3, 2), nn.ReLU())
-    self.dense = nn.Linear(7 * 7 * 64, out_dim)
+    self.dense = nn.Linear(hw[0] // 4 * (hw[1] // 4) * 64, out_dim)
 
   def forward(self, x):
     return self.dense(self.convs(x).flatten(1))
 
 
 class ConvDecoder(nn.Module):
-  def __init__(self, in_dim):
+  def __init__(self, in_dim, hw=(28, 28)):
     super().__init__()
-    self.dense = nn.Linear(in_dim, 7 * 7 * 64)
+    self.hw = (hw[0] // 4, hw[1] // 4)
+    self.dense = nn.Linear(in_dim, self.hw[0] * self.hw[1] * 64)
     self.deconvs = nn.Sequential(
       _deconv(64, 64, 3, 2), nn.ReLU(), _deconv(64, 32, 3, 2), nn.ReLU(), _deconv(32, 1, 3, 1)
     )
 
   def forward(self, z):
-    return self.deconvs(F.relu(self.dense(z)).view(-1, 64, 7, 7))
+    return self.deconvs(F.relu(self.dense(z)).view(-1, 64, *self.hw))
 
 
 def _mlp(widths):
@@ -62,23 +63,27 @@ def _mlp(widths):
 class Trainer:
   """One model, its optimiser and the data; `step()` is one training step on the next batch."""
 
-  def __init__(self, model: str, x: np.ndarray, batch_size: int, latent_dim: int):
-    torch.manual_seed(0)
+  def __init__(self, model: str, x: np.ndarray, batch_size: int, latent_dim: int, seed: int = 0):
+    torch.manual_seed(seed)
     self.model, self.batch_size, self.latent_dim = model, batch_size, latent_dim
-    self.x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # [N, 1, 28, 28] uint8
+    self.x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # [N, 1, H, W] uint8
+    hw, d = tuple(self.x.shape[2:]), self.x[0].numel()
     self.perm, self.pos = torch.randperm(len(self.x)), 0
     if model == "ae_seed":
-      self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 784))
+      self.net = nn.Sequential(nn.Flatten(), nn.Linear(d, 128), nn.ReLU(), nn.Linear(128, d))
     elif model == "ae_mlp":
-      self.net = nn.Sequential(nn.Flatten(), _mlp([784, 512, 256, 32, 256, 512, 784]))
+      self.net = nn.Sequential(nn.Flatten(), _mlp([d, 512, 256, 32, 256, 512, d]))
     elif model == "ae_conv":
-      self.net = nn.Sequential(ConvEncoder(latent_dim), ConvDecoder(latent_dim))
+      self.net = nn.Sequential(ConvEncoder(latent_dim, hw), ConvDecoder(latent_dim, hw))
     elif model == "conv_vae":
-      self.net = nn.ModuleDict({"enc": ConvEncoder(2 * latent_dim), "dec": ConvDecoder(latent_dim)})
+      self.net = nn.ModuleDict(
+        {"enc": ConvEncoder(2 * latent_dim, hw), "dec": ConvDecoder(latent_dim, hw)}
+      )
     elif model == "dcgan":
+      h4, w4 = hw[0] // 4, hw[1] // 4
       self.g = nn.Sequential(
-        nn.Linear(latent_dim, 7 * 7 * 128, bias=False),
-        nn.Unflatten(1, (128, 7, 7)),
+        nn.Linear(latent_dim, h4 * w4 * 128, bias=False),
+        nn.Unflatten(1, (128, h4, w4)),
         nn.BatchNorm2d(128),
         nn.ReLU(),
         nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False),
@@ -93,7 +98,7 @@ class Trainer:
         nn.Conv2d(64, 128, 4, 2, 1),
         nn.LeakyReLU(0.2),
         nn.Flatten(),
-        nn.Linear(7 * 7 * 128, 1),
+        nn.Linear(h4 * w4 * 128, 1),
       )
       self.g_opt = torch.optim.Adam(self.g.parameters(), 2e-4, betas=(0.5, 0.999))
       self.d_opt = torch.optim.Adam(self.d.parameters(), 2e-4, betas=(0.5, 0.999))
@@ -149,6 +154,39 @@ class Trainer:
     self.g_opt.step()
     return d_loss.item()
 
+  @torch.no_grad()
+  def outputs(self, inputs: dict[str, np.ndarray], n_samples: int, batch: int = 1000) -> dict:
+    """What the benchmark scores (see `benchmark.py`), with the networks in eval mode."""
+    nets = [self.g] if self.model == "dcgan" else [self.net]
+    for net in nets:
+      net.eval()
+    out = {}
+    if self.model == "dcgan":
+      z = torch.randn(n_samples, self.latent_dim)
+      parts = [self.g(z[i : i + batch]) for i in range(0, n_samples, batch)]
+      out["samples"] = (torch.cat(parts) + 1) / 2  # [n, 1, H, W] in [0, 1]
+    elif self.model == "conv_vae":
+      x = torch.from_numpy(inputs["binary"]).permute(0, 3, 1, 2)
+      eps = torch.from_numpy(inputs["eps"])
+      h = torch.cat([self.net["enc"](x[i : i + batch]) for i in range(0, len(x), batch)])
+      mean, log_var = h[:, : self.latent_dim], h[:, self.latent_dim :]
+      z = mean + torch.exp(0.5 * log_var) * eps
+      out = {"mean": mean, "log_var": log_var}
+      out["logits"] = torch.cat(
+        [self.net["dec"](z[i : i + batch]) for i in range(0, len(z), batch)]
+      )
+    else:
+      x = torch.from_numpy(inputs["images"]).permute(0, 3, 1, 2).float() / 255.0
+      out["output"] = torch.cat([self.net(x[i : i + batch]) for i in range(0, len(x), batch)])
+    for net in nets:
+      net.train()
+    c, h, w = self.x.shape[1:]
+    as_nhwc = lambda t: t.reshape(len(t), c, h, w).permute(0, 2, 3, 1)
+    images = ("output", "samples", "logits")
+    return {
+      k: (as_nhwc(v) if k in images else v).numpy().astype(np.float32) for k, v in out.items()
+    }
+
 
 class Runner:
   """The worker protocol: set up a model (timing its first step), then run timed steps."""
@@ -171,3 +209,15 @@ class Runner:
     for _ in range(steps):
       trainer.step()
     return time.perf_counter() - t
+
+  def train(self, model, latent_dim, seed, steps, eval_at, inputs, n_samples, report):
+    """Train a fresh model for `steps` steps; at each step in `eval_at`, `report(step,
+    training seconds so far, outputs)` (the time it takes is not counted)."""
+    trainer, seconds, step = Trainer(model, self.x, self.batch_size, latent_dim, seed), 0.0, 0
+    for target in eval_at:
+      t = time.perf_counter()
+      for _ in range(target - step):
+        trainer.step()
+      seconds += time.perf_counter() - t
+      step = target
+      report(step, seconds, trainer.outputs(inputs, n_samples))

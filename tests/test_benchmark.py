@@ -1,0 +1,101 @@
+"""scripts/benchmark.py: the quality path end to end on digits, and how curves become rows."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import benchmark  # noqa: E402
+
+
+def _args(*argv):
+  benchmark.FLAGS.__dict__.update(vars(benchmark.parse_args(list(argv))))
+  return benchmark.FLAGS
+
+
+def test_time_to_interpolates_and_says_not_reached():
+  curve = [(1.0, 0.5), (3.0, 0.3), (5.0, 0.2)]
+  assert benchmark.time_to(curve, 0.6) == 1.0  # the first point already reaches it
+  assert math.isclose(benchmark.time_to(curve, 0.4), 2.0)  # halfway from 0.5 to 0.3
+  assert benchmark.time_to(curve, 0.2) == 5.0
+  assert benchmark.time_to(curve, 0.1) is None
+
+
+def test_quality_rows_target_and_best_peer():
+  """The target is the best mean at the budget; dlu's row says when it reached the best peer's
+  quality, beside that peer's time."""
+  _args("--mlp_epochs=1", "--steps_per_dispatch=10", "--batch_size=100")
+  # 1,000 training rows, batch 100: one epoch is 10 steps. Two seeds per framework.
+  curves = {
+    "dlu": {10: [(1.0, {"mse": 0.30}), (1.2, {"mse": 0.32})]},
+    "keras": {10: [(4.0, {"mse": 0.40}), (4.0, {"mse": 0.42})]},
+  }
+  rows = {r["framework"]: r for r in benchmark._quality_rows("ae_seed", curves, 1000)}
+  d, k = rows["dlu"], rows["keras"]
+  assert d["steps"] == k["steps"] == 10 and d["epochs"] == 1.0 and d["seeds"] == 2
+  assert math.isclose(d["quality"], 0.31) and math.isclose(d["quality_std"], 0.01)
+  assert d["target"] == k["target"] == d["quality"]
+  assert d["time_to_target_s"] == 1.1 and k["time_to_target_s"] is None
+  assert d["best_peer"] == "keras" and d["best_peer_s"] == 4.0
+  assert d["time_to_best_peer_s"] == 1.1  # its first point is already better than Keras's last
+
+
+def test_bad_arguments_exit_2(capsys):
+  for bad in ("--seeds=0", "--mlp_epochs=0", "--dlu_flags=kernel_init", "--models=resnet"):
+    assert benchmark.main([bad]) == 2
+    assert bad.split("=")[0] in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quality_on_digits(tmp_path, digits_feature_dir):
+  """Both parts on digits with a few steps: every scoring path (MSE, ELBO, FID) and the rows
+  and table they make. Peers that are not installed are skipped, saying so."""
+  out = tmp_path / "bench"
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "scripts", "benchmark.py"),
+    "--dataset=digits",
+    "--quick",
+    "--repeats=1",
+    "--models=ae_seed,conv_vae,dcgan",
+    "--seeds=1",
+    "--mlp_epochs=1,2",
+    "--conv_steps=2",
+    "--eval_points=2",
+    "--gan_samples=100",
+    "--batch_size=64",
+    f"--out={out}",
+  ]
+  env = {**os.environ, "TFDS_DATA_DIR": digits_feature_dir, "PYTHONPATH": ROOT}
+  r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  rows = json.loads((out / "benchmark.json").read_text())
+  dlu = {(row["model"], row.get("steps")): row for row in rows if row["framework"] == "dlu"}
+  # digits: 1,500 training images, batch 64: 23.4 steps an epoch; 1 and 2 epochs in whole
+  # dispatches of 10.
+  assert {k for k in dlu if k[0] == "ae_seed"} == {("ae_seed", 20), ("ae_seed", 50)}
+  for (model, steps), row in dlu.items():
+    if steps is None:
+      continue  # the matmul peak row carries no model
+    assert row["quality_metric"] == benchmark.QUALITY[model]
+    assert math.isfinite(row["quality"]) and row["quality_std"] == 0.0 and row["seeds"] == 1
+    assert row["curve"][-1]["step"] == steps or model == "ae_seed"
+    if len([fw for (m, fw) in {(x["model"], x["framework"]) for x in rows} if m == model]) == 1:
+      assert row["time_to_target_s"] == pytest.approx(row["train_s"], rel=1e-3, abs=0.02)
+  assert dlu["ae_seed", 50]["quality"] < dlu["ae_seed", 20]["quality"] < 0.2  # it learns
+  assert 0 < dlu["conv_vae", 2]["quality"] < 64 * math.log(2) * 2  # nats per 8x8 image
+  assert dlu["dcgan", 2]["quality"] > 0 and 0 <= dlu["dcgan", 2]["precision"] <= 1
+  assert "examples_per_s" in dlu["ae_seed", 50] and "examples_per_s" not in dlu["ae_seed", 20]
+  md = (out / "benchmark.md").read_text()
+  assert "| ae_seed | mse @ 20 (0.85) |" in md and "dcgan real-data floor" in md
+  for fw, module in (("pytorch", "torch"), ("keras", "keras")):
+    if importlib.util.find_spec(module) is None:
+      assert f"{fw}: skipped: {fw} is not installed" in md
+  assert not (out / "data").exists() and not (out / "points").exists()
