@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from dlu import families
+from dlu import families, model_flags
 from dlu import flags as dlu_flags
 from dlu.errors import UsageError
 
@@ -26,11 +26,17 @@ from dlu.errors import UsageError
     (dict(noise="gaussian", noise_level=0.0), "--noise=gaussian needs --noise_level > 0"),
     (dict(recon_loss="bce", pixel_range="symmetric"), "--recon_loss=bce needs --pixel_range=unit"),
     (dict(warmup_steps=10, num_steps=5), "--warmup_steps"),
+    (dict(kernel_init="bogus"), "--kernel_init must be one of glorot_uniform, glorot_normal"),
   ],
 )
 def test_validation_names_the_flag(overrides, message):
   with pytest.raises(UsageError, match=message.replace("(", r"\(")):
     families.validate(dlu_flags.make_config(**overrides))
+
+
+def test_shared_model_flags_are_checked_on_their_own():
+  with pytest.raises(UsageError, match="--kernel_init must be one of .*he_normal"):
+    model_flags.validate(dlu_flags.make_config(kernel_init="bogus"))
 
 
 def test_defaults_are_valid_and_flagfile_round_trips():

@@ -1,4 +1,5 @@
-"""dlu's Conv/ConvTranspose compute what flax's compute: parameters, outputs and all gradients."""
+"""dlu's Conv/ConvTranspose compute what flax's compute: parameters, outputs and all gradients;
+the kernel initializers have the variances Keras and flax define."""
 
 import flax.linen as nn
 import jax
@@ -6,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dlu.errors import UsageError
 from dlu.models import autoencoder, fast_conv, layers
 
 
@@ -177,3 +179,68 @@ def test_strided_conv_input_gradient_by_output_phases(k, s, hw, monkeypatch):
   _assert_close(got, expected)
   if max(s) == 2:
     _check_against_flax("Conv", k, s, hw, 2, (5, 4), monkeypatch)
+
+
+def _documented_variance(name, shape):
+  fan_in, fan_out = layers.fans(shape)
+  return {
+    "lecun": 1 / fan_in,
+    "glorot": 2 / (fan_in + fan_out),
+    "he": 2 / fan_in,
+    "dcgan": 0.02**2,
+  }[name.split("_")[0]]
+
+
+def test_kernel_inits_have_the_documented_variances():
+  shapes = [(512, 256), (3, 3, 32, 64)]  # a dense kernel; a conv one (receptive field 9)
+  draws = jax.jit(  # one compilation for all of them
+    lambda key: {
+      name: [layers.kernel_init(name)(jax.random.fold_in(key, i), s) for i, s in enumerate(shapes)]
+      for name in layers.KERNEL_INITS
+    }
+  )(jax.random.key(0))
+  assert set(draws) == {
+    "lecun_normal",
+    "lecun_uniform",
+    "glorot_uniform",
+    "glorot_normal",
+    "he_normal",
+    "he_uniform",
+    "dcgan_normal",
+  }
+  for name, kernels in draws.items():
+    for shape, kernel in zip(shapes, kernels):
+      kernel = np.asarray(kernel, np.float64)
+      assert kernel.shape == shape and abs(kernel.mean()) < 1e-3
+      np.testing.assert_allclose(kernel.var(), _documented_variance(name, shape), rtol=0.04)
+      bound = np.abs(kernel).max() / np.sqrt(_documented_variance(name, shape))
+      if name.endswith("_uniform"):  # U(-a, a) with a = sqrt(3 variance)
+        assert np.sqrt(3) * 0.99 < bound <= np.sqrt(3) * (1 + 1e-6)
+      elif name != "dcgan_normal":  # truncated at two of the untruncated draw's stddevs
+        assert bound <= 2 / 0.87962566103423978 * (1 + 1e-6)
+  assert 0.0195 < np.std(np.asarray(draws["dcgan_normal"][0])) < 0.0205
+
+
+def test_dense_kernel_inits_are_flaxs_own_and_conv_kernel_init_is_unchanged():
+  conv = (3, 3, 4, 8)
+
+  @jax.jit  # one compilation
+  def draws(key):
+    pairs = [
+      (layers.kernel_init(name)(key, shape), getattr(nn.initializers, name)()(key, shape))
+      for name in ("lecun_normal", "glorot_uniform")
+      for shape in [(128, 784), (784, 128)]
+    ]
+    # The FID feature network's conv init: flax's lecun_normal of the flattened kernel.
+    flat = nn.initializers.lecun_normal()(key, (36, 8)).reshape(conv)
+    return pairs + [(layers.conv_kernel_init(key, conv), flat)]
+
+  for ours, theirs in draws(jax.random.key(3)):
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_unknown_kernel_init_names_the_flag():
+  with pytest.raises(
+    UsageError, match="--kernel_init must be one of glorot_uniform, .*dcgan_normal"
+  ):
+    layers.kernel_init("bogus")

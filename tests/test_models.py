@@ -2,8 +2,12 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
+from dlu import families
+from dlu import flags as dlu_flags
+from dlu.families import DataSpec
 from dlu.models import autoencoder as ae
 
 
@@ -76,3 +80,37 @@ def test_dropout_only_in_training_and_same_parameters(make):
   # Without a dropout rng (evaluation) the model is the plain one; with one, units drop.
   assert jnp.array_equal(evaluated, out)
   assert not jnp.allclose(train, out) and not jnp.allclose(train, outputs(jax.random.key(3))[2])
+
+
+def test_kernel_init_changes_values_not_parameters():
+  seed = lambda init: ae.MLPAutoencoder(
+    (28, 28, 1), latent_dim=128, latent_activation="relu", kernel_init=init
+  )
+  x = jnp.zeros((1, 28, 28, 1))
+  glorot, he = jax.jit(
+    lambda key: [seed(init).init(key, x)["params"] for init in ("glorot_uniform", "he_normal")]
+  )(jax.random.key(0))
+  assert seed("glorot_uniform") == ae.MLPAutoencoder(
+    (28, 28, 1), latent_dim=128, latent_activation="relu"
+  )  # the default
+  assert jax.tree.map(jnp.shape, glorot) == jax.tree.map(jnp.shape, he)  # checkpoints still load
+  out_glorot, out_he = (np.var(p["decoder"]["dense_0"]["kernel"]) for p in (glorot, he))
+  np.testing.assert_allclose(out_glorot, 2 / (128 + 784), rtol=0.04)
+  np.testing.assert_allclose(out_he, 2 / 128, rtol=0.04)
+  assert not np.any(glorot["decoder"]["dense_0"]["bias"])  # biases still start at zero
+
+
+@pytest.mark.parametrize(
+  "model", ["ae_seed", "ae_mlp", "ae_conv", "vae", "conv_vae", "simclr_mlp", "simclr_conv"]
+)
+def test_every_family_builds_its_model_with_kernel_init(model):
+  cfg = dlu_flags.make_config(model=model, kernel_init="he_uniform")
+  family = families.get(model)(cfg, DataSpec((8, 8, 1), 10, 64))
+  assert family.make_model().kernel_init == "he_uniform"
+
+
+@pytest.mark.parametrize("model", ["dcgan", "mlp_gan"])
+def test_gan_networks_get_kernel_init(model):
+  cfg = dlu_flags.make_config(model=model, pixel_range="symmetric", kernel_init="dcgan_normal")
+  family = families.get(model)(cfg, DataSpec((8, 8, 1), 10, 64, "symmetric"))
+  assert family.generator().kernel_init == family.discriminator.kernel_init == "dcgan_normal"

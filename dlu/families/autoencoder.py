@@ -71,6 +71,7 @@ class Autoencoder(SingleNetworkFamily):
         latent_dim=cfg.hidden_units,
         latent_activation="relu",
         dropout=cfg.dropout,
+        kernel_init=cfg.kernel_init,
       )
     if cfg.model == "ae_mlp":
       return ae_models.MLPAutoencoder(
@@ -78,9 +79,14 @@ class Autoencoder(SingleNetworkFamily):
         encoder_widths=int_list(cfg.widths, "widths"),
         latent_dim=cfg.latent_dim,
         dropout=cfg.dropout,
+        kernel_init=cfg.kernel_init,
       )
     return ae_models.ConvAutoencoder(
-      shape, channels=conv_channels(cfg, shape), latent_dim=cfg.latent_dim, dropout=cfg.dropout
+      shape,
+      channels=conv_channels(cfg, shape),
+      latent_dim=cfg.latent_dim,
+      dropout=cfg.dropout,
+      kernel_init=cfg.kernel_init,
     )
 
   def corrupt(self, x: jax.Array, rng: jax.Array) -> jax.Array:

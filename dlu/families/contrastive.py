@@ -129,6 +129,7 @@ class SimCLR(SingleNetworkFamily):
       feature_dim=cfg.latent_dim,
       num_clusters=self.num_clusters,
       projection=int_list(cfg.projection_dims, "projection_dims"),
+      kernel_init=cfg.kernel_init,
     )
     if cfg.model == "simclr_conv":
       return ContrastiveNet("conv", channels=conv_channels(cfg, shape), **common)

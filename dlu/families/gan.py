@@ -159,10 +159,12 @@ class GAN(Family):
     else:
       self.output_activation = "tanh" if spec.pixel_range == "symmetric" else "sigmoid"
     if cfg.model == "dcgan":
-      self.discriminator = gan_models.DCGANDiscriminator(cfg.gan_channels, self.num_classes)
+      self.discriminator = gan_models.DCGANDiscriminator(
+        cfg.gan_channels, self.num_classes, cfg.kernel_init
+      )
     else:
       self.discriminator = gan_models.MLPDiscriminator(
-        tuple(reversed(int_list(cfg.gan_widths, "gan_widths"))), self.num_classes
+        tuple(reversed(int_list(cfg.gan_widths, "gan_widths"))), self.num_classes, cfg.kernel_init
       )
     b1 = cfg.gan_b1
     self.g_tx = optim.make_optimizer(
@@ -182,7 +184,12 @@ class GAN(Family):
     cfg, shape = self.cfg, self.spec.example_shape
     if cfg.model == "dcgan":
       return gan_models.DCGANGenerator(
-        shape, cfg.gan_channels, self.output_activation, axis_name, self.num_classes
+        shape,
+        cfg.gan_channels,
+        self.output_activation,
+        axis_name,
+        self.num_classes,
+        kernel_init=cfg.kernel_init,
       )
     return gan_models.MLPGenerator(
       shape,
@@ -190,6 +197,7 @@ class GAN(Family):
       self.output_activation,
       axis_name,
       self.num_classes,
+      kernel_init=cfg.kernel_init,
     )
 
   def critic(self, d_params, labels: jax.Array | None = None) -> Callable[[jax.Array], jax.Array]:

@@ -136,6 +136,7 @@ class VAE(SingleNetworkFamily):
         "conv",
         channels=conv_channels(cfg, shape),
         learn_variance=cfg.learn_variance,
+        kernel_init=cfg.kernel_init,
       )
     return vae_models.VAE(
       shape,
@@ -143,6 +144,7 @@ class VAE(SingleNetworkFamily):
       "mlp",
       widths=int_list(cfg.widths, "widths"),
       learn_variance=cfg.learn_variance,
+      kernel_init=cfg.kernel_init,
     )
 
   # --- The model's pieces, as pure functions of the parameters.

@@ -14,7 +14,7 @@ import chex
 import flax.linen as nn
 import jax
 
-from dlu.models.layers import MLP, Conv, ConvTranspose, dropout
+from dlu.models.layers import MLP, Conv, ConvTranspose, dropout, kernel_init
 
 
 class MLPAutoencoder(nn.Module):
@@ -23,7 +23,8 @@ class MLPAutoencoder(nn.Module):
   The seed model is `encoder_widths=(), latent_dim=128, latent_activation="relu"`:
   Dense(128, relu) then a linear Dense back to the input size. `dropout`: the rate of
   dropout after every hidden layer, the code included (only when applied with a `dropout`
-  rng, i.e. in training).
+  rng, i.e. in training). `kernel_init`: the initializer of every kernel (a key of
+  `layers.KERNEL_INITS`), as in every dlu model.
   """
 
   image_shape: tuple[int, int, int]
@@ -32,6 +33,7 @@ class MLPAutoencoder(nn.Module):
   latent_activation: str = "linear"
   activation: str = "relu"
   dropout: float = 0.0
+  kernel_init: str = "glorot_uniform"
 
   def setup(self):
     self.encoder = MLP(
@@ -39,10 +41,14 @@ class MLPAutoencoder(nn.Module):
       self.activation,
       self.latent_activation,
       dropout=self.dropout,
+      kernel_init=self.kernel_init,
     )
     out_dim = math.prod(self.image_shape)
     self.decoder = MLP(
-      tuple(reversed(self.encoder_widths)) + (out_dim,), self.activation, dropout=self.dropout
+      tuple(reversed(self.encoder_widths)) + (out_dim,),
+      self.activation,
+      dropout=self.dropout,
+      kernel_init=self.kernel_init,
     )
     self.code_dropout = nn.Dropout(self.dropout)
 
@@ -66,13 +72,15 @@ class ConvEncoder(nn.Module):
   channels: Sequence[int] = (32, 64)
   out_dim: int = 32
   dropout: float = 0.0  # after each conv layer, in training
+  kernel_init: str = "glorot_uniform"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    init = kernel_init(self.kernel_init)
     for i, c in enumerate(self.channels):
-      x = nn.relu(Conv(c, (3, 3), strides=(2, 2), padding="SAME", name=f"conv_{i}")(x))
-      x = dropout(self, self.dropout, x)
-    return nn.Dense(self.out_dim, name="dense")(x.reshape((x.shape[0], -1)))
+      conv = Conv(c, (3, 3), strides=(2, 2), padding="SAME", kernel_init=init, name=f"conv_{i}")
+      x = dropout(self, self.dropout, nn.relu(conv(x)))
+    return nn.Dense(self.out_dim, kernel_init=init, name="dense")(x.reshape((x.shape[0], -1)))
 
 
 class ConvDecoder(nn.Module):
@@ -81,18 +89,24 @@ class ConvDecoder(nn.Module):
   image_shape: tuple[int, int, int]
   channels: Sequence[int] = (64, 32)
   dropout: float = 0.0  # after each hidden layer, in training
+  kernel_init: str = "glorot_uniform"
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     h, w, c_out = self.image_shape
     scale = 2 ** len(self.channels)
     h0, w0 = h // scale, w // scale
-    x = nn.relu(nn.Dense(h0 * w0 * self.channels[0], name="dense")(z))
+    init = kernel_init(self.kernel_init)
+    x = nn.relu(nn.Dense(h0 * w0 * self.channels[0], kernel_init=init, name="dense")(z))
     x = dropout(self, self.dropout, x).reshape((z.shape[0], h0, w0, self.channels[0]))
     for i, c in enumerate(self.channels):
-      x = nn.relu(ConvTranspose(c, (3, 3), strides=(2, 2), padding="SAME", name=f"deconv_{i}")(x))
-      x = dropout(self, self.dropout, x)
-    return ConvTranspose(c_out, (3, 3), strides=(1, 1), padding="SAME", name="out")(x)
+      deconv = ConvTranspose(
+        c, (3, 3), strides=(2, 2), padding="SAME", kernel_init=init, name=f"deconv_{i}"
+      )
+      x = dropout(self, self.dropout, nn.relu(deconv(x)))
+    return ConvTranspose(
+      c_out, (3, 3), strides=(1, 1), padding="SAME", kernel_init=init, name="out"
+    )(x)
 
 
 class ConvAutoencoder(nn.Module):
@@ -100,11 +114,14 @@ class ConvAutoencoder(nn.Module):
   channels: Sequence[int] = (32, 64)
   latent_dim: int = 32
   dropout: float = 0.0
+  kernel_init: str = "glorot_uniform"
 
   def setup(self):
-    self.encoder = ConvEncoder(tuple(self.channels), self.latent_dim, self.dropout)
+    self.encoder = ConvEncoder(
+      tuple(self.channels), self.latent_dim, self.dropout, self.kernel_init
+    )
     self.decoder = ConvDecoder(
-      tuple(self.image_shape), tuple(reversed(self.channels)), self.dropout
+      tuple(self.image_shape), tuple(reversed(self.channels)), self.dropout, self.kernel_init
     )
 
   def encode(self, x: jax.Array) -> jax.Array:

@@ -18,7 +18,8 @@ class ContrastiveNet(nn.Module):
   """encoder: "mlp" (flattened image -> `widths` -> `feature_dim`) or "conv" (strided
   convolutions with `channels`, then a dense layer to `feature_dim`), ReLU features; then
   the projection MLP (`projection`, ReLU between layers, linear output); with `num_clusters`,
-  also the cluster head on the representation (`projection[0]` hidden units, then logits)."""
+  also the cluster head on the representation (`projection[0]` hidden units, then logits).
+  `kernel_init`: the initializer of every kernel (a key of `layers.KERNEL_INITS`)."""
 
   encoder: str = "mlp"
   widths: Sequence[int] = (1024, 512)
@@ -26,15 +27,17 @@ class ContrastiveNet(nn.Module):
   feature_dim: int = 256
   projection: Sequence[int] = (256, 128)
   num_clusters: int = 0
+  kernel_init: str = "glorot_uniform"
 
   def setup(self):
+    init = self.kernel_init
     if self.encoder == "conv":
-      self.backbone = ConvEncoder(tuple(self.channels), self.feature_dim)
+      self.backbone = ConvEncoder(tuple(self.channels), self.feature_dim, kernel_init=init)
     else:
-      self.backbone = MLP(tuple(self.widths) + (self.feature_dim,))
-    self.head = MLP(tuple(self.projection))
+      self.backbone = MLP(tuple(self.widths) + (self.feature_dim,), kernel_init=init)
+    self.head = MLP(tuple(self.projection), kernel_init=init)
     if self.num_clusters:
-      self.cluster_head = MLP((self.projection[0], self.num_clusters))
+      self.cluster_head = MLP((self.projection[0], self.num_clusters), kernel_init=init)
 
   def encode(self, x: jax.Array) -> jax.Array:
     """The representation. [B, feature_dim]"""

@@ -15,6 +15,9 @@ learned embedding of the label to the noise, and the discriminator is a projecti
 discriminator (Miyato & Koyama 2018), logit = linear(phi(x)) + <embed(y), phi(x)>,
 phi its penultimate features. Without it they are the unconditional networks,
 parameter for parameter.
+
+`kernel_init` names the initializer of every Dense and conv kernel (a key of
+`layers.KERNEL_INITS`); the label embeddings keep their own.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlu.models.layers import Conv, ConvTranspose, conv_kernel_init
+from dlu.models.layers import Conv, ConvTranspose, kernel_init
 
 OUTPUT_ACTIVATIONS = {"tanh": jnp.tanh, "sigmoid": nn.sigmoid, "linear": lambda x: x}
 KERNEL = (4, 4)  # DCGAN's stride-2 kernels: 4x4 divides evenly into the 2x upsampling
@@ -82,6 +85,7 @@ class DCGANGenerator(nn.Module):
   output_activation: str = "tanh"
   axis_name: str | None = None
   num_classes: int | None = None
+  kernel_init: str = "glorot_uniform"
 
   @nn.compact
   def __call__(
@@ -89,8 +93,11 @@ class DCGANGenerator(nn.Module):
   ) -> jax.Array:
     h, w, c_out = self.image_shape
     b = z.shape[0]
+    init = kernel_init(self.kernel_init)
     z = _with_label(z, labels, self.num_classes)
-    x = nn.Dense((h // 4) * (w // 4) * 2 * self.channels, use_bias=False, name="dense")(z)
+    x = nn.Dense(
+      (h // 4) * (w // 4) * 2 * self.channels, use_bias=False, kernel_init=init, name="dense"
+    )(z)
     x = x.reshape((b, h // 4, w // 4, 2 * self.channels))  # [B, H/4, W/4, 2c]
     x = nn.relu(_batch_norm(train, self.axis_name, "bn_0")(x))
     x = ConvTranspose(
@@ -99,12 +106,12 @@ class DCGANGenerator(nn.Module):
       strides=(2, 2),
       padding="SAME",
       use_bias=False,
-      kernel_init=conv_kernel_init,
+      kernel_init=init,
       name="deconv_0",
     )(x)  # [B, H/2, W/2, c]
     x = nn.relu(_batch_norm(train, self.axis_name, "bn_1")(x))
     x = ConvTranspose(
-      c_out, KERNEL, strides=(2, 2), padding="SAME", kernel_init=conv_kernel_init, name="deconv_1"
+      c_out, KERNEL, strides=(2, 2), padding="SAME", kernel_init=init, name="deconv_1"
     )(x)
     chex.assert_shape(x, (b, h, w, c_out))
     return OUTPUT_ACTIVATIONS[self.output_activation](x)  # [B, H, W, C]
@@ -131,15 +138,15 @@ class DCGANDiscriminator(_Discriminator):
 
   channels: int = 64
   num_classes: int | None = None
+  kernel_init: str = "glorot_uniform"
 
   def setup(self):
+    init = kernel_init(self.kernel_init)
     self.convs = [
-      Conv(
-        c, KERNEL, strides=(2, 2), padding="SAME", kernel_init=conv_kernel_init, name=f"conv_{i}"
-      )
+      Conv(c, KERNEL, strides=(2, 2), padding="SAME", kernel_init=init, name=f"conv_{i}")
       for i, c in enumerate((self.channels, 2 * self.channels))
     ]
-    self.logit = nn.Dense(1)
+    self.logit = nn.Dense(1, kernel_init=init)
 
   def embed(self, x: jax.Array) -> jax.Array:
     """The penultimate layer, flattened. [B, (H/4) * (W/4) * 2c]"""
@@ -156,16 +163,18 @@ class MLPGenerator(nn.Module):
   output_activation: str = "tanh"
   axis_name: str | None = None
   num_classes: int | None = None
+  kernel_init: str = "glorot_uniform"
 
   @nn.compact
   def __call__(
     self, z: jax.Array, labels: jax.Array | None = None, *, train: bool = True
   ) -> jax.Array:
+    init = kernel_init(self.kernel_init)
     x = _with_label(z, labels, self.num_classes)
     for i, width in enumerate(self.widths):
-      x = nn.Dense(width, use_bias=False, name=f"dense_{i}")(x)
+      x = nn.Dense(width, use_bias=False, kernel_init=init, name=f"dense_{i}")(x)
       x = nn.relu(_batch_norm(train, self.axis_name, f"bn_{i}")(x))
-    x = nn.Dense(math.prod(self.image_shape), name="out")(x)
+    x = nn.Dense(math.prod(self.image_shape), kernel_init=init, name="out")(x)
     x = x.reshape((z.shape[0],) + tuple(self.image_shape))  # [B, H, W, C]
     return OUTPUT_ACTIVATIONS[self.output_activation](x)
 
@@ -175,10 +184,14 @@ class MLPDiscriminator(_Discriminator):
 
   widths: Sequence[int] = (512, 256)
   num_classes: int | None = None
+  kernel_init: str = "glorot_uniform"
 
   def setup(self):
-    self.hidden = [nn.Dense(width, name=f"dense_{i}") for i, width in enumerate(self.widths)]
-    self.logit = nn.Dense(1)
+    init = kernel_init(self.kernel_init)
+    self.hidden = [
+      nn.Dense(width, kernel_init=init, name=f"dense_{i}") for i, width in enumerate(self.widths)
+    ]
+    self.logit = nn.Dense(1, kernel_init=init)
 
   def embed(self, x: jax.Array) -> jax.Array:
     """The last hidden layer. [B, widths[-1]]"""

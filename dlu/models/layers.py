@@ -8,6 +8,7 @@ several times faster; other backends keep the native ops.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlu.errors import UsageError
 from dlu.models import fast_conv
 
 # Read at trace time; False makes every backend use the native ops (to compare them).
@@ -54,14 +56,63 @@ def _fast_path_applies(
   )
 
 
-def conv_kernel_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
-  """flax's default kernel init (lecun_normal) drawn as [kh * kw * c_in, c_out] and reshaped.
+# name -> (scale, mode, distribution): variance scale / fan(mode), as Keras and flax define
+# them (lecun: 1 / fan_in; glorot: 2 / (fan_in + fan_out); he: 2 / fan_in); *_normal draws
+# are truncated normals of that variance. mode None: a plain normal of variance `scale`
+# whatever the shape (DCGAN's N(0, 0.02^2), Radford et al. 2016).
+KERNEL_INITS: dict[str, tuple[float, str | None, str]] = {
+  "glorot_uniform": (1.0, "fan_avg", "uniform"),
+  "glorot_normal": (1.0, "fan_avg", "truncated_normal"),
+  "lecun_normal": (1.0, "fan_in", "truncated_normal"),
+  "lecun_uniform": (1.0, "fan_in", "uniform"),
+  "he_normal": (2.0, "fan_in", "truncated_normal"),
+  "he_uniform": (2.0, "fan_in", "uniform"),
+  "dcgan_normal": (0.02**2, None, "normal"),
+}
 
-  The same values as the 4-D draw (same fans, same key), but XLA:CPU compiles a 4-D truncated
-  normal several times slower, which dominated the first-step time of small conv models.
+
+def fans(shape: Sequence[int]) -> tuple[int, int]:
+  """fan_in and fan_out of a kernel of `shape` (inputs on axis -2, outputs on axis -1, the
+  receptive field on the others), as flax and Keras count them."""
+  receptive = math.prod(shape[:-2])
+  return shape[-2] * receptive, shape[-1] * receptive
+
+
+@functools.cache
+def kernel_init(name: str) -> Callable[..., jax.Array]:
+  """The initializer `(key, shape, dtype) -> kernel` named `name` (a key of KERNEL_INITS).
+
+  Drawn as a [prod(shape[:-1]), shape[-1]] matrix and reshaped, because XLA:CPU compiles a
+  4-D truncated normal several times slower (it dominated the first-step time of small conv
+  models); the variance is still that of the true shape's fans. For a 2-D shape, and for the
+  fan_in modes at any rank, the values are flax's own (`nn.initializers.lecun_normal()`,
+  `glorot_uniform()`, ...: same key, same values). UsageError naming --kernel_init for an
+  unknown name.
   """
-  flat = nn.initializers.lecun_normal()(key, (math.prod(shape[:-1]), shape[-1]), dtype)
-  return flat.reshape(shape)
+  if name not in KERNEL_INITS:
+    raise UsageError(f"--kernel_init must be one of {', '.join(KERNEL_INITS)}; got {name!r}")
+  scale, mode, distribution = KERNEL_INITS[name]
+
+  def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    shape = tuple(shape)
+    flat = (math.prod(shape[:-1]), shape[-1])
+    if mode is None:
+      draw = nn.initializers.normal(math.sqrt(scale))
+    elif len(shape) == 2 or mode == "fan_in":  # The flat matrix has the true shape's fan.
+      draw = nn.initializers.variance_scaling(scale, mode, distribution)
+    else:
+      fan_in, fan_out = fans(shape)
+      fan = {"fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+      draw = nn.initializers.variance_scaling(scale * flat[0] / fan, "fan_in", distribution)
+    return draw(key, flat, dtype).reshape(shape)
+
+  return init
+
+
+def conv_kernel_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+  """flax's default kernel init (lecun_normal), drawn as `kernel_init` draws (the same values
+  as flax's 4-D draw: same fans, same key)."""
+  return kernel_init("lecun_normal")(key, shape, dtype)
 
 
 def _params(module: nn.Module, kernel_shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array | None]:
@@ -142,17 +193,19 @@ def dropout(module: nn.Module, rate: float, x: jax.Array) -> jax.Array:
 
 class MLP(nn.Module):
   """Dense layers with `activation` between them; `final_activation` after the last.
-  `dropout`: the rate of dropout after each hidden layer (see `dropout`)."""
+  `dropout`: the rate of dropout after each hidden layer (see `dropout`); `kernel_init`:
+  the kernels' initializer (a key of KERNEL_INITS)."""
 
   widths: Sequence[int]
   activation: str = "relu"
   final_activation: str = "linear"
   dropout: float = 0.0
+  kernel_init: str = "glorot_uniform"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, width in enumerate(self.widths):
-      x = nn.Dense(width, name=f"dense_{i}")(x)
+      x = nn.Dense(width, kernel_init=kernel_init(self.kernel_init), name=f"dense_{i}")(x)
       last = i == len(self.widths) - 1
       x = ACTIVATIONS[self.final_activation if last else self.activation](x)
       if not last:

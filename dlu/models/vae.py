@@ -20,7 +20,8 @@ from dlu.models.layers import MLP
 
 
 class VAE(nn.Module):
-  """`architecture="mlp"`: Dense `widths` both ways; `"conv"`: strided convs `channels`."""
+  """`architecture="mlp"`: Dense `widths` both ways; `"conv"`: strided convs `channels`.
+  `kernel_init`: the initializer of every kernel (a key of `layers.KERNEL_INITS`)."""
 
   image_shape: tuple[int, int, int]
   latent_dim: int = 32
@@ -28,14 +29,20 @@ class VAE(nn.Module):
   widths: Sequence[int] = (512, 256)
   channels: Sequence[int] = (32, 64)
   learn_variance: bool = False
+  kernel_init: str = "glorot_uniform"
 
   def setup(self):
+    init = self.kernel_init
     if self.architecture == "mlp":
-      self.encoder = MLP(tuple(self.widths) + (2 * self.latent_dim,))
-      self.decoder = MLP(tuple(reversed(self.widths)) + (math.prod(self.image_shape),))
+      self.encoder = MLP(tuple(self.widths) + (2 * self.latent_dim,), kernel_init=init)
+      self.decoder = MLP(
+        tuple(reversed(self.widths)) + (math.prod(self.image_shape),), kernel_init=init
+      )
     elif self.architecture == "conv":
-      self.encoder = ConvEncoder(tuple(self.channels), 2 * self.latent_dim)
-      self.decoder = ConvDecoder(tuple(self.image_shape), tuple(reversed(self.channels)))
+      self.encoder = ConvEncoder(tuple(self.channels), 2 * self.latent_dim, kernel_init=init)
+      self.decoder = ConvDecoder(
+        tuple(self.image_shape), tuple(reversed(self.channels)), kernel_init=init
+      )
     else:
       raise ValueError(f"unknown VAE architecture {self.architecture!r}")
     if self.learn_variance:
