@@ -112,8 +112,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument(
     "--mlp_epochs", type=csv, default=["5", "20"], help="quality: MLP budgets, in epochs"
   )
-  p.add_argument("--conv_steps", type=int, default=600, help="quality: conv models' budget")
-  p.add_argument("--eval_points", type=int, default=8, help="quality: points on each curve")
+  p.add_argument("--conv_steps", type=int, default=300, help="quality: conv models' budget")
+  p.add_argument("--eval_points", type=int, default=6, help="quality: points on each curve")
   p.add_argument("--gan_samples", type=int, default=10000, help="quality: samples scored")
   p.add_argument(
     "--dlu_flags",
