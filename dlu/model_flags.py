@@ -30,17 +30,19 @@ flags.DEFINE_float(
   "ae_seed, ae_mlp, ae_conv: dropout rate after every hidden layer of the encoder and "
   "decoder (the code included), in training only; 0: none.",
 )
+# The initialiser of each model under --kernel_init=auto, chosen by measurement: the quality at
+# equal steps of `scripts/benchmark.py` (README, "Initialisers"); models not named get
+# glorot_uniform.
+KERNEL_INIT_BY_MODEL = {"ae_conv": "lecun_normal"}
 flags.DEFINE_enum(
   "kernel_init",
-  "glorot_uniform",
-  list(KERNEL_INITS),
-  "Initializer of every Dense and conv kernel of the model (biases start at 0): "
+  "auto",
+  ["auto", *KERNEL_INITS],
+  "Initializer of every Dense and conv kernel of the model (biases start at 0). auto: the one "
+  "measured best for the model (lecun_normal for ae_conv, glorot_uniform for the others); "
   "glorot_uniform (Keras's default, variance 2 / (fan_in + fan_out)), glorot_normal, "
   "lecun_normal (flax's default, 1 / fan_in), lecun_uniform, he_normal (2 / fan_in), "
-  "he_uniform, dcgan_normal (N(0, 0.02^2)); *_normal are truncated normals. The default "
-  "was chosen by measurement: the seed autoencoder's test MSE after 4,690 steps was 0.0085 "
-  "with glorot_uniform, 0.0099 with PyTorch's U(+-1/sqrt(fan_in)), 0.0129 with "
-  "lecun_normal and 0.0187 with he_normal.",
+  "he_uniform, dcgan_normal (N(0, 0.02^2)); *_normal are truncated normals.",
 )
 flags.DEFINE_integer(
   "n_clusters", 0, "Clusters for dec/idec and experiments.evaluate; 0: the dataset's class count."
@@ -86,11 +88,20 @@ def num_clusters(cfg: Config, num_classes: int | None, dataset_name: str = "the 
   return num_classes
 
 
+def kernel_init_name(cfg: Config) -> str:
+  """The initialiser --kernel_init names for --model (auto: KERNEL_INIT_BY_MODEL); UsageError
+  naming the flag and the accepted values for any other name."""
+  if cfg.kernel_init == "auto":
+    return KERNEL_INIT_BY_MODEL.get(cfg.model, "glorot_uniform")
+  kernel_init(cfg.kernel_init)
+  return cfg.kernel_init
+
+
 def validate(cfg: Config) -> None:
   """The shared flags every family may read; each family checks the encoder flags it uses."""
   if cfg.n_clusters < 0:
     raise UsageError(f"--n_clusters must be >= 0 (0: the class count), got {cfg.n_clusters!r}")
   require_positive(cfg, "kmeans_inits")
-  kernel_init(cfg.kernel_init)  # UsageError naming --kernel_init and the accepted values
+  kernel_init_name(cfg)
   if not 0 <= cfg.dropout < 1:
     raise UsageError(f"--dropout must be in [0, 1), got {cfg.dropout!r}")

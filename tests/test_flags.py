@@ -26,7 +26,7 @@ from dlu.errors import UsageError
     (dict(noise="gaussian", noise_level=0.0), "--noise=gaussian needs --noise_level > 0"),
     (dict(recon_loss="bce", pixel_range="symmetric"), "--recon_loss=bce needs --pixel_range=unit"),
     (dict(warmup_steps=10, num_steps=5), "--warmup_steps"),
-    (dict(kernel_init="bogus"), "--kernel_init must be one of glorot_uniform, glorot_normal"),
+    (dict(kernel_init="bogus"), "--kernel_init must be one of auto, glorot_uniform, glorot_normal"),
   ],
 )
 def test_validation_names_the_flag(overrides, message):

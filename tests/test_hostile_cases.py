@@ -386,6 +386,7 @@ def test_flag_parse_errors_exit_2(capsys):
     (["train", "--nums_steps=3"], "Did you mean: num_steps"),
     (["train", "stray"], "unexpected arguments: stray"),
     (["train", "--resume_from=first"], "resume_from"),
+    (["train", "--kernel_init=orthogonal"], "--kernel_init"),
   ):
     with pytest.raises(SystemExit) as e:
       cli.parse_flags(argv)

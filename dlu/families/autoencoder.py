@@ -11,7 +11,7 @@ from dlu.errors import UsageError
 from dlu.families.base import SingleNetworkFamily, register
 from dlu.flags import require_positive
 from dlu.grids import paired_rows, to_unit
-from dlu.model_flags import conv_channels, int_list
+from dlu.model_flags import conv_channels, int_list, kernel_init_name
 from dlu.models import autoencoder as ae_models
 
 flags.DEFINE_integer("hidden_units", 128, "ae_seed: width of the one hidden (code) layer.")
@@ -71,7 +71,7 @@ class Autoencoder(SingleNetworkFamily):
         latent_dim=cfg.hidden_units,
         latent_activation="relu",
         dropout=cfg.dropout,
-        kernel_init=cfg.kernel_init,
+        kernel_init=kernel_init_name(cfg),
       )
     if cfg.model == "ae_mlp":
       return ae_models.MLPAutoencoder(
@@ -79,14 +79,14 @@ class Autoencoder(SingleNetworkFamily):
         encoder_widths=int_list(cfg.widths, "widths"),
         latent_dim=cfg.latent_dim,
         dropout=cfg.dropout,
-        kernel_init=cfg.kernel_init,
+        kernel_init=kernel_init_name(cfg),
       )
     return ae_models.ConvAutoencoder(
       shape,
       channels=conv_channels(cfg, shape),
       latent_dim=cfg.latent_dim,
       dropout=cfg.dropout,
-      kernel_init=cfg.kernel_init,
+      kernel_init=kernel_init_name(cfg),
     )
 
   def corrupt(self, x: jax.Array, rng: jax.Array) -> jax.Array:

@@ -34,7 +34,7 @@ from dlu.errors import UsageError
 from dlu.families.base import SingleNetworkFamily, register
 from dlu.flags import require_above_zero, require_fraction, require_non_negative, require_positive
 from dlu.grids import paired_rows, to_unit
-from dlu.model_flags import conv_channels, int_list, num_clusters
+from dlu.model_flags import conv_channels, int_list, kernel_init_name, num_clusters
 from dlu.models.contrastive import ContrastiveNet
 
 flags.DEFINE_float("temperature", 0.5, "simclr_*: temperature of the NT-Xent loss.")
@@ -129,7 +129,7 @@ class SimCLR(SingleNetworkFamily):
       feature_dim=cfg.latent_dim,
       num_clusters=self.num_clusters,
       projection=int_list(cfg.projection_dims, "projection_dims"),
-      kernel_init=cfg.kernel_init,
+      kernel_init=kernel_init_name(cfg),
     )
     if cfg.model == "simclr_conv":
       return ContrastiveNet("conv", channels=conv_channels(cfg, shape), **common)

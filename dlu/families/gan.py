@@ -35,7 +35,7 @@ from dlu.errors import UsageError
 from dlu.families.base import Family, TrainState, register
 from dlu.flags import require_fraction, require_non_negative, require_positive
 from dlu.grids import as_grid
-from dlu.model_flags import int_list
+from dlu.model_flags import int_list, kernel_init_name
 from dlu.models import gan as gan_models
 
 flags.DEFINE_enum(
@@ -160,11 +160,13 @@ class GAN(Family):
       self.output_activation = "tanh" if spec.pixel_range == "symmetric" else "sigmoid"
     if cfg.model == "dcgan":
       self.discriminator = gan_models.DCGANDiscriminator(
-        cfg.gan_channels, self.num_classes, cfg.kernel_init
+        cfg.gan_channels, self.num_classes, kernel_init_name(cfg)
       )
     else:
       self.discriminator = gan_models.MLPDiscriminator(
-        tuple(reversed(int_list(cfg.gan_widths, "gan_widths"))), self.num_classes, cfg.kernel_init
+        tuple(reversed(int_list(cfg.gan_widths, "gan_widths"))),
+        self.num_classes,
+        kernel_init_name(cfg),
       )
     b1 = cfg.gan_b1
     self.g_tx = optim.make_optimizer(
@@ -189,7 +191,7 @@ class GAN(Family):
         self.output_activation,
         axis_name,
         self.num_classes,
-        kernel_init=cfg.kernel_init,
+        kernel_init=kernel_init_name(cfg),
       )
     return gan_models.MLPGenerator(
       shape,
@@ -197,7 +199,7 @@ class GAN(Family):
       self.output_activation,
       axis_name,
       self.num_classes,
-      kernel_init=cfg.kernel_init,
+      kernel_init=kernel_init_name(cfg),
     )
 
   def critic(self, d_params, labels: jax.Array | None = None) -> Callable[[jax.Array], jax.Array]:

@@ -39,7 +39,7 @@ from dlu.errors import UsageError
 from dlu.families.base import SingleNetworkFamily, register
 from dlu.flags import require_non_negative, require_positive
 from dlu.grids import as_grid, paired_rows, to_unit
-from dlu.model_flags import conv_channels, int_list
+from dlu.model_flags import conv_channels, int_list, kernel_init_name
 from dlu.models import vae as vae_models
 
 flags.DEFINE_enum(
@@ -136,7 +136,7 @@ class VAE(SingleNetworkFamily):
         "conv",
         channels=conv_channels(cfg, shape),
         learn_variance=cfg.learn_variance,
-        kernel_init=cfg.kernel_init,
+        kernel_init=kernel_init_name(cfg),
       )
     return vae_models.VAE(
       shape,
@@ -144,7 +144,7 @@ class VAE(SingleNetworkFamily):
       "mlp",
       widths=int_list(cfg.widths, "widths"),
       learn_variance=cfg.learn_variance,
-      kernel_init=cfg.kernel_init,
+      kernel_init=kernel_init_name(cfg),
     )
 
   # --- The model's pieces, as pure functions of the parameters.
