@@ -32,14 +32,15 @@ flags.DEFINE_float(
 )
 # The initialiser of each model under --kernel_init=auto, chosen by measurement: the quality at
 # equal steps of `scripts/benchmark.py` (README, "Initialisers"); models not named get
-# glorot_uniform.
-KERNEL_INIT_BY_MODEL = {"ae_conv": "lecun_normal"}
+# glorot_uniform. (DEC and IDEC start from an autoencoder run, built by its own flags.)
+KERNEL_INIT_BY_MODEL = {"ae_mlp": "lecun_normal", "ae_conv": "lecun_normal"}
 flags.DEFINE_enum(
   "kernel_init",
   "auto",
   ["auto", *KERNEL_INITS],
   "Initializer of every Dense and conv kernel of the model (biases start at 0). auto: the one "
-  "measured best for the model (lecun_normal for ae_conv, glorot_uniform for the others); "
+  "measured best for the model (lecun_normal for ae_mlp and ae_conv, glorot_uniform for the "
+  "others); "
   "glorot_uniform (Keras's default, variance 2 / (fan_in + fan_out)), glorot_normal, "
   "lecun_normal (flax's default, 1 / fan_in), lecun_uniform, he_normal (2 / fan_in), "
   "he_uniform, dcgan_normal (N(0, 0.02^2)); *_normal are truncated normals.",

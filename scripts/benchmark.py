@@ -1,7 +1,7 @@
 """Training speed and quality of dlu's models beside the same models in PyTorch and Keras.
 
-  python scripts/benchmark.py --out=benchmarks/            # everything, ~45 minutes on 2 cores
-  python scripts/benchmark.py --quality --out=/tmp/q       # quality only (~35 minutes)
+  python scripts/benchmark.py --out=benchmarks/            # everything, ~50 minutes on 2 cores
+  python scripts/benchmark.py --quality --out=/tmp/q       # quality only, ~45 minutes
   python scripts/benchmark.py --throughput --quick         # examples/s only, a few minutes
   python scripts/benchmark.py --models=ae_conv --frameworks=dlu,pytorch --repeats=9
 

@@ -110,7 +110,12 @@ def test_every_family_builds_its_model_with_kernel_init(model):
 
 
 def test_kernel_init_auto_is_the_measured_choice_of_each_model():
-  for model, expected in (("ae_conv", "lecun_normal"), ("ae_seed", "glorot_uniform")):
+  for model, expected in (
+    ("ae_seed", "glorot_uniform"),
+    ("ae_mlp", "lecun_normal"),
+    ("ae_conv", "lecun_normal"),
+    ("conv_vae", "glorot_uniform"),
+  ):
     family = families.get(model)(dlu_flags.make_config(model=model), DataSpec((8, 8, 1), 10, 64))
     assert family.make_model().kernel_init == expected
 
