@@ -474,11 +474,6 @@ class Scorer:
     return sample_quality.all_metrics(self.real_features(), real)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-  m = sum(values) / len(values)
-  return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
-
-
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
   """Seconds at which a (seconds, quality) curve first reaches `target` (linear between
   points, from the start for the first), None if it never does."""
@@ -549,19 +544,22 @@ def _quality_rows(model: str, curves: dict, num_train: int) -> list[dict]:
   # Curves averaged over the seeds every framework completed.
   mean_curve = {
     fw: [
-      (_mean_std([t for t, _ in v])[0], _mean_std([m[metric] for _, m in v])[0])
+      (float(np.mean([t for t, _ in v])), float(np.mean([m[metric] for _, m in v])))
       for _, v in sorted(c.items())
     ]
     for fw, c in curves.items()
   }
   for steps in budgets(model, num_train):
     finals = {fw: [m for _, m in c[steps]] for fw, c in curves.items()}
-    means = {fw: _mean_std([m[metric] for m in v]) for fw, v in finals.items()}
+    means = {
+      fw: (float(np.mean([m[metric] for m in v])), float(np.std([m[metric] for m in v])))
+      for fw, v in finals.items()
+    }
     target = min(m for m, _ in means.values())
     peers = {fw: means[fw][0] for fw in means if fw != "dlu"}
     best_peer = min(peers, key=peers.get) if peers else None
     for fw, (mean, std) in means.items():
-      seconds = _mean_std([t for t, _ in curves[fw][steps]])[0]
+      seconds = float(np.mean([t for t, _ in curves[fw][steps]]))
       tt = time_to(mean_curve[fw], target)
       row = {
         "model": model,
@@ -582,13 +580,13 @@ def _quality_rows(model: str, curves: dict, num_train: int) -> list[dict]:
       }
       for extra in ("kid", "precision", "recall"):
         if extra in finals[fw][0]:
-          row[extra] = round(_mean_std([m[extra] for m in finals[fw]])[0], 5)
+          row[extra] = round(float(np.mean([m[extra] for m in finals[fw]])), 5)
       if fw == "dlu" and best_peer:
         t_peer = time_to(mean_curve["dlu"], peers[best_peer])
         row.update(
           best_peer=best_peer,
           best_peer_quality=round(peers[best_peer], 6),
-          best_peer_s=round(_mean_std([t for t, _ in curves[best_peer][steps]])[0], 2),
+          best_peer_s=round(float(np.mean([t for t, _ in curves[best_peer][steps]])), 2),
           time_to_best_peer_s=None if t_peer is None else round(t_peer, 2),
         )
       rows.append(row)
