@@ -12,8 +12,9 @@ plot of accuracy against k, DIR/augment.png.
 
 from absl import flags
 
-from dlu import cli, few_shot
 from dlu.errors import UsageError
+from dlu.runtime import cli
+from dlu.studies import few_shot
 from experiments import classifier_flags  # noqa: F401  (--seeds, --classifier_*)
 
 flags.DEFINE_list(

@@ -1,5 +1,5 @@
 """Flags of the classifiers experiments.augment and experiments.imbalance train (the feature
-network's architecture, dlu.feature_net.Classifier): one definition for both."""
+network's architecture, dlu.metrics.feature_net.Classifier): one definition for both."""
 
 from absl import flags
 

@@ -11,8 +11,9 @@ import json
 
 from absl import flags
 
-from dlu import cli, evaluate
-from dlu import flags as dlu_flags
+from dlu import config
+from dlu.runtime import cli
+from dlu.train import evaluate
 
 FLAGS = flags.FLAGS
 
@@ -21,7 +22,7 @@ def main(argv):
   del argv
   overrides = {
     name: FLAGS[name].value
-    for name in vars(dlu_flags.config_from_flags(FLAGS))
+    for name in vars(config.config_from_flags(FLAGS))
     if FLAGS[name].present and name != "workdir"
   }
   results = evaluate.evaluate_workdir(FLAGS.workdir, **overrides)

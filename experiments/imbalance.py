@@ -18,8 +18,9 @@ import sys
 
 from absl import app, flags
 
-from dlu import cli, imbalance
 from dlu.errors import UsageError
+from dlu.runtime import cli
+from dlu.studies import imbalance
 from experiments import classifier_flags  # noqa: F401  (--seeds, --classifier_*)
 
 flags.DEFINE_integer(

@@ -12,9 +12,10 @@ keeps the finished shards), and `--dataset=records:OUT` reads the same dataset b
 
 from absl import flags
 
-from dlu import cli, data
+from dlu import data
 from dlu.data import preparation
 from dlu.errors import UsageError
+from dlu.runtime import cli
 
 # The training flags define the same names; define them only once per process.
 if "dataset" not in flags.FLAGS:

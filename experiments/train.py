@@ -12,8 +12,9 @@ import sys
 
 from absl import flags
 
-from dlu import cli, distributed, train_loop
-from dlu import flags as dlu_flags
+from dlu import config
+from dlu.runtime import cli, distributed
+from dlu.train import loop
 
 FLAGS = flags.FLAGS
 
@@ -30,7 +31,7 @@ def main(argv):
   signal.signal(signal.SIGTERM, _sigterm_at_start_up)
   started = distributed.initialize_from_flags(FLAGS)
   try:
-    train_loop.train_and_evaluate(dlu_flags.config_from_flags(FLAGS), FLAGS.workdir)
+    loop.train_and_evaluate(config.config_from_flags(FLAGS), FLAGS.workdir)
   finally:
     distributed.shutdown(started)
 

@@ -22,8 +22,12 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dlu  # noqa: E402
-from dlu import cli, data, train_loop  # noqa: E402
-from dlu import flags as dlu_flags  # noqa: E402
+from dlu import (
+  config,  # noqa: E402
+  data,
+)
+from dlu.runtime import cli
+from dlu.train import loop  # noqa: E402
 
 flags.DEFINE_string("out", None, "Folder for the per-class data, runs and anomaly.json.")
 flags.DEFINE_list("methods", ["ae_mlp", "vae", "pca"], "ae_mlp, vae, ae_conv, pca.")
@@ -69,7 +73,7 @@ def main(argv):
         scores = pca_scores(x_c, ds.x_test, FLAGS.code)
       else:
         workdir = os.path.join(FLAGS.out, f"{method}_c{c}")
-        cfg = dlu_flags.make_config(
+        cfg = config.make_config(
           dataset=f"npz:{path}",
           latent_dim=FLAGS.code,
           batch_size=256,
@@ -81,7 +85,7 @@ def main(argv):
           steps_per_dispatch=1 if method == "ae_conv" else 10,
           **CONFIGS[method],
         )
-        train_loop.train_and_evaluate(cfg, workdir)
+        loop.train_and_evaluate(cfg, workdir)
         scores = dlu.load_run(workdir).score(ds.x_test)
       results[method].append(auroc(scores, ds.y_test, c))
       print(

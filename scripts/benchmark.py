@@ -14,7 +14,7 @@ scored at 5 and 20 epochs (--mlp_epochs), the conv models at --conv_steps. Time 
 training seconds each framework needs, on its curve averaged over seeds, to reach the best
 quality any framework reached at that budget (compilation included, evaluations excluded).
 
-dlu trains through its real step (`dlu.parallel` and `dlu.device_data`, as `experiments.train`
+dlu trains through its real step (`dlu.runtime.parallel` and `dlu.data.feeds`, as `experiments.train`
 runs it); the peers are written as their users write them (`benchmark_torch.py`,
 `benchmark_keras.py`; install them with `scripts/benchmark_requirements.txt`, or their
 rows are skipped). Each framework runs in its own worker process, so thread pools and
@@ -431,12 +431,13 @@ class Scorer:
     if self._features is None:
       import jax
 
-      from dlu import data, feature_net
+      from dlu import data
+      from dlu.metrics import feature_net
 
       net = feature_net.load_or_train(self.ds, data.default_data_dir())
       fn = jax.jit(lambda x: net.features(net.params, x))
       self._features = lambda x: np.asarray(fn(x))
-    from dlu import sample_quality
+    from dlu.metrics import sample_quality
 
     return sample_quality.features_of(self._features, images)
 
@@ -460,14 +461,14 @@ class Scorer:
       nll = np.sum(softplus(logits) - self.binary * logits, axis=(1, 2, 3))
       kl = 0.5 * np.sum(mean**2 + np.exp(log_var) - 1.0 - log_var, axis=1)
       return {"neg_elbo": float(np.mean(nll + kl))}
-    from dlu import sample_quality
+    from dlu.metrics import sample_quality
 
     fake = self.features(np.clip(out["samples"], 0.0, 1.0).astype(np.float32))
     return sample_quality.all_metrics(self.real_features(), fake)
 
   def floor(self) -> dict[str, float]:
     """The GAN metrics of as many real training images as samples (the real-data floor)."""
-    from dlu import sample_quality
+    from dlu.metrics import sample_quality
 
     idx = np.random.default_rng(0).choice(len(self.ds.x_train), FLAGS.gan_samples, replace=False)
     real = self.features(self.ds.x_train[idx].astype(np.float32) / 255.0)

@@ -1,7 +1,7 @@
 """dlu's side of `scripts/benchmark.py`: the real train step on device-resident batches.
 
-Each model is built by `dlu.experiment.build` from flags, exactly as `experiments.train`
-builds it, and trained through `dlu.device_data`'s feed with `--steps_per_dispatch`.
+Each model is built by `dlu.train.experiment.build` from flags, exactly as `experiments.train`
+builds it, and trained through `dlu.data.feeds`'s feed with `--steps_per_dispatch`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from absl import flags as absl_flags
 
 absl_flags.FLAGS.mark_as_parsed()  # dlu's flags are read as defaults; nothing is parsed here.
 
-from dlu import device_data, experiment, families, parallel  # noqa: E402
-from dlu import flags as dlu_flags  # noqa: E402
+from dlu import config, families  # noqa: E402
+from dlu.data import feeds  # noqa: E402
 from dlu.models import layers  # noqa: E402
+from dlu.runtime import parallel  # noqa: E402
+from dlu.train import experiment  # noqa: E402
 
 
 def version() -> str:
@@ -75,7 +77,7 @@ class Runner:
     self.extra = {}
     for name, text in (extra_flags or {}).items():
       if name not in absl_flags.FLAGS:
-        raise KeyError(f"--dlu_flags: dlu has no flag --{name}")
+        raise KeyError(f"--config: dlu has no flag --{name}")
       self.extra[name] = absl_flags.FLAGS[name].parser.parse(text)
     self.model_flags, self.runs = model_flags, {}
     self.workdir = tempfile.mkdtemp(prefix="dlu_benchmark_")
@@ -83,12 +85,12 @@ class Runner:
   def _config(self, model: str, **run_flags):
     if model not in families.names():
       raise KeyError(f"no model {model!r} in this dlu (it has {', '.join(families.names())})")
-    known = set(vars(dlu_flags.make_config()))
+    known = set(vars(config.make_config()))
     overrides = {
       k: v for k, v in {**self.model_flags[model], **self.extra, **run_flags}.items() if k in known
     }
     overrides.setdefault("steps_per_dispatch", self.default_k)
-    return dlu_flags.make_config(
+    return config.make_config(
       model=model, dataset=self.dataset, batch_size=self.batch_size, **overrides
     )
 
@@ -97,7 +99,7 @@ class Runner:
     exp = experiment.build(cfg, self.workdir)
     state = parallel.make_init(exp.family, exp.mesh)[0](exp.init_rng)
     train_step = parallel.make_train_step(exp.family, exp.mesh)
-    feed = device_data.make_feed(
+    feed = feeds.make_feed(
       exp.family,
       exp.mesh,
       exp.dataset.x_train,

@@ -9,7 +9,7 @@ Every run trains `ae_mlp` on --per_class training images per class (`--class_bal
 curve is computed afterwards, from the kept checkpoints, only to draw it beside the validation
 curve. Early stopping (`--early_stopping_metric=mse --early_stopping_patience=--patience`) is
 read off the plain run: with the same seed a run with it is the plain run up to the step it
-stops at, so its decision is replayed (`dlu.selection.Watch`) on the plain run's validation
+stops at, so its decision is replayed (`dlu.train.selection.Watch`) on the plain run's validation
 rows. Prints a table (the last step's test MSE; the best validation step and its test MSE) and
 writes OUT/overfitting.json and OUT/overfitting.png.
 """
@@ -25,16 +25,9 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dlu import (  # noqa: E402
-  batched_eval,
-  checkpointing,
-  cli,
-  experiment,
-  parallel,
-  selection,
-  train_loop,
-)
-from dlu import flags as dlu_flags  # noqa: E402
+from dlu import config  # noqa: E402
+from dlu.runtime import batched_eval, checkpointing, cli, parallel
+from dlu.train import experiment, loop, selection
 
 flags.DEFINE_string("out", None, "Folder for the runs, overfitting.json and overfitting.png.")
 flags.DEFINE_integer("steps", 3000, "Training steps of every run (batch 128: ~77 epochs of 5,000).")
@@ -159,7 +152,7 @@ def main(argv):
   results = {}
   for name in FLAGS.runs:
     workdir = os.path.join(FLAGS.out, name)
-    cfg = dlu_flags.make_config(
+    cfg = config.make_config(
       **{**COMMON, "class_balance": counts, **RUNS[name]},
       num_steps=FLAGS.steps,
       eval_every=FLAGS.every,
@@ -168,7 +161,7 @@ def main(argv):
       keep_checkpoints=FLAGS.steps // FLAGS.every + 1,
     )
     t0 = time.perf_counter()
-    train_loop.train_and_evaluate(cfg, workdir)
+    loop.train_and_evaluate(cfg, workdir)
     valid = {r["step"]: r["mse"] for r in rows(workdir, "valid")}
     (gap,) = rows(workdir, "generalisation")[-1:]
     test = test_curve(workdir)

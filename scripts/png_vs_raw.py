@@ -20,7 +20,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dlu import cli, data  # noqa: E402
+from dlu import data  # noqa: E402
+from dlu.runtime import cli
 
 flags.DEFINE_string("records", None, "A records directory of images.")
 flags.DEFINE_integer("rows", 20000, "Images to time.")

@@ -53,7 +53,9 @@ def pipeline() -> list[dict]:
   import jax
   import jax.numpy as jnp
 
-  from dlu import data, device_data, parallel
+  from dlu import data
+  from dlu.data import feeds
+  from dlu.runtime import parallel
 
   ds = data.load(FLAGS.dataset)
   mesh = parallel.make_mesh()
@@ -62,7 +64,7 @@ def pipeline() -> list[dict]:
   family = type("Reader", (), {"needs_index": False, "needs_label": False})()
   rows = []
   for workers in [int(w) for w in FLAGS.workers]:
-    feed = device_data.make_feed(
+    feed = feeds.make_feed(
       family,
       mesh,
       ds.x_train,

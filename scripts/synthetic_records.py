@@ -23,9 +23,9 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dlu import cli  # noqa: E402
 from dlu.data import preparation, writer  # noqa: E402
 from dlu.errors import UsageError  # noqa: E402
+from dlu.runtime import cli  # noqa: E402
 
 flags.DEFINE_string("out", None, "Directory for the records.")
 flags.DEFINE_float("gigabytes", 1.0, "Size of the dataset's pixels, in 10^9 bytes.")

@@ -25,8 +25,10 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dlu import cli, clustering, evaluate, train_loop  # noqa: E402
-from dlu import flags as dlu_flags  # noqa: E402
+from dlu import config  # noqa: E402
+from dlu.metrics import clustering
+from dlu.runtime import cli
+from dlu.train import evaluate, loop  # noqa: E402
 
 flags.DEFINE_string("out", None, "Folder for the tables, the runs and table_clustering.json.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each trains every method anew).")
@@ -102,16 +104,16 @@ def run_method(method: str, name: str, csv: str, k: int, seed: int, workdir: str
   )
   ae_dir = os.path.join(workdir, f"ae_s{seed}")
   if method in ("ae_kmeans", "idec") and not os.path.exists(os.path.join(ae_dir, "eval.json")):
-    cfg = dlu_flags.make_config(
+    cfg = config.make_config(
       model="ae_mlp", widths=s["widths"], latent_dim=s["latent_dim"], num_steps=s["steps"], **common
     )
-    train_loop.train_and_evaluate(cfg, ae_dir)
+    loop.train_and_evaluate(cfg, ae_dir)
     evaluate.evaluate_workdir(ae_dir, probe=False, baselines=False, embedding_plot="none")
   if method == "ae_kmeans":
     return json.load(open(os.path.join(ae_dir, "eval.json")))
   if method == "idec":
     run_dir = os.path.join(workdir, f"idec_s{seed}")
-    cfg = dlu_flags.config_from_flagfile(
+    cfg = config.config_from_flagfile(
       os.path.join(ae_dir, "flags.txt"),
       model="idec",
       init_from=ae_dir,
@@ -125,7 +127,7 @@ def run_method(method: str, name: str, csv: str, k: int, seed: int, workdir: str
     )
   else:
     run_dir = os.path.join(workdir, f"cc_s{seed}")
-    cfg = dlu_flags.make_config(
+    cfg = config.make_config(
       model="simclr_mlp",
       widths=[str(2 * int(s["widths"][0]))],
       latent_dim=32,
@@ -139,7 +141,7 @@ def run_method(method: str, name: str, csv: str, k: int, seed: int, workdir: str
     )
   if os.path.exists(os.path.join(run_dir, "eval.json")):  # done by an earlier call
     return json.load(open(os.path.join(run_dir, "eval.json")))
-  train_loop.train_and_evaluate(cfg, run_dir)
+  loop.train_and_evaluate(cfg, run_dir)
   return evaluate.evaluate_workdir(run_dir, probe=False, baselines=False, embedding_plot="none")
 
 

@@ -11,8 +11,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
-import dlu.evaluate  # noqa: E402,F401  (defines every flag, as the entry points do)
-import dlu.train_loop  # noqa: E402,F401
+import dlu.train.evaluate  # noqa: E402,F401  (defines every flag, as the entry points do)
+import dlu.train.loop  # noqa: E402,F401
 
 flags.FLAGS.mark_as_parsed()
 
@@ -20,7 +20,8 @@ flags.FLAGS.mark_as_parsed()
 @pytest.fixture(scope="session")
 def digits_feature_dir(tmp_path_factory):
   """A data dir holding the digits feature network, trained once for the whole session."""
-  from dlu import data, feature_net  # pylint: disable=g-import-not-at-top  # after XLA_FLAGS
+  from dlu import data
+  from dlu.metrics import feature_net  # pylint: disable=g-import-not-at-top  # after XLA_FLAGS
 
   path = str(tmp_path_factory.mktemp("data"))
   feature_net.load_or_train(data.load("digits"), path)

@@ -38,7 +38,7 @@ def test_ruff(args):
 
 
 def _flags_defined_by(module: str) -> set[str]:
-  code = f"import {module}; from dlu import flags; print(' '.join(vars(flags.make_config())))"
+  code = f"import {module}; from dlu import config; print(' '.join(vars(config.make_config())))"
   out = subprocess.run(
     [sys.executable, "-c", code],
     cwd=ROOT,
@@ -52,8 +52,8 @@ def _flags_defined_by(module: str) -> set[str]:
 
 
 def test_a_loaded_run_knows_every_flag_training_records():
-  """flags.txt holds every flag of the training process; dlu.experiment.load_run (used by
+  """flags.txt holds every flag of the training process; dlu.train.experiment.load_run (used by
   evaluate, augment and notebooks) must be able to read it back."""
-  trained = _flags_defined_by("dlu.train_loop")
+  trained = _flags_defined_by("dlu.train.loop")
   assert {"model", "latent_dim", "evaluators", "cluster_on", "eval_samples"} <= trained
-  assert trained == _flags_defined_by("dlu.experiment")
+  assert trained == _flags_defined_by("dlu.train.experiment")

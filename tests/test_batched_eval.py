@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from dlu import batched_eval
+from dlu.runtime import batched_eval
 
 
 def test_a_small_split_is_padded_to_the_device_count_only():

@@ -12,20 +12,15 @@ import pytest
 from jax.sharding import Mesh
 from PIL import Image
 
-from dlu import (
-  data,
-  device_data,
-  experiment,
-  families,
-  feature_net,
-  few_shot,
-  imbalance,
-  parallel,
-)
-from dlu import flags as dlu_flags
+from dlu import config, data, families
+from dlu.data import feeds
 from dlu.errors import UsageError
 from dlu.families import DataSpec, Family
+from dlu.metrics import feature_net
 from dlu.models import gan as gan_models
+from dlu.runtime import parallel
+from dlu.studies import few_shot, imbalance
+from dlu.train import experiment
 
 SPEC = DataSpec((8, 8, 1), 10, 512, "symmetric")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +38,7 @@ def _cfg(**overrides):
     batch_size=32,
     eval_samples=0,
   )
-  return dlu_flags.make_config(**{**base, **overrides})
+  return config.make_config(**{**base, **overrides})
 
 
 def test_labels_change_the_generator_and_the_projection_discriminator():
@@ -123,7 +118,7 @@ def test_feeds_put_the_rows_labels_in_the_batch(n):
   step = jax.jit(
     probe.train_step, in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh), None)
   )
-  feed = device_data.make_feed(
+  feed = feeds.make_feed(
     probe,
     mesh,
     ds.x_train,
@@ -134,7 +129,7 @@ def test_feeds_put_the_rows_labels_in_the_batch(n):
     steps_per_dispatch=n,
   )
   others = [
-    device_data.make_feed(
+    feeds.make_feed(
       probe,
       mesh,
       ds.x_train,
@@ -157,7 +152,7 @@ def test_feeds_put_the_rows_labels_in_the_batch(n):
     np.testing.assert_array_equal(batch["image"], ds.x_train[rows])
     f.close()
   with pytest.raises(UsageError, match="--conditional"):
-    device_data.make_feed(probe, mesh, ds.x_train, sampler, step, jax.random.key(0))
+    feeds.make_feed(probe, mesh, ds.x_train, sampler, step, jax.random.key(0))
 
 
 def _run(step, mesh, state, batches):

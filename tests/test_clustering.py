@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlu import clustering, losses
 from dlu.errors import UsageError
+from dlu.metrics import clustering
+from dlu.ops import losses
 
 
 def test_acc_is_one_for_any_relabelling_of_perfect_clusters():
@@ -116,12 +117,11 @@ def test_umap_without_the_package_is_a_usage_error(monkeypatch):
 
 
 def test_a_manifold_pipeline_gets_the_same_pipeline_on_pixels_as_a_baseline():
-  from dlu import data
-  from dlu import flags as dlu_flags
-  from dlu.evaluators import representation
+  from dlu import config, data
+  from dlu.evaluators import clustering as representation
 
   ds = data.load("digits")
-  cfg = dlu_flags.make_config(
+  cfg = config.make_config(
     dataset="digits",
     cluster_split="test",
     manifold="tsne",

@@ -13,10 +13,11 @@ import pytest
 from jax.sharding import Mesh
 from test_steps import run_steps
 
-from dlu import families, losses, parallel, views
-from dlu import flags as dlu_flags
+from dlu import config, families
 from dlu.errors import UsageError
 from dlu.families import DataSpec
+from dlu.ops import losses, views
+from dlu.runtime import parallel
 
 SPEC = DataSpec((8, 8, 1), 10, 64)
 
@@ -147,7 +148,7 @@ def test_cluster_contrast_matches_the_definition_and_its_pmap_gradient_is_the_gl
 )
 def test_one_device_and_eight_devices_agree(model, cluster_head):
   assert jax.device_count() == 8
-  cfg = dlu_flags.make_config(
+  cfg = config.make_config(
     model=model,
     optimizer="sgd",
     learning_rate=0.1,
@@ -199,7 +200,7 @@ def test_one_device_and_eight_devices_agree(model, cluster_head):
 )
 def test_validation_names_the_flag(overrides, message):
   with pytest.raises(UsageError, match=message):
-    families.validate(dlu_flags.make_config(model="simclr_mlp", **overrides))
+    families.validate(config.make_config(model="simclr_mlp", **overrides))
 
 
 def _python(module, *args):
@@ -215,13 +216,13 @@ def _python(module, *args):
 
 
 def test_cluster_head_on_unlabelled_data_needs_n_clusters():
-  cfg = dlu_flags.make_config(
+  cfg = config.make_config(
     model="simclr_mlp", cluster_head=True, widths=["8"], latent_dim=4, projection_dims=["4"]
   )
   unlabelled = DataSpec((8, 8, 1), None, 64)
   with pytest.raises(UsageError, match="--cluster_head needs --n_clusters"):
     families.get("simclr_mlp")(cfg, unlabelled).init_params(jax.random.key(0))
-  cfg = dlu_flags.make_config(
+  cfg = config.make_config(
     model="simclr_mlp",
     cluster_head=True,
     n_clusters=3,
@@ -263,7 +264,7 @@ def test_digits_run_learns_views_and_clusters_and_evaluates(tmp_path):
 
 @pytest.mark.parametrize("model", ["simclr_conv", "ae_conv", "conv_vae"])
 def test_conv_channels_the_image_cannot_halve_that_often_are_refused(model):
-  cfg = dlu_flags.make_config(model=model, conv_channels=["4", "4", "4", "4"], dataset="digits")
+  cfg = config.make_config(model=model, conv_channels=["4", "4", "4", "4"], dataset="digits")
   with pytest.raises(
     UsageError, match=f"--model={model} with 4 strided layers .* divisible by 16; the data has 8x8"
   ):

@@ -13,9 +13,10 @@ from absl import flags
 from absl.testing import flagsaver
 from PIL import Image
 
-from dlu import cli, data
+from dlu import data
 from dlu.data import sources, tfds_offline
 from dlu.errors import UsageError
+from dlu.runtime import cli
 
 # --- digits ---
 
@@ -367,8 +368,8 @@ def test_folder_errors(tmp_path):
 def test_prepare_data_main(tmp_path, capsys):
   # The training flags, when present, define the same names: let them go first, as in a
   # process that imports both.
-  if importlib.util.find_spec("dlu.flags"):
-    importlib.import_module("dlu.flags")
+  if importlib.util.find_spec("dlu.config"):
+    importlib.import_module("dlu.config")
   from experiments import prepare_data  # pylint: disable=g-import-not-at-top
 
   with flagsaver.flagsaver(dataset="digits"):

@@ -11,17 +11,19 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from dlu import batched_eval, clustering, data, families, losses, parallel
-from dlu import flags as dlu_flags
+from dlu import config, data, families
 from dlu.errors import UsageError
 from dlu.families import DataSpec, EvalContext
+from dlu.metrics import clustering
+from dlu.ops import losses
+from dlu.runtime import batched_eval, parallel
 
 SPEC = DataSpec((8, 8, 1), 10, 96)
 K = 4
 
 
 def _family(model, mesh, x_train, y_train=None):
-  cfg = dlu_flags.make_config(
+  cfg = config.make_config(
     model=model,
     optimizer="sgd",
     learning_rate=0.5,
@@ -31,7 +33,7 @@ def _family(model, mesh, x_train, y_train=None):
     target_update_every=2,
     gamma=0.5,
   )
-  ae_cfg = dlu_flags.make_config(model="ae_seed", hidden_units=6, dataset="digits")
+  ae_cfg = config.make_config(model="ae_seed", hidden_units=6, dataset="digits")
   ae = families.get("ae_seed")(ae_cfg, SPEC)
   rng = np.random.default_rng(0)
   family = families.get(model)(cfg, SPEC)
@@ -133,7 +135,7 @@ def test_target_refresh_covers_the_training_split():
 )
 def test_validation_names_the_flag(overrides, message):
   with pytest.raises(UsageError, match=message):
-    families.validate(dlu_flags.make_config(model="dec", **overrides))
+    families.validate(config.make_config(model="dec", **overrides))
 
 
 def _train(*args):

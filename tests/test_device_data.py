@@ -7,13 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from dlu import device_data, experiment, families, parallel, train_loop
-from dlu import flags as dlu_flags
+from dlu import config, families
+from dlu.data import feeds
 from dlu.errors import UsageError
+from dlu.runtime import parallel
+from dlu.train import experiment, loop
 
 
 def _cfg(**overrides):
-  return dlu_flags.make_config(
+  return config.make_config(
     **{
       "model": "ae_mlp",
       "widths": ["16"],
@@ -38,7 +40,7 @@ def test_four_steps_per_dispatch_match_one(tmp_path):
   train_step = parallel.make_train_step(
     exp.family, exp.mesh
   )  # one compilation, shared by all feeds
-  feed = device_data.make_feed(
+  feed = feeds.make_feed(
     exp.family,
     exp.mesh,
     exp.dataset.x_train,
@@ -47,7 +49,7 @@ def test_four_steps_per_dispatch_match_one(tmp_path):
     exp.train_rng,
     steps_per_dispatch=4,
   )
-  host = device_data.make_feed(
+  host = feeds.make_feed(
     exp.family,
     exp.mesh,
     exp.dataset.x_train,
@@ -79,7 +81,7 @@ def test_four_steps_per_dispatch_match_one(tmp_path):
 def test_dispatches_stop_at_log_eval_and_checkpoint_steps():
   lengths, step = [], 3  # resumed at step 3
   while step < 20:
-    n = device_data.dispatch_length(step, 20, 4, (5, 10, 10))
+    n = feeds.dispatch_length(step, 20, 4, (5, 10, 10))
     lengths.append(n)
     step += n
   assert lengths == [2, 4, 1, 4, 1, 4, 1]  # ends on 5, 10, 15, 20 like K=1 would log
@@ -87,7 +89,7 @@ def test_dispatches_stop_at_log_eval_and_checkpoint_steps():
 
 def test_run_with_steps_per_dispatch_logs_where_k1_does(tmp_path):
   cfg = _cfg(num_steps=10, log_every=5, eval_every=10, checkpoint_every=10, steps_per_dispatch=4)
-  metrics = train_loop.train_and_evaluate(cfg, str(tmp_path))
+  metrics = loop.train_and_evaluate(cfg, str(tmp_path))
   assert np.isfinite(metrics["mse"])
   with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
@@ -99,7 +101,7 @@ def test_bad_steps_per_dispatch_is_a_usage_error(tmp_path):
     families.validate(_cfg(steps_per_dispatch=0))
   exp = experiment.build(_cfg(), str(tmp_path))
   with pytest.raises(UsageError, match="--steps_per_dispatch=4 needs .* --parallelism=pmap"):
-    device_data.make_feed(
+    feeds.make_feed(
       exp.family,
       exp.mesh,
       exp.dataset.x_train,

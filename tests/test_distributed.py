@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from dlu import distributed
-from dlu.checkpointing import read_checkpoint
 from dlu.errors import UsageError
+from dlu.runtime import distributed
+from dlu.runtime.checkpointing import read_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "experiments", "configs", "ae_digits.flags")

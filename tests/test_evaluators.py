@@ -9,12 +9,12 @@ import types
 import numpy as np
 import pytest
 
-from dlu import data, evaluators, families, train_loop
-from dlu import flags as dlu_flags
+from dlu import config, data, evaluators, families
 from dlu.errors import UsageError
 from dlu.evaluators import registry
 from dlu.families import DataSpec
-from dlu.metric_writers import ConsoleWriter, JsonlWriter, MultiWriter
+from dlu.runtime.metric_writers import ConsoleWriter, JsonlWriter, MultiWriter
+from dlu.train import loop
 
 
 def test_schedules_parse_names_steps_and_final():
@@ -43,7 +43,7 @@ def test_every_evaluator_is_registered_once_with_known_needs():
     assert evaluators.get(name).needs <= set(registry.NEEDS)
   assert evaluators.get("clustering").needs == {"embeddings", "labels"}
   # The default schedule is one every run can use.
-  defaults = dlu_flags.make_config().evaluators
+  defaults = config.make_config().evaluators
   assert registry.parse_schedule(defaults, 10)
 
 
@@ -74,7 +74,7 @@ def test_due_steps_and_one_row_per_step(tmp_path):
 def test_needs_a_run_cannot_meet_skip_the_evaluator(capsys):
   ds = data.load("digits")
   unlabelled = data.Dataset("blobs", ds.x_train, None, ds.x_test, None, None)
-  cfg = dlu_flags.make_config(model="ae_seed", evaluators=["metrics", "clustering:50"])
+  cfg = config.make_config(model="ae_seed", evaluators=["metrics", "clustering:50"])
   family = families.get("ae_seed")(cfg, DataSpec((8, 8, 1), None, len(ds.x_train)))
   exp = types.SimpleNamespace(cfg=cfg, dataset=unlabelled, family=family)
   assert [e.name for e, _ in evaluators.training_schedule(exp)] == ["metrics"]
@@ -83,7 +83,7 @@ def test_needs_a_run_cannot_meet_skip_the_evaluator(capsys):
 
 
 def test_clustering_evaluator_during_training(tmp_path):
-  cfg = dlu_flags.make_config(
+  cfg = config.make_config(
     model="ae_seed",
     hidden_units=16,
     dataset="digits",
@@ -100,7 +100,7 @@ def test_clustering_evaluator_during_training(tmp_path):
     baselines=False,
     kmeans_inits=2,
   )
-  final = train_loop.train_and_evaluate(cfg, str(tmp_path))
+  final = loop.train_and_evaluate(cfg, str(tmp_path))
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   evals = [r for r in rows if r["split"] == "valid"]
   assert [r["step"] for r in evals] == [20, 40]

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from dlu import families, model_flags
-from dlu import flags as dlu_flags
+from dlu import config, families
+from dlu.config import model_flags
 from dlu.errors import UsageError
 
 
@@ -31,16 +31,16 @@ from dlu.errors import UsageError
 )
 def test_validation_names_the_flag(overrides, message):
   with pytest.raises(UsageError, match=message.replace("(", r"\(")):
-    families.validate(dlu_flags.make_config(**overrides))
+    families.validate(config.make_config(**overrides))
 
 
 def test_shared_model_flags_are_checked_on_their_own():
   with pytest.raises(UsageError, match="--kernel_init must be one of .*he_normal"):
-    model_flags.validate(dlu_flags.make_config(kernel_init="bogus"))
+    model_flags.validate(config.make_config(kernel_init="bogus"))
 
 
 def test_defaults_are_valid_and_flagfile_round_trips():
-  cfg = dlu_flags.make_config(model="ae_mlp", widths=["64", "32"])
+  cfg = config.make_config(model="ae_mlp", widths=["64", "32"])
   families.validate(cfg)
   text = cfg.to_flagfile()
   assert "--model=ae_mlp\n" in text and "--widths=64,32\n" in text
@@ -49,7 +49,7 @@ def test_defaults_are_valid_and_flagfile_round_trips():
 
 def test_unknown_override_is_an_error():
   with pytest.raises(UsageError, match="--not_a_flag"):
-    dlu_flags.make_config(not_a_flag=1)
+    config.make_config(not_a_flag=1)
 
 
 CONFIGS = sorted(
@@ -66,7 +66,7 @@ CONFIGS = sorted(
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])
 def test_every_shipped_config_parses_and_validates(path, tmp_path):
-  cfg = dlu_flags.config_from_flagfile(path)
+  cfg = config.config_from_flagfile(path)
   if cfg.model in ("dec", "idec"):  # They start from an autoencoder run given on the command line.
     ae = "ae_digits" if cfg.dataset == "digits" else "ae_dec_fashion_mnist"
     (tmp_path / "ae").mkdir()
@@ -83,8 +83,8 @@ def test_bare_boolean_lines_in_a_flagfile(tmp_path):
 
   path = tmp_path / "run.flags"
   path.write_text("--model=dcgan\n--conditional\n--nobaselines\n")
-  cfg = dlu_flags.config_from_flagfile(str(path))
+  cfg = config.config_from_flagfile(str(path))
   assert cfg.conditional is True and cfg.baselines is False
   path.write_text("--model\n")
   with pytest.raises(UsageError, match=r"--model needs a value"):
-    dlu_flags.config_from_flagfile(str(path))
+    config.config_from_flagfile(str(path))

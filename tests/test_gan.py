@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from dlu import data, evaluate, evaluators, families, feature_net, parallel
-from dlu import flags as dlu_flags
+from dlu import config, data, evaluators, families
 from dlu.errors import UsageError
 from dlu.families import DataSpec
+from dlu.metrics import feature_net
 from dlu.models import gan as gan_models
+from dlu.runtime import parallel
+from dlu.train import evaluate
 
 SPEC = DataSpec((8, 8, 1), 10, 512, "symmetric")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +34,7 @@ def _cfg(**overrides):
     gan_widths=["16"],
     batch_size=32,
   )
-  return dlu_flags.make_config(**{**base, **overrides})
+  return config.make_config(**{**base, **overrides})
 
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (8, 8, 1)])
@@ -210,7 +212,7 @@ def test_sample_quality_evaluator_needs_samples_and_labels(capsys):
     "images",
   ]
   assert "No sample_quality evaluation: blobs has no labels" in capsys.readouterr().out
-  ae_cfg = dlu_flags.make_config(model="ae_seed")
+  ae_cfg = config.make_config(model="ae_seed")
   ae = types.SimpleNamespace(cfg=ae_cfg, dataset=ds, family=families.get("ae_seed")(ae_cfg, SPEC))
   assert "sample_quality" not in [e.name for e, _ in evaluators.training_schedule(ae)]
   assert capsys.readouterr().out == ""  # a model that draws no samples skips it quietly

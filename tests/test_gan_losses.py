@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlu import gan_losses
+from dlu.ops import gan_losses
 
 REAL = jnp.array([2.0, -0.5])
 FAKE = jnp.array([-1.0, 0.5])

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from absl import logging
 
-from dlu import checkpointing, cli, train_loop
-from dlu import flags as dlu_flags
-from dlu.workdir_lock import WorkdirLock
+from dlu import config
+from dlu.runtime import checkpointing, cli
+from dlu.train import loop
+from dlu.train.workspace import WorkdirLock
 
 # The trained run every case starts from (seed 0, 4 steps, checkpoints at 2 and 4).
 BASE = dict(
@@ -33,7 +34,7 @@ BASE = dict(
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("trained") / "run")
-  train_loop.train_and_evaluate(dlu_flags.make_config(**BASE), workdir)
+  loop.train_and_evaluate(config.make_config(**BASE), workdir)
   return workdir
 
 
@@ -61,7 +62,7 @@ def run(cfg, workdir, capsys):
   """The exit status and output of `experiments.train` for `cfg`, in this process."""
   verbosity = logging.get_verbosity()
   try:
-    cli.guarded(lambda argv: train_loop.train_and_evaluate(cfg, workdir), ["train"])
+    cli.guarded(lambda argv: loop.train_and_evaluate(cfg, workdir), ["train"])
     code = 0
   except SystemExit as e:
     code = e.code
@@ -365,7 +366,7 @@ def test_hostile_case(trained, tmp_path, capsys, overrides, mutate, status, mess
   values = {k: v(tmp_path) if callable(v) else v for k, v in {**BASE, **overrides}.items()}
   before = snapshot(workdir)
   try:
-    code, out, err = run(dlu_flags.make_config(**values), workdir, capsys)
+    code, out, err = run(config.make_config(**values), workdir, capsys)
   finally:
     if getattr(_hold_lock, "held", None) is not None:
       _hold_lock.held.release()
@@ -421,7 +422,7 @@ def test_resume_from_last_intact_moves_the_damaged_step_aside(trained, tmp_path,
   workdir = str(tmp_path / "run")
   shutil.copytree(trained, workdir)
   _flip(_step_file(workdir, _is_data))
-  cfg = dlu_flags.make_config(**{**BASE, "num_steps": 6, "resume_from": "last_intact"})
+  cfg = config.make_config(**{**BASE, "num_steps": 6, "resume_from": "last_intact"})
   code, out, err = run(cfg, workdir, capsys)
   assert code == 0, err
   assert "Resuming ae_seed on digits from step 2" in out
@@ -443,7 +444,7 @@ def test_a_full_disk_names_the_path_and_step_and_keeps_the_last_checkpoint(
     raise OSError(28, "No space left on device", os.path.join(self.directory, str(step)))
 
   monkeypatch.setattr(checkpointing.Checkpointer, "save", full)
-  code, _, err = run(dlu_flags.make_config(**{**BASE, "num_steps": 6}), workdir, capsys)
+  code, _, err = run(config.make_config(**{**BASE, "num_steps": 6}), workdir, capsys)
   assert code == 1 and err.count("\n") == 1
   assert "checkpoints/6 (No space left on device) at step 6" in err
   assert "the last good checkpoint (step 4) is kept" in err
@@ -451,7 +452,7 @@ def test_a_full_disk_names_the_path_and_step_and_keeps_the_last_checkpoint(
 
 
 def test_loading_a_run_is_read_only(trained, tmp_path):
-  from dlu import experiment
+  from dlu.train import experiment
 
   workdir = str(tmp_path / "run")
   shutil.copytree(trained, workdir)
@@ -473,7 +474,7 @@ def test_a_step_found_without_checksums_is_never_sealed(trained, tmp_path, capsy
   os.remove(_step_file(workdir, lambda r: r == checkpointing.CHECKSUMS))
   shutil.rmtree(os.path.dirname(_step_file(workdir, lambda r: r.startswith("default/d/"))))
   before = snapshot(workdir)
-  code, _, err = run(dlu_flags.make_config(**{**BASE, "num_steps": 6}), workdir, capsys)
+  code, _, err = run(config.make_config(**{**BASE, "num_steps": 6}), workdir, capsys)
   assert code == 2 and "cannot restore the checkpoint" in err and "from step 2" in err
   assert snapshot(workdir) == before
 
@@ -496,6 +497,6 @@ def test_verbose_adds_the_traceback(trained, tmp_path, capsys):
   from absl.testing import flagsaver
 
   with flagsaver.flagsaver(verbose=True):
-    code, _, err = run(dlu_flags.make_config(**{**BASE, "seed": 1}), trained, capsys)
+    code, _, err = run(config.make_config(**{**BASE, "seed": 1}), trained, capsys)
   assert code == 2 and "Traceback (most recent call last)" in err
   assert err.splitlines()[-1].startswith("error: ") and "--seed (checkpoint 0, now 1)" in err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from dlu import likelihoods
+from dlu.ops import likelihoods
 
 
 def test_bernoulli_log_prob_matches_scipy():

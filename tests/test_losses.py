@@ -5,7 +5,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from dlu import losses
+from dlu.ops import losses
 
 
 def test_mse_is_mean_over_each_example():

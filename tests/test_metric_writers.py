@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from dlu import metric_writers
-from dlu.periodic import PeriodicCallback, Profile, ReportProgress
+from dlu.runtime import metric_writers
+from dlu.runtime.periodic import PeriodicCallback, Profile, ReportProgress
 
 
 def test_default_writer_composes_jsonl_tensorboard_pngs_and_console(tmp_path, capsys):

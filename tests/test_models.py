@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlu import families
-from dlu import flags as dlu_flags
+from dlu import config, families
 from dlu.families import DataSpec
 from dlu.models import autoencoder as ae
 
@@ -104,7 +103,7 @@ def test_kernel_init_changes_values_not_parameters():
   "model", ["ae_seed", "ae_mlp", "ae_conv", "vae", "conv_vae", "simclr_mlp", "simclr_conv"]
 )
 def test_every_family_builds_its_model_with_kernel_init(model):
-  cfg = dlu_flags.make_config(model=model, kernel_init="he_uniform")
+  cfg = config.make_config(model=model, kernel_init="he_uniform")
   family = families.get(model)(cfg, DataSpec((8, 8, 1), 10, 64))
   assert family.make_model().kernel_init == "he_uniform"
 
@@ -116,12 +115,12 @@ def test_kernel_init_auto_is_the_measured_choice_of_each_model():
     ("ae_conv", "lecun_normal"),
     ("conv_vae", "glorot_uniform"),
   ):
-    family = families.get(model)(dlu_flags.make_config(model=model), DataSpec((8, 8, 1), 10, 64))
+    family = families.get(model)(config.make_config(model=model), DataSpec((8, 8, 1), 10, 64))
     assert family.make_model().kernel_init == expected
 
 
 @pytest.mark.parametrize("model", ["dcgan", "mlp_gan"])
 def test_gan_networks_get_kernel_init(model):
-  cfg = dlu_flags.make_config(model=model, pixel_range="symmetric", kernel_init="dcgan_normal")
+  cfg = config.make_config(model=model, pixel_range="symmetric", kernel_init="dcgan_normal")
   family = families.get(model)(cfg, DataSpec((8, 8, 1), 10, 64, "symmetric"))
   assert family.generator().kernel_init == family.discriminator.kernel_init == "dcgan_normal"

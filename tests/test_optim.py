@@ -5,12 +5,12 @@ import numpy as np
 import optax
 import pytest
 
-from dlu import flags as dlu_flags
-from dlu import optim
+from dlu import config
+from dlu.runtime import optim
 
 
 def _cfg(**kw):
-  return dlu_flags.make_config(**kw)
+  return config.make_config(**kw)
 
 
 def test_schedules():

@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from dlu import flags as dlu_flags
-from dlu import train_loop
-from dlu.checkpointing import read_checkpoint
+from dlu import config
 from dlu.errors import UsageError
+from dlu.runtime.checkpointing import read_checkpoint
+from dlu.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "experiments", "configs", "ae_digits.flags")
@@ -124,9 +124,9 @@ def test_sigterm_saves_at_the_current_step_and_the_rerun_continues(tmp_path):
   )
   # A second run on the same workdir is refused, naming the first; nothing is touched.
   flags_before = open(os.path.join(workdir, "flags.txt")).read()
-  cfg = dlu_flags.config_from_flagfile(DIGITS, seed=1, num_steps=1000000)
+  cfg = config.config_from_flagfile(DIGITS, seed=1, num_steps=1000000)
   with pytest.raises(UsageError, match=f"is in use by another run .*pid {proc.pid}, started "):
-    train_loop.train_and_evaluate(cfg, workdir)
+    loop.train_and_evaluate(cfg, workdir)
   assert open(os.path.join(workdir, "flags.txt")).read() == flags_before
   assert len([f for f in os.listdir(workdir) if f.startswith("events.")]) == 1
   proc.send_signal(signal.SIGTERM)
@@ -268,9 +268,9 @@ def test_bad_input_stops_before_the_workdir_is_touched(tmp_path, overrides, mess
   overrides = {k: v(tmp_path) if callable(v) else v for k, v in overrides.items()}
   overrides.setdefault("data_dir", str(tmp_path / "tfds") if "data_dir" not in overrides else None)
   os.makedirs(tmp_path / "tfds", exist_ok=True)
-  cfg = dlu_flags.make_config(dataset="digits", num_steps=5).replace(**overrides)
+  cfg = config.make_config(dataset="digits", num_steps=5).replace(**overrides)
   with pytest.raises(UsageError) as e:
-    train_loop.train_and_evaluate(cfg, str(workdir))
+    loop.train_and_evaluate(cfg, str(workdir))
   assert message.lower() in str(e.value).lower()
   assert "\n" not in str(e.value)
   assert sorted(os.listdir(workdir)) == ["metrics.jsonl"]
@@ -280,9 +280,9 @@ def test_bad_input_stops_before_the_workdir_is_touched(tmp_path, overrides, mess
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
-  cfg = dlu_flags.make_config(dataset="digits", num_steps=5)
+  cfg = config.make_config(dataset="digits", num_steps=5)
   with pytest.raises(UsageError, match="--workdir=.* is not writable"):
-    train_loop.train_and_evaluate(cfg, str(blocker / "run"))
+    loop.train_and_evaluate(cfg, str(blocker / "run"))
 
 
 @pytest.mark.parametrize(

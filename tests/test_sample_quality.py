@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from dlu import sample_quality as sq
+from dlu.metrics import sample_quality as sq
 
 
 def test_fid_of_a_set_with_itself_is_zero():

@@ -5,16 +5,16 @@ import os
 
 import pytest
 
-from dlu import experiment, selection, train_loop
-from dlu import flags as dlu_flags
+from dlu import config
 from dlu.errors import UsageError
+from dlu.train import experiment, loop, selection
 
 
 def _cfg(**overrides):
   defaults = dict(
     early_stopping_metric="mse", early_stopping_patience=3, keep_best_checkpoint="mse"
   )
-  return dlu_flags.make_config(**{**defaults, **overrides})
+  return config.make_config(**{**defaults, **overrides})
 
 
 # A scripted sequence of validation evals, one every 10 steps: 0.5 at step 40, then three
@@ -91,7 +91,7 @@ def test_early_stopped_run_keeps_the_best_checkpoint_and_loads_it(tmp_path):
     early_stopping_patience=2,
     early_stopping_min_delta=10.0,
   )
-  final = train_loop.train_and_evaluate(cfg, workdir)
+  final = loop.train_and_evaluate(cfg, workdir)
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   valid = [r for r in rows if r["split"] == "valid"]
   assert [r["step"] for r in valid] == [2, 4, 6]
@@ -111,7 +111,7 @@ def test_early_stopped_run_keeps_the_best_checkpoint_and_loads_it(tmp_path):
   }
   assert loaded == {None: best, "latest": 6, "4": 4}
   # Rerun, the stopped run stays stopped: no training step, the same checkpoints.
-  train_loop.train_and_evaluate(cfg, workdir)
+  loop.train_and_evaluate(cfg, workdir)
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert not [r for r in rows if r["split"] == "train" and r["step"] > 6]
   assert _steps(workdir, "checkpoints") == [2, 4, 6]

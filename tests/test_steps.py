@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from dlu import families, parallel
-from dlu import flags as dlu_flags
+from dlu import config, families
 from dlu.families import DataSpec
+from dlu.runtime import parallel
 
 SPEC = DataSpec((8, 8, 1), 10, 512)
 
@@ -38,7 +38,7 @@ def run_steps(cfg, mesh, parallelism, batches, spec=SPEC):
 )
 def test_one_device_eight_devices_and_pmap_agree(model, optimizer, with_pmap):
   assert jax.device_count() == 8
-  cfg = dlu_flags.make_config(
+  cfg = config.make_config(
     model=model,
     optimizer=optimizer,
     learning_rate=0.05,
@@ -66,7 +66,7 @@ def test_one_device_eight_devices_and_pmap_agree(model, optimizer, with_pmap):
 
 
 def test_step_metrics_include_norms_and_no_retrace():
-  cfg = dlu_flags.make_config(model="ae_seed", hidden_units=8, optimizer="sgd")
+  cfg = config.make_config(model="ae_seed", hidden_units=8, optimizer="sgd")
   mesh = parallel.make_mesh()
   family = families.get("ae_seed")(cfg, SPEC)
   state = parallel.make_init(family, mesh)[0](jax.random.key(0))
@@ -103,7 +103,7 @@ def test_vectors_on_one_device_eight_devices_agree(model, with_pmap):
   """Tables train as images do: SimCLR's SCARF views draw each feature's replacement from the
   global batch, whatever the devices. (Under pmap they come from each device's rows: only jit
   is compared.)"""
-  cfg = dlu_flags.make_config(
+  cfg = config.make_config(
     model=model,
     optimizer="sgd",
     learning_rate=0.05,

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 import dlu
-from dlu import apply, data, device_data, parallel, train_loop
-from dlu import flags as dlu_flags
-from dlu.checkpointing import read_checkpoint
-from dlu.data import records
+from dlu import config, data
+from dlu.data import feeds, records
 from dlu.errors import UsageError
+from dlu.runtime import parallel
+from dlu.runtime.checkpointing import read_checkpoint
+from dlu.train import apply, loop
 
 PROBE = types.SimpleNamespace(needs_index=True, needs_label=True)
 
@@ -54,7 +55,7 @@ def test_stream_gives_the_device_feeds_batches_across_an_epoch_boundary(digits):
   step = jax.jit(lambda state, batch, rng: (state, batch))
 
   def feed(ds, pipeline, workers=0):
-    return device_data.make_feed(
+    return feeds.make_feed(
       PROBE,
       mesh,
       ds.x_train,
@@ -68,7 +69,7 @@ def test_stream_gives_the_device_feeds_batches_across_an_epoch_boundary(digits):
       data_workers=workers,
     )
 
-  assert isinstance(feed(on_disk, "auto"), device_data.DeviceFeed)  # small: loaded whole
+  assert isinstance(feed(on_disk, "auto"), feeds.DeviceFeed)  # small: loaded whole
   expected = _batches(feed(in_memory, "device"), 22, 6)
   for streamed in (feed(on_disk, "stream", workers=1), feed(in_memory, "stream")):
     for want, got in zip(expected, _batches(streamed, 22, 6), strict=True):
@@ -96,7 +97,7 @@ def test_each_process_reads_only_its_slice_of_the_global_batch():
 
 
 def _cfg(dataset, **overrides):
-  return dlu_flags.make_config(
+  return config.make_config(
     **{
       "model": "ae_mlp",
       "widths": ["16"],
@@ -119,12 +120,12 @@ def test_stream_run_resumes_bit_identically_and_matches_the_device_run(digits, t
   in_memory, on_disk = digits
   stream = _cfg(on_disk, input_pipeline="stream", data_workers=1)
   resumed = str(tmp_path / "resumed")
-  train_loop.train_and_evaluate(stream.replace(num_steps=15), resumed)
-  train_loop.train_and_evaluate(stream, resumed)  # resumes at 15, mid-epoch
+  loop.train_and_evaluate(stream.replace(num_steps=15), resumed)
+  loop.train_and_evaluate(stream, resumed)  # resumes at 15, mid-epoch
   straight = str(tmp_path / "straight")
-  train_loop.train_and_evaluate(stream.replace(data_workers=0), straight)
+  loop.train_and_evaluate(stream.replace(data_workers=0), straight)
   device = str(tmp_path / "device")
-  train_loop.train_and_evaluate(_cfg(in_memory, input_pipeline="device"), device)
+  loop.train_and_evaluate(_cfg(in_memory, input_pipeline="device"), device)
   params = [read_checkpoint(w, 30)["params"] for w in (resumed, straight, device)]
   for other in params[1:]:
     jax.tree.map(np.testing.assert_array_equal, params[0], other)
@@ -151,16 +152,16 @@ def test_a_corrupt_record_stops_the_run_naming_it_and_its_workers(digits, tmp_pa
   open(shard, "wb").write(bytes(raw))
   cfg = _cfg(f"records:{directory}", input_pipeline="stream", data_workers=1, num_steps=60)
   with pytest.raises(UsageError, match="record 700 cannot be read"):
-    train_loop.train_and_evaluate(cfg, str(tmp_path / "run"))
+    loop.train_and_evaluate(cfg, str(tmp_path / "run"))
   assert not multiprocessing.active_children()
 
 
 def test_pipeline_choice_and_its_errors(digits):
   in_memory, on_disk = (data.load(d) for d in digits)
-  choose = device_data.choose_pipeline
+  choose = feeds.choose_pipeline
   assert choose("auto", in_memory.x_train) == "device"
   assert choose("auto", in_memory.x_train, parallelism="pmap") == "host"
-  big = types.SimpleNamespace(nbytes=device_data.MAX_DEVICE_BYTES + 1)
+  big = types.SimpleNamespace(nbytes=feeds.MAX_DEVICE_BYTES + 1)
   assert choose("auto", big) == "stream"  # rows on disk, too large for the devices
   assert choose("auto", np.broadcast_to(np.uint8(0), (1 << 31, 2))) == "host"
   with pytest.raises(UsageError, match="--input_pipeline=device: the training split is"):
@@ -168,7 +169,7 @@ def test_pipeline_choice_and_its_errors(digits):
   with pytest.raises(UsageError, match="--input_pipeline=stream runs under --parallelism=jit"):
     choose("stream", on_disk.x_train, parallelism="pmap")
   with pytest.raises(UsageError, match="--steps_per_dispatch=4 needs .* --input_pipeline=stream"):
-    device_data.check_pipeline("stream", on_disk.x_train, steps_per_dispatch=4)
+    feeds.check_pipeline("stream", on_disk.x_train, steps_per_dispatch=4)
 
 
 def _children(pid: int) -> list[int]:

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from dlu import experiment, train_loop
-from dlu import flags as dlu_flags
-from dlu.checkpointing import read_checkpoint
+from dlu import config
+from dlu.runtime.checkpointing import read_checkpoint
+from dlu.train import experiment, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "experiments", "configs", "ae_digits.flags")
@@ -92,7 +92,7 @@ def _params(workdir, step):
 
 @pytest.mark.slow
 def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
-  cfg = dlu_flags.make_config(
+  cfg = config.make_config(
     model="ae_seed",
     hidden_units=16,
     dataset="digits",
@@ -106,16 +106,16 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     noise_level=0.1,
   )
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-  train_loop.train_and_evaluate(cfg, straight)
-  train_loop.train_and_evaluate(cfg.replace(num_steps=20), split)
-  train_loop.train_and_evaluate(cfg, split)
+  loop.train_and_evaluate(cfg, straight)
+  loop.train_and_evaluate(cfg.replace(num_steps=20), split)
+  loop.train_and_evaluate(cfg, split)
   a, b = _params(straight, 40), _params(split, 40)
   for key in ("encoder", "decoder"):
     np.testing.assert_array_equal(a[key]["dense_0"]["kernel"], b[key]["dense_0"]["kernel"])
 
 
 def test_full_batch_gradient_descent(tmp_path):
-  cfg = dlu_flags.make_config(
+  cfg = config.make_config(
     model="ae_seed",
     hidden_units=8,
     dataset="digits",
@@ -130,5 +130,5 @@ def test_full_batch_gradient_descent(tmp_path):
   exp = experiment.build(cfg, str(tmp_path))
   # 1500 train images less 150 held out for validation, in whole multiples of 8 devices.
   assert exp.sampler.global_batch_size == 1344
-  metrics = train_loop.train_and_evaluate(cfg, str(tmp_path / "gd"))
+  metrics = loop.train_and_evaluate(cfg, str(tmp_path / "gd"))
   assert np.isfinite(metrics["mse"])

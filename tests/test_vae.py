@@ -12,12 +12,14 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh
 
-from dlu import batched_eval, experiment, families, likelihoods, parallel, train_loop
-from dlu import flags as dlu_flags
+from dlu import config, families
 from dlu.errors import UsageError
 from dlu.families import DataSpec
 from dlu.families.vae import samples_per_chunk
 from dlu.models.vae import VAE
+from dlu.ops import likelihoods
+from dlu.runtime import batched_eval, parallel
+from dlu.train import experiment, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAE_DIGITS = os.path.join(ROOT, "experiments", "configs", "vae_digits.flags")
@@ -65,22 +67,20 @@ def test_learned_variance_is_one_parameter_per_pixel():
 )
 def test_validation_names_the_flag(overrides, message):
   with pytest.raises(UsageError, match=message.replace("(", r"\(")):
-    families.validate(dlu_flags.make_config(**{"model": "vae", **overrides}))
+    families.validate(config.make_config(**{"model": "vae", **overrides}))
 
 
 def test_conv_vae_needs_divisible_image_sizes():
-  cfg = dlu_flags.make_config(model="conv_vae", conv_channels=["4", "8", "16"])
+  cfg = config.make_config(model="conv_vae", conv_channels=["4", "8", "16"])
   with pytest.raises(UsageError, match="needs image height and width divisible by 8"):
     families.get("conv_vae")(cfg, DataSpec((28, 28, 1), 10, 100)).init_state(jax.random.key(0))
 
 
 def test_kl_warmup_ramps_linearly_to_beta():
-  family = families.get("vae")(
-    dlu_flags.make_config(model="vae", beta=2.0, kl_warmup_steps=100), SPEC
-  )
+  family = families.get("vae")(config.make_config(model="vae", beta=2.0, kl_warmup_steps=100), SPEC)
   weights = [float(family.kl_weight(jnp.int32(s))) for s in (0, 50, 100, 1000)]
   np.testing.assert_allclose(weights, [0.0, 1.0, 2.0, 2.0])
-  plain = families.get("vae")(dlu_flags.make_config(model="vae", beta=2.0), SPEC)
+  plain = families.get("vae")(config.make_config(model="vae", beta=2.0), SPEC)
   assert float(plain.kl_weight(jnp.int32(0))) == 2.0
 
 
@@ -113,7 +113,7 @@ def _run_steps(cfg, mesh, batches):
 )
 def test_vae_step_on_eight_devices_equals_one(overrides):
   assert jax.device_count() == 8
-  cfg = dlu_flags.make_config(
+  cfg = config.make_config(
     **overrides,
     optimizer="sgd",
     learning_rate=0.01,
@@ -139,7 +139,7 @@ def test_vae_step_on_eight_devices_equals_one(overrides):
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_conv_vae_functions_trace(likelihood):
   """Shapes through every jitted function of conv_vae, without compiling them (XLA:CPU convs are slow)."""
-  cfg = dlu_flags.make_config(
+  cfg = config.make_config(
     model="conv_vae",
     conv_channels=["4", "8"],
     latent_dim=2,
@@ -167,7 +167,7 @@ def test_conv_vae_functions_trace(likelihood):
 
 
 def test_the_step_draws_new_noise_each_step():
-  cfg = dlu_flags.make_config(
+  cfg = config.make_config(
     model="vae", widths=["8"], latent_dim=2, optimizer="sgd", learning_rate=1e-9
   )
   one = Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,))
@@ -179,7 +179,7 @@ def test_the_step_draws_new_noise_each_step():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """A tiny VAE trained 400 steps on digits, its experiment (data, mesh, eval context)."""
-  cfg = dlu_flags.config_from_flagfile(VAE_DIGITS, num_steps=400)
+  cfg = config.config_from_flagfile(VAE_DIGITS, num_steps=400)
   exp = experiment.build(cfg, str(tmp_path_factory.mktemp("vae")))
   state = parallel.make_init(exp.family, exp.mesh)[0](exp.init_rng)
   step = parallel.make_train_step(exp.family, exp.mesh)
@@ -267,12 +267,10 @@ def _params(workdir, step):
 @pytest.mark.slow
 def test_vae_digits_end_to_end_with_resume_and_evaluate(tmp_path):
   split, straight = str(tmp_path / "split"), str(tmp_path / "straight")
-  cfg = dlu_flags.config_from_flagfile(
-    VAE_DIGITS, num_steps=100, eval_every=50, checkpoint_every=50
-  )
-  train_loop.train_and_evaluate(cfg.replace(num_steps=50), split)
-  train_loop.train_and_evaluate(cfg, split)  # resumes at 50
-  train_loop.train_and_evaluate(cfg.replace(eval_every=100), straight)
+  cfg = config.config_from_flagfile(VAE_DIGITS, num_steps=100, eval_every=50, checkpoint_every=50)
+  loop.train_and_evaluate(cfg.replace(num_steps=50), split)
+  loop.train_and_evaluate(cfg, split)  # resumes at 50
+  loop.train_and_evaluate(cfg.replace(eval_every=100), straight)
   # The resumed run drew the same batches and the same noise as the uninterrupted one.
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
@@ -321,9 +319,7 @@ def test_vae_digits_end_to_end_with_resume_and_evaluate(tmp_path):
   "name", ["vae_fashion_mnist", "conv_vae_fashion_mnist", "beta_vae_fashion_mnist", "vae_digits"]
 )
 def test_vae_configs_are_valid(name):
-  cfg = dlu_flags.config_from_flagfile(
-    os.path.join(ROOT, "experiments", "configs", f"{name}.flags")
-  )
+  cfg = config.config_from_flagfile(os.path.join(ROOT, "experiments", "configs", f"{name}.flags"))
   families.validate(cfg)
   assert cfg.model in ("vae", "conv_vae") and cfg.binarize == "dynamic"
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import dlu
-from dlu import experiment, families, train_loop
-from dlu import flags as dlu_flags
+from dlu import config, families
 from dlu.data import preprocessing, tables
 from dlu.errors import UsageError
+from dlu.train import experiment, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +47,7 @@ def _cfg(csv, **overrides):
     latent_dim=4,
     embedding_plot="none",
   )
-  return dlu_flags.make_config(**{**base, **overrides})
+  return config.make_config(**{**base, **overrides})
 
 
 def _rows(workdir):
@@ -79,8 +79,8 @@ def test_conv_models_and_pixel_losses_refuse_vectors(wine_csv, tmp_path):
 def ae_run(wine_csv, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("ae") / "run")
   cfg = _cfg(wine_csv, model="ae_mlp", evaluators=["metrics", "features", "clustering:40"])
-  train_loop.train_and_evaluate(cfg.replace(num_steps=20), workdir)
-  train_loop.train_and_evaluate(cfg, workdir)  # resumes at 20
+  loop.train_and_evaluate(cfg.replace(num_steps=20), workdir)
+  loop.train_and_evaluate(cfg, workdir)  # resumes at 20
   return workdir, cfg
 
 
@@ -98,7 +98,7 @@ def test_autoencoder_on_a_table_trains_resumes_and_evaluates(ae_run, tmp_path):
   assert not any(f.startswith("reconstructions") for f in os.listdir(f"{workdir}/images"))
   # Resumed at 20 = straight to 40.
   straight = str(tmp_path / "straight")
-  train_loop.train_and_evaluate(cfg, straight)
+  loop.train_and_evaluate(cfg, straight)
   a, b = (
     np.load(os.path.join(w, "embeddings_test.npz"))["embeddings"] for w in (workdir, straight)
   )
@@ -125,7 +125,7 @@ def test_dlu_load_run_applies_the_stored_scaling(ae_run, wine_csv, tmp_path):
 
 
 def test_experiments_apply_matches_by_column_name(ae_run, wine_csv, tmp_path):
-  from dlu import apply
+  from dlu.train import apply
   from experiments.apply import results
 
   workdir, _ = ae_run
@@ -181,12 +181,12 @@ def test_experiments_apply_matches_by_column_name(ae_run, wine_csv, tmp_path):
 def test_vector_families_train_resume_evaluate_and_apply(
   wine_csv, tmp_path, model, overrides, keys
 ):
-  from dlu import evaluate
+  from dlu.train import evaluate
 
   workdir = str(tmp_path / model)
   cfg = _cfg(wine_csv, model=model, num_steps=20, checkpoint_every=10, **overrides)
-  train_loop.train_and_evaluate(cfg.replace(num_steps=10), workdir)
-  train_loop.train_and_evaluate(cfg, workdir)  # resumes at 10
+  loop.train_and_evaluate(cfg.replace(num_steps=10), workdir)
+  loop.train_and_evaluate(cfg, workdir)  # resumes at 10
   rows = _rows(workdir)
   train_steps = [r["step"] for r in rows if r["split"] == "train"]
   assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 20  # none repeated
@@ -211,11 +211,11 @@ def test_vector_families_train_resume_evaluate_and_apply(
 
 
 def test_dec_on_a_table_resumes_evaluates_and_uses_the_autoencoders_scaling(ae_run, tmp_path):
-  from dlu import evaluate
+  from dlu.train import evaluate
 
   ae, _ = ae_run
   workdir = str(tmp_path / "idec")
-  cfg = dlu_flags.config_from_flagfile(
+  cfg = config.config_from_flagfile(
     os.path.join(ae, "flags.txt"),
     model="idec",
     init_from=ae,
@@ -225,8 +225,8 @@ def test_dec_on_a_table_resumes_evaluates_and_uses_the_autoencoders_scaling(ae_r
     evaluators=["metrics"],
   )
   families.validate(cfg)
-  train_loop.train_and_evaluate(cfg.replace(num_steps=10, checkpoint_every=10), workdir)
-  train_loop.train_and_evaluate(cfg, workdir)  # resumes at 10
+  loop.train_and_evaluate(cfg.replace(num_steps=10, checkpoint_every=10), workdir)
+  loop.train_and_evaluate(cfg, workdir)  # resumes at 10
   final = [r for r in _rows(workdir) if r["split"] == "test"][-1]
   assert final["step"] == 20 and {"acc", "nmi", "mse", "confidence"} <= set(final)
   evaluated = evaluate.evaluate_workdir(workdir, probe=False, baselines=False)
@@ -240,7 +240,7 @@ def test_load_run_on_an_image_run(tmp_path):
   from dlu import data
 
   workdir = str(tmp_path / "digits")
-  cfg = dlu_flags.make_config(
+  cfg = config.make_config(
     model="ae_seed",
     hidden_units=8,
     dataset="digits",
@@ -252,7 +252,7 @@ def test_load_run_on_an_image_run(tmp_path):
     eval_batch_size=512,
     num_images=8,
   )
-  train_loop.train_and_evaluate(cfg, workdir)
+  loop.train_and_evaluate(cfg, workdir)
   run = dlu.load_run(workdir)
   ds = data.load("digits")
   np.testing.assert_allclose(

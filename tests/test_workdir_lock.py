@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from dlu import train_loop
 from dlu.errors import UsageError
-from dlu.workdir_lock import LOCK_FILE, WorkdirLock
+from dlu.train import loop
+from dlu.train.workspace import LOCK_FILE, WorkdirLock
 
 
 def test_a_second_holder_is_refused_with_the_first_named(tmp_path):
@@ -43,7 +43,8 @@ def test_processes_other_than_the_lead_take_no_lock(tmp_path):
 
 
 def test_sigterm_before_training_exits_with_nothing_written(tmp_path, monkeypatch, capsys):
-  from dlu import experiment, flags
+  from dlu import config as flags
+  from dlu.train import experiment
 
   build = experiment.build
 
@@ -53,15 +54,15 @@ def test_sigterm_before_training_exits_with_nothing_written(tmp_path, monkeypatc
 
   monkeypatch.setattr(experiment, "build", build_then_sigterm)
   workdir = tmp_path / "run"
-  result = train_loop.train_and_evaluate(flags.make_config(dataset="digits"), str(workdir))
+  result = loop.train_and_evaluate(flags.make_config(dataset="digits"), str(workdir))
   assert result == {} and not workdir.exists()
   assert "SIGTERM received before training started" in capsys.readouterr().out
 
 
 def test_a_second_sigterm_ends_the_process_at_once():
   previous = signal.getsignal(signal.SIGTERM)
-  with train_loop.PreemptionNotice() as notice:
-    with pytest.raises(train_loop.Preempted):
+  with loop.PreemptionNotice() as notice:
+    with pytest.raises(loop.Preempted):
       os.kill(os.getpid(), signal.SIGTERM)
     notice.training()
     os.kill(os.getpid(), signal.SIGTERM)
@@ -74,8 +75,9 @@ def test_a_second_sigterm_ends_the_process_at_once():
 def test_sigterm_during_an_evaluation_stops_at_once_keeping_the_checkpoints(
   tmp_path, monkeypatch, capsys
 ):
-  from dlu import evaluators, flags
-  from dlu.checkpointing import read_checkpoint
+  from dlu import config as flags
+  from dlu import evaluators
+  from dlu.runtime.checkpointing import read_checkpoint
 
   evaluate = evaluators.Evaluation.__call__
 
@@ -98,7 +100,7 @@ def test_sigterm_during_an_evaluation_stops_at_once_keeping_the_checkpoints(
     evaluators=["metrics"],
   )
   workdir, before = str(tmp_path / "run"), signal.getsignal(signal.SIGTERM)
-  assert train_loop.train_and_evaluate(cfg, workdir) == {}
+  assert loop.train_and_evaluate(cfg, workdir) == {}
   out = capsys.readouterr().out
   assert "SIGTERM received during the evaluation at step 4: stopped at once" in out
   assert int(read_checkpoint(workdir)["step"]) == 4  # saved before the evaluation, kept

@@ -9,7 +9,7 @@ experiments.evaluate. Importing this package registers the built-in ones (and th
   clustering      clustering scores, probes and baselines of the embeddings (labelled data)
 """
 
-from dlu.evaluators import family_metrics, features, representation, sample_quality  # noqa: F401
+from dlu.evaluators import clustering, family_metrics, features, sample_quality  # noqa: F401
 from dlu.evaluators.registry import (  # noqa: F401
   Evaluation,
   Evaluator,

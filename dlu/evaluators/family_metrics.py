@@ -7,8 +7,8 @@ from typing import Any
 
 import jax
 
-from dlu import batched_eval, parallel
 from dlu.evaluators.registry import FINAL, Inputs, register
+from dlu.runtime import batched_eval, parallel
 
 
 @register("metrics")

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from dlu import batched_eval, clustering, parallel
 from dlu.evaluators.registry import Inputs, register
+from dlu.metrics import clustering
+from dlu.runtime import batched_eval, parallel
 
 #: Columns drawn in the bar chart (all of them are in the CSV).
 WORST_SHOWN = 30

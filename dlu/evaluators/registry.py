@@ -15,7 +15,7 @@ scheduled only then, like `likelihood`, score it alone), and the
 `metrics` evaluator's numbers on train, valid and test form a `generalisation` row.
 Evaluators read the split they score as `exp.dataset.x_test` (`Dataset.scored_on`).
 `experiments.evaluate` runs every registered evaluator whose needs the run meets
-(`full_schedule`), once, on the test split, into one `evaluate` row and eval.json. `exp` is a `dlu.experiment.Experiment` (cfg, dataset, family, mesh, ctx).
+(`full_schedule`), once, on the test split, into one `evaluate` row and eval.json. `exp` is a `dlu.train.experiment.Experiment` (cfg, dataset, family, mesh, ctx).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from dlu import batched_eval, parallel
 from dlu.errors import UsageError
-from dlu.metric_writers import MetricWriter, to_python
+from dlu.runtime import batched_eval, parallel
+from dlu.runtime.metric_writers import MetricWriter, to_python
 
 flags.DEFINE_list(
   "evaluators",

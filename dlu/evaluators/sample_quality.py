@@ -1,6 +1,6 @@
 """The `sample_quality` evaluator: FID, KID, precision and recall of --eval_samples samples of
 a generative family against the test split, all in the features of dlu's classifier
-(`dlu.feature_net`, trained once per dataset on its labels and cached in --data_dir), and
+(`dlu.metrics.feature_net`, trained once per dataset on its labels and cached in --data_dir), and
 `fid_floor`, the FID of as many real training images: what real data scores.
 
 Samples come from fixed noise (the run's eval key) and, for conditional models,
@@ -16,9 +16,11 @@ import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
 
-from dlu import batched_eval, data, feature_net, parallel, sample_quality
+from dlu import data
 from dlu.errors import UsageError
 from dlu.evaluators.registry import Inputs, register
+from dlu.metrics import feature_net, sample_quality
+from dlu.runtime import batched_eval, parallel
 
 flags.DEFINE_integer(
   "eval_samples",

@@ -1,8 +1,8 @@
 """Model families by `--model` name. Importing this package registers them all (and defines
 their flags); `validate` checks a Config's run, shared and family flags."""
 
-from dlu import flags as _flags
-from dlu import model_flags as _model_flags
+from dlu import config as _flags
+from dlu.config import model_flags as _model_flags
 from dlu.families import autoencoder, contrastive, dec, gan, vae  # noqa: F401  (registers them)
 from dlu.families.base import (  # noqa: F401
   Batch,

@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from dlu import losses
+from dlu.config import require_positive
+from dlu.config.model_flags import conv_channels, int_list, kernel_init_name
 from dlu.errors import UsageError
 from dlu.families.base import SingleNetworkFamily, register
-from dlu.flags import require_positive
-from dlu.grids import paired_rows, to_unit
-from dlu.model_flags import conv_channels, int_list, kernel_init_name
 from dlu.models import autoencoder as ae_models
+from dlu.ops import losses
+from dlu.ops.grids import paired_rows, to_unit
 
 flags.DEFINE_integer("hidden_units", 128, "ae_seed: width of the one hidden (code) layer.")
 flags.DEFINE_enum(

@@ -42,9 +42,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlu import data, optim
+from dlu import data
+from dlu.config import Config
 from dlu.errors import UsageError
-from dlu.flags import Config
+from dlu.runtime import optim
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]

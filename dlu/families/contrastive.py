@@ -1,6 +1,6 @@
 """Augmentation-invariant representations by contrast of random views (SimCLR).
 
-Each step draws two random views of every image (`dlu.views`: random resized crops, left-right
+Each step draws two random views of every image (`dlu.ops.views`: random resized crops, left-right
 flips), encodes both, and trains the encoder and a projection head so that each view picks
 out its partner among all views of the global batch (`losses.nt_xent`). No labels are used.
 `embed` is the encoder's representation, L2-normalised (the loss compares directions), which
@@ -29,13 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from dlu import batched_eval, clustering, data, losses, parallel, views
+from dlu import data
+from dlu.config import require_above_zero, require_fraction, require_non_negative, require_positive
+from dlu.config.model_flags import conv_channels, int_list, kernel_init_name, num_clusters
 from dlu.errors import UsageError
 from dlu.families.base import SingleNetworkFamily, register
-from dlu.flags import require_above_zero, require_fraction, require_non_negative, require_positive
-from dlu.grids import paired_rows, to_unit
-from dlu.model_flags import conv_channels, int_list, kernel_init_name, num_clusters
+from dlu.metrics import clustering
 from dlu.models.contrastive import ContrastiveNet
+from dlu.ops import losses, views
+from dlu.ops.grids import paired_rows, to_unit
+from dlu.runtime import batched_eval, parallel
 
 flags.DEFINE_float("temperature", 0.5, "simclr_*: temperature of the NT-Xent loss.")
 flags.DEFINE_list(

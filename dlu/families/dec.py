@@ -20,13 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from dlu import batched_eval, checkpointing, clustering, data, losses, parallel
-from dlu import flags as dlu_flags
+from dlu import config, data
+from dlu.config import require_above_zero, require_non_negative, require_positive
+from dlu.config.model_flags import num_clusters
 from dlu.errors import UsageError
 from dlu.families.autoencoder import Autoencoder
 from dlu.families.base import EvalContext, SingleNetworkFamily, TrainState, get, register
-from dlu.flags import require_above_zero, require_non_negative, require_positive
-from dlu.model_flags import num_clusters
+from dlu.metrics import clustering
+from dlu.ops import losses
+from dlu.runtime import batched_eval, checkpointing, parallel
 
 flags.DEFINE_string(
   "init_from", None, "dec/idec: workdir of the trained autoencoder run to start from."
@@ -51,7 +53,7 @@ def has_checkpoint(workdir: str) -> bool:
 
 def load_autoencoder(workdir: str, spec, mesh) -> tuple[Autoencoder, TrainState]:
   """The autoencoder family and trained state of the run in `workdir`."""
-  cfg = dlu_flags.config_from_flagfile(os.path.join(workdir, "flags.txt"))
+  cfg = config.config_from_flagfile(os.path.join(workdir, "flags.txt"))
   family_cls = get(cfg.model)
   if not issubclass(family_cls, Autoencoder):
     raise UsageError(

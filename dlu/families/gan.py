@@ -30,13 +30,14 @@ import jax.numpy as jnp
 import optax
 from absl import flags
 
-from dlu import gan_losses, optim
+from dlu.config import require_fraction, require_non_negative, require_positive
+from dlu.config.model_flags import int_list, kernel_init_name
 from dlu.errors import UsageError
 from dlu.families.base import Family, TrainState, register
-from dlu.flags import require_fraction, require_non_negative, require_positive
-from dlu.grids import as_grid
-from dlu.model_flags import int_list, kernel_init_name
 from dlu.models import gan as gan_models
+from dlu.ops import gan_losses
+from dlu.ops.grids import as_grid
+from dlu.runtime import optim
 
 flags.DEFINE_enum(
   "gan_loss",

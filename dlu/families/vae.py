@@ -34,13 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from dlu import batched_eval, likelihoods, parallel
+from dlu.config import require_non_negative, require_positive
+from dlu.config.model_flags import conv_channels, int_list, kernel_init_name
 from dlu.errors import UsageError
 from dlu.families.base import SingleNetworkFamily, register
-from dlu.flags import require_non_negative, require_positive
-from dlu.grids import as_grid, paired_rows, to_unit
-from dlu.model_flags import conv_channels, int_list, kernel_init_name
 from dlu.models import vae as vae_models
+from dlu.ops import likelihoods
+from dlu.ops.grids import as_grid, paired_rows, to_unit
+from dlu.runtime import batched_eval, parallel
 
 flags.DEFINE_enum(
   "likelihood",

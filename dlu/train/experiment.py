@@ -4,8 +4,8 @@ initialised; a trained run loaded back from its workdir.
     exp = experiment.build(cfg, workdir)             # every check of bad input, nothing written
     exp, state = experiment.load_run("workdirs/vae") # a trained run, for scripts and notebooks
 
-Training (`dlu.train_loop`), `experiments.evaluate` (`dlu.evaluate`) and
-`experiments.augment` (`dlu.few_shot`) all start here. Importing this module defines every
+Training (`dlu.train.loop`), `experiments.evaluate` (`dlu.train.evaluate`) and
+`experiments.augment` (`dlu.studies.few_shot`) all start here. Importing this module defines every
 flag a run records in its flags.txt (it imports the families and the evaluators).
 """
 
@@ -19,28 +19,19 @@ import jax
 import numpy as np
 from absl import flags
 
-from dlu import (
-  batched_eval,
-  checkpointing,
-  data,
-  device_data,
-  evaluators,
-  families,
-  metric_writers,
-  parallel,
-  selection,
-)
-from dlu import flags as dlu_flags
-from dlu.data import preprocessing
+from dlu import config, data, evaluators, families
+from dlu.data import feeds, preprocessing
 from dlu.errors import UsageError
 from dlu.families import DataSpec, EvalContext, Family
+from dlu.runtime import batched_eval, checkpointing, metric_writers, parallel
+from dlu.train import selection
 
 
 @dataclasses.dataclass
 class Experiment:
   """Everything a run needs, built from a Config without writing anything."""
 
-  cfg: dlu_flags.Config
+  cfg: config.Config
   dataset: data.Dataset
   spec: DataSpec
   family: Family
@@ -51,7 +42,7 @@ class Experiment:
   init_rng: jax.Array
 
 
-def _global_batch_size(cfg: dlu_flags.Config, num_train: int) -> int:
+def _global_batch_size(cfg: config.Config, num_train: int) -> int:
   if cfg.optimizer != "gd":
     return cfg.batch_size
   # Full-batch gradient descent: the whole split, less what does not split over devices.
@@ -63,7 +54,7 @@ def _global_batch_size(cfg: dlu_flags.Config, num_train: int) -> int:
 PREPROCESSING_FILE = "preprocessing.json"
 
 
-def table_options(cfg: dlu_flags.Config, workdir: str) -> data.TableOptions:
+def table_options(cfg: config.Config, workdir: str) -> data.TableOptions:
   """How a run reads tables and vectors: the preprocessing its workdir holds (resumed,
   evaluated and applied runs scale exactly as they trained), else that of the run it starts
   from (--init_from: DEC/IDEC), else fitted anew on its training split."""
@@ -90,7 +81,7 @@ def save_preprocessing(exp: Experiment) -> None:
     pre.save(os.path.join(exp.ctx.workdir, PREPROCESSING_FILE))
 
 
-def build(cfg: dlu_flags.Config, workdir: str) -> Experiment:
+def build(cfg: config.Config, workdir: str) -> Experiment:
   """Everything that can fail on bad input, before the workdir is touched."""
   if not workdir:
     raise UsageError("--workdir is required: the folder for checkpoints, metrics and images")
@@ -118,7 +109,7 @@ def build(cfg: dlu_flags.Config, workdir: str) -> Experiment:
       f"--batch_size={batch_size} is larger than the training split "
       f"({spec.num_train} examples of {cfg.dataset})"
     )
-  device_data.check_pipeline(
+  feeds.check_pipeline(
     cfg.input_pipeline,
     dataset.x_train,
     parallelism=cfg.parallelism,
@@ -187,13 +178,13 @@ def _state_flag(name: str) -> bool:
   return not (defined_in and defined_in("dlu.evaluators"))
 
 
-def differing_flags(workdir: str, cfg: dlu_flags.Config) -> list[tuple[str, Any, Any]]:
+def differing_flags(workdir: str, cfg: config.Config) -> list[tuple[str, Any, Any]]:
   """(name, recorded, now) of each run-defining flag that differs from the workdir's
   flags.txt (none when it has none)."""
   path = os.path.join(workdir, "flags.txt")
   if not os.path.lexists(path):
     return []
-  old = dlu_flags.config_from_flagfile(path)
+  old = config.config_from_flagfile(path)
   return [
     (k, getattr(old, k), v)
     for k, v in sorted(vars(cfg).items())
@@ -220,7 +211,7 @@ def check_workdir(workdir: str) -> None:
   if os.path.lexists(flags_path):
     if not os.path.isfile(flags_path):
       raise UsageError(f"{flags_path} is not a file; expected the flags.txt of a dlu run")
-    dlu_flags.config_from_flagfile(flags_path)
+    config.config_from_flagfile(flags_path)
   metric_writers.check_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
 
@@ -305,7 +296,7 @@ def load_run(workdir: str, **overrides: Any) -> tuple[Experiment, Any]:
   """
   if not workdir or not os.path.isdir(workdir):
     raise UsageError(f"--workdir={workdir!r} is not a directory: expected the workdir of a dlu run")
-  cfg = dlu_flags.config_from_flagfile(os.path.join(workdir, "flags.txt"), **overrides)
+  cfg = config.config_from_flagfile(os.path.join(workdir, "flags.txt"), **overrides)
   exp = build(cfg, workdir)
   directory, step = selection.checkpoint_to_load(workdir, cfg.checkpoint)
   ckpt = checkpointing.Checkpointer(directory, read_only=True)

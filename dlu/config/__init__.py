@@ -1,9 +1,9 @@
 """Flags of every run (model, data, optimisation, schedule), and the Config built from them.
 
 Other flags live beside the code that reads them: model flags shared by several families in
-`dlu.model_flags`, a family's own in its module under `dlu/families/`, evaluators' in
+`dlu.config.model_flags`, a family's own in its module under `dlu/families/`, evaluators' in
 `dlu/evaluators/`. A `Config` holds the values of every flag defined by the dlu modules
-imported so far (`dlu.experiment` imports them all), so library code and tests never read
+imported so far (`dlu.train.experiment` imports them all), so library code and tests never read
 the global absl state. Nothing here knows the families.
 """
 
@@ -249,7 +249,7 @@ class Config(types.SimpleNamespace):
 
 
 # Flags of how a process is launched (coordinator, verbosity): not part of a run.
-_LAUNCH_MODULES = ("dlu.distributed", "dlu.cli")
+_LAUNCH_MODULES = ("dlu.runtime.distributed", "dlu.runtime.cli")
 
 
 def _all_flag_values(flag_values: flags.FlagValues) -> dict[str, Any]:

@@ -19,9 +19,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from dlu import checkpointing
+from dlu.config import Config, higher_is_better
 from dlu.errors import UsageError
-from dlu.flags import Config, higher_is_better
+from dlu.runtime import checkpointing
 
 #: Where the best checkpoint is kept, beside WORKDIR/checkpoints.
 BEST_DIR = "checkpoints_best"

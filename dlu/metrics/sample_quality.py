@@ -1,7 +1,7 @@
 """Sample-quality metrics between two sets of features: FID, KID, precision and recall.
 
 All take feature arrays [N, D] (numpy, any float dtype) from any feature function:
-dlu's own classifier (`dlu.feature_net`) or, where they are available, Inception
+dlu's own classifier (`dlu.metrics.feature_net`) or, where they are available, Inception
 pool features. Work is done in float64 on the host, in row blocks, so 10^4 x 10^4
 comparisons never hold a full N x N matrix.
 """

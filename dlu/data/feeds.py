@@ -32,9 +32,10 @@ import numpy as np
 from absl import flags
 from jax.sharding import Mesh
 
-from dlu import parallel
-from dlu.data import BatchReader, BatchSampler, processes
+from dlu.data import processes
+from dlu.data.sampler import BatchReader, BatchSampler
 from dlu.errors import UsageError
+from dlu.runtime import parallel
 
 # Larger training splits stay in host memory and are fed one batch per step.
 MAX_DEVICE_BYTES = 2 << 30

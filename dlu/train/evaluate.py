@@ -8,8 +8,10 @@ import json
 import os
 from typing import Any
 
-from dlu import evaluators, experiment, metric_writers, parallel
-from dlu.metric_writers import to_python
+from dlu import evaluators
+from dlu.runtime import metric_writers, parallel
+from dlu.runtime.metric_writers import to_python
+from dlu.train import experiment
 
 
 def evaluate_workdir(workdir: str, **overrides: Any) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 from absl import flags
 
+from dlu.config import Config, require_positive
 from dlu.errors import UsageError
-from dlu.flags import Config, require_positive
 from dlu.models.autoencoder import conv_compatible
 from dlu.models.layers import KERNEL_INITS, kernel_init
 

@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from dlu import clustering, data, parallel
+from dlu import data
+from dlu.config.model_flags import num_clusters
 from dlu.errors import UsageError
 from dlu.evaluators.registry import Inputs, register
-from dlu.model_flags import num_clusters
+from dlu.metrics import clustering
+from dlu.runtime import parallel
 
 flags.DEFINE_enum(
   "cluster_on",
@@ -90,7 +92,7 @@ def _split(cfg, train: np.ndarray, test: np.ndarray) -> np.ndarray:
   return np.concatenate([train, test])
 
 
-#: k-means centroids of a run's embeddings [K, D], kept in the workdir for `dlu.apply`'s
+#: k-means centroids of a run's embeddings [K, D], kept in the workdir for `dlu.train.apply`'s
 #: `assign` (written when the clustering is k-means on the embeddings themselves).
 KMEANS_FILE = "kmeans_centroids.npz"
 

@@ -3,7 +3,7 @@
     exp, state = few_shot.load_conditional_gan("workdirs/cdcgan")
     x, y = few_shot.sample_classes(exp, state, few_shot.balanced(100, exp.spec.num_classes), seed=0)
 
-`measure` trains the feature network's architecture (dlu.feature_net.Classifier) on k real
+`measure` trains the feature network's architecture (dlu.metrics.feature_net.Classifier) on k real
 labelled examples per class, alone and with generated examples added, and on generated
 examples alone (TSTR: train on synthetic, test on real), and scores each on the real test
 split over several seeds. Every classifier gets the same number of steps, so the
@@ -25,11 +25,13 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dlu import experiment, feature_net, parallel
-from dlu import flags as dlu_flags
+from dlu import config
 from dlu.errors import UsageError
-from dlu.experiment import Experiment
 from dlu.families.gan import GAN
+from dlu.metrics import feature_net
+from dlu.runtime import parallel
+from dlu.train import experiment
+from dlu.train.experiment import Experiment
 
 CONDITIONAL_MODELS = GAN.models
 
@@ -44,7 +46,7 @@ def load_conditional_gan(workdir: str) -> tuple[Experiment, Any]:
       f"--workdir={workdir!r} is not a directory: expected the workdir of a "
       "trained conditional GAN run (--model=dcgan --conditional)"
     )
-  cfg = dlu_flags.config_from_flagfile(os.path.join(workdir, "flags.txt"))
+  cfg = config.config_from_flagfile(os.path.join(workdir, "flags.txt"))
   if cfg.model not in CONDITIONAL_MODELS or not cfg.conditional:
     what = f"--model={cfg.model}" + (" without --conditional" if cfg.model in GAN.models else "")
     raise UsageError(

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from dlu.errors import UsageError
-from dlu.grids import tile_grid
+from dlu.ops.grids import tile_grid
 
 
 def to_python(value: Any) -> Any:
@@ -171,7 +171,7 @@ class ImageFileWriter(MetricWriter):
 
 class ConsoleWriter(MetricWriter):
   """`valid at step 500: mse=0.0123 psnr=19.1` for rows of `splits` (training's progress line
-  is `dlu.periodic.ReportProgress`'s)."""
+  is `dlu.runtime.periodic.ReportProgress`'s)."""
 
   def __init__(self, splits: Sequence[str] = ("valid", "test", "generalisation"), stream=None):
     self.splits, self.stream = tuple(splits), stream or sys.stdout

@@ -25,9 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dlu import batched_eval, data, experiment, losses, parallel
+from dlu import data
 from dlu.errors import UsageError
-from dlu.evaluators.representation import KMEANS_FILE
+from dlu.evaluators.clustering import KMEANS_FILE
+from dlu.ops import losses
+from dlu.runtime import batched_eval, parallel
+from dlu.train import experiment
 
 
 class Run:

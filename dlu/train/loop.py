@@ -1,7 +1,7 @@
-"""train_and_evaluate: the training loop. Builds the run (`dlu.experiment`), resumes it,
+"""train_and_evaluate: the training loop. Builds the run (`dlu.train.experiment`), resumes it,
 dispatches steps, and calls its periodic work: train metrics and the progress line, checkpoints,
 evaluators (`dlu.evaluators`) on the validation split, early stopping and the best checkpoint
-(`dlu.selection`), and a pre-emption save on SIGTERM. The test split is scored once, at the
+(`dlu.train.selection`), and a pre-emption save on SIGTERM. The test split is scored once, at the
 end."""
 
 from __future__ import annotations
@@ -15,20 +15,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from dlu import (
-  checkpointing,
-  device_data,
-  evaluators,
-  experiment,
-  metric_writers,
-  parallel,
-  selection,
-  workdir_lock,
-)
-from dlu import flags as dlu_flags
+from dlu import config, evaluators
+from dlu.data import feeds
 from dlu.errors import RunFailure, UsageError
-from dlu.experiment import Experiment
-from dlu.periodic import PeriodicCallback, Profile, ReportProgress
+from dlu.runtime import checkpointing, metric_writers, parallel
+from dlu.runtime.periodic import PeriodicCallback, Profile, ReportProgress
+from dlu.train import experiment, selection, workspace
+from dlu.train.experiment import Experiment
 
 
 class NonFiniteError(RunFailure):
@@ -98,7 +91,7 @@ class PreemptionNotice:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_and_evaluate(cfg: dlu_flags.Config, workdir: str) -> dict[str, float]:
+def train_and_evaluate(cfg: config.Config, workdir: str) -> dict[str, float]:
   """Trains to `cfg.num_steps`, resuming from `workdir` if it holds a checkpoint.
 
   Returns the final eval metrics. Every refusal (UsageError), and a SIGTERM before
@@ -112,7 +105,7 @@ def train_and_evaluate(cfg: dlu_flags.Config, workdir: str) -> dict[str, float]:
       schedule = evaluators.training_schedule(exp)
       experiment.check_workdir(workdir)
       created = experiment.check_writable(workdir)
-      lock = workdir_lock.WorkdirLock(workdir, enabled=lead)
+      lock = workspace.WorkdirLock(workdir, enabled=lead)
       lock.acquire()
       if lock.stale_note():
         print(f"warning: {lock.stale_note()}", flush=True)
@@ -221,7 +214,7 @@ def _train(
     experiment.save_preprocessing(exp)
     writer.write_hparams(vars(cfg))
   train_step = parallel.make_train_step(exp.family, exp.mesh, parallelism=cfg.parallelism)
-  feed = device_data.make_feed(
+  feed = feeds.make_feed(
     exp.family,
     exp.mesh,
     exp.dataset.x_train,
@@ -251,7 +244,7 @@ def _run(
   profile: Profile,
   preemption: PreemptionNotice,
   state: Any,
-  feed: device_data.DeviceFeed | device_data.HostFeed | device_data.StreamFeed,
+  feed: feeds.DeviceFeed | feeds.HostFeed | feeds.StreamFeed,
   selector: selection.ModelSelection,
 ) -> dict[str, float]:
   cfg, lead = exp.cfg, parallel.is_lead_process()
@@ -288,7 +281,7 @@ def _run(
   try:
     while step < cfg.num_steps and not selector.should_stop:
       state = exp.family.before_step(state, step)
-      n = device_data.dispatch_length(step, cfg.num_steps, cfg.steps_per_dispatch, boundaries)
+      n = feeds.dispatch_length(step, cfg.num_steps, cfg.steps_per_dispatch, boundaries)
       state, last_metrics = feed(state, step, n)
       window.push(last_metrics)
       step += n

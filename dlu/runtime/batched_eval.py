@@ -10,7 +10,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from dlu import parallel
+from dlu.runtime import parallel
 
 
 def round_batch_size(requested: int) -> int:

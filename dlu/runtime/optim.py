@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optax
 
-from dlu.flags import Config
+from dlu.config import Config
 
 
 def learning_rate_schedule(cfg: Config, *, learning_rate: float | None = None) -> optax.Schedule:

@@ -5,7 +5,7 @@
 
 The run in the workdir is a class-conditional GAN trained on an imbalanced subset of the
 training split (`--class_balance`), never on the balanced one. `measure` trains the feature
-network's architecture (dlu.feature_net.Classifier) on that same subset four ways: as it is
+network's architecture (dlu.metrics.feature_net.Classifier) on that same subset four ways: as it is
 (`imbalanced`), with each class's loss weighted by n / (K n_c) (`class_weighted`), with the
 minority classes randomly oversampled up to the largest class (`oversampled`), and with them
 filled up to the largest class by the GAN's samples of that class (`gan_filled`). Each is
@@ -27,10 +27,12 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 from sklearn.utils.class_weight import compute_class_weight
 
-from dlu import data, feature_net, few_shot, parallel, sample_quality
-from dlu import flags as dlu_flags
+from dlu import config, data
 from dlu.errors import UsageError
-from dlu.experiment import Experiment
+from dlu.metrics import feature_net, sample_quality
+from dlu.runtime import parallel
+from dlu.studies import few_shot
+from dlu.train.experiment import Experiment
 
 METHODS = ("imbalanced", "class_weighted", "oversampled", "gan_filled")
 
@@ -39,7 +41,7 @@ def load_imbalanced_gan(workdir: str) -> tuple[Experiment, Any]:
   """A class-conditional GAN run trained on an imbalanced split (`--class_balance`), and its
   checkpointed state; UsageError otherwise."""
   flagfile = os.path.join(workdir or "", "flags.txt")
-  if os.path.isfile(flagfile) and not dlu_flags.config_from_flagfile(flagfile).class_balance:
+  if os.path.isfile(flagfile) and not config.config_from_flagfile(flagfile).class_balance:
     raise UsageError(
       f"--workdir={workdir} was trained on the whole training split; the comparison needs a "
       "conditional GAN trained on the imbalanced split itself (train it with --class_balance)"

@@ -7,7 +7,7 @@ dispatch (the shape of clu's periodic actions).
 
 An action runs when `step` is a multiple of its `every_steps` or the run's last step, and
 the `every_steps` of all actions bound the length of a multi-step dispatch
-(`dlu.device_data.dispatch_length`), so with several steps per dispatch they still run at
+(`dlu.data.feeds.dispatch_length`), so with several steps per dispatch they still run at
 the same steps as with one. `Profile` traces a few steps once.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import jax
 
-from dlu.metric_writers import MetricWriter, format_value, to_python
+from dlu.runtime.metric_writers import MetricWriter, format_value, to_python
 
 
 class PeriodicAction:

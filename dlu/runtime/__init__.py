@@ -1,0 +1,1 @@
+"""How a run uses the machine: devices and data parallelism, multi-process start-up, checkpoints, metric writers, periodic actions, optimisers, pre-emption and the command-line error layer. Nothing here knows a dataset or a family."""
