@@ -1,0 +1,58 @@
+"""Files a run owns, written atomically: a reader (another process, a rerun after a kill) sees
+the old file or the whole new one, never half of one.
+
+    with files.atomic_write(path) as f:        # text; mode="wb" for bytes
+      json.dump(results, f)
+    files.atomic_save(path, lambda tmp: np.savez(tmp, x=x))   # a writer that takes a path
+
+The temporary file sits beside the target (same file system, so `os.replace` is atomic), is
+named for this process (two writers never share one), and is removed if the write fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+
+def temporary_path(path: str, suffix: str = "") -> str:
+  """Where `path` is written before it is moved into place; `suffix` keeps an extension a
+  writer insists on (np.savez appends .npz to names without it)."""
+  return f"{path}.tmp{os.getpid()}{suffix}"
+
+
+def atomic_save(path: str, write: Callable[[str], Any], *, suffix: str = "") -> None:
+  """Calls `write(tmp)` to write the whole file at a temporary path, then moves it to `path`."""
+  tmp = temporary_path(path, suffix)
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.lexists(tmp):  # only after a failure
+      os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
+  """An open file whose contents replace `path` when the block ends without an error."""
+  if "b" not in mode:
+    open_kwargs.setdefault("encoding", "utf-8")
+  tmp = temporary_path(path)
+  try:
+    with open(tmp, mode, **open_kwargs) as f:
+      yield f
+    os.replace(tmp, path)
+  finally:
+    if os.path.lexists(tmp):
+      os.remove(tmp)
+
+
+def write_json(path: str, obj: Any, **dump_kwargs: Any) -> None:
+  """`obj` as JSON at `path`, atomically (indent 2 and sorted keys unless told otherwise)."""
+  dump_kwargs.setdefault("indent", 2)
+  dump_kwargs.setdefault("sort_keys", True)
+  with atomic_write(path) as f:
+    json.dump(obj, f, **dump_kwargs)
