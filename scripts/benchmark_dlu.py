@@ -1,7 +1,7 @@
 """dlu's side of `scripts/benchmark.py`: the real train step on device-resident batches.
 
 Each model is built by `dlu.train.experiment.build` from flags, exactly as `experiments.train`
-builds it, and trained through `dlu.data.feeds`'s feed with `--steps_per_dispatch`.
+builds it, and trained through the loop's feed (`dlu.train.loop.make_feed`) with `--steps_per_dispatch`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from absl import flags as absl_flags
 absl_flags.FLAGS.mark_as_parsed()  # dlu's flags are read as defaults; nothing is parsed here.
 
 from dlu import config, families  # noqa: E402
-from dlu.data import feeds  # noqa: E402
 from dlu.models import layers  # noqa: E402
 from dlu.runtime import parallel  # noqa: E402
-from dlu.train import experiment  # noqa: E402
+from dlu.train import experiment, loop  # noqa: E402
 
 
 def version() -> str:
@@ -98,17 +97,7 @@ class Runner:
     """(experiment, initial state, feed) of a config, as `experiments.train` builds them."""
     exp = experiment.build(cfg, self.workdir)
     state = parallel.make_init(exp.family, exp.mesh)[0](exp.init_rng)
-    train_step = parallel.make_train_step(exp.family, exp.mesh)
-    feed = feeds.make_feed(
-      exp.family,
-      exp.mesh,
-      exp.dataset.x_train,
-      exp.sampler,
-      train_step,
-      exp.train_rng,
-      y_train=exp.dataset.y_train,
-      steps_per_dispatch=cfg.steps_per_dispatch,
-    )
+    feed = loop.make_feed(exp)
     return exp, state, feed
 
   def setup(self, model: str, latent_dim: int) -> tuple[float, float]:

@@ -67,7 +67,7 @@ def early_stopping(valid: dict[int, float], patience: int) -> tuple[int, int]:
 
 def test_curve(workdir: str) -> dict[int, float]:
   """Test MSE of every kept checkpoint (for the plot only; nothing is chosen on it)."""
-  exp, _ = experiment.load_run(workdir, checkpoint="latest")
+  exp, _ = experiment.restore_trained(workdir, checkpoint="latest")
   _, abstract = parallel.make_init(exp.family, exp.mesh)
   eval_sums = parallel.make_eval_sums(exp.family, exp.mesh)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=10_000)

@@ -32,7 +32,7 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dlu.config import higher_is_better  # noqa: E402  (absl only: no JAX)
+from dlu.metrics import higher_is_better  # noqa: E402  (no JAX)
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:

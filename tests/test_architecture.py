@@ -52,7 +52,7 @@ def _flags_defined_by(module: str) -> set[str]:
 
 
 def test_a_loaded_run_knows_every_flag_training_records():
-  """flags.txt holds every flag of the training process; dlu.train.experiment.load_run (used by
+  """flags.txt holds every flag of the training process; dlu.train.experiment.restore_trained (used by
   evaluate, augment and notebooks) must be able to read it back."""
   trained = _flags_defined_by("dlu.train.loop")
   assert {"model", "latent_dim", "evaluators", "cluster_on", "eval_samples"} <= trained

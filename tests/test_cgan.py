@@ -347,7 +347,7 @@ def test_imbalance_end_to_end(cdcgan_run):
   with open(os.path.join(cdcgan_run, "imbalance.json")) as f:
     results = json.load(f)
   # The classifiers trained on the GAN's own imbalanced split, and were scored on the test split.
-  counts = np.bincount(experiment.load_run(cdcgan_run)[0].dataset.y_train, minlength=10)
+  counts = np.bincount(experiment.restore_trained(cdcgan_run)[0].dataset.y_train, minlength=10)
   assert results["train_counts"] == counts.tolist() and results["class_balance"] == CLASS_BALANCE
   assert (
     results["imbalance_ratio"] == pytest.approx(counts[0] / counts[9]) and counts[0] > counts[9]

@@ -460,7 +460,7 @@ def test_loading_a_run_is_read_only(trained, tmp_path):
   tmp = os.path.join(workdir, "checkpoints", "6.orbax-checkpoint-tmp-1700000000")
   os.makedirs(os.path.join(tmp, "default"))
   before = snapshot(workdir)
-  _, state = experiment.load_run(workdir, kmeans_inits=2)  # Loaders may override flags.
+  _, state = experiment.restore_trained(workdir, kmeans_inits=2)  # Loaders may override flags.
   assert int(state.step) == 4
   assert int(checkpointing.read_checkpoint(workdir)["step"]) == 4
   assert snapshot(workdir) == before

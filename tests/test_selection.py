@@ -106,7 +106,9 @@ def test_early_stopped_run_keeps_the_best_checkpoint_and_loads_it(tmp_path):
     6,
   ]
   loaded = {
-    choice: int(experiment.load_run(workdir, **({"checkpoint": choice} if choice else {}))[1].step)
+    choice: int(
+      experiment.restore_trained(workdir, **({"checkpoint": choice} if choice else {}))[1].step
+    )
     for choice in (None, "latest", "4")
   }
   assert loaded == {None: best, "latest": 6, "4": 4}

@@ -1,10 +1,13 @@
-"""Flags of every run (model, data, optimisation, schedule), and the Config built from them.
+"""A run's configuration: `Config`, the values of every flag dlu defines, and how it is read
+(from absl's flags, a flagfile such as a run's flags.txt, or keyword overrides) and checked.
 
-Other flags live beside the code that reads them: model flags shared by several families in
-`dlu.config.model_flags`, a family's own in its module under `dlu/families/`, evaluators' in
-`dlu/evaluators/`. A `Config` holds the values of every flag defined by the dlu modules
-imported so far (`dlu.train.experiment` imports them all), so library code and tests never read
-the global absl state. Nothing here knows the families.
+The run's own flags are defined here, one module per concern: `data_flags` (the model's name
+and its data), `optim_flags` (the optimisation), `run_flags` (schedules, devices, selection,
+resuming); `model_flags` holds the model flags several families share. A family's own flags
+live in its module under `dlu/families/`, an evaluator's beside it in `dlu/evaluators/`, and
+launch flags (coordinator, verbosity) in `dlu/runtime/`. A `Config` holds the values of every
+flag defined by the dlu modules imported so far (`dlu.train.experiment` imports them all), so
+library code and tests never read the global absl state. Nothing here knows the families.
 """
 
 from __future__ import annotations
@@ -15,196 +18,8 @@ from typing import Any
 
 from absl import flags
 
+from dlu.config import data_flags, optim_flags, run_flags  # noqa: F401  (define the run's flags)
 from dlu.errors import UsageError
-
-#: Metrics where higher is better (early stopping, the best checkpoint, sweeps); the leaf
-#: name of a nested metric counts (`probes/linear_probe_acc` ends in `acc`).
-HIGHER_IS_BETTER = ("psnr", "acc", "nmi", "ari", "accuracy", "recall", "precision", "elbo")
-
-
-def higher_is_better(metric: str) -> bool:
-  leaf = metric.rsplit("/", 1)[-1]
-  return any(leaf == m or leaf.endswith("_" + m) for m in HIGHER_IS_BETTER)
-
-
-# --- Model and data.
-flags.DEFINE_string("model", "ae_seed", "Model name; see dlu.families.names().")
-flags.DEFINE_string(
-  "dataset",
-  "fashion_mnist",
-  "digits | fashion_mnist | mnist | cifar10 | any tfds image dataset | npz:PATH (images "
-  "[N, H, W(, C)] or vectors [N, D]) | folder:DIR | csv:PATH | parquet:PATH.",
-)
-flags.DEFINE_string(
-  "data_dir", None, "tfds data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)."
-)
-flags.DEFINE_string(
-  "idx_dir", None, "Folder of Fashion-MNIST IDX files used to prepare the dataset offline."
-)
-flags.DEFINE_enum(
-  "pixel_range", "unit", ["unit", "symmetric"], "Pixels scaled to [0, 1] (unit) or [-1, 1]."
-)
-# Tables (csv:, parquet:) and vectors (npz: with x [N, D]).
-flags.DEFINE_string(
-  "label_column",
-  None,
-  "csv/parquet: the column holding labels (they only score clusterings, fit probes and "
-  "condition GANs; never a feature). Default: unlabelled.",
-)
-flags.DEFINE_float(
-  "test_fraction",
-  0.1,
-  "Tables and vectors without a test split: the fraction of rows held out for it (the same "
-  "rows for a given --seed).",
-)
-flags.DEFINE_enum(
-  "impute",
-  "none",
-  ["none", "mean", "median"],
-  "Tables: fill missing cells with the training split's column mean or median; none: "
-  "missing cells are an error.",
-)
-flags.DEFINE_enum(
-  "feature_scaling",
-  "standard",
-  ["standard", "minmax", "none"],
-  "Tables and vectors: standard (zero mean, unit variance) or minmax ([0, 1]) per column, "
-  "from the training split only; kept in WORKDIR/preprocessing.json.",
-)
-flags.DEFINE_float(
-  "validation_fraction",
-  0.1,
-  "Fraction of the training split held out for validation (the same rows for a given --seed, "
-  "never trained on) when the dataset has no validation split of its own; evals during "
-  "training score it, the test split is scored once, at the end. 0: no validation split "
-  "(evals during training then score the test split).",
-)
-flags.DEFINE_string(
-  "class_balance",
-  None,
-  "Labelled data: train on a class-imbalanced subset of the training split, the same rows for "
-  "a given --seed. longtail:R (exponential profile, R:1 between class 0 and the last class) "
-  "or counts:N0,N1,... (examples of each class). Default: the whole split.",
-)
-
-# --- Optimisation.
-flags.DEFINE_integer("batch_size", 256, "Global batch size, split over all devices.")
-flags.DEFINE_integer("num_steps", 5000, "Total training steps.")
-flags.DEFINE_enum(
-  "optimizer",
-  "adam",
-  ["gd", "sgd", "momentum", "adam", "adamw"],
-  "gd: full-batch gradient descent; sgd: minibatch; momentum; adam; adamw.",
-)
-flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
-flags.DEFINE_enum(
-  "schedule",
-  "constant",
-  ["constant", "cosine", "linear"],
-  "Learning-rate decay after warm-up (to zero at --num_steps for cosine/linear).",
-)
-flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps from 0 to --learning_rate.")
-flags.DEFINE_float("momentum", 0.9, "Momentum for --optimizer=momentum.")
-flags.DEFINE_float("b1", 0.9, "Adam beta1.")
-flags.DEFINE_float("b2", 0.999, "Adam beta2.")
-flags.DEFINE_float(
-  "weight_decay", 0.0, "Decoupled weight decay (adamw) or L2 added to updates (others)."
-)
-flags.DEFINE_float("grad_clip", 0.0, "Clip gradients to this global norm; 0 turns clipping off.")
-
-# --- Run.
-flags.DEFINE_integer("seed", 0, "Root seed: parameters, data order and noise all derive from it.")
-flags.DEFINE_integer(
-  "eval_every",
-  1000,
-  "Evaluate on the validation split every N steps (and at the end, the test split too).",
-)
-flags.DEFINE_integer("log_every", 100, "Log train metrics every N steps.")
-flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps (and at the end).")
-flags.DEFINE_integer("keep_checkpoints", 3, "How many checkpoints to keep.")
-flags.DEFINE_integer("eval_batch_size", 1000, "Batch size for evaluation.")
-flags.DEFINE_integer("num_images", 64, "Images in each saved grid.")
-flags.DEFINE_enum(
-  "parallelism",
-  "jit",
-  ["jit", "pmap"],
-  "jit: one program over a ('data',) mesh; pmap: jax.pmap with pmean of gradients.",
-)
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, event files and images go.")
-flags.DEFINE_integer(
-  "steps_per_dispatch",
-  1,
-  "Training steps per jitted dispatch (a lax.scan over K steps on batches gathered "
-  "in device memory); logging, eval and checkpoints happen between dispatches.",
-)
-flags.DEFINE_enum(
-  "input_pipeline",
-  "auto",
-  ["auto", "device", "host", "stream"],
-  "How training batches reach the devices. device: the training split in device memory, batches "
-  "gathered there; host: batches gathered in host memory; stream: Grain reads each batch from "
-  "rows on disk (records:, npy:) or in memory, in --data_workers processes, prefetched onto the "
-  "devices. auto: device when the split fits 2 GiB (rows on disk: also a quarter of host memory), "
-  "stream for larger rows on disk, host for larger splits in memory. All give the same batches.",
-)
-flags.DEFINE_integer(
-  "data_workers",
-  0,
-  "--input_pipeline=stream: processes that read and decode batches (0: threads of the "
-  "training process).",
-)
-flags.DEFINE_integer(
-  "profile_steps",
-  0,
-  "Trace this many training steps with the JAX profiler, after the first --log_every steps "
-  "(compilation done), into WORKDIR/plugins/profile for TensorBoard's profile plugin; 0: off.",
-)
-flags.DEFINE_string(
-  "early_stopping_metric",
-  None,
-  "Stop training when this metric of the validation rows (e.g. mse, loss; a name of the "
-  "eval rows, `a/b` for nested ones) has not improved for --early_stopping_patience evals. "
-  "Lower is better unless it is one of: " + ", ".join(HIGHER_IS_BETTER) + ". Default: off.",
-)
-flags.DEFINE_integer(
-  "early_stopping_patience", 5, "Evals without improvement before early stopping stops."
-)
-flags.DEFINE_float(
-  "early_stopping_min_delta",
-  0.0,
-  "Smallest change of --early_stopping_metric that counts as an improvement.",
-)
-flags.DEFINE_string(
-  "keep_best_checkpoint",
-  None,
-  "Also keep the checkpoint with the best value of this validation metric (direction as for "
-  "--early_stopping_metric), in WORKDIR/checkpoints_best; experiments.evaluate and "
-  "experiments.apply load it by default. Default: off.",
-)
-flags.DEFINE_string(
-  "checkpoint",
-  "best",
-  "The checkpoint a trained run is loaded from (experiments.evaluate, experiments.apply, "
-  "dlu.load_run): best (the --keep_best_checkpoint one, else the latest), latest, or a step.",
-)
-flags.DEFINE_bool(
-  "debug_nans", False, "Turn on JAX NaN checking to find the operation that makes one."
-)
-
-flags.DEFINE_bool(
-  "allow_flag_changes",
-  False,
-  "Resume a workdir whose flags.txt records other run-defining flags (seed, data, model, "
-  "optimizer, ...): without it such a rerun is refused. flags.txt keeps the changes as comments.",
-)
-flags.DEFINE_enum(
-  "resume_from",
-  "latest",
-  ["latest", "last_intact"],
-  "latest: resume from the newest checkpoint (a damaged one stops the run); last_intact: from "
-  "the newest one that passes its checksums, moving the damaged ones to "
-  "WORKDIR/corrupt_checkpoints.",
-)
 
 _POSITIVE_INTS = (
   "batch_size",

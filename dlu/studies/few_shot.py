@@ -53,7 +53,7 @@ def load_conditional_gan(workdir: str) -> tuple[Experiment, Any]:
       f"--workdir={workdir} holds a {what} run; expected a class-conditional GAN "
       f"(--model={'|'.join(CONDITIONAL_MODELS)} --conditional)"
     )
-  return experiment.load_run(workdir)
+  return experiment.restore_trained(workdir)
 
 
 def balanced(per_class: int, num_classes: int) -> np.ndarray:

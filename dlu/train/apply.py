@@ -189,7 +189,7 @@ class Run:
 def load_run(workdir: str, **overrides: Any) -> Run:
   """The run trained in `workdir` (its best checkpoint if it kept one, else its latest;
   `checkpoint="latest"` or a step in `overrides` chooses another), ready for new data."""
-  return Run(*experiment.load_run(workdir, **overrides))
+  return Run(*experiment.restore_trained(workdir, **overrides))
 
 
 def read_inputs(spec: str, run: Run) -> np.ndarray:

@@ -4,14 +4,13 @@ eval.json, one `evaluate` row of metrics.jsonl, TensorBoard, and embeddings_test
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from dlu import evaluators
-from dlu.runtime import metric_writers, parallel
+from dlu.runtime import files, metric_writers, parallel
 from dlu.runtime.metric_writers import to_python
-from dlu.train import experiment
+from dlu.train import experiment, workspace
 
 
 def evaluate_workdir(workdir: str, **overrides: Any) -> dict[str, Any]:
@@ -21,8 +20,8 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> dict[str, Any]:
   `overrides` replace flags the run recorded (e.g. eval_batch_size, cluster_on). Every
   check of them runs before anything is written.
   """
-  exp, state = experiment.load_run(workdir, **overrides)
-  experiment.check_workdir(workdir)  # Where the results go: metrics.jsonl, images/.
+  exp, state = experiment.restore_trained(workdir, **overrides)
+  workspace.check_workdir(workdir)  # Where the results go: metrics.jsonl, images/.
   schedule = evaluators.full_schedule(exp)
   lead = parallel.is_lead_process()
   writer = metric_writers.create_default_writer(workdir, lead=lead, console=False)
@@ -30,12 +29,7 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> dict[str, Any]:
     step = int(state.step)
     evaluation = evaluators.Evaluation(exp, writer, schedule)
     results = evaluation(step, state, final=True, split="evaluate")
-    experiment.write_embeddings(
-      exp,
-      state,
-      os.path.join(workdir, "embeddings_test.npz"),
-      evaluation.inputs.cached_embeddings("test", step),
-    )
+    experiment.write_test_embeddings(exp, state, evaluation.inputs.cached_embeddings("test", step))
     results = {
       "step": step,
       "model": exp.cfg.model,
@@ -43,10 +37,7 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> dict[str, Any]:
       **{k: v if isinstance(v, dict) else to_python(v) for k, v in results.items()},
     }
     if lead:
-      path = os.path.join(workdir, "eval.json")
-      with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-      os.replace(path + ".tmp", path)
+      files.write_json(os.path.join(workdir, "eval.json"), results)
     return results
   finally:
     writer.close()

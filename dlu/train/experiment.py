@@ -1,8 +1,11 @@
 """A run, built from its Config: data, family, mesh, sampler and keys; its state restored or
 initialised; a trained run loaded back from its workdir.
 
-    exp = experiment.build(cfg, workdir)             # every check of bad input, nothing written
-    exp, state = experiment.load_run("workdirs/vae") # a trained run, for scripts and notebooks
+    exp = experiment.build(cfg, workdir)                    # every check of bad input, nothing written
+    state, resumed = experiment.restore_or_init(exp, ckpt)  # the latest checkpoint, or a fresh state
+    exp, state = experiment.restore_trained("workdirs/vae") # a trained run, read-only
+
+`dlu.load_run` (`dlu.train.apply`) wraps the last for scripts and notebooks.
 
 Training (`dlu.train.loop`), `experiments.evaluate` (`dlu.train.evaluate`) and
 `experiments.augment` (`dlu.studies.few_shot`) all start here. Importing this module defines every
@@ -17,14 +20,13 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import flags
 
 from dlu import config, data, evaluators, families
 from dlu.data import feeds, preprocessing
 from dlu.errors import UsageError
 from dlu.families import DataSpec, EvalContext, Family
-from dlu.runtime import batched_eval, checkpointing, metric_writers, parallel
-from dlu.train import selection
+from dlu.runtime import batched_eval, checkpointing, parallel
+from dlu.train import selection, workspace
 
 
 @dataclasses.dataclass
@@ -50,17 +52,13 @@ def _global_batch_size(cfg: config.Config, num_train: int) -> int:
   return num_train // n * n
 
 
-#: A run's table preprocessing (columns, imputation, scaling statistics of its training split).
-PREPROCESSING_FILE = "preprocessing.json"
-
-
 def table_options(cfg: config.Config, workdir: str) -> data.TableOptions:
   """How a run reads tables and vectors: the preprocessing its workdir holds (resumed,
   evaluated and applied runs scale exactly as they trained), else that of the run it starts
   from (--init_from: DEC/IDEC), else fitted anew on its training split."""
   stored = None
   for directory in (workdir, getattr(cfg, "init_from", None)):
-    path = os.path.join(directory or "", PREPROCESSING_FILE)
+    path = os.path.join(directory or "", workspace.PREPROCESSING_FILE)
     if directory and os.path.isfile(path):
       stored = preprocessing.Preprocessing.load(path)
       break
@@ -72,13 +70,6 @@ def table_options(cfg: config.Config, workdir: str) -> data.TableOptions:
     feature_scaling=cfg.feature_scaling,
     preprocessing=stored,
   )
-
-
-def save_preprocessing(exp: Experiment) -> None:
-  """The table preprocessing beside the checkpoints (lead process; nothing for images)."""
-  pre = exp.dataset.preprocessing
-  if pre is not None and parallel.is_lead_process():
-    pre.save(os.path.join(exp.ctx.workdir, PREPROCESSING_FILE))
 
 
 def build(cfg: config.Config, workdir: str) -> Experiment:
@@ -137,82 +128,8 @@ def build(cfg: config.Config, workdir: str) -> Experiment:
   return Experiment(cfg, dataset, spec, family, sampler, mesh, ctx, train_rng, init_rng)
 
 
-# Flags that change how a run is driven or logged, not what its state holds (and every flag
-# of the evaluators).
-RUN_FLAGS = frozenset(
-  {
-    "num_steps",
-    "eval_every",
-    "log_every",
-    "checkpoint_every",
-    "workdir",
-    "keep_checkpoints",
-    "eval_batch_size",
-    "num_images",
-    "parallelism",
-    "debug_nans",
-    "data_dir",
-    "idx_dir",
-    "steps_per_dispatch",
-    "profile_steps",
-    "allow_flag_changes",
-    "resume_from",
-    "input_pipeline",
-    "data_workers",
-    "early_stopping_metric",
-    "early_stopping_patience",
-    "early_stopping_min_delta",
-    "keep_best_checkpoint",
-    "checkpoint",
-  }
-)
-
 #: Where `--resume_from=last_intact` moves checkpoints that fail their checksums.
 CORRUPT_DIR = "corrupt_checkpoints"
-
-
-def _state_flag(name: str) -> bool:
-  if name in RUN_FLAGS:
-    return False
-  defined_in = getattr(flags.FLAGS.find_module_defining_flag(name), "startswith", None)
-  return not (defined_in and defined_in("dlu.evaluators"))
-
-
-def differing_flags(workdir: str, cfg: config.Config) -> list[tuple[str, Any, Any]]:
-  """(name, recorded, now) of each run-defining flag that differs from the workdir's
-  flags.txt (none when it has none)."""
-  path = os.path.join(workdir, "flags.txt")
-  if not os.path.lexists(path):
-    return []
-  old = config.config_from_flagfile(path)
-  return [
-    (k, getattr(old, k), v)
-    for k, v in sorted(vars(cfg).items())
-    if _state_flag(k) and getattr(old, k, v) != v
-  ]
-
-
-def _listed(differing: list[tuple[str, Any, Any]]) -> str:
-  return ", ".join(f"--{k} (checkpoint {old!r}, now {new!r})" for k, old, new in differing)
-
-
-def check_workdir(workdir: str) -> None:
-  """UsageError when what the workdir already holds cannot be resumed or written to: a
-  file where a folder belongs, an unreadable flags.txt or metrics.jsonl."""
-  if not os.path.isdir(workdir):
-    if os.path.lexists(workdir):
-      raise UsageError(f"--workdir={workdir} is a file; expected a folder")
-    return
-  for name in ("checkpoints", "images"):
-    path = os.path.join(workdir, name)
-    if os.path.lexists(path) and not os.path.isdir(path):
-      raise UsageError(f"{path} is not a folder; move it aside (a run writes its {name} there)")
-  flags_path = os.path.join(workdir, "flags.txt")
-  if os.path.lexists(flags_path):
-    if not os.path.isfile(flags_path):
-      raise UsageError(f"{flags_path} is not a file; expected the flags.txt of a dlu run")
-    config.config_from_flagfile(flags_path)
-  metric_writers.check_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
 
 def _intact_state(exp: Experiment, ckpt: checkpointing.Checkpointer, abstract_state: Any) -> Any:
@@ -250,12 +167,12 @@ def restore_or_init(
   latest = ckpt.latest_step() if step is None else step
   if latest is None:
     return init(exp.init_rng), False
-  differing = differing_flags(workdir, cfg)
+  differing = workspace.differing_flags(workdir, cfg)
   # Loaders (read-only) may override flags on purpose; only a resumed training is refused.
   if differing and not ckpt.read_only and not cfg.allow_flag_changes:
     raise UsageError(
       f"{workdir} holds a checkpoint of a different model or run; flags that differ: "
-      f"{_listed(differing)}. Rerun with the flags its flags.txt records, add "
+      f"{workspace.listed(differing)}. Rerun with the flags its flags.txt records, add "
       "--allow_flag_changes to continue it with these, or use another --workdir"
     )
   if cfg.resume_from == "last_intact":
@@ -266,7 +183,7 @@ def restore_or_init(
     if differing:
       raise UsageError(
         f"{workdir} holds a checkpoint of a different model; flags that "
-        f"differ: {_listed(differing)}. Use another --workdir"
+        f"differ: {workspace.listed(differing)}. Use another --workdir"
       ) from None
     if isinstance(e.cause, str):  # Checksums: the files changed since they were saved.
       hint = (
@@ -286,7 +203,7 @@ def restore_or_init(
   return state, True
 
 
-def load_run(workdir: str, **overrides: Any) -> tuple[Experiment, Any]:
+def restore_trained(workdir: str, **overrides: Any) -> tuple[Experiment, Any]:
   """The experiment a workdir's flags.txt records (with `overrides`), and the checkpointed
   state --checkpoint chooses (best, latest or a step; `overrides` may set it). UsageError
   when `workdir` holds no trained dlu run.
@@ -296,7 +213,7 @@ def load_run(workdir: str, **overrides: Any) -> tuple[Experiment, Any]:
   """
   if not workdir or not os.path.isdir(workdir):
     raise UsageError(f"--workdir={workdir!r} is not a directory: expected the workdir of a dlu run")
-  cfg = config.config_from_flagfile(os.path.join(workdir, "flags.txt"), **overrides)
+  cfg = config.config_from_flagfile(os.path.join(workdir, workspace.FLAGS_FILE), **overrides)
   exp = build(cfg, workdir)
   directory, step = selection.checkpoint_to_load(workdir, cfg.checkpoint)
   ckpt = checkpointing.Checkpointer(directory, read_only=True)
@@ -307,55 +224,11 @@ def load_run(workdir: str, **overrides: Any) -> tuple[Experiment, Any]:
   return exp, state
 
 
-def write_flags(exp: Experiment, step: int) -> None:
-  """flags.txt: the flagfile of this run. Flags changed on resume (--allow_flag_changes) are
-  kept above it as comments, the history of what the checkpoints were trained with."""
-  path = os.path.join(exp.ctx.workdir, "flags.txt")
-  history = []
-  if os.path.isfile(path):
-    with open(path, encoding="utf-8") as f:
-      history = [line for line in f.read().splitlines() if line.startswith("# ")]
-    history += [
-      f"# from step {step}: --{k}={v!r} (was {old!r})"
-      for k, old, v in differing_flags(exp.ctx.workdir, exp.cfg)
-    ]
-  text = "".join(line + "\n" for line in history) + exp.cfg.to_flagfile()
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
-
-
-def check_writable(workdir: str) -> bool:
-  """Fail before training if results could not be written there; True when the workdir
-  was created here (so a refusal can remove it again)."""
-  created = not os.path.lexists(workdir)
-  probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, "w") as f:
-      f.write("x" * 4096)
-      f.flush()
-      os.fsync(f.fileno())
-    os.remove(probe)
-  except OSError as e:
-    if created:
-      remove_if_empty(workdir)
-    raise UsageError(f"--workdir={workdir} is not writable: {e.strerror or e}") from None
-  return created
-
-
-def remove_if_empty(workdir: str) -> None:
-  try:
-    os.rmdir(workdir)
-  except OSError:
-    pass
-
-
-def write_embeddings(
-  exp: Experiment, state: Any, path: str, embeddings: np.ndarray | None = None
+def write_test_embeddings(
+  exp: Experiment, state: Any, embeddings: np.ndarray | None = None
 ) -> None:
-  """`embeddings` and `labels` of the test split (labels -1 when the data has none), to an
-  npz at `path` (lead process). `embeddings`: already computed ones, else they are."""
+  """WORKDIR/embeddings_test.npz: the `embeddings` and labels of the test split (`embeddings`:
+  already computed ones, else they are; nothing for families without an embedding)."""
   if embeddings is None:
     if not exp.family.has_embedding:
       return
@@ -366,9 +239,5 @@ def write_embeddings(
       mesh=exp.mesh,
       batch_size=exp.ctx.batch_size,
     )
-  if parallel.is_lead_process():
-    y = exp.dataset.y_test
-    labels = y if y is not None else np.full(len(embeddings), -1, np.int32)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, embeddings=embeddings, labels=labels)
-    os.replace(tmp, path)
+  path = os.path.join(exp.ctx.workdir, workspace.EMBEDDINGS_FILE)
+  workspace.write_embeddings(path, embeddings, exp.dataset.y_test)

@@ -19,8 +19,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from dlu.config import Config, higher_is_better
+from dlu.config import Config
 from dlu.errors import UsageError
+from dlu.metrics import higher_is_better
 from dlu.runtime import checkpointing
 
 #: Where the best checkpoint is kept, beside WORKDIR/checkpoints.

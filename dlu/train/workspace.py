@@ -1,4 +1,10 @@
-"""One run per workdir: an exclusive lock held by process 0 for the whole run.
+"""The workdir: what a run keeps there beside its checkpoints, and the chores around it.
+
+- One run per workdir: an exclusive lock held by process 0 for the whole run (`WorkdirLock`).
+- Checks before anything is written (`check_workdir`, `check_writable`).
+- flags.txt, the flagfile of the run, with the history of flags changed on resume
+  (`write_flags`, `differing_flags`); preprocessing.json, a table's fitted preprocessing;
+  embeddings_test.npz; the summary of where the results are.
 
 The lock is `WORKDIR/.lock`, locked with `flock` (the kernel releases it when the process
 ends, however it ends) and holding its holder's host, pid and start time, so a refused run
@@ -15,8 +21,14 @@ import fcntl
 import json
 import os
 import socket
+from typing import Any
 
+import numpy as np
+from absl import flags as absl_flags
+
+from dlu import config
 from dlu.errors import UsageError
+from dlu.runtime import files, metric_writers, parallel
 
 LOCK_FILE = ".lock"
 
@@ -126,3 +138,166 @@ class WorkdirLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+# --- Checks before anything is written.
+
+
+def check_workdir(workdir: str) -> None:
+  """UsageError when what the workdir already holds cannot be resumed or written to: a
+  file where a folder belongs, an unreadable flags.txt or metrics.jsonl."""
+  if not os.path.isdir(workdir):
+    if os.path.lexists(workdir):
+      raise UsageError(f"--workdir={workdir} is a file; expected a folder")
+    return
+  for name in ("checkpoints", "images"):
+    path = os.path.join(workdir, name)
+    if os.path.lexists(path) and not os.path.isdir(path):
+      raise UsageError(f"{path} is not a folder; move it aside (a run writes its {name} there)")
+  flags_path = os.path.join(workdir, FLAGS_FILE)
+  if os.path.lexists(flags_path):
+    if not os.path.isfile(flags_path):
+      raise UsageError(f"{flags_path} is not a file; expected the flags.txt of a dlu run")
+    config.config_from_flagfile(flags_path)
+  metric_writers.check_jsonl(os.path.join(workdir, "metrics.jsonl"))
+
+
+def check_writable(workdir: str) -> bool:
+  """Fail before training if results could not be written there; True when the workdir
+  was created here (so a refusal can remove it again)."""
+  created = not os.path.lexists(workdir)
+  probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("x" * 4096)
+      f.flush()
+      os.fsync(f.fileno())
+    os.remove(probe)
+  except OSError as e:
+    if created:
+      remove_if_empty(workdir)
+    raise UsageError(f"--workdir={workdir} is not writable: {e.strerror or e}") from None
+  return created
+
+
+def remove_if_empty(workdir: str) -> None:
+  try:
+    os.rmdir(workdir)
+  except OSError:
+    pass
+
+
+# --- flags.txt: the flagfile of the run, and what changed on resume.
+
+FLAGS_FILE = "flags.txt"
+
+# Flags that change how a run is driven or logged, not what its state holds (and every flag
+# of the evaluators).
+RUN_FLAGS = frozenset(
+  {
+    "num_steps",
+    "eval_every",
+    "log_every",
+    "checkpoint_every",
+    "workdir",
+    "keep_checkpoints",
+    "eval_batch_size",
+    "num_images",
+    "parallelism",
+    "debug_nans",
+    "data_dir",
+    "idx_dir",
+    "steps_per_dispatch",
+    "profile_steps",
+    "allow_flag_changes",
+    "resume_from",
+    "input_pipeline",
+    "data_workers",
+    "early_stopping_metric",
+    "early_stopping_patience",
+    "early_stopping_min_delta",
+    "keep_best_checkpoint",
+    "checkpoint",
+  }
+)
+
+
+def _state_flag(name: str) -> bool:
+  if name in RUN_FLAGS:
+    return False
+  defined_in = getattr(absl_flags.FLAGS.find_module_defining_flag(name), "startswith", None)
+  return not (defined_in and defined_in("dlu.evaluators"))
+
+
+def differing_flags(workdir: str, cfg: config.Config) -> list[tuple[str, Any, Any]]:
+  """(name, recorded, now) of each run-defining flag that differs from the workdir's
+  flags.txt (none when it has none)."""
+  path = os.path.join(workdir, FLAGS_FILE)
+  if not os.path.lexists(path):
+    return []
+  old = config.config_from_flagfile(path)
+  return [
+    (k, getattr(old, k), v)
+    for k, v in sorted(vars(cfg).items())
+    if _state_flag(k) and getattr(old, k, v) != v
+  ]
+
+
+def listed(differing: list[tuple[str, Any, Any]]) -> str:
+  """`differing_flags` as the text of an error message."""
+  return ", ".join(f"--{k} (checkpoint {old!r}, now {new!r})" for k, old, new in differing)
+
+
+def write_flags(workdir: str, cfg: config.Config, step: int) -> None:
+  """flags.txt: the flagfile of this run. Flags changed on resume (--allow_flag_changes) are
+  kept above it as comments, the history of what the checkpoints were trained with."""
+  path = os.path.join(workdir, FLAGS_FILE)
+  history = []
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      history = [line for line in f.read().splitlines() if line.startswith("# ")]
+    history += [
+      f"# from step {step}: --{k}={v!r} (was {old!r})"
+      for k, old, v in differing_flags(workdir, cfg)
+    ]
+  with files.atomic_write(path) as f:
+    f.write("".join(line + "\n" for line in history) + cfg.to_flagfile())
+
+
+# --- The run's other files.
+
+#: A run's table preprocessing (columns, imputation, scaling statistics of its training split).
+PREPROCESSING_FILE = "preprocessing.json"
+EMBEDDINGS_FILE = "embeddings_test.npz"
+
+
+def save_preprocessing(workdir: str, preprocessing: Any) -> None:
+  """The table preprocessing beside the checkpoints (lead process; nothing for images)."""
+  if preprocessing is not None and parallel.is_lead_process():
+    preprocessing.save(os.path.join(workdir, PREPROCESSING_FILE))
+
+
+def write_embeddings(path: str, embeddings: np.ndarray, labels: np.ndarray | None) -> None:
+  """`embeddings` and `labels` (-1 when the data has none) to an npz at `path` (lead
+  process)."""
+  if parallel.is_lead_process():
+    if labels is None:
+      labels = np.full(len(embeddings), -1, np.int32)
+    files.atomic_save(
+      path, lambda tmp: np.savez(tmp, embeddings=embeddings, labels=labels), suffix=".npz"
+    )
+
+
+def print_summary(workdir: str) -> None:
+  w = os.path.abspath(workdir)
+  print(
+    f"\nResults in {w}:\n"
+    f"  checkpoints:  {w}/checkpoints\n"
+    f"  metrics:      {w}/metrics.jsonl\n"
+    f"  images:       {w}/images\n"
+    f"  embeddings:   {w}/{EMBEDDINGS_FILE}\n"
+    f"  flags:        {w}/{FLAGS_FILE}\n"
+    f"  TensorBoard:  tensorboard --logdir {w}",
+    flush=True,
+  )

@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from dlu.errors import UsageError
+from dlu.runtime import preemption
 from dlu.train import loop
 from dlu.train.workspace import LOCK_FILE, WorkdirLock
 
@@ -61,8 +62,8 @@ def test_sigterm_before_training_exits_with_nothing_written(tmp_path, monkeypatc
 
 def test_a_second_sigterm_ends_the_process_at_once():
   previous = signal.getsignal(signal.SIGTERM)
-  with loop.PreemptionNotice() as notice:
-    with pytest.raises(loop.Preempted):
+  with preemption.PreemptionNotice() as notice:
+    with pytest.raises(preemption.Preempted):
       os.kill(os.getpid(), signal.SIGTERM)
     notice.training()
     os.kill(os.getpid(), signal.SIGTERM)

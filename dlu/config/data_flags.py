@@ -1,0 +1,63 @@
+"""Flags of what a run learns from: the model's name and the data (dataset, splits, table
+preprocessing). Read when the run is built (`dlu.train.experiment.build`)."""
+
+from absl import flags
+
+flags.DEFINE_string("model", "ae_seed", "Model name; see dlu.families.names().")
+flags.DEFINE_string(
+  "dataset",
+  "fashion_mnist",
+  "digits | fashion_mnist | mnist | cifar10 | any tfds image dataset | npz:PATH (images "
+  "[N, H, W(, C)] or vectors [N, D]) | folder:DIR | csv:PATH | parquet:PATH.",
+)
+flags.DEFINE_string(
+  "data_dir", None, "tfds data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)."
+)
+flags.DEFINE_string(
+  "idx_dir", None, "Folder of Fashion-MNIST IDX files used to prepare the dataset offline."
+)
+flags.DEFINE_enum(
+  "pixel_range", "unit", ["unit", "symmetric"], "Pixels scaled to [0, 1] (unit) or [-1, 1]."
+)
+# Tables (csv:, parquet:) and vectors (npz: with x [N, D]).
+flags.DEFINE_string(
+  "label_column",
+  None,
+  "csv/parquet: the column holding labels (they only score clusterings, fit probes and "
+  "condition GANs; never a feature). Default: unlabelled.",
+)
+flags.DEFINE_float(
+  "test_fraction",
+  0.1,
+  "Tables and vectors without a test split: the fraction of rows held out for it (the same "
+  "rows for a given --seed).",
+)
+flags.DEFINE_enum(
+  "impute",
+  "none",
+  ["none", "mean", "median"],
+  "Tables: fill missing cells with the training split's column mean or median; none: "
+  "missing cells are an error.",
+)
+flags.DEFINE_enum(
+  "feature_scaling",
+  "standard",
+  ["standard", "minmax", "none"],
+  "Tables and vectors: standard (zero mean, unit variance) or minmax ([0, 1]) per column, "
+  "from the training split only; kept in WORKDIR/preprocessing.json.",
+)
+flags.DEFINE_float(
+  "validation_fraction",
+  0.1,
+  "Fraction of the training split held out for validation (the same rows for a given --seed, "
+  "never trained on) when the dataset has no validation split of its own; evals during "
+  "training score it, the test split is scored once, at the end. 0: no validation split "
+  "(evals during training then score the test split).",
+)
+flags.DEFINE_string(
+  "class_balance",
+  None,
+  "Labelled data: train on a class-imbalanced subset of the training split, the same rows for "
+  "a given --seed. longtail:R (exponential profile, R:1 between class 0 and the last class) "
+  "or counts:N0,N1,... (examples of each class). Default: the whole split.",
+)
