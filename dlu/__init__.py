@@ -1,14 +1,43 @@
 """dlu: deep learning, unsupervised. Autoencoders, VAEs, GANs and deep clustering in JAX.
 
-import dlu
-run = dlu.load_run("workdirs/ae")   # a trained run, applied to new data (see dlu.train.apply)
+    import dlu
+    run = dlu.load_run("workdirs/ae")           # a trained run, applied to new data
+    z, scores = run.encode(x), run.score(x)
+    cfg = dlu.make_config(model="ae_mlp", dataset="digits", num_steps=500)
+    dlu.train_and_evaluate(cfg, "workdirs/ae_mlp")
+    dlu.evaluate_workdir("workdirs/ae_mlp")
+
+The package is layered (docs/architecture.md): `dlu.ops` (pure functions), `dlu.models`
+(Flax modules), `dlu.config`, `dlu.runtime` (devices, checkpoints, writers), `dlu.data`,
+`dlu.metrics`, `dlu.families`, `dlu.evaluators`, `dlu.train` (the loop, evaluate, apply) and
+`dlu.studies`. The names below are loaded when first used, so `import dlu` imports no JAX.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
+# name -> the module that defines it.
+_PUBLIC = {
+  "load_run": "dlu.train.apply",
+  "Run": "dlu.train.apply",
+  "train_and_evaluate": "dlu.train.loop",
+  "evaluate_workdir": "dlu.train.evaluate",
+  "Config": "dlu.config",
+  "make_config": "dlu.config",
+  "config_from_flagfile": "dlu.config",
+  "UsageError": "dlu.errors",
+  "RunFailure": "dlu.errors",
+}
 
-def load_run(workdir: str, **overrides):
-  """The run trained in `workdir`, ready for new data: `dlu.train.apply.load_run`."""
-  from dlu.train.apply import load_run as _load_run  # noqa: PLC0415  (imports JAX: only when used)
+__all__ = sorted(_PUBLIC)
 
-  return _load_run(workdir, **overrides)
+
+def __getattr__(name: str):
+  if name in _PUBLIC:
+    return getattr(importlib.import_module(_PUBLIC[name]), name)
+  raise AttributeError(f"module 'dlu' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_PUBLIC))

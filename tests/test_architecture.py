@@ -57,3 +57,31 @@ def test_a_loaded_run_knows_every_flag_training_records():
   trained = _flags_defined_by("dlu.train.loop")
   assert {"model", "latent_dim", "evaluators", "cluster_on", "eval_samples"} <= trained
   assert trained == _flags_defined_by("dlu.train.experiment")
+
+
+def test_the_top_of_dlu_is_packages_by_layer():
+  """A path says which layer a file is in: dlu/ holds the public API and the errors, and
+  otherwise only packages, each a layer of the contract in setup.cfg."""
+  top = sorted(p for p in os.listdir(os.path.join(ROOT, "dlu")) if p.endswith(".py"))
+  assert top == ["__init__.py", "errors.py"]
+  packages = {
+    p
+    for p in os.listdir(os.path.join(ROOT, "dlu"))
+    if os.path.isfile(os.path.join(ROOT, "dlu", p, "__init__.py"))
+  }
+  with open(os.path.join(ROOT, "setup.cfg")) as f:
+    contract = f.read().split("[importlinter:contract:layers]")[1].split("\n\n")[0]
+  layers = set(contract.split("layers =")[1].split())
+  assert packages | {"errors"} == layers
+
+
+def test_the_public_api_resolves_and_import_dlu_is_light():
+  code = (
+    "import sys, dlu; assert 'jax' not in sys.modules, 'import dlu imported JAX'; "
+    "print(' '.join(n for n in dlu.__all__ if getattr(dlu, n, None) is None))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == ""
