@@ -9,18 +9,21 @@ Evaluation and inference load the saved Preprocessing, so new rows become exactl
 model was trained on: same columns (matched by name), same fill values, same offsets and scales,
 same class indices.
 
-Numbers only (numpy, the standard library, dlu.errors): reading files is tables' job.
+The statistics are scikit-learn's (SimpleImputer, StandardScaler, MinMaxScaler, fitted on the
+training rows, NaN cells ignored), kept as plain numbers: preprocessing.json holds them (no pickle),
+and `transform` applies them with StandardScaler's formula, (raw - offset) / scale, for both
+scalings. Reading files is tables' job.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import numpy as np
 
 from dlu.errors import UsageError
+from dlu.runtime import files
 
 FEATURE_SCALINGS = ("standard", "minmax", "none")
 IMPUTE = ("none", "mean", "median")
@@ -146,14 +149,8 @@ class Preprocessing:
 
   def save(self, path: str) -> None:
     """Writes atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-      with open(tmp, "w", encoding="utf-8") as f:
-        f.write(self.to_json())
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):  # only after a failure
-        os.remove(tmp)
+    with files.atomic_write(path) as f:
+      f.write(self.to_json())
 
   @classmethod
   def load(cls, path: str) -> Preprocessing:
@@ -182,7 +179,9 @@ def fit_preprocessing(
   classes=None,
   what="--dataset",
 ) -> Preprocessing:
-  """Fill values and offsets/scales from the training rows only (NaN-aware statistics)."""
+  """Fill values and offsets/scales from the training rows only: scikit-learn's SimpleImputer
+  (mean, median), StandardScaler (mean, population std) and MinMaxScaler (min, max - min; 1 for
+  a constant column), each ignoring missing (NaN) cells."""
   check_choices(impute, scaling)
   columns = tuple(columns)
   x = np.asarray(x_train_raw, np.float64)
@@ -190,25 +189,30 @@ def fit_preprocessing(
     raise UsageError(
       f"{what}: training features have shape {x.shape}, expected [N >= 1, {len(columns)}]"
     )
-  present = ~np.isnan(x)
-  empty = np.flatnonzero(~present.any(axis=0))
+  infinite = np.isinf(x)
+  if infinite.any():
+    i, j = (int(k) for k in np.argwhere(infinite)[0])
+    raise UsageError(
+      f"{what}: column {columns[j]!r} holds {x[i, j]} at training row {i + 1}; expected finite "
+      "numbers (NaN for missing values)"
+    )
+  empty = np.flatnonzero(np.isnan(x).all(axis=0))
   if len(empty):
     raise UsageError(
       f"{what}: column {columns[empty[0]]!r} has no values on the training split (every cell "
       "is missing); drop the column"
     )
-  complete = present.all()  # the plain reductions are much faster than the nan* ones
+  from sklearn.impute import SimpleImputer  # only fitting needs scikit-learn (and its start-up)
+  from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
   fill = None
-  if impute == "mean":
-    fill = x.mean(axis=0) if complete else np.nanmean(x, axis=0)
-  elif impute == "median":
-    fill = np.median(x, axis=0) if complete else np.nanmedian(x, axis=0)
+  if impute != "none":
+    fill = SimpleImputer(strategy=impute).fit(x).statistics_
   d = len(columns)
   offset, scale = np.zeros(d), np.ones(d)
   if scaling != "none":
-    lo = x.min(axis=0) if complete else np.nanmin(x, axis=0)
-    hi = x.max(axis=0) if complete else np.nanmax(x, axis=0)
-    constant = lo == hi  # exact: a std computed for a constant column may not be exactly 0
+    minmax = MinMaxScaler().fit(x)
+    constant = minmax.data_range_ == 0  # exact: a constant column's variance may not be exactly 0
     if scaling == "standard":
       if constant.any():
         raise UsageError(
@@ -216,10 +220,12 @@ def fit_preprocessing(
           "split; --feature_scaling=standard cannot scale it (drop the column or use "
           "--feature_scaling=minmax|none)"
         )
-      offset = x.mean(axis=0) if complete else np.nanmean(x, axis=0)
-      scale = x.std(axis=0) if complete else np.nanstd(x, axis=0)
+      standard = StandardScaler().fit(x)
+      # sqrt(var_), the population std, not scale_: scale_ is 1 for columns sklearn deems nearly
+      # constant, and those were scaled by their std before (only exactly constant ones refused)
+      offset, scale = standard.mean_, np.sqrt(standard.var_)
     else:  # minmax; a constant column maps to 0
-      offset, scale = lo, np.where(constant, 1.0, hi - lo)
+      offset, scale = minmax.data_min_, np.where(constant, 1.0, minmax.data_range_)
   return Preprocessing(
     columns=columns,
     impute=impute,
