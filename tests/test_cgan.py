@@ -162,6 +162,7 @@ def _run(step, mesh, state, batches):
   return jax.device_get(state), jax.device_get(metrics)
 
 
+@pytest.mark.slow
 def test_conditional_step_on_one_device_and_eight_devices_agree():
   # Two D steps: the labels are sliced with the images; on 8 devices each holds its rows' labels.
   cfg = _cfg(d_steps=2, optimizer="sgd", learning_rate=0.05, ema_decay=0.9)

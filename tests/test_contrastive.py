@@ -146,6 +146,7 @@ def test_cluster_contrast_matches_the_definition_and_its_pmap_gradient_is_the_gl
 @pytest.mark.parametrize(
   "model, cluster_head", [("simclr_mlp", False), ("simclr_conv", False), ("simclr_mlp", True)]
 )
+@pytest.mark.slow
 def test_one_device_and_eight_devices_agree(model, cluster_head):
   assert jax.device_count() == 8
   cfg = config.make_config(

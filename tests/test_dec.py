@@ -80,6 +80,7 @@ def _run(model, mesh, parallelism, x_train, batches):
 
 
 @pytest.mark.parametrize("model", ["dec", "idec"])
+@pytest.mark.slow
 def test_one_device_eight_devices_and_pmap_agree(model):
   assert jax.device_count() == 8
   rng = np.random.default_rng(0)

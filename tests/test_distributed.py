@@ -123,6 +123,7 @@ def test_initialize_needs_all_three_flags_or_none():
     )
 
 
+@pytest.mark.slow
 def test_a_missing_coordinator_gives_up_after_the_timeout_with_one_line(tmp_path):
   workdir = tmp_path / "w"
   out = subprocess.run(

@@ -82,6 +82,7 @@ def test_needs_a_run_cannot_meet_skip_the_evaluator(capsys):
   assert registry.unmet_needs(evaluators.get("sample_quality"), exp)[0] == "samples"
 
 
+@pytest.mark.slow
 def test_clustering_evaluator_during_training(tmp_path):
   cfg = config.make_config(
     model="ae_seed",

@@ -87,6 +87,7 @@ def test_dispatches_stop_at_log_eval_and_checkpoint_steps():
   assert lengths == [2, 4, 1, 4, 1, 4, 1]  # ends on 5, 10, 15, 20 like K=1 would log
 
 
+@pytest.mark.slow
 def test_run_with_steps_per_dispatch_logs_where_k1_does(tmp_path):
   cfg = _cfg(num_steps=10, log_every=5, eval_every=10, checkpoint_every=10, steps_per_dispatch=4)
   metrics = loop.train_and_evaluate(cfg, str(tmp_path))

@@ -130,6 +130,7 @@ def _run(family, mesh, parallelism, state, batches):
   return states, jax.device_get(metrics)
 
 
+@pytest.mark.slow
 def test_step_on_one_device_eight_devices_and_pmap_agree():
   # The heaviest path: WGAN-GP with R1, two D steps (a scan over batch slices), BatchNorm in G.
   assert jax.device_count() == 8
@@ -186,6 +187,7 @@ def test_step_on_one_device_eight_devices_and_pmap_agree():
   )
 
 
+@pytest.mark.slow
 def test_feature_net_is_trained_once_cached_and_accurate(digits_feature_dir, monkeypatch):
   ds = data.load("digits")
   path = feature_net.cache_path(ds, digits_feature_dir)

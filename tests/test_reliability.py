@@ -292,6 +292,7 @@ def test_unwritable_workdir(tmp_path):
     (["--learning_rate=-1"], "error: --learning_rate must be > 0"),
   ],
 )
+@pytest.mark.slow
 def test_command_line_errors_are_short_and_leave_no_workdir(tmp_path, args, message):
   proc = _run(tmp_path / "w", *args)
   assert proc.returncode == 2
@@ -300,6 +301,7 @@ def test_command_line_errors_are_short_and_leave_no_workdir(tmp_path, args, mess
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_unknown_flag_in_a_flagfile(tmp_path):
   flagfile = tmp_path / "bad.flags"
   flagfile.write_text(open(DIGITS).read() + "--lerning_rate=0.1\n")

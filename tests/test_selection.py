@@ -73,6 +73,7 @@ def test_a_resumed_selection_decides_as_the_uninterrupted_one(tmp_path):
   assert stop and resumed.summary() == full.summary()
 
 
+@pytest.mark.slow
 def test_early_stopped_run_keeps_the_best_checkpoint_and_loads_it(tmp_path):
   """A tiny run whose validation mse can never improve by --early_stopping_min_delta: it stops
   once the patience runs out, keeps the best state (by validation mse), scores the test split

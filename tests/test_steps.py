@@ -36,6 +36,7 @@ def run_steps(cfg, mesh, parallelism, batches, spec=SPEC):
   "model,optimizer,with_pmap",
   [("ae_seed", "sgd", True), ("ae_mlp", "adam", True), ("ae_conv", "momentum", False)],
 )
+@pytest.mark.slow
 def test_one_device_eight_devices_and_pmap_agree(model, optimizer, with_pmap):
   assert jax.device_count() == 8
   cfg = config.make_config(

@@ -47,6 +47,7 @@ def _batches(feed, start, n):
   return out
 
 
+@pytest.mark.slow
 def test_stream_gives_the_device_feeds_batches_across_an_epoch_boundary(digits):
   in_memory, on_disk = (data.load(d) for d in digits)
   assert isinstance(on_disk.x_train, records.RecordArray)
@@ -139,6 +140,7 @@ def test_stream_run_resumes_bit_identically_and_matches_the_device_run(digits, t
   )
 
 
+@pytest.mark.slow
 def test_a_corrupt_record_stops_the_run_naming_it_and_its_workers(digits, tmp_path):
   _, on_disk = digits
   directory = str(tmp_path / "corrupt")

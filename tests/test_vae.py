@@ -111,6 +111,7 @@ def _run_steps(cfg, mesh, batches):
     dict(model="vae", objective="iwae", train_samples=2),
   ],
 )
+@pytest.mark.slow
 def test_vae_step_on_eight_devices_equals_one(overrides):
   assert jax.device_count() == 8
   cfg = config.make_config(
@@ -195,6 +196,7 @@ def _with_iwae_samples(exp, k):
   return families.get("vae")(exp.cfg.replace(iwae_samples=k), exp.spec)
 
 
+@pytest.mark.slow
 def test_elbo_equals_the_iwae_bound_at_k1(trained):
   exp, state = trained
   x, eval_metrics = exp.dataset.x_test, jax.jit(exp.family.eval_metrics)
@@ -228,6 +230,7 @@ def test_elbo_equals_the_iwae_bound_at_k1(trained):
   )
 
 
+@pytest.mark.slow
 def test_the_iwae_bound_rises_with_k_on_a_trained_model(trained):
   exp, state = trained
   nll = {
@@ -242,6 +245,7 @@ def test_the_iwae_bound_rises_with_k_on_a_trained_model(trained):
   )
 
 
+@pytest.mark.slow
 def test_images_and_active_units(trained):
   exp, state = trained
   batch = {"image": exp.dataset.x_test[:32]}

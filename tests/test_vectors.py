@@ -84,6 +84,7 @@ def ae_run(wine_csv, tmp_path_factory):
   return workdir, cfg
 
 
+@pytest.mark.slow
 def test_autoencoder_on_a_table_trains_resumes_and_evaluates(ae_run, tmp_path):
   workdir, cfg = ae_run
   rows = _rows(workdir)
@@ -124,6 +125,7 @@ def test_dlu_load_run_applies_the_stored_scaling(ae_run, wine_csv, tmp_path):
     run.encode(raw[:, :5])
 
 
+@pytest.mark.slow
 def test_experiments_apply_matches_by_column_name(ae_run, wine_csv, tmp_path):
   from dlu.train import apply
   from experiments.apply import results
@@ -178,6 +180,7 @@ def test_experiments_apply_matches_by_column_name(ae_run, wine_csv, tmp_path):
     ("simclr_mlp", dict(cluster_head=True, projection_dims=["8"]), {"top1", "acc"}),
   ],
 )
+@pytest.mark.slow
 def test_vector_families_train_resume_evaluate_and_apply(
   wine_csv, tmp_path, model, overrides, keys
 ):
@@ -210,6 +213,7 @@ def test_vector_families_train_resume_evaluate_and_apply(
     assert clusters.shape == (178,) and (confidence > 0).all()
 
 
+@pytest.mark.slow
 def test_dec_on_a_table_resumes_evaluates_and_uses_the_autoencoders_scaling(ae_run, tmp_path):
   from dlu.train import evaluate
 
