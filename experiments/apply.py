@@ -19,7 +19,7 @@ import numpy as np
 from absl import flags
 
 from dlu.errors import UsageError
-from dlu.runtime import cli
+from dlu.runtime import cli, files
 from dlu.train import apply
 
 flags.DEFINE_string("input", None, "The rows to apply the run to: any --dataset form.")
@@ -57,18 +57,14 @@ def write_csv(path: str, columns: dict[str, np.ndarray]) -> None:
       names += [f"{name}_{i}" for i in range(v.shape[1])]
       values.append(v)
   table = np.concatenate([v.astype(np.float64) for v in values], axis=1) if values else None
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
+  with files.atomic_write(path) as f:
     f.write(",".join(names) + "\n")
     if table is not None:
       np.savetxt(f, table, delimiter=",", fmt="%.7g")
-  os.replace(tmp, path)
 
 
 def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-  tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  files.atomic_save(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
 
 
 def main(argv):

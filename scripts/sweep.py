@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from dlu.metrics import higher_is_better  # noqa: E402  (no JAX)
+from dlu.runtime import files  # noqa: E402
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
@@ -134,11 +135,10 @@ def write_results(
   columns = ["run", *grid, "finished", "step"]
   columns += sorted({k for row in table for k in row} - set(columns))
   path = os.path.join(root, "results.csv")
-  with open(path + ".tmp", "w", newline="") as f:
+  with files.atomic_write(path, newline="") as f:
     writer = csv.DictWriter(f, fieldnames=columns)
     writer.writeheader()
     writer.writerows(table)
-  os.replace(path + ".tmp", path)
   return table
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from dlu.data.arrays import RowArray
 from dlu.errors import UsageError
+from dlu.runtime import files
 
 META_FILE = "dataset.json"
 FORMAT = "dlu-records/1"
@@ -195,16 +196,19 @@ def write_shard(path: str, rows: Iterable[np.ndarray]) -> int:
   """Writes rows (arrays of one shape and dtype) as one shard, atomically; returns the count."""
   from array_record.python import array_record_module
 
-  tmp = path + ".tmp"
-  writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
   count = 0
-  try:
-    for row in rows:
-      writer.write(np.ascontiguousarray(row).tobytes())
-      count += 1
-  finally:
-    writer.close()
-  os.replace(tmp, path)
+
+  def write_rows(tmp: str) -> None:
+    nonlocal count
+    writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
+    try:
+      for row in rows:
+        writer.write(np.ascontiguousarray(row).tobytes())
+        count += 1
+    finally:
+      writer.close()
+
+  files.atomic_save(path, write_rows)
   return count
 
 
@@ -248,6 +252,5 @@ def write(
 def write_meta(directory: str, meta: Meta) -> None:
   """dataset.json last and atomically: a directory without it is an unfinished preparation."""
   path = os.path.join(directory, META_FILE)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
+  with files.atomic_write(path) as f:
     f.write(meta.to_json())
-  os.replace(path + ".tmp", path)

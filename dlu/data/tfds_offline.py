@@ -32,6 +32,7 @@ from absl import logging
 
 from dlu.data.arrays import ACCEPTED_FORMS, Dataset, RowArray
 from dlu.errors import UsageError
+from dlu.runtime.files import atomic_save
 
 CACHE_FILE = "dlu_arrays.npz"
 # Decoded splits larger than this stay on disk, read by row (TfdsArray); None: a quarter of the
@@ -137,15 +138,15 @@ def _write_cache(data: Dataset, version_dir: str) -> None:
     if data.y_valid is not None:
       arrays["y_valid"] = data.y_valid
   path = os.path.join(version_dir, CACHE_FILE)
-  tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"  # unique, and created under the umask
+
+  def save(tmp: str) -> None:
+    with open(tmp, "xb") as f:  # created under the umask; a file object: no .npz appended
+      np.savez(f, **arrays)
+
   try:
-    try:
-      with open(tmp, "xb") as f:
-        np.savez(f, **arrays)
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+    # A shared data_dir may be written by several hosts, whose processes can have the same id:
+    # a random suffix keeps their temporary files apart.
+    atomic_save(path, save, suffix=f".{uuid.uuid4().hex}")
   except OSError as e:  # e.g. a read-only shared data_dir: still usable, just slower
     logging.warning("Could not cache decoded arrays in %s: %s", path, e)
     return

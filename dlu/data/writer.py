@@ -1,10 +1,10 @@
 """Writing a records directory: shards in parallel, resumable, with a progress line.
 
 A preparation first writes OUT/prepare.json (its plan: the source, its fingerprint, the shards
-and their rows). Every shard is written as SHARD.tmp, renamed when complete, and then gets
-SHARD.done (its rows and the rows skipped), so a rerun of the same plan keeps the finished
-shards and writes only the others. dataset.json comes last (`records.write_meta`); then the
-bookkeeping files go.
+and their rows). Every shard is written under a temporary name beside it (dlu.runtime.files),
+renamed when complete, and then gets SHARD.done (its rows and the rows skipped), so a rerun of
+the same plan keeps the finished shards and writes only the others. dataset.json comes last
+(`records.write_meta`); then the bookkeeping files go.
 
 Shards are jobs: `Job.write(path)` writes one shard (with `write_shard`, which counts rows for
 the progress line) and returns the rows it skipped. Jobs run in worker processes (they must
@@ -28,6 +28,7 @@ import numpy as np
 
 from dlu.data import processes, records
 from dlu.errors import UsageError
+from dlu.runtime import files
 
 PLAN_FILE = "prepare.json"
 DONE_SUFFIX = ".done"
@@ -153,9 +154,7 @@ def _labelled(label_column: str | None) -> str:
 def begin(out: str, plan: dict) -> None:
   os.makedirs(out, exist_ok=True)
   path = os.path.join(out, PLAN_FILE)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(plan, f, indent=2)
-  os.replace(path + ".tmp", path)
+  files.write_json(path, plan, sort_keys=False)
 
 
 def run(
@@ -254,9 +253,9 @@ def _read_done(out: str, name: str) -> list | None:
 
 def _write_done(out: str, job: Job, skipped: list) -> None:
   path = os.path.join(out, job.name + DONE_SUFFIX)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump({"start": job.start, "stop": job.stop, "skipped": skipped}, f)
-  os.replace(path + ".tmp", path)
+  files.write_json(
+    path, {"start": job.start, "stop": job.stop, "skipped": skipped}, indent=None, sort_keys=False
+  )
 
 
 def _start_worker(counter: Any, parent: int) -> None:

@@ -25,7 +25,7 @@ from dlu.config.model_flags import num_clusters
 from dlu.errors import UsageError
 from dlu.evaluators.registry import Inputs, register
 from dlu.metrics import clustering
-from dlu.runtime import parallel
+from dlu.runtime import files, parallel
 
 flags.DEFINE_enum(
   "cluster_on",
@@ -107,9 +107,8 @@ def cluster_embeddings(
   if cfg.cluster_on == "kmeans" and cfg.manifold == "none" and centroids_to:
     assign, centroids = clustering.kmeans(mapped, k, seed=cfg.seed, n_init=cfg.kmeans_inits)
     if parallel.is_lead_process():
-      tmp = centroids_to + ".tmp.npz"
-      np.savez(tmp, centroids=centroids.astype(np.float32))
-      os.replace(tmp, centroids_to)
+      centroids = centroids.astype(np.float32)
+      files.atomic_save(centroids_to, lambda tmp: np.savez(tmp, centroids=centroids), suffix=".npz")
     return assign
   return clustering.cluster(
     mapped, k, method=cfg.cluster_on, seed=cfg.seed, n_init=cfg.kmeans_inits

@@ -28,6 +28,7 @@ from absl import logging
 
 from dlu import data
 from dlu.models.layers import Conv, conv_kernel_init
+from dlu.runtime import files
 
 # The training recipe; changing any of it changes the cache key.
 RECIPE = {
@@ -196,12 +197,10 @@ def accuracy(
 
 def _save(path: str, params: Any, test_accuracy: float) -> None:
   payload = {"params": jax.device_get(params), "test_accuracy": np.float64(test_accuracy)}
-  tmp = f"{path}.tmp{os.getpid()}"
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(tmp, "wb") as f:
+    with files.atomic_write(path, "wb") as f:  # readers see the old file or the whole new one
       f.write(flax.serialization.msgpack_serialize(payload))
-    os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
   except OSError as e:  # e.g. a read-only data dir: the network still serves this run
     logging.warning("Could not cache the feature network at %s (%s)", path, e)
     print(f"Feature network not cached ({e}); it will be retrained next time", flush=True)

@@ -19,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from dlu.errors import UsageError
+from dlu.runtime.files import write_json
 
 #: Per step: {"files": {relative path: sha256}}, written after the save completes.
 CHECKSUMS = "dlu_checksums.json"
@@ -42,9 +43,7 @@ def write_checksums(step_dir: str) -> None:
   """CHECKSUMS of a complete checkpoint step (atomically: a reader sees all or nothing)."""
   path = os.path.join(step_dir, CHECKSUMS)
   digests = _file_digests(step_dir)
-  with open(path + ".tmp", "w") as f:
-    json.dump({"files": digests}, f, indent=0, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  write_json(path, {"files": digests}, indent=0)
 
 
 def verify_checksums(step_dir: str) -> str | None:

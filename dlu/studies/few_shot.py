@@ -15,7 +15,6 @@ and shuffles the classifier.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ from dlu import config
 from dlu.errors import UsageError
 from dlu.families.gan import GAN
 from dlu.metrics import feature_net
-from dlu.runtime import parallel
+from dlu.runtime import files, parallel
 from dlu.train import experiment
 from dlu.train.experiment import Experiment
 
@@ -218,13 +217,6 @@ def measure(
   }
 
 
-def write_json(results: dict[str, Any], path: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(results, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
-
-
 def plot(results: dict[str, Any], path: str) -> None:
   """Test accuracy against k (log scale): real and real + synthetic with +-1 std bands, and
   TSTR as a horizontal line."""
@@ -264,10 +256,8 @@ def plot(results: dict[str, Any], path: str) -> None:
   ax.grid(True, alpha=0.3)
   ax.legend(loc="lower right", fontsize=8)
   fig.tight_layout()
-  tmp = f"{path}.tmp{os.getpid()}.png"
-  fig.savefig(tmp)
+  files.atomic_save(path, fig.savefig, suffix=".png")
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -293,6 +283,6 @@ def run(workdir: str, **settings: Any) -> dict[str, Any]:
   exp, state = load_conditional_gan(workdir)
   results = measure(exp, state, **settings)
   if parallel.is_lead_process():
-    write_json(results, os.path.join(workdir, "augment.json"))
+    files.write_json(os.path.join(workdir, "augment.json"), results)
     plot(results, os.path.join(workdir, "augment.png"))
   return results

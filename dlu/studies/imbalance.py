@@ -30,7 +30,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from dlu import config, data
 from dlu.errors import UsageError
 from dlu.metrics import feature_net, sample_quality
-from dlu.runtime import parallel
+from dlu.runtime import files, parallel
 from dlu.studies import few_shot
 from dlu.train.experiment import Experiment
 
@@ -241,10 +241,8 @@ def plot(results: dict[str, Any], path: str) -> None:
   ax_fid.set_title(f"{results['model']} --conditional, step {results['gan_step']}", fontsize=9)
   ax_fid.grid(True, alpha=0.3)
   fig.tight_layout()
-  tmp = f"{path}.tmp{os.getpid()}.png"
-  fig.savefig(tmp)
+  files.atomic_save(path, fig.savefig, suffix=".png")
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -271,6 +269,6 @@ def run(workdir: str, **settings: Any) -> dict[str, Any]:
   exp, state = load_imbalanced_gan(workdir)
   results = measure(exp, state, **settings)
   if parallel.is_lead_process():
-    few_shot.write_json(results, os.path.join(workdir, "imbalance.json"))
+    files.write_json(os.path.join(workdir, "imbalance.json"), results)
     plot(results, os.path.join(workdir, "imbalance.png"))
   return results
