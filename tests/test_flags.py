@@ -35,7 +35,7 @@ def test_validation_names_the_flag(overrides, message):
 
 
 def test_shared_model_flags_are_checked_on_their_own():
-  with pytest.raises(UsageError, match="--kernel_init must be one of .*he_normal"):
+  with pytest.raises(UsageError, match="--kernel_init must be one of auto, glorot_uniform, .*he_"):
     model_flags.validate(config.make_config(kernel_init="bogus"))
 
 

@@ -116,7 +116,7 @@ def test_kernel_init_auto_is_the_measured_choice_of_each_model():
     ("conv_vae", "glorot_uniform"),
   ):
     family = families.get(model)(config.make_config(model=model), DataSpec((8, 8, 1), 10, 64))
-    assert family.make_model().kernel_init == expected
+    assert family.kernel_init == family.make_model().kernel_init == expected
 
 
 @pytest.mark.parametrize("model", ["dcgan", "mlp_gan"])

@@ -15,7 +15,7 @@ from absl import flags
 from dlu.config import Config, require_positive
 from dlu.errors import UsageError
 from dlu.models.autoencoder import conv_compatible
-from dlu.models.layers import KERNEL_INITS, kernel_init
+from dlu.models.layers import KERNEL_INITS
 
 flags.DEFINE_integer("latent_dim", 32, "Size of the code (ae_mlp, ae_conv and later families).")
 flags.DEFINE_list(
@@ -34,10 +34,11 @@ flags.DEFINE_float(
 # equal steps of `scripts/benchmark.py` (README, "Initialisers"); models not named get
 # glorot_uniform. (DEC and IDEC start from an autoencoder run, built by its own flags.)
 KERNEL_INIT_BY_MODEL = {"ae_mlp": "lecun_normal", "ae_conv": "lecun_normal"}
+KERNEL_INIT_CHOICES = ("auto", *KERNEL_INITS)
 flags.DEFINE_enum(
   "kernel_init",
   "auto",
-  ["auto", *KERNEL_INITS],
+  list(KERNEL_INIT_CHOICES),
   "Initializer of every Dense and conv kernel of the model (biases start at 0). auto: the one "
   "measured best for the model (lecun_normal for ae_mlp and ae_conv, glorot_uniform for the "
   "others); "
@@ -90,11 +91,11 @@ def num_clusters(cfg: Config, num_classes: int | None, dataset_name: str = "the 
 
 
 def kernel_init_name(cfg: Config) -> str:
-  """The initialiser --kernel_init names for --model (auto: KERNEL_INIT_BY_MODEL); UsageError
-  naming the flag and the accepted values for any other name."""
+  """The initialiser --kernel_init names for --model (auto: KERNEL_INIT_BY_MODEL), a key of
+  `layers.KERNEL_INITS`. Resolved once per family (`Family.kernel_init`); `validate` has
+  checked the value."""
   if cfg.kernel_init == "auto":
     return KERNEL_INIT_BY_MODEL.get(cfg.model, "glorot_uniform")
-  kernel_init(cfg.kernel_init)
   return cfg.kernel_init
 
 
@@ -103,6 +104,9 @@ def validate(cfg: Config) -> None:
   if cfg.n_clusters < 0:
     raise UsageError(f"--n_clusters must be >= 0 (0: the class count), got {cfg.n_clusters!r}")
   require_positive(cfg, "kmeans_inits")
-  kernel_init_name(cfg)
+  if cfg.kernel_init not in KERNEL_INIT_CHOICES:
+    raise UsageError(
+      f"--kernel_init must be one of {', '.join(KERNEL_INIT_CHOICES)}; got {cfg.kernel_init!r}"
+    )
   if not 0 <= cfg.dropout < 1:
     raise UsageError(f"--dropout must be in [0, 1), got {cfg.dropout!r}")

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from absl import flags
 
 from dlu.config import require_positive
-from dlu.config.model_flags import conv_channels, int_list, kernel_init_name
+from dlu.config.model_flags import conv_channels, int_list
 from dlu.errors import UsageError
 from dlu.families.base import SingleNetworkFamily, register
 from dlu.models import autoencoder as ae_models
@@ -71,7 +71,7 @@ class Autoencoder(SingleNetworkFamily):
         latent_dim=cfg.hidden_units,
         latent_activation="relu",
         dropout=cfg.dropout,
-        kernel_init=kernel_init_name(cfg),
+        kernel_init=self.kernel_init,
       )
     if cfg.model == "ae_mlp":
       return ae_models.MLPAutoencoder(
@@ -79,14 +79,14 @@ class Autoencoder(SingleNetworkFamily):
         encoder_widths=int_list(cfg.widths, "widths"),
         latent_dim=cfg.latent_dim,
         dropout=cfg.dropout,
-        kernel_init=kernel_init_name(cfg),
+        kernel_init=self.kernel_init,
       )
     return ae_models.ConvAutoencoder(
       shape,
       channels=conv_channels(cfg, shape),
       latent_dim=cfg.latent_dim,
       dropout=cfg.dropout,
-      kernel_init=kernel_init_name(cfg),
+      kernel_init=self.kernel_init,
     )
 
   def corrupt(self, x: jax.Array, rng: jax.Array) -> jax.Array:

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import optax
 
 from dlu import data
-from dlu.config import Config
+from dlu.config import Config, model_flags
 from dlu.errors import UsageError
 from dlu.runtime import optim
 
@@ -108,6 +108,9 @@ class Family:
   def __init__(self, cfg: Config, spec: DataSpec):
     self.cfg = cfg
     self.spec = spec
+    #: the initializer of every kernel of the models the family builds (a key of
+    #: `layers.KERNEL_INITS`): --kernel_init resolved for --model, once.
+    self.kernel_init = model_flags.kernel_init_name(cfg)
 
   @classmethod
   def validate(cls, cfg: Config) -> None:

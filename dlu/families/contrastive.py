@@ -31,7 +31,7 @@ from absl import flags
 
 from dlu import data
 from dlu.config import require_above_zero, require_fraction, require_non_negative, require_positive
-from dlu.config.model_flags import conv_channels, int_list, kernel_init_name, num_clusters
+from dlu.config.model_flags import conv_channels, int_list, num_clusters
 from dlu.errors import UsageError
 from dlu.families.base import SingleNetworkFamily, register
 from dlu.metrics import clustering
@@ -132,7 +132,7 @@ class SimCLR(SingleNetworkFamily):
       feature_dim=cfg.latent_dim,
       num_clusters=self.num_clusters,
       projection=int_list(cfg.projection_dims, "projection_dims"),
-      kernel_init=kernel_init_name(cfg),
+      kernel_init=self.kernel_init,
     )
     if cfg.model == "simclr_conv":
       return ContrastiveNet("conv", channels=conv_channels(cfg, shape), **common)

@@ -31,7 +31,7 @@ import optax
 from absl import flags
 
 from dlu.config import require_fraction, require_non_negative, require_positive
-from dlu.config.model_flags import int_list, kernel_init_name
+from dlu.config.model_flags import int_list
 from dlu.errors import UsageError
 from dlu.families.base import Family, TrainState, register
 from dlu.models import gan as gan_models
@@ -161,13 +161,13 @@ class GAN(Family):
       self.output_activation = "tanh" if spec.pixel_range == "symmetric" else "sigmoid"
     if cfg.model == "dcgan":
       self.discriminator = gan_models.DCGANDiscriminator(
-        cfg.gan_channels, self.num_classes, kernel_init_name(cfg)
+        cfg.gan_channels, self.num_classes, self.kernel_init
       )
     else:
       self.discriminator = gan_models.MLPDiscriminator(
         tuple(reversed(int_list(cfg.gan_widths, "gan_widths"))),
         self.num_classes,
-        kernel_init_name(cfg),
+        self.kernel_init,
       )
     b1 = cfg.gan_b1
     self.g_tx = optim.make_optimizer(
@@ -192,7 +192,7 @@ class GAN(Family):
         self.output_activation,
         axis_name,
         self.num_classes,
-        kernel_init=kernel_init_name(cfg),
+        kernel_init=self.kernel_init,
       )
     return gan_models.MLPGenerator(
       shape,
@@ -200,7 +200,7 @@ class GAN(Family):
       self.output_activation,
       axis_name,
       self.num_classes,
-      kernel_init=kernel_init_name(cfg),
+      kernel_init=self.kernel_init,
     )
 
   def critic(self, d_params, labels: jax.Array | None = None) -> Callable[[jax.Array], jax.Array]:

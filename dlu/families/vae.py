@@ -35,7 +35,7 @@ import numpy as np
 from absl import flags
 
 from dlu.config import require_non_negative, require_positive
-from dlu.config.model_flags import conv_channels, int_list, kernel_init_name
+from dlu.config.model_flags import conv_channels, int_list
 from dlu.errors import UsageError
 from dlu.families.base import SingleNetworkFamily, register
 from dlu.models import vae as vae_models
@@ -137,7 +137,7 @@ class VAE(SingleNetworkFamily):
         "conv",
         channels=conv_channels(cfg, shape),
         learn_variance=cfg.learn_variance,
-        kernel_init=kernel_init_name(cfg),
+        kernel_init=self.kernel_init,
       )
     return vae_models.VAE(
       shape,
@@ -145,7 +145,7 @@ class VAE(SingleNetworkFamily):
       "mlp",
       widths=int_list(cfg.widths, "widths"),
       learn_variance=cfg.learn_variance,
-      kernel_init=kernel_init_name(cfg),
+      kernel_init=self.kernel_init,
     )
 
   # --- The model's pieces, as pure functions of the parameters.

@@ -17,7 +17,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlu.errors import UsageError
 from dlu.models import fast_conv
 
 # Read at trace time; False makes every backend use the native ops (to compare them).
@@ -86,11 +85,10 @@ def kernel_init(name: str) -> Callable[..., jax.Array]:
   4-D truncated normal several times slower (it dominated the first-step time of small conv
   models); the variance is still that of the true shape's fans. For a 2-D shape, and for the
   fan_in modes at any rank, the values are flax's own (`nn.initializers.lecun_normal()`,
-  `glorot_uniform()`, ...: same key, same values). UsageError naming --kernel_init for an
-  unknown name.
+  `glorot_uniform()`, ...: same key, same values). ValueError for an unknown name.
   """
   if name not in KERNEL_INITS:
-    raise UsageError(f"--kernel_init must be one of {', '.join(KERNEL_INITS)}; got {name!r}")
+    raise ValueError(f"kernel_init must be one of {', '.join(KERNEL_INITS)}; got {name!r}")
   scale, mode, distribution = KERNEL_INITS[name]
 
   def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
