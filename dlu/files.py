@@ -1,4 +1,4 @@
-"""Files a run owns, written atomically: a reader (another process, a rerun after a kill) sees
+"""Files a run owns: read with one-line errors, written atomically: a reader (another process, a rerun after a kill) sees
 the old file or the whole new one, never half of one.
 
     with files.atomic_write(path) as f:        # text; mode="wb" for bytes
@@ -16,6 +16,8 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from typing import IO, Any
+
+from dlu.errors import UsageError
 
 
 def temporary_path(path: str, suffix: str = "") -> str:
@@ -56,3 +58,15 @@ def write_json(path: str, obj: Any, **dump_kwargs: Any) -> None:
   dump_kwargs.setdefault("sort_keys", True)
   with atomic_write(path) as f:
     json.dump(obj, f, **dump_kwargs)
+
+
+def read_text(path: str, expected: str) -> str:
+  """The UTF-8 text of `path`; UsageError naming the file and what was `expected` (e.g. "the
+  flags.txt of a dlu run") when it cannot be read or is not UTF-8."""
+  try:
+    with open(path, "rb") as f:
+      return f.read().decode("utf-8")
+  except OSError as e:
+    raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+  except UnicodeDecodeError as e:
+    raise UsageError(f"{path} is not UTF-8 text (byte {e.start}): expected {expected}") from None

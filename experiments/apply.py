@@ -18,8 +18,9 @@ import os
 import numpy as np
 from absl import flags
 
+from dlu import files
 from dlu.errors import UsageError
-from dlu.runtime import cli, files
+from dlu.runtime import cli
 from dlu.train import apply
 
 flags.DEFINE_string("input", None, "The rows to apply the run to: any --dataset form.")

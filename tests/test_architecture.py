@@ -60,10 +60,11 @@ def test_a_loaded_run_knows_every_flag_training_records():
 
 
 def test_the_top_of_dlu_is_packages_by_layer():
-  """A path says which layer a file is in: dlu/ holds the public API and the errors, and
-  otherwise only packages, each a layer of the contract in setup.cfg."""
+  """A path says which layer a file is in: dlu/ holds the public API, the errors and the file
+  helpers (the base every layer uses), and otherwise only packages, each a layer of the
+  contract in setup.cfg."""
   top = sorted(p for p in os.listdir(os.path.join(ROOT, "dlu")) if p.endswith(".py"))
-  assert top == ["__init__.py", "errors.py"]
+  assert top == ["__init__.py", "errors.py", "files.py"]
   packages = {
     p
     for p in os.listdir(os.path.join(ROOT, "dlu"))
@@ -72,7 +73,7 @@ def test_the_top_of_dlu_is_packages_by_layer():
   with open(os.path.join(ROOT, "setup.cfg")) as f:
     contract = f.read().split("[importlinter:contract:layers]")[1].split("\n\n")[0]
   layers = set(contract.split("layers =")[1].split())
-  assert packages | {"errors"} == layers
+  assert packages | {"errors", "files"} == layers
 
 
 def test_the_public_api_resolves_and_import_dlu_is_light():

@@ -1,4 +1,4 @@
-"""dlu.runtime.files: a file is replaced whole or not at all, and no temporary file stays."""
+"""dlu.files: a file is replaced whole or not at all, and no temporary file stays."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from dlu.runtime import files
+from dlu import files
 
 
 def test_atomic_write_replaces_the_content_whole(tmp_path):

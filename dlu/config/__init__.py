@@ -18,6 +18,7 @@ from typing import Any
 
 from absl import flags
 
+from dlu import files
 from dlu.config import data_flags, optim_flags, run_flags  # noqa: F401  (define the run's flags)
 from dlu.errors import UsageError
 
@@ -155,15 +156,7 @@ def config_from_flagfile(path: str, **overrides: Any) -> Config:
   """The Config a run's `flags.txt` (or any flagfile) records, with `overrides` applied."""
   if not os.path.isfile(path):
     raise UsageError(f"{path} does not exist: expected the flags.txt of a dlu run")
-  try:
-    with open(path, "rb") as f:
-      text = f.read().decode("utf-8")
-  except OSError as e:
-    raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-  except UnicodeDecodeError as e:
-    raise UsageError(
-      f"{path} is not UTF-8 text (byte {e.start}): expected the flags.txt of a dlu run"
-    ) from None
+  text = files.read_text(path, "the flags.txt of a dlu run")
   values = {}
   defined = _all_flag_values(flags.FLAGS)
   for line in text.splitlines():

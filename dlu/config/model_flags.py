@@ -92,21 +92,19 @@ def num_clusters(cfg: Config, num_classes: int | None, dataset_name: str = "the 
 
 def kernel_init_name(cfg: Config) -> str:
   """The initialiser --kernel_init names for --model (auto: KERNEL_INIT_BY_MODEL), a key of
-  `layers.KERNEL_INITS`. Resolved once per family (`Family.kernel_init`); `validate` has
-  checked the value."""
+  `layers.KERNEL_INITS`. Resolved once per family (`Family.kernel_init`); the value was
+  checked with the other enum flags by `dlu.config.validate`."""
   if cfg.kernel_init == "auto":
     return KERNEL_INIT_BY_MODEL.get(cfg.model, "glorot_uniform")
   return cfg.kernel_init
 
 
 def validate(cfg: Config) -> None:
-  """The shared flags every family may read; each family checks the encoder flags it uses."""
+  """The shared flags every family may read; each family checks the encoder flags it uses.
+  Enum flags (--kernel_init among them) are checked once, with every other, by
+  `dlu.config.validate`."""
   if cfg.n_clusters < 0:
     raise UsageError(f"--n_clusters must be >= 0 (0: the class count), got {cfg.n_clusters!r}")
   require_positive(cfg, "kmeans_inits")
-  if cfg.kernel_init not in KERNEL_INIT_CHOICES:
-    raise UsageError(
-      f"--kernel_init must be one of {', '.join(KERNEL_INIT_CHOICES)}; got {cfg.kernel_init!r}"
-    )
   if not 0 <= cfg.dropout < 1:
     raise UsageError(f"--dropout must be in [0, 1), got {cfg.dropout!r}")

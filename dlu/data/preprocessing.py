@@ -22,8 +22,8 @@ import json
 
 import numpy as np
 
+from dlu import files
 from dlu.errors import UsageError
-from dlu.runtime import files
 
 FEATURE_SCALINGS = ("standard", "minmax", "none")
 IMPUTE = ("none", "mean", "median")

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from dlu import files
 from dlu.data.arrays import RowArray
 from dlu.errors import UsageError
-from dlu.runtime import files
 
 META_FILE = "dataset.json"
 FORMAT = "dlu-records/1"

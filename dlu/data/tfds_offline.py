@@ -32,7 +32,7 @@ from absl import logging
 
 from dlu.data.arrays import ACCEPTED_FORMS, Dataset, RowArray
 from dlu.errors import UsageError
-from dlu.runtime.files import atomic_save
+from dlu.files import atomic_save
 
 CACHE_FILE = "dlu_arrays.npz"
 # Decoded splits larger than this stay on disk, read by row (TfdsArray); None: a quarter of the

@@ -1,7 +1,7 @@
 """Writing a records directory: shards in parallel, resumable, with a progress line.
 
 A preparation first writes OUT/prepare.json (its plan: the source, its fingerprint, the shards
-and their rows). Every shard is written under a temporary name beside it (dlu.runtime.files),
+and their rows). Every shard is written under a temporary name beside it (dlu.files),
 renamed when complete, and then gets SHARD.done (its rows and the rows skipped), so a rerun of
 the same plan keeps the finished shards and writes only the others. dataset.json comes last
 (`records.write_meta`); then the bookkeeping files go.
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from dlu import files
 from dlu.data import processes, records
 from dlu.errors import UsageError
-from dlu.runtime import files
 
 PLAN_FILE = "prepare.json"
 DONE_SUFFIX = ".done"

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from dlu import data
+from dlu import data, files
 from dlu.config.model_flags import num_clusters
 from dlu.errors import UsageError
 from dlu.evaluators.registry import Inputs, register
 from dlu.metrics import clustering
-from dlu.runtime import files, parallel
+from dlu.runtime import parallel
 
 flags.DEFINE_enum(
   "cluster_on",

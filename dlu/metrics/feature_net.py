@@ -26,9 +26,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from dlu import data
+from dlu import data, files
 from dlu.models.layers import Conv, conv_kernel_init
-from dlu.runtime import files
 
 # The training recipe; changing any of it changes the cache key.
 RECIPE = {

@@ -19,7 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from dlu.errors import UsageError
-from dlu.runtime.files import write_json
+from dlu.files import write_json
 
 #: Per step: {"files": {relative path: sha256}}, written after the save completes.
 CHECKSUMS = "dlu_checksums.json"

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dlu import files
 from dlu.errors import UsageError
 from dlu.ops.grids import tile_grid
 
@@ -105,9 +106,8 @@ class JsonlWriter(MetricWriter):
       except (ValueError, KeyError, TypeError):
         continue  # A line cut short by a kill.
     if len(keep) != len(lines):
-      with open(self.path + ".tmp", "w") as f:
+      with files.atomic_write(self.path) as f:
         f.writelines(keep)
-      os.replace(self.path + ".tmp", self.path)
     self._file = open(self.path, "a", buffering=1)
 
   def write_scalars(self, step, split, metrics):
@@ -203,15 +203,7 @@ def check_jsonl(path: str) -> None:
     return
   if not os.path.isfile(path):
     raise UsageError(f"{path} is not a file; expected a run's metrics (JSON lines)")
-  try:
-    with open(path, "rb") as f:
-      f.read().decode("utf-8")
-  except OSError as e:
-    raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-  except UnicodeDecodeError as e:
-    raise UsageError(
-      f"{path} is not UTF-8 text (byte {e.start}); expected a run's metrics (JSON lines)"
-    ) from None
+  files.read_text(path, "a run's metrics (JSON lines)")
 
 
 def last_row(path: str, split: str) -> dict[str, Any]:

@@ -24,11 +24,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dlu import config
+from dlu import config, files
 from dlu.errors import UsageError
 from dlu.families.gan import GAN
 from dlu.metrics import feature_net
-from dlu.runtime import files, parallel
+from dlu.runtime import parallel
 from dlu.train import experiment
 from dlu.train.experiment import Experiment
 

@@ -27,10 +27,10 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 from sklearn.utils.class_weight import compute_class_weight
 
-from dlu import config, data
+from dlu import config, data, files
 from dlu.errors import UsageError
 from dlu.metrics import feature_net, sample_quality
-from dlu.runtime import files, parallel
+from dlu.runtime import parallel
 from dlu.studies import few_shot
 from dlu.train.experiment import Experiment
 

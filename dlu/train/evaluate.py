@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from dlu import evaluators
-from dlu.runtime import files, metric_writers, parallel
+from dlu import evaluators, files
+from dlu.runtime import metric_writers, parallel
 from dlu.runtime.metric_writers import to_python
 from dlu.train import experiment, workspace
 

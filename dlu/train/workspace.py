@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from absl import flags as absl_flags
 
-from dlu import config
+from dlu import config, files
 from dlu.errors import UsageError
-from dlu.runtime import files, metric_writers, parallel
+from dlu.runtime import metric_writers, parallel
 
 LOCK_FILE = ".lock"
 
