@@ -114,7 +114,7 @@ def test_feeds_put_the_rows_labels_in_the_batch(n):
   ds = data.load("digits")
   mesh = parallel.make_mesh()
   sampler = data.BatchSampler(len(ds.x_train), 64, seed=3)
-  probe = _LabelProbe(None, SPEC)
+  probe = _LabelProbe(config.make_config(), SPEC)
   step = jax.jit(
     probe.train_step, in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh), None)
   )

@@ -281,8 +281,12 @@ def table(results: dict[str, Any]) -> str:
 def run(workdir: str, **settings: Any) -> dict[str, Any]:
   """`measure` on the run in `workdir`; writes augment.json and augment.png there."""
   exp, state = load_conditional_gan(workdir)
-  results = measure(exp, state, **settings)
+  return save_results(workdir, "augment", measure(exp, state, **settings), plot)
+
+
+def save_results(workdir: str, name: str, results: dict[str, Any], plot_fn: Any) -> dict:
+  """WORKDIR/NAME.json and the figure `plot_fn(results, path)` draws, NAME.png (lead process)."""
   if parallel.is_lead_process():
-    files.write_json(os.path.join(workdir, "augment.json"), results)
-    plot(results, os.path.join(workdir, "augment.png"))
+    files.write_json(os.path.join(workdir, f"{name}.json"), results)
+    plot_fn(results, os.path.join(workdir, f"{name}.png"))
   return results

@@ -30,7 +30,6 @@ from sklearn.utils.class_weight import compute_class_weight
 from dlu import config, data, files
 from dlu.errors import UsageError
 from dlu.metrics import feature_net, sample_quality
-from dlu.runtime import parallel
 from dlu.studies import few_shot
 from dlu.train.experiment import Experiment
 
@@ -267,8 +266,4 @@ def table(results: dict[str, Any]) -> str:
 def run(workdir: str, **settings: Any) -> dict[str, Any]:
   """`measure` on the run in `workdir`; writes imbalance.json and imbalance.png there."""
   exp, state = load_imbalanced_gan(workdir)
-  results = measure(exp, state, **settings)
-  if parallel.is_lead_process():
-    files.write_json(os.path.join(workdir, "imbalance.json"), results)
-    plot(results, os.path.join(workdir, "imbalance.png"))
-  return results
+  return few_shot.save_results(workdir, "imbalance", measure(exp, state, **settings), plot)
