@@ -31,7 +31,7 @@ flags.DEFINE_float(
   "decoder (the code included), in training only; 0: none.",
 )
 # The initialiser of each model under --kernel_init=auto, chosen by measurement: the quality at
-# equal steps of `scripts/benchmark.py` (README, "Initialisers"); models not named get
+# equal steps of `scripts/benchmark.py` (docs/models.md, "Initialisers"); models not named get
 # glorot_uniform. (DEC and IDEC start from an autoencoder run, built by its own flags.)
 KERNEL_INIT_BY_MODEL = {"ae_mlp": "lecun_normal", "ae_conv": "lecun_normal"}
 KERNEL_INIT_CHOICES = ("auto", *KERNEL_INITS)
