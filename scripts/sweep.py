@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from dlu.metrics import higher_is_better  # noqa: E402  (no JAX)
-from dlu.runtime import files  # noqa: E402
+from dlu import files  # noqa: E402
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
