@@ -32,8 +32,8 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dlu.metrics import higher_is_better  # noqa: E402  (no JAX)
 from dlu import files  # noqa: E402
+from dlu.metrics import higher_is_better  # noqa: E402  (no JAX)
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
