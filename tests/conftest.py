@@ -7,6 +7,14 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Entry points run as subprocesses keep their compiled programs in the session's own folder.
+if "DLU_CACHE_DIR" not in os.environ:
+  import atexit  # noqa: E402
+  import shutil  # noqa: E402
+  import tempfile  # noqa: E402
+
+  os.environ["DLU_CACHE_DIR"] = tempfile.mkdtemp(prefix="dlu_test_cache_")
+  atexit.register(shutil.rmtree, os.environ["DLU_CACHE_DIR"], True)
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402

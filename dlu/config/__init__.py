@@ -65,7 +65,7 @@ class Config(types.SimpleNamespace):
 
 
 # Flags of how a process is launched (coordinator, verbosity): not part of a run.
-_LAUNCH_MODULES = ("dlu.runtime.distributed", "dlu.runtime.cli")
+_LAUNCH_MODULES = ("dlu.runtime.distributed", "dlu.runtime.cli", "dlu.runtime.compilation_cache")
 
 
 def _all_flag_values(flag_values: flags.FlagValues) -> dict[str, Any]:

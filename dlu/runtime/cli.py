@@ -1,6 +1,7 @@
 """How every absl entry point runs: flag errors and stray arguments exit 2, a UsageError
 exits 2 and a RunFailure 1, each as one line `error: ...` (the traceback and library
-warnings with --verbose).
+warnings with --verbose); JAX's persistent compilation cache is turned on
+(`--compilation_cache_dir`).
 
     if __name__ == "__main__":
       cli.run(main)
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from absl import app, flags, logging
 
 from dlu.errors import RunFailure, UsageError
+from dlu.runtime import compilation_cache
 
 flags.DEFINE_bool(
   "verbose", False, "Print the traceback of a refusal or failure, not only its one-line message."
@@ -73,6 +75,7 @@ def start(argv: list[str]) -> None:
   if not verbose:
     std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
     sys.unraisablehook = _without_echoes(sys.unraisablehook)
+  compilation_cache.enable(flags.FLAGS.compilation_cache_dir)
 
 
 def guarded(main: Callable[[list[str]], None], argv: list[str]) -> None:
