@@ -112,3 +112,36 @@ def test_bad_steps_per_dispatch_is_a_usage_error(tmp_path):
       parallelism="pmap",
       steps_per_dispatch=4,
     )
+
+
+@pytest.mark.parametrize(
+  "overrides",
+  [
+    {},
+    pytest.param({"model": "vae", "widths": ["16"], "latent_dim": 2}, marks=pytest.mark.slow),
+    pytest.param(
+      {"model": "mlp_gan", "gan_widths": ["16", "16"], "latent_dim": 4, "pixel_range": "symmetric"},
+      marks=pytest.mark.slow,
+    ),
+    pytest.param(
+      {"model": "simclr_mlp", "widths": ["16"], "latent_dim": 4, "noise": "none"},
+      marks=pytest.mark.slow,
+    ),
+  ],
+)
+def test_a_dispatch_makes_no_implicit_transfer_and_donates_the_state(tmp_path, overrides):
+  """Once compiled, a dispatch (one step, and K steps in one scan) moves nothing between host
+  and devices but the batch indices it puts there itself, and the old state's buffers are
+  given to the new one."""
+  exp = experiment.build(_cfg(steps_per_dispatch=4, **overrides), str(tmp_path))
+  state = parallel.make_init(exp.family, exp.mesh)[0](exp.init_rng)
+  feed = loop.make_feed(exp)
+  state, _ = feed(state, 0, 1)  # compiles both programs
+  state, _ = feed(state, 1, 4)
+  for step, n in ((5, 1), (6, 4)):
+    old = state
+    with jax.transfer_guard("disallow"):
+      state, metrics = feed(state, step, n)
+      jax.block_until_ready((state, metrics))
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(old.params)), "state not donated"
+  assert np.all(np.isfinite(jax.device_get(metrics["loss"] if "loss" in metrics else 0.0)))

@@ -42,8 +42,10 @@ MAX_DEVICE_BYTES = 2 << 30
 
 
 def _replicate(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
-  """A copy of `x` (the same in every process) on every device of the mesh."""
-  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  """A copy of `x` (the same in every process) on every device of the mesh: a transfer made on
+  purpose, so allowed under `jax.transfer_guard("disallow")`, which catches the others."""
+  with jax.transfer_guard_host_to_device("allow"):
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 def dispatch_length(
@@ -137,10 +139,10 @@ class DeviceFeed:
     return _replicate(idx, self._replicated)
 
   def __call__(self, state: Any, step: int, n: int) -> tuple[Any, Any]:
-    idx = self.indices(step, n)
-    if n == 1:
-      return self.train_step(state, self.gather(self.arrays, idx[0]), self.rng)
-    return self.multi_step(state, self.arrays, idx, self.rng)
+    if n == 1:  # [global batch] indices, put on the devices as they are (no slicing there).
+      idx = _replicate(self.sampler.global_indices(step).astype(np.int32), self._replicated)
+      return self.train_step(state, self.gather(self.arrays, idx), self.rng)
+    return self.multi_step(state, self.arrays, self.indices(step, n), self.rng)
 
   def close(self) -> None:
     pass
@@ -368,6 +370,8 @@ def make_feed(
     input_pipeline, x_train, parallelism=parallelism, steps_per_dispatch=steps_per_dispatch
   )
   labels = _check_labels(family, y_train)
+  if parallelism != "pmap":  # The key on every device once, not copied there at every step.
+    rng = jax.device_put(rng, parallel.replicated(mesh))
   if pipeline == "device":
     x = x_train if isinstance(x_train, np.ndarray) else np.asarray(x_train)
     return DeviceFeed(family, mesh, x, sampler, train_step, rng, y_train=y_train)
