@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,8 @@ flags.DEFINE_enum(
   "manifold",
   "none",
   list(clustering.MANIFOLDS),
-  "evaluate: nonlinear map of the embeddings before clustering (umap as in N2D).",
+  "evaluate: nonlinear map of the embeddings before clustering (umap as in N2D; pca when "
+  "there are too few rows for it).",
 )
 flags.DEFINE_integer(
   "manifold_dim", 0, "evaluate: dimensions of --manifold's map; 0: --n_clusters (umap) or 2 (tsne)."
@@ -58,8 +60,8 @@ flags.DEFINE_integer(
   "knn_probe",
   20,
   "evaluate --probe: k of a k-nearest-neighbour probe (cosine "
-  "similarity to the train embeddings, majority vote) scored on the test split; "
-  "0: none.",
+  "similarity to the train embeddings, majority vote) scored on the test split, at most the "
+  "train rows; 0: none.",
 )
 flags.DEFINE_integer(
   "purity_clusters",
@@ -75,7 +77,8 @@ flags.DEFINE_enum(
   "embedding_plot",
   "tsne",
   list(clustering.PLOTS),
-  "evaluate: 2-D map of the test embeddings saved as a PNG coloured by label.",
+  "evaluate: 2-D map of the test embeddings saved as a PNG coloured by label (pca when the "
+  "split has too few rows for tsne or umap).",
 )
 flags.DEFINE_integer(
   "plot_points",
@@ -98,12 +101,18 @@ KMEANS_FILE = "kmeans_centroids.npz"
 
 
 def cluster_embeddings(
-  z: np.ndarray, k: int, cfg, *, centroids_to: str | None = None
+  z: np.ndarray,
+  k: int,
+  cfg,
+  *,
+  centroids_to: str | None = None,
+  log: Callable[[str], None] = print,
 ) -> np.ndarray:
   """--manifold map (if any), then --cluster_on. [N] assignments. `centroids_to`: where to save
-  k-means centroids when they live in the embeddings' own space (no --manifold)."""
+  k-means centroids when they live in the embeddings' own space (no --manifold). `log`: the
+  line saying that too few rows for the --manifold got a PCA map instead."""
   dim = cfg.manifold_dim or (2 if cfg.manifold == "tsne" else k)
-  mapped = clustering.manifold(z, cfg.manifold, dim=dim, seed=cfg.seed)
+  mapped = clustering.manifold(z, cfg.manifold, dim=dim, seed=cfg.seed, log=log)
   if cfg.cluster_on == "kmeans" and cfg.manifold == "none" and centroids_to:
     assign, centroids = clustering.kmeans(mapped, k, seed=cfg.seed, n_init=cfg.kmeans_inits)
     if parallel.is_lead_process():
@@ -121,79 +130,138 @@ def pipeline_name(cfg) -> str:
 
 
 def probes(
-  cfg, z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, y_test: np.ndarray
+  cfg,
+  z_train: np.ndarray,
+  y_train: np.ndarray,
+  z_test: np.ndarray,
+  y_test: np.ndarray,
+  *,
+  log: Callable[[str], None] = print,
 ) -> dict[str, float]:
-  """`linear_probe_acc` and (with --knn_probe) `knn_probe_acc` of features (--probe)."""
+  """`linear_probe_acc` and (with --knn_probe) `knn_probe_acc` of features (--probe): none, with
+  a line to `log` saying why, when the train labels hold a single class; k at most the train
+  rows."""
   if not cfg.probe:
+    return {}
+  reason = clustering.probe_skip_reason(y_train)
+  if reason is not None:
+    log(f"--probe: no linear_probe_acc or knn_probe_acc: {reason}")
     return {}
   out = {"linear_probe_acc": clustering.linear_probe(z_train, y_train, z_test, y_test)}
   if cfg.knn_probe:
-    out["knn_probe_acc"] = clustering.knn_probe(z_train, y_train, z_test, y_test, k=cfg.knn_probe)
+    k = clustering.knn_neighbors(cfg.knn_probe, len(z_train))
+    if k < cfg.knn_probe:
+      log(f"--knn_probe={cfg.knn_probe}: the train split has {len(z_train)} rows; k={k} instead")
+    out["knn_probe_acc"] = clustering.knn_probe(z_train, y_train, z_test, y_test, k=k)
   return out
 
 
-def overcluster(cfg, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-  """`overcluster_purity` of --purity_clusters k-means clusters of `x` [N, D] (if set)."""
+def overcluster(
+  cfg, x: np.ndarray, y: np.ndarray, *, log: Callable[[str], None] = print
+) -> dict[str, float]:
+  """`overcluster_purity` of --purity_clusters k-means clusters of `x` [N, D] (if set; none,
+  with a line to `log`, when `x` has fewer rows)."""
   if not cfg.purity_clusters:
+    return {}
+  reason = clustering.clustering_skip_reason(len(x), cfg.purity_clusters)
+  if reason is not None:
+    log(f"--purity_clusters={cfg.purity_clusters}: no overcluster_purity: {reason}")
     return {}
   pred = clustering.kmeans(x, cfg.purity_clusters, seed=cfg.seed, n_init=1)[0]
   return {"overcluster_purity": clustering.purity(y, pred)}
 
 
-def baselines(cfg, ds: data.Dataset, y: np.ndarray, k: int, dim: int) -> dict[str, Any]:
+def _too_few_rows(cfg, n: int, k: int, what: str, log: Callable[[str], None]) -> bool:
+  """Whether `n` clustered rows are fewer than the `k` clusters (said to `log`: no `what`)."""
+  reason = clustering.clustering_skip_reason(n, k, _clusters(cfg))
+  if reason is not None:
+    log(f"clustering: no {what}: {reason} (--cluster_split={cfg.cluster_split})")
+  return reason is not None
+
+
+def _clusters(cfg) -> str:
+  return "clusters (--n_clusters)" if cfg.n_clusters else "clusters (one per class)"
+
+
+def baselines(
+  cfg, ds: data.Dataset, y: np.ndarray, k: int, dim: int, *, log: Callable[[str], None] = print
+) -> dict[str, Any]:
   """Pixels and PCA (at the embedding's dimension): k-means scores and probe accuracy.
 
   With a --manifold, also `pixels_<manifold>_<cluster_on>`: the same map and clusterer on raw
   pixels, the floor for that pipeline (UMAP alone finds much of Fashion-MNIST's structure).
+  Clustering scores are left out (a line to `log` says so) when fewer rows than `k` are
+  clustered, probes when the train labels hold one class.
   """
   flat = lambda x: data.normalize(x, "unit").reshape(len(x), -1).astype(np.float32)
   x_train, x_test = flat(ds.x_train), flat(ds.x_test)
   x = _split(cfg, x_train, x_test)
+  score = not _too_few_rows(cfg, len(x), k, "baseline acc, nmi, ari", log)
   out: dict[str, Any] = {}
   t = time.perf_counter()
-  out["pixels"] = clustering.scores(
-    y, clustering.kmeans(x, k, seed=cfg.seed, n_init=cfg.kmeans_inits)[0]
+  out["pixels"] = (
+    clustering.scores(y, clustering.kmeans(x, k, seed=cfg.seed, n_init=cfg.kmeans_inits)[0])
+    if score
+    else {}
   )
-  out["pixels"].update(probes(cfg, x_train, ds.y_train, x_test, ds.y_test))
-  out["pixels"].update(overcluster(cfg, x, y))
+  out["pixels"].update(probes(cfg, x_train, ds.y_train, x_test, ds.y_test, log=log))
+  out["pixels"].update(overcluster(cfg, x, y, log=log))
   out["pixels"]["time_s"] = time.perf_counter() - t
-  if cfg.manifold != "none":
+  if cfg.manifold != "none" and score:
     t = time.perf_counter()
     out[f"pixels_{cfg.manifold}_{cfg.cluster_on}"] = {
-      **clustering.scores(y, cluster_embeddings(x, k, cfg)),
+      **clustering.scores(y, cluster_embeddings(x, k, cfg, log=log)),
       "time_s": time.perf_counter() - t,
     }
   t = time.perf_counter()
   dim = min(dim, x.shape[1], len(x))
   x_pca, model = clustering.pca(x, dim, seed=cfg.seed)
-  out["pca"] = {
-    "dim": dim,
-    **clustering.scores(y, clustering.kmeans(x_pca, k, seed=cfg.seed, n_init=cfg.kmeans_inits)[0]),
-  }
+  out["pca"] = {"dim": dim}
+  if score:
+    out["pca"].update(
+      clustering.scores(y, clustering.kmeans(x_pca, k, seed=cfg.seed, n_init=cfg.kmeans_inits)[0])
+    )
   out["pca"].update(
-    probes(cfg, model.transform(x_train), ds.y_train, model.transform(x_test), ds.y_test)
+    probes(cfg, model.transform(x_train), ds.y_train, model.transform(x_test), ds.y_test, log=log)
   )
-  out["pca"].update(overcluster(cfg, x_pca, y))
+  out["pca"].update(overcluster(cfg, x_pca, y, log=log))
   out["pca"]["time_s"] = time.perf_counter() - t
   return out
 
 
-def embedding_plot(cfg, z_test: np.ndarray, y_test: np.ndarray, path: str) -> str:
-  """A 2-D map of (a fixed subset of) the test embeddings, coloured by label."""
+def embedding_plot(
+  cfg, z_test: np.ndarray, y_test: np.ndarray, path: str, *, log: Callable[[str], None] = print
+) -> str:
+  """A 2-D map of (a fixed subset of) the test embeddings, coloured by label (PCA, with a line
+  to `log`, when there are too few for --embedding_plot)."""
   idx = np.arange(len(z_test))
   if len(idx) > cfg.plot_points:
     idx = np.sort(np.random.default_rng(cfg.seed).choice(len(idx), cfg.plot_points, replace=False))
   z, y = z_test[idx], y_test[idx]
-  points = (
-    z
-    if z.shape[1] == 2
-    else clustering.manifold(z, cfg.embedding_plot, dim=2, seed=cfg.seed, flag="embedding_plot")
-  )
+  if z.shape[1] == 2:
+    points, drawn = z, "the"
+  else:
+    points = clustering.manifold(
+      z, cfg.embedding_plot, dim=2, seed=cfg.seed, flag="embedding_plot", log=log
+    )
+    fallback = clustering.manifold_fallback(cfg.embedding_plot, len(z), 2)
+    drawn = f"{'pca' if fallback else cfg.embedding_plot} of"
   title = (
-    f"{cfg.model} on {cfg.dataset}: {cfg.embedding_plot} of {len(idx)} test embeddings "
+    f"{cfg.model} on {cfg.dataset}: {drawn} {len(idx)} test embeddings "
     f"({z.shape[1]}-d), coloured by label"
   )
   return clustering.scatter_plot(points, y, path, title=title)
+
+
+def _num_clustered(cfg, ds: data.Dataset) -> int:
+  """The rows --cluster_split clusters when the test split is scored (validation rows held out
+  of the training split return to it then: `Dataset.scored_on`)."""
+  num_train = len(ds.x_train)
+  if ds.unsplit is not None and ds.valid_rows is not None:
+    num_train += len(ds.valid_rows)
+  return {"train": num_train, "test": len(ds.x_test), "all": num_train + len(ds.x_test)}[
+    cfg.cluster_split
+  ]
 
 
 def check_flags(exp) -> None:
@@ -201,17 +269,18 @@ def check_flags(exp) -> None:
   cfg, ds = exp.cfg, exp.dataset
   if ds.y_train is None or ds.y_test is None:
     return  # Nothing is scored (the evaluator does not run).
-  num_train = len(ds.x_train)
-  if cfg.probe and not 0 <= cfg.knn_probe <= num_train:
+  if cfg.probe and cfg.knn_probe < 0:
     raise UsageError(
-      f"--knn_probe={cfg.knn_probe}: expected a number of neighbours between 1 "
-      f"and the {num_train} train examples, or 0 for none"
+      f"--knn_probe={cfg.knn_probe}: expected a number of neighbours (at most the train "
+      "rows are used), or 0 for none"
+    )
+  k, num_clustered = num_clusters(cfg, ds.num_classes, ds.name), _num_clustered(cfg, ds)
+  if cfg.n_clusters and cfg.n_clusters > num_clustered:
+    raise UsageError(
+      f"--n_clusters={cfg.n_clusters}: more clusters than the {num_clustered} rows "
+      f"--cluster_split={cfg.cluster_split} clusters"
     )
   if cfg.purity_clusters:
-    k, num_clustered = (
-      num_clusters(cfg, ds.num_classes, ds.name),
-      len(_split(cfg, ds.x_train, ds.x_test)),
-    )
     if not k < cfg.purity_clusters <= num_clustered:
       raise UsageError(
         f"--purity_clusters={cfg.purity_clusters}: expected more clusters than "
@@ -223,7 +292,7 @@ def check_flags(exp) -> None:
 @register("clustering", needs=("embeddings", "labels"), check=check_flags)
 def representation_metrics(exp, state, inputs: Inputs) -> dict[str, Any]:
   """Clustering, probes, baselines and plot of the run's embeddings (see module doc)."""
-  cfg, ds, family = exp.cfg, exp.dataset, exp.family
+  cfg, ds, family, say = exp.cfg, exp.dataset, exp.family, inputs.say
   t = time.perf_counter()
   z_train, z_test = inputs.embeddings(state, "train"), inputs.embeddings(state, "test")
   timings = {"embed": time.perf_counter() - t}
@@ -239,33 +308,41 @@ def representation_metrics(exp, state, inputs: Inputs) -> dict[str, Any]:
 
   t = time.perf_counter()
   head = getattr(family, "assignments", None)
-  pipeline = cluster_embeddings(
-    _split(cfg, z_train, z_test),
-    k,
-    cfg,
-    centroids_to=os.path.join(exp.ctx.workdir, KMEANS_FILE),
+  few = _too_few_rows(cfg, len(y), k, f"{pipeline_name(cfg)} acc, nmi, ari", say)
+  pipeline = (
+    None
+    if few
+    else cluster_embeddings(
+      _split(cfg, z_train, z_test),
+      k,
+      cfg,
+      centroids_to=os.path.join(exp.ctx.workdir, KMEANS_FILE),
+      log=say,
+    )
   )
   if head is not None:
     pred = _split(cfg, *(head(state, x)[1] for x in (ds.x_train, ds.x_test)))
     results["clustering"] = f"{cfg.model} clustering layer"
-    base[pipeline_name(cfg).replace(" ", "_")] = clustering.scores(y, pipeline)
+    if pipeline is not None:
+      base[pipeline_name(cfg).replace(" ", "_")] = clustering.scores(y, pipeline)
   else:
     pred = pipeline
     results["clustering"] = pipeline_name(cfg)
-  results.update(clustering.scores(y, pred))
+  if pred is not None:
+    results.update(clustering.scores(y, pred))
   timings["cluster"] = time.perf_counter() - t
 
   if cfg.probe:
     t = time.perf_counter()
-    results.update(probes(cfg, z_train, ds.y_train, z_test, ds.y_test))
+    results.update(probes(cfg, z_train, ds.y_train, z_test, ds.y_test, log=say))
     timings["probe"] = time.perf_counter() - t
   if cfg.purity_clusters:
     t = time.perf_counter()
-    results.update(overcluster(cfg, _split(cfg, z_train, z_test), y))
+    results.update(overcluster(cfg, _split(cfg, z_train, z_test), y, log=say))
     timings["purity"] = time.perf_counter() - t
   if cfg.baselines:
     t = time.perf_counter()
-    base.update(baselines(cfg, ds, y, k, z_train.shape[1]))
+    base.update(baselines(cfg, ds, y, k, z_train.shape[1], log=say))
     timings["baselines"] = time.perf_counter() - t
   if base:
     results["baselines"] = base
@@ -275,7 +352,7 @@ def representation_metrics(exp, state, inputs: Inputs) -> dict[str, Any]:
     path = os.path.join(
       exp.ctx.workdir, "images", f"embedding_{cfg.embedding_plot}_{int(state.step):07d}.png"
     )
-    results["embedding_plot"] = embedding_plot(cfg, z_test, ds.y_test, path)
+    results["embedding_plot"] = embedding_plot(cfg, z_test, ds.y_test, path, log=say)
     timings["plot"] = time.perf_counter() - t
   results["time_s"] = {name: round(v, 2) for name, v in timings.items()}
   return results

@@ -160,6 +160,7 @@ class Inputs:
     self.split: str = "test"
     self._compiled: dict[str, Any] = {}
     self._embeddings: dict[str, np.ndarray] = {}
+    self._said: set[str] = set()
 
   def start(self, step: int, exp: Any = None, split: str = "test") -> None:
     self.step, self.split = step, split
@@ -190,6 +191,14 @@ class Inputs:
     if step != self.step or (split == "test" and self.split != "test"):
       return None
     return self._embeddings.get(split)
+
+  def say(self, message: str) -> None:
+    """Prints `message` on the lead process, once per run: what an evaluator skipped or
+    changed (a split too small for it) and why."""
+    if message not in self._said:
+      self._said.add(message)
+      if parallel.is_lead_process():
+        print(message, flush=True)
 
   def save_images(self, grids: Mapping[str, np.ndarray]) -> list[str]:
     return self.writer.write_images(self.step, grids)

@@ -8,6 +8,7 @@ a model. Everything is a pure function of NumPy arrays and a seed.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -18,6 +19,58 @@ from dlu.errors import UsageError
 CLUSTERERS = ("kmeans", "gmm")
 MANIFOLDS = ("none", "umap", "tsne")
 PLOTS = ("tsne", "umap", "pca", "none")
+
+#: t-SNE's perplexity (scikit-learn's default) and UMAP's neighbours (N2D's), when rows are plenty.
+TSNE_PERPLEXITY = 30.0
+UMAP_NEIGHBORS = 20
+#: The smallest perplexity t-SNE is run with; fewer rows than that allows get a PCA map instead.
+TSNE_MIN_PERPLEXITY = 2.0
+
+
+def tsne_perplexity(n: int, default: float = TSNE_PERPLEXITY) -> float:
+  """t-SNE's perplexity for `n` rows: `default`, bounded by (n - 1) / 3 (t-SNE looks at the
+  3 * perplexity nearest neighbours of each point, so at most the n - 1 others)."""
+  return float(min(default, (n - 1) / 3))
+
+
+def umap_neighbors(n: int, default: int = UMAP_NEIGHBORS) -> int:
+  """UMAP's n_neighbors for `n` rows: `default`, bounded by the n - 1 other rows."""
+  return int(min(default, n - 1))
+
+
+def knn_neighbors(k: int, num_train: int) -> int:
+  """A k-NN probe's k: `k`, bounded by the `num_train` rows it votes among."""
+  return int(min(k, num_train))
+
+
+def manifold_fallback(method: str, n: int, dim: int) -> str | None:
+  """Why `n` rows are too few for a `dim`-dimensional `method` map (PCA is drawn instead), or
+  None when they are enough."""
+  if method == "tsne":
+    need = int(np.ceil(3 * TSNE_MIN_PERPLEXITY + 1))
+    if n < need:
+      return f"{n} rows are too few for t-SNE (at least {need}, for a perplexity of 2)"
+  if method == "umap" and n < dim + 3:
+    # UMAP's spectral start solves for dim + 1 eigenvectors of the n x n neighbour graph.
+    return f"{n} rows are too few for a {dim}-d UMAP map (at least {dim + 3})"
+  return None
+
+
+def probe_skip_reason(y_train: np.ndarray) -> str | None:
+  """Why no probe can be fitted on train labels `y_train` (one class, or no rows), or None."""
+  classes = np.unique(np.asarray(y_train))
+  if len(classes) >= 2:
+    return None
+  if not len(classes):
+    return "the train split has no rows"
+  return f"every train label is one class ({classes[0]}); a probe needs at least 2"
+
+
+def clustering_skip_reason(n: int, k: int, what: str = "clusters") -> str | None:
+  """Why `n` rows cannot be split into `k` clusters (more clusters than rows), or None."""
+  if k <= n:
+    return None
+  return f"{k} {what} are more than the {n} rows clustered"
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -97,29 +150,55 @@ def _umap(flag: str):
 
 
 def manifold(
-  x: np.ndarray, method: str, *, dim: int, seed: int, flag: str = "manifold"
+  x: np.ndarray,
+  method: str,
+  *,
+  dim: int,
+  seed: int,
+  flag: str = "manifold",
+  log: Callable[[str], None] | None = print,
 ) -> np.ndarray:
   """A `dim`-dimensional nonlinear map of `x` [N, D] -> [N, dim] that keeps local structure.
 
-  UMAP uses N2D's settings (20 neighbours, min_dist 0), which favour tight clusters.
+  UMAP uses N2D's settings (20 neighbours, min_dist 0), which favour tight clusters; t-SNE
+  scikit-learn's (perplexity 30). On few rows both are bounded by them (`umap_neighbors`,
+  `tsne_perplexity`), and too few for either (`manifold_fallback`) get a PCA map instead, with a
+  line to `log` saying so. A PCA map has at most min(N, D) components (none for one row); zero
+  columns pad it to `dim`.
   """
   x = np.asarray(x, np.float32)
   if method == "none":
     return x
+  if method not in MANIFOLDS + PLOTS:
+    raise UsageError(f"--{flag} must be one of {', '.join(MANIFOLDS)}; got {method!r}")
+  if method == "tsne" and dim > 3:
+    raise UsageError(f"--{flag}=tsne maps to at most 3 dimensions; got {dim}")
   if method == "umap":
-    reducer = _umap(flag).UMAP(
-      n_components=dim, n_neighbors=20, min_dist=0.0, metric="euclidean", random_state=seed
+    umap = _umap(flag)
+  reason = manifold_fallback(method, len(x), dim)
+  if reason is not None:
+    if log is not None:
+      log(f"--{flag}={method}: {reason}; a PCA map instead")
+    method = "pca"
+  if method == "umap":
+    reducer = umap.UMAP(
+      n_components=dim,
+      n_neighbors=umap_neighbors(len(x)),
+      min_dist=0.0,
+      metric="euclidean",
+      random_state=seed,
     )
     return reducer.fit_transform(x).astype(np.float32)
   if method == "tsne":
     from sklearn.manifold import TSNE
 
-    if dim > 3:
-      raise UsageError(f"--{flag}=tsne maps to at most 3 dimensions; got {dim}")
-    return TSNE(dim, init="pca", random_state=seed).fit_transform(x).astype(np.float32)
-  if method == "pca":
-    return pca(x, dim, seed=seed)[0]
-  raise UsageError(f"--{flag} must be one of {', '.join(MANIFOLDS)}; got {method!r}")
+    # PCA starts the map where it can (D >= dim), as scikit-learn does by default.
+    init = "pca" if dim <= x.shape[1] else "random"
+    tsne = TSNE(dim, perplexity=tsne_perplexity(len(x)), init=init, random_state=seed)
+    return tsne.fit_transform(x).astype(np.float32)
+  components = min(dim, *x.shape) if len(x) > 1 else 0  # one row has no variance to map
+  mapped = pca(x, components, seed=seed)[0] if components else np.zeros((len(x), 0), np.float32)
+  return np.pad(mapped, ((0, 0), (0, dim - components)))
 
 
 def pca(
@@ -158,9 +237,11 @@ def knn_probe(
 ) -> float:
   """Test accuracy of a k-nearest-neighbour classifier on the train features (cosine
   similarity, majority vote of the `k` nearest): how well labels agree with each point's
-  neighbourhood, which is what clustering the features can use."""
+  neighbourhood, which is what clustering the features can use. `k` is bounded by the train
+  rows (`knn_neighbors`)."""
   from sklearn.neighbors import KNeighborsClassifier
 
+  k = knn_neighbors(k, len(x_train))
   probe = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute")
   probe.fit(np.asarray(x_train, np.float32), y_train)
   return float(probe.score(np.asarray(x_test, np.float32), y_test))
