@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dlu import config
+from dlu.errors import UsageError
 from dlu.runtime.checkpointing import read_checkpoint
 from dlu.train import experiment, loop
 
@@ -132,3 +133,25 @@ def test_full_batch_gradient_descent(tmp_path):
   assert exp.sampler.global_batch_size == 1344
   metrics = loop.train_and_evaluate(cfg, str(tmp_path / "gd"))
   assert np.isfinite(metrics["mse"])
+
+
+@pytest.mark.slow
+def test_a_profiled_run_writes_a_trace_and_resumes(tmp_path):
+  workdir = tmp_path / "run"
+  common = (f"--flagfile={DIGITS}", f"--workdir={workdir}", "--log_every=5", "--eval_every=10")
+  out = _train(*common, "--num_steps=10", "--checkpoint_every=10", "--profile_steps=4:3").stdout
+  assert "Profiled steps 5-7" in out
+  traces = [f for _, _, names in os.walk(workdir / "plugins" / "profile") for f in names]
+  assert any(f.endswith((".xplane.pb", ".trace.json.gz")) for f in traces), traces
+  out = _train(*common, "--num_steps=20", "--checkpoint_every=10", "--profile_steps=4:3").stdout
+  assert "Resuming ae_seed on digits from step 10" in out
+
+
+def test_profile_steps_is_n_or_start_colon_n():
+  cfg = config.make_config(log_every=50, num_steps=200)
+  assert config.profile_window(cfg) == (0, 0)
+  assert config.profile_window(cfg.replace(profile_steps="5")) == (50, 5)
+  assert config.profile_window(cfg.replace(profile_steps="120:10")) == (120, 10)
+  for bad in ("x", "-1", "3:-2", "a:2"):
+    with pytest.raises(UsageError, match="--profile_steps must be N or START:N"):
+      config.profile_window(cfg.replace(profile_steps=bad))

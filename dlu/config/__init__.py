@@ -37,7 +37,6 @@ _NON_NEGATIVE = (
   "warmup_steps",
   "weight_decay",
   "grad_clip",
-  "profile_steps",
   "data_workers",
   "early_stopping_min_delta",
 )
@@ -124,6 +123,21 @@ def require_above_zero(cfg: Config, *names: str) -> None:
       raise UsageError(f"--{name} must be > 0, got {value!r}")
 
 
+def profile_window(cfg: Config) -> tuple[int, int]:
+  """(first step, number of steps) that --profile_steps asks to trace (N: after the first
+  --log_every steps; START:N); (0, 0) when off. UsageError on anything else."""
+  value = str(cfg.profile_steps).strip()
+  start, colon, count = value.rpartition(":")
+  try:
+    n = int(count)
+    first = int(start) if colon else min(cfg.log_every, cfg.num_steps)
+  except ValueError:
+    first = n = -1
+  if n < 0 or first < 0:
+    raise UsageError(f"--profile_steps must be N or START:N (integers >= 0), got {value!r}")
+  return (first, n) if n else (0, 0)
+
+
 def validate(cfg: Config) -> None:
   """Raise UsageError naming the first run flag whose value cannot work.
 
@@ -135,6 +149,7 @@ def validate(cfg: Config) -> None:
   require_fraction(cfg, "momentum", "b1", "b2")
   require_fraction(cfg, "validation_fraction")
   require_positive(cfg, "early_stopping_patience")
+  profile_window(cfg)
   checkpoint = str(cfg.checkpoint)
   if checkpoint not in ("best", "latest") and not checkpoint.isdigit():
     raise UsageError(f"--checkpoint must be best, latest or a step, got {cfg.checkpoint!r}")

@@ -43,11 +43,12 @@ flags.DEFINE_integer(
   "--input_pipeline=stream: processes that read and decode batches (0: threads of the "
   "training process).",
 )
-flags.DEFINE_integer(
+flags.DEFINE_string(
   "profile_steps",
-  0,
-  "Trace this many training steps with the JAX profiler, after the first --log_every steps "
-  "(compilation done), into WORKDIR/plugins/profile for TensorBoard's profile plugin; 0: off.",
+  "0",
+  "Trace training steps with the JAX profiler into WORKDIR/plugins/profile (TensorBoard's "
+  "profile tab, Perfetto): N traces N steps after the first --log_every (compilation done); "
+  "START:N traces N steps from step START. 0: off.",
 )
 flags.DEFINE_string(
   "early_stopping_metric",

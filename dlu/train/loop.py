@@ -219,12 +219,8 @@ def _open_evaluation(run: _Run, schedule: Any, state: Any, resumed: bool) -> Non
   exp, cfg, workdir = run.exp, run.cfg, run.workdir
   lead, step = parallel.is_lead_process(), int(state.step)
   run.writer = metric_writers.create_default_writer(workdir, lead=lead)
-  run.profile = Profile(
-    workdir,
-    first_step=min(cfg.log_every, cfg.num_steps),
-    num_steps=cfg.profile_steps,
-    enabled=lead,
-  )
+  first, count = config.profile_window(cfg)
+  run.profile = Profile(workdir, first_step=first, num_steps=count, enabled=lead)
   on = selection.VALID if exp.dataset.x_valid is not None else "test"
   run.evaluation = evaluators.Evaluation(exp, run.writer, schedule, on=on)
   if resumed:
