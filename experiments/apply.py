@@ -4,15 +4,22 @@ r"""Apply a trained dlu run to new data.
       --output=scored.csv [--samples=16]
 
 The state applied is the run's best checkpoint when it kept one (--keep_best_checkpoint), else
-its latest (--checkpoint=best|latest|STEP). --input is any --dataset form: a table with the training columns (matched by name, in any
-order), an npz (x: images or vectors), or a folder of images. Per input row the output holds
-the embedding (`embedding`, or `embedding_0`, ... columns in a CSV), `score` (anomaly score: higher
-is less like the training data), and for clustering runs `cluster` and `confidence` (the
-run's clustering layer, or the k-means `experiments.evaluate` fitted). With --samples=N a
-GAN or VAE also writes N generated examples (per class for conditional GANs) in the data's
-own units (`samples`, `sample_labels` in the npz; DIR/samples.csv or .npz beside a CSV).
+its latest (--checkpoint=best|latest|STEP). --input is any --dataset form: a table with the
+training columns (matched by name, in any order; its label column optional), an npz (x: images
+or vectors), or a folder of images, checked as training checks its data (one-line errors naming
+the column and row; missing cells filled only where the run was trained with --impute, whose
+stored values apply: --impute and --feature_scaling are the run's). Per input row the output
+holds the embedding (`embedding`, or `embedding_0`, ... columns in a CSV), `score` (anomaly
+score: higher is less like the training data), and for clustering runs `cluster` and
+`confidence` (the run's clustering layer, or the k-means `experiments.evaluate` fitted). With
+--samples=N a GAN or VAE also writes N generated examples (per class for conditional GANs) in
+the data's own units (`samples`, `sample_labels` in the npz; NAME_samples.csv, the training
+columns and label values, or NAME_samples.npz beside a NAME.csv). Outputs are written
+atomically, never over the input or into the workdir; a CSV's text cells that a spreadsheet
+would run as formulas are quoted with a leading '.
 """
 
+import csv
 import os
 
 import numpy as np
@@ -24,12 +31,24 @@ from dlu.runtime import cli
 from dlu.train import apply
 
 flags.DEFINE_string("input", None, "The rows to apply the run to: any --dataset form.")
-flags.DEFINE_string("output", None, "Where the results go: PATH.npz or PATH.csv.")
+flags.DEFINE_string(
+  "output",
+  None,
+  "Where the results go: PATH.npz or PATH.csv (written whole or not at all); neither the input "
+  "nor a path inside the workdir.",
+)
 flags.DEFINE_integer(
   "samples", 0, "Also draw this many samples (GANs, VAEs; per class when conditional); 0: none."
 )
 
 FLAGS = flags.FLAGS
+
+# What a spreadsheet reads as a formula when a cell starts with it (OWASP's CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# The stored preprocessing fixes these at training; apply uses the run's own.
+STORED_FLAGS = ("impute", "feature_scaling")
+# The --input forms that name a file or a folder.
+INPUT_KINDS = ("csv", "parquet", "npz", "npy", "folder", "records")
 
 
 def results(run: apply.Run, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -46,7 +65,73 @@ def results(run: apply.Run, x: np.ndarray) -> dict[str, np.ndarray]:
   return out
 
 
+def check_output(output: str, spec: str, workdir: str, *, samples: bool = False) -> None:
+  """Refuses an --output (or, with `samples`, the samples file beside it) that would overwrite
+  what it reads: the input itself, a path inside the input folder or the run's workdir, or a
+  directory."""
+  kind, _, arg = spec.strip().partition(":")
+  source = os.path.realpath(os.path.expanduser(arg)) if arg and kind in INPUT_KINDS else None
+  run_dir = os.path.realpath(workdir) if workdir else None
+  for path in [output, *(samples_paths(output) if samples else [])]:
+    real = os.path.realpath(os.path.expanduser(path))
+    named = f"--output={output}" + ("" if path == output else f": {path} (the samples file)")
+    if os.path.isdir(real):
+      raise UsageError(f"{named} is a directory; expected a file PATH.npz|PATH.csv")
+    if source is not None and real == source:
+      raise UsageError(f"{named} is the input ({spec}); write the results elsewhere")
+    for folder, name in ((source, f"the input folder ({spec})"), (run_dir, f"--workdir={workdir}")):
+      if folder is not None and os.path.isdir(folder) and _inside(real, folder):
+        raise UsageError(
+          f"{named} is inside {name}, which apply only reads; write the results elsewhere"
+        )
+
+
+def _inside(path: str, folder: str) -> bool:
+  return os.path.commonpath([path, folder]) == folder
+
+
+def samples_paths(output: str) -> list[str]:
+  """The files --samples may write beside a CSV --output (an npz --output holds them)."""
+  if os.path.splitext(output)[1].lower() != ".csv":
+    return []
+  base = os.path.splitext(output)[0] + "_samples"
+  return [base + ".npz", base + ".csv"]
+
+
+def check_stored_flags(run: apply.Run) -> None:
+  """--impute and --feature_scaling are the run's, kept in its preprocessing.json: apply uses
+  those; another value given here is refused, not ignored."""
+  pre = run.dataset.preprocessing
+  for name in STORED_FLAGS:
+    if not FLAGS[name].present:
+      continue
+    if pre is None:
+      raise UsageError(
+        f"--{name}={FLAGS[name].value}: the run was trained on images; --{name} applies to tables"
+      )
+    stored = pre.impute if name == "impute" else pre.scaling
+    if FLAGS[name].value != stored:
+      raise UsageError(
+        f"--{name}={FLAGS[name].value}: the run was trained with --{name}={stored}, kept in its "
+        f"preprocessing.json, which apply uses as training did; drop --{name}"
+      )
+
+
+def safe_cell(value: object) -> object:
+  """A string cell that a spreadsheet would run as a formula, quoted with a leading '; other
+  strings, and numbers, unchanged (a negative number is no formula)."""
+  if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+    return value
+  try:
+    float(value)
+    return value
+  except ValueError:
+    return "'" + value
+
+
 def write_csv(path: str, columns: dict[str, np.ndarray]) -> None:
+  """One column per 1-D array (NAME_0, NAME_1, ... per column of a 2-D one); numbers as %.7g,
+  strings (the header, text values) made safe for spreadsheets (`safe_cell`) and CSV-quoted."""
   names, values = [], []
   for name, v in columns.items():
     v = np.asarray(v)
@@ -57,15 +142,46 @@ def write_csv(path: str, columns: dict[str, np.ndarray]) -> None:
       v = v.reshape(len(v), -1)
       names += [f"{name}_{i}" for i in range(v.shape[1])]
       values.append(v)
-  table = np.concatenate([v.astype(np.float64) for v in values], axis=1) if values else None
-  with files.atomic_write(path) as f:
-    f.write(",".join(names) + "\n")
-    if table is not None:
-      np.savetxt(f, table, delimiter=",", fmt="%.7g")
+  text = any(v.dtype.kind in "OUS" for v in values)
+  with files.atomic_write(path, newline="") as f:
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow([safe_cell(n) for n in names])
+    if not values:
+      return
+    if not text:
+      np.savetxt(f, np.concatenate([v.astype(np.float64) for v in values], axis=1), "%.7g", ",")
+      return
+    cells = [
+      [safe_cell(str(c)) for c in v] if v.dtype.kind in "OUS" else [f"{c:.7g}" for c in v]
+      for v in (col for block in values for col in block.T)
+    ]
+    writer.writerows(zip(*cells, strict=True))
 
 
 def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
   files.atomic_save(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
+
+
+def sample_columns(
+  run: apply.Run, samples: np.ndarray, labels: np.ndarray | None
+) -> dict[str, np.ndarray]:
+  """Generated table rows as the training table's columns; a conditional GAN's classes in a
+  column of their own, never over a feature: the training label column's name (else "label",
+  else label_1, ...), holding the training label values."""
+  pre = run.dataset.preprocessing
+  if pre is None:
+    cols = {"": samples}
+  else:
+    cols = {n: samples[:, i] for i, n in enumerate(pre.columns)}
+  if labels is not None:
+    name = (pre.label_column if pre is not None else None) or "label"
+    k = 0
+    while name in cols:
+      k += 1
+      name = f"label_{k}"
+    classes = pre.classes if pre is not None else None
+    cols[name] = np.array(classes, dtype=object)[labels] if classes else labels
+  return cols
 
 
 def main(argv):
@@ -74,13 +190,17 @@ def main(argv):
     raise UsageError(
       "--input=SPEC (any --dataset form) and --output=PATH.npz|PATH.csv are both needed"
     )
+  if os.path.isdir(os.path.expanduser(FLAGS.output)):
+    raise UsageError(f"--output={FLAGS.output} is a directory; expected a file PATH.npz|PATH.csv")
   fmt = os.path.splitext(FLAGS.output)[1].lower()
   if fmt not in (".npz", ".csv"):
     raise UsageError(f"--output={FLAGS.output}: expected a path ending in .npz or .csv")
   out_dir = os.path.dirname(os.path.abspath(FLAGS.output))
   if not os.path.isdir(out_dir):
     raise UsageError(f"--output={FLAGS.output}: the folder {out_dir} does not exist")
+  check_output(FLAGS.output, FLAGS.input, FLAGS.workdir, samples=bool(FLAGS.samples))
   run = apply.load_run(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
+  check_stored_flags(run)
   x = apply.read_inputs(FLAGS.input, run)
   out = results(run, x)
   samples = run.sample(FLAGS.samples) if FLAGS.samples else None
@@ -93,24 +213,17 @@ def main(argv):
   else:
     write_csv(FLAGS.output, out)
     if samples is not None:
-      base = os.path.splitext(FLAGS.output)[0] + "_samples"
+      npz_path, csv_path = samples_paths(FLAGS.output)
       if run.dataset.is_image:
         write_npz(
-          base + ".npz",
+          npz_path,
           {
             "samples": samples[0],
             **({"sample_labels": samples[1]} if samples[1] is not None else {}),
           },
         )
       else:
-        pre = run.dataset.preprocessing
-        names = list(pre.columns) if pre is not None else None
-        cols = (
-          {"": samples[0]} if names is None else {n: samples[0][:, i] for i, n in enumerate(names)}
-        )
-        if samples[1] is not None:
-          cols["label"] = samples[1]
-        write_csv(base + ".csv", cols)
+        write_csv(csv_path, sample_columns(run, *samples))
   print(
     f"{len(x)} rows of {FLAGS.input} through {run}: {', '.join(out)} -> {FLAGS.output}", flush=True
   )

@@ -8,10 +8,16 @@
     clusters, confidence = run.assign(x)          # [N] each
     samples = run.sample(16)                      # GANs, VAEs
 
-`x` is in the training data's own units: raw table columns [N, D] in the training column
-order (their scaling is the run's stored one), or images [N, H, W, C] as uint8 0..255 or
-float in [0, 1]. Every method runs jitted over the devices in padded batches, with the same
-functions (and so the same numbers) as training's evaluations and `experiments.evaluate`.
+`x` is in the training data's own units: for a table, raw columns [N, D] in the training column
+order, a pandas DataFrame or pyarrow Table (columns matched by name; others, the label among
+them, ignored) or a "csv:PATH" / "parquet:PATH" / "npz:PATH" string as `experiments.apply`
+reads it (their scaling and imputation are the run's stored ones); for images, [N, H, W, C] as
+uint8 0..255 or float in [0, 1]. New data is checked as training checks its data: numbers only,
+finite, missing cells only where the run imputes them, pixels in range, at least one row; each
+refusal is one UsageError naming the column and row (counted as training counts them: from 1,
+a CSV's header being row 1). Every method runs jitted over the devices in padded batches, with
+the same functions (and so the same numbers) as training's evaluations and
+`experiments.evaluate`.
 """
 
 from __future__ import annotations
@@ -23,9 +29,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 from jax.experimental import multihost_utils
 
 from dlu import data
+from dlu.data import arrays, preprocessing, tables
 from dlu.errors import UsageError
 from dlu.evaluators.clustering import KMEANS_FILE
 from dlu.ops import losses
@@ -49,41 +59,111 @@ class Run:
 
   # --- Inputs.
 
-  def inputs(self, x: Any) -> np.ndarray:
-    """`x` as the model's stored inputs, checked against the training data. [N, ...]
+  def inputs(self, x: Any, *, what: str = "inputs") -> np.ndarray:
+    """`x` as the model's stored inputs, checked as training checks its data. [N, ...]
 
-    Rows on disk (`data.RowArray`: records:, npy:) stay there and are read batch by batch."""
+    `x`: an array, a DataFrame or pyarrow Table (tables), a --dataset string ("csv:PATH", ...,
+    read as `experiments.apply` reads --input), or rows on disk (`data.RowArray`: records:,
+    npy:), which stay there and are read batch by batch. `what` names `x` in messages."""
+    if isinstance(x, str):
+      x, what = read_inputs(x, self), f"--input={x.strip()}"
+    elif _is_table(x):
+      x = self._table_rows(x, what)
     shape = self.dataset.example_shape
+    pre = self.dataset.preprocessing
     if isinstance(x, data.RowArray):
       if x.example_shape != shape:
-        what = "images of shape" if self.dataset.is_image else "rows of"
+        kind = "images of shape" if self.dataset.is_image else "rows of"
         raise UsageError(
-          f"inputs are {x.example_shape} per example; the run was trained on {what} {shape}"
+          f"{what} are {x.example_shape} per example; the run was trained on {kind} {shape}"
         )
       if self.dataset.is_image and x.dtype != self.dataset.x_train.dtype:
         raise UsageError(
-          f"inputs are {x.dtype} images; the run was trained on {self.dataset.x_train.dtype}"
+          f"{what} are {x.dtype} images; the run was trained on {self.dataset.x_train.dtype}"
         )
-      pre = self.dataset.preprocessing
-      return x.view(transform=functools.partial(pre.transform, what="inputs")) if pre else x
+      if not len(x):
+        raise UsageError(_no_rows(what))
+      return x.view(transform=functools.partial(pre.transform, what=what)) if pre else x
+    x = self.checked(x, what=what)
+    if self.dataset.is_image:
+      if x.dtype != np.uint8 and self.dataset.x_train.dtype == np.uint8:
+        x = np.round(x * 255).astype(np.uint8)  # in [0, 1]: checked
+      return x
+    return pre.transform(x, what) if pre is not None else x.astype(np.float32)
+
+  def checked(self, x: Any, *, what: str = "inputs", first_row: int = 1) -> np.ndarray:
+    """`x` in the data's own units, refused as training refuses its data: images [N, H, W, C]
+    of the training shape, uint8 or float in [0, 1] (no NaN); raw table rows [N, D] as
+    float64, numbers, finite, NaN (missing) only where the run's stored preprocessing fills
+    it. Rows in messages count from `first_row` (2 in a CSV, whose header is row 1)."""
+    shape = self.dataset.example_shape
     x = np.asarray(x)
     if self.dataset.is_image:
       if x.ndim == len(shape) and shape[-1] == 1:
         x = x[..., None]
       if x.shape[1:] != shape:
         raise UsageError(
-          f"inputs are {x.shape[1:]} per example; the run was trained on images of shape {shape} "
-          "(H, W, C)"
+          f"{what} are {x.shape[1:]} per example; the run was trained on images of shape "
+          f"{shape} (H, W, C)"
         )
-      if x.dtype != np.uint8 and self.dataset.x_train.dtype == np.uint8:
-        x = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
-      return x
+      if not len(x):
+        raise UsageError(_no_rows(what))
+      # Training's own check (dtype, NaN, infinite values, floats outside [0, 1]).
+      return arrays._check_images(x, what)
     if x.ndim != 2 or x.shape[1] != shape[0]:
       raise UsageError(
-        f"inputs have shape {x.shape}; the run was trained on rows of {shape[0]} features"
+        f"{what} have shape {x.shape}; the run was trained on rows of {shape[0]} features"
       )
     pre = self.dataset.preprocessing
-    return pre.transform(x.astype(np.float64), "inputs") if pre is not None else x
+    columns = pre.columns if pre is not None else tuple(f"f{j}" for j in range(shape[0]))
+    impute = pre.impute if pre is not None else "none"
+    return checked_rows(x, columns, what, first_row=first_row, impute=impute)
+
+  def _table_rows(self, x: Any, what: str) -> np.ndarray:
+    """A DataFrame's or pyarrow Table's training columns, by name, as raw float64 [N, D]."""
+    pre = self.dataset.preprocessing
+    if self.dataset.is_image:
+      raise UsageError(
+        f"{what}: a {type(x).__name__} of table columns; the run was trained on images of shape "
+        f"{self.dataset.example_shape}"
+      )
+    if pre is None:
+      raise UsageError(
+        f"{what}: a {type(x).__name__} of table columns; the run kept no column names to match "
+        "them to: pass an array [N, D] in the training order"
+      )
+    if isinstance(x, pa.RecordBatch):
+      table = pa.Table.from_batches([x])
+    elif isinstance(x, pa.Table):
+      table = x
+    else:
+      try:
+        if type(x).__module__.split(".")[0] == "pandas":
+          table = pa.Table.from_pandas(x, preserve_index=False)
+        else:
+          table = pa.table(x)
+      except (pa.ArrowException, TypeError, ValueError) as e:
+        raise UsageError(
+          f"{what}: cannot read the {type(x).__name__} as a table ({preprocessing.first_line(e)})"
+        ) from e
+    names = table.column_names
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+      raise UsageError(
+        f"{what}: duplicate column names {preprocessing.listed(duplicates)}; names must be unique"
+      )
+    missing = [c for c in pre.columns if c not in names]
+    if missing:
+      raise UsageError(
+        f"{what}: lacks the feature columns {preprocessing.listed(missing)} the run was trained on"
+      )
+    if not table.num_rows:
+      raise UsageError(_no_rows(what))
+    out = np.empty((table.num_rows, len(pre.columns)), np.float64)
+    for j, name in enumerate(pre.columns):
+      # Training's reading of a column: numbers only (text, dates refused), no infinities.
+      out[:, j] = tables._feature_values(table.column(name), f"{what}: column {name!r}", 1)
+    return out
 
   def _per_example(self, name: str, fn: Any, x: np.ndarray) -> np.ndarray:
     if name not in self._jitted:
@@ -194,8 +274,72 @@ def load_run(workdir: str, **overrides: Any) -> Run:
 
 def read_inputs(spec: str, run: Run) -> np.ndarray:
   """Every row of an input --dataset form (a table, an npz, an image folder), unsplit, in the
-  data's own units: a table's columns matched by name to the run's training columns."""
+  data's own units, checked as training checks its data (`Run.checked`): a table's columns
+  matched by name to the run's training columns; its label column read when it is there (new
+  rows need none; it is never a feature)."""
   pre = run.dataset.preprocessing
-  return data.read_rows(
-    spec, columns=None if pre is None else pre.columns, label_column=run.cfg.label_column
+  kind, _, path = spec.strip().partition(":")
+  label = run.cfg.label_column
+  if label is not None and kind in tables.TABLE_FORMATS and path:
+    names = _column_names(kind, os.path.expanduser(path))
+    if names is not None and label not in names:
+      label = None
+  x = data.read_rows(spec, columns=None if pre is None else pre.columns, label_column=label)
+  if isinstance(x, data.RowArray):
+    return x
+  what = f"--input={spec.strip()}" + (": x" if kind == "npz" else "")
+  return run.checked(x, what=what, first_row=2 if kind == "csv" else 1)
+
+
+def checked_rows(
+  x: np.ndarray, columns: tuple[str, ...], what: str, *, first_row: int = 1, impute: str = "none"
+) -> np.ndarray:
+  """Raw table rows [N >= 1, D] as float64, refused as training refuses a table: not numbers,
+  infinite, or missing (NaN) unless `impute` fills them; the first bad column, then its first
+  bad row (counted from `first_row`), named."""
+  if x.dtype.kind not in "biuf":
+    raise UsageError(f"{what}: dtype {x.dtype}; expected numbers (int, float or bool)")
+  if not len(x):
+    raise UsageError(_no_rows(what))
+  x = x.astype(np.float64)
+  for bad, fill in ((np.isinf(x), False), (np.isnan(x), impute != "none")):
+    if fill or not bad.any():
+      continue
+    j = int(np.flatnonzero(bad.any(axis=0))[0])
+    i = int(np.flatnonzero(bad[:, j])[0])
+    if np.isinf(x[i, j]):
+      raise UsageError(
+        f"{what}: column {columns[j]!r} row {i + first_row} holds {x[i, j]}, not a finite "
+        "number (leave missing values empty, or NaN)"
+      )
+    raise UsageError(
+      f"{what}: column {columns[j]!r} has missing values (first at row {i + first_row}); fill "
+      "them: the run was trained with --impute=none"
+    )
+  return x
+
+
+# --- helpers ---
+
+
+def _no_rows(what: str) -> str:
+  return f"{what}: has no rows; expected at least one row to apply the run to"
+
+
+def _is_table(x: Any) -> bool:
+  """A pyarrow Table or RecordBatch, a pandas (or polars, ...) DataFrame: named columns."""
+  return isinstance(x, (pa.Table, pa.RecordBatch)) or (
+    hasattr(x, "columns") and not isinstance(x, (np.ndarray, data.RowArray))
   )
+
+
+def _column_names(kind: str, path: str) -> list[str] | None:
+  """A table's column names, from its header or schema alone; None if they cannot be read
+  (reading the whole table then says why)."""
+  try:
+    if kind == "parquet":
+      return pq.read_schema(path).names
+    with pcsv.open_csv(path) as reader:
+      return reader.schema.names
+  except (pa.ArrowException, OSError, ValueError):
+    return None
