@@ -371,7 +371,7 @@ def make_feed(
   )
   labels = _check_labels(family, y_train)
   if parallelism != "pmap":  # The key on every device once, not copied there at every step.
-    rng = jax.device_put(rng, parallel.replicated(mesh))
+    rng = parallel.put_replicated(mesh, rng)
   if pipeline == "device":
     x = x_train if isinstance(x_train, np.ndarray) else np.asarray(x_train)
     return DeviceFeed(family, mesh, x, sampler, train_step, rng, y_train=y_train)

@@ -96,7 +96,7 @@ def sample_quality_metrics(exp: Any, state: Any, inputs: Inputs) -> dict[str, An
     ),
   )
   params = inputs.compiled(
-    "feature_params", lambda: jax.device_put(net.params, parallel.replicated(exp.mesh))
+    "feature_params", lambda: parallel.put_replicated(exp.mesh, net.params)
   )
   real = inputs.compiled(
     f"real_features/{inputs.split}", lambda: _real_features(exp, net, params, n)

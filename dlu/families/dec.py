@@ -219,7 +219,7 @@ class DEC(SingleNetworkFamily):
       extra.update(
         {k: np.float32(v) for k, v in clustering.scores(self.dataset.y_train, assign).items()}
       )
-    return state.replace(extra=jax.device_put(extra, parallel.replicated(self.ctx.mesh)))
+    return state.replace(extra=parallel.put_replicated(self.ctx.mesh, extra))
 
   def step_boundaries(self):
     return (self.cfg.target_update_every,)

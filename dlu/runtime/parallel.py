@@ -15,6 +15,7 @@ from typing import Any
 import flax.jax_utils
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -33,6 +34,25 @@ def make_mesh() -> Mesh:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def put_replicated(mesh: Mesh, tree: Any) -> Any:
+  """`tree` (the same on every process) as arrays replicated over every device of `mesh`.
+
+  With several processes the mesh holds devices this process cannot address, which
+  `jax.device_put` refuses; each process then gives its copy as its local data.
+  """
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = put(jax.random.key_data(x))
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+  return jax.tree.map(put, tree)
 
 
 def data_sharded(mesh: Mesh) -> NamedSharding:
