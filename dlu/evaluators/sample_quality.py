@@ -95,9 +95,7 @@ def sample_quality_metrics(exp: Any, state: Any, inputs: Inputs) -> dict[str, An
       exp.cfg.data_dir or data.default_data_dir(),
     ),
   )
-  params = inputs.compiled(
-    "feature_params", lambda: parallel.put_replicated(exp.mesh, net.params)
-  )
+  params = inputs.compiled("feature_params", lambda: parallel.put_replicated(exp.mesh, net.params))
   real = inputs.compiled(
     f"real_features/{inputs.split}", lambda: _real_features(exp, net, params, n)
   )
