@@ -32,9 +32,15 @@ _PUBLIC = {
 
 __all__ = sorted(_PUBLIC)
 
+# A Config holds the flags of the modules imported so far; the public one knows every flag
+# (each family's and evaluator's too), which importing the experiment builder defines.
+_NEEDS_EVERY_FLAG = {"Config", "make_config", "config_from_flagfile"}
+
 
 def __getattr__(name: str):
   if name in _PUBLIC:
+    if name in _NEEDS_EVERY_FLAG:
+      importlib.import_module("dlu.train.experiment")
     return getattr(importlib.import_module(_PUBLIC[name]), name)
   raise AttributeError(f"module 'dlu' has no attribute {name!r}")
 

@@ -28,19 +28,16 @@ def _columns(exp: Any, d: int) -> list[str]:
 
 
 def _bar_chart(names: list[str], errors: np.ndarray, path: str, title: str) -> None:
-  import matplotlib  # noqa: PLC0415  (plotting only)
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+  from matplotlib.figure import Figure  # noqa: PLC0415  (plotting only)
 
   order = np.argsort(errors)[::-1][:WORST_SHOWN]
-  fig, ax = plt.subplots(figsize=(7, 0.22 * len(order) + 1.2), dpi=110)
+  fig = Figure(figsize=(7, 0.22 * len(order) + 1.2), dpi=110)
+  ax = fig.subplots()
   ax.barh([names[i] for i in order][::-1], errors[order][::-1], color="tab:blue")
   ax.set_xlabel("test mean squared error (model units)")
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path)
-  plt.close(fig)
 
 
 @register("features", needs=("vectors", "embeddings"))

@@ -251,17 +251,17 @@ def scatter_plot(
   points: np.ndarray, labels: np.ndarray | None, path: str, *, title: str = ""
 ) -> str:
   """A PNG scatter of 2-D `points` [N, 2] coloured by label."""
-  import matplotlib
+  from matplotlib.figure import Figure  # noqa: PLC0415  (plotting only)
+  from matplotlib.lines import Line2D  # noqa: PLC0415
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+  # A Figure of its own, not pyplot's: the caller's backend (a notebook's) is left as it is.
+  fig = Figure(figsize=(7, 6), dpi=110)
+  ax = fig.subplots()
   colours = None if labels is None else np.asarray(labels)
   sc = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=3, alpha=0.7, linewidths=0)
   if colours is not None:
     classes = np.unique(colours)
-    handles = [plt.Line2D([], [], ls="", marker="o", color=sc.cmap(sc.norm(c))) for c in classes]
+    handles = [Line2D([], [], ls="", marker="o", color=sc.cmap(sc.norm(c))) for c in classes]
     ax.legend(
       handles,
       [str(c) for c in classes],
@@ -276,7 +276,6 @@ def scatter_plot(
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path)
-  plt.close(fig)
   return path
 
 

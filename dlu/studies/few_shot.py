@@ -220,14 +220,13 @@ def measure(
 def plot(results: dict[str, Any], path: str) -> None:
   """Test accuracy against k (log scale): real and real + synthetic with +-1 std bands, and
   TSTR as a horizontal line."""
-  import matplotlib  # pylint: disable=g-import-not-at-top  # only plotting needs it
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # noqa: PLC0415  (plotting only)
+  from matplotlib.figure import Figure  # noqa: PLC0415
 
   ks = results["settings"]["real_per_class"]
   syn = results["settings"]["synthetic_per_class"]
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  fig = Figure(figsize=(6, 4), dpi=120)
+  ax = fig.subplots()
   for key, label, colour in (
     ("real", "real only", "tab:blue"),
     ("real_plus_synthetic", f"real + {syn} synthetic per class", "tab:orange"),
@@ -257,7 +256,6 @@ def plot(results: dict[str, Any], path: str) -> None:
   ax.legend(loc="lower right", fontsize=8)
   fig.tight_layout()
   files.atomic_save(path, fig.savefig, suffix=".png")
-  plt.close(fig)
 
 
 def table(results: dict[str, Any]) -> str:

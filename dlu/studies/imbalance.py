@@ -202,12 +202,10 @@ def measure(
 def plot(results: dict[str, Any], path: str) -> None:
   """Left: each method's test accuracy, balanced accuracy and worst-class recall (mean +-
   std). Right: the GAN's per-class FID against the class's share of the training subset."""
-  import matplotlib  # noqa: PLC0415  (plotting only)
+  from matplotlib.figure import Figure  # noqa: PLC0415  (plotting only)
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
-  fig, (ax, ax_fid) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+  fig = Figure(figsize=(11, 4), dpi=120)
+  ax, ax_fid = fig.subplots(1, 2)
   names = ("accuracy", "balanced_accuracy", "worst_class_recall")
   width = 0.8 / len(METHODS)
   for i, m in enumerate(METHODS):
@@ -241,7 +239,6 @@ def plot(results: dict[str, Any], path: str) -> None:
   ax_fid.grid(True, alpha=0.3)
   fig.tight_layout()
   files.atomic_save(path, fig.savefig, suffix=".png")
-  plt.close(fig)
 
 
 def table(results: dict[str, Any]) -> str:
