@@ -2,7 +2,7 @@
 
   python scripts/benchmark.py --out=benchmarks/            # everything, ~50 minutes on 2 cores
   python scripts/benchmark.py --quality --out=/tmp/q       # quality only, ~45 minutes
-  python scripts/benchmark.py --throughput --quick         # examples/s only, a few minutes
+  python scripts/benchmark.py --quick                      # examples/s only, a few minutes
   python scripts/benchmark.py --models=ae_conv --frameworks=dlu,pytorch --repeats=9
 
 Quality: every framework trains every model for the same steps on the same training split,
@@ -17,7 +17,13 @@ quality any framework reached at that budget (compilation included, evaluations 
 dlu trains through its real step (`dlu.runtime.parallel` and `dlu.data.feeds`, as `experiments.train`
 runs it); the peers are written as their users write them (`benchmark_torch.py`,
 `benchmark_keras.py`; install them with `scripts/benchmark_requirements.txt`, or their
-rows are skipped). Each framework runs in its own worker process, so thread pools and
+rows are skipped). Beside each peer's defaults, its fast settings, as a user after speed
+would run it: `pytorch_compile` (the networks wrapped in `torch.compile`) and `keras_jit`
+(`jit_compile=True` and `steps_per_execution` equal to dlu's steps per dispatch for the MLPs);
+and dlu at one step per dispatch (`dlu_k1`). PyTorch's workers run with
+`OMP_WAIT_POLICY=PASSIVE`, so that OpenMP threads do not spin (and collapse) when other
+processes share the cores; the report warns when the load average exceeded the core count.
+Each framework runs in its own worker process, so thread pools and
 memory do not mix, and every repetition visits the frameworks in turn, so load from
 other processes falls on all of them alike. Reported per model and framework: examples/s
 (median over repetitions, min, max), the time to the first step (compilation included),
@@ -42,7 +48,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 
 MODELS = ("ae_seed", "ae_mlp", "ae_conv", "conv_vae", "dcgan")
-FRAMEWORKS = ("dlu", "pytorch", "keras")
+FRAMEWORKS = ("dlu", "dlu_k1", "pytorch", "pytorch_compile", "keras", "keras_jit")
+NAMES = {
+  "dlu": "dlu",
+  "dlu_k1": "dlu (1 step per dispatch)",
+  "pytorch": "PyTorch",
+  "pytorch_compile": "PyTorch (torch.compile)",
+  "keras": "Keras",
+  "keras_jit": "Keras (XLA, steps_per_execution)",
+}
 LATENT = {"ae_seed": 128, "ae_mlp": 32, "ae_conv": 32, "conv_vae": 16, "dcgan": 64}
 # What each model is judged by (lower is better for all): test MSE or BCE per pixel of the
 # reconstructions, -ELBO in nats per image (one posterior sample at given noise), FID.
@@ -94,7 +108,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   csv = lambda s: [v for v in s.split(",") if v]
   p.add_argument("--models", type=csv, default=list(MODELS), help="models to benchmark")
-  p.add_argument("--frameworks", type=csv, default=list(FRAMEWORKS), help="dlu, pytorch, keras")
+  p.add_argument("--frameworks", type=csv, default=list(FRAMEWORKS), help=", ".join(FRAMEWORKS))
   p.add_argument("--repeats", type=int, default=5, help="timed repetitions (interleaved)")
   p.add_argument("--seconds", type=float, default=3.0, help="target duration of one repetition")
   p.add_argument("--batch_size", type=int, default=256)
@@ -105,7 +119,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     default=10,
     help="dlu's --steps_per_dispatch for the MLP models (conv models use 1)",
   )
-  p.add_argument("--quick", action="store_true", help="3 repetitions of ~0.5 s: a few minutes")
+  p.add_argument(
+    "--quick",
+    action="store_true",
+    help="the examples/s part only, 3 repetitions of ~0.5 s: a few minutes",
+  )
   p.add_argument("--quality", action="store_true", help="only the quality part")
   p.add_argument("--throughput", action="store_true", help="only the examples/s part")
   p.add_argument("--seeds", type=int, default=3, help="quality: seeds per model and framework")
@@ -148,25 +166,34 @@ def _worker_main(framework: str) -> None:
   with np.load(os.path.join(FLAGS.data_dir, "vae_inputs.npz")) as f:
     inputs.update(binary=f["binary"], eps=f["eps"])
   try:
-    if framework == "dlu":
+    if framework in ("dlu", "dlu_k1"):
       import benchmark_dlu as module
 
       runner = module.Runner(
         FLAGS.dataset,
         FLAGS.batch_size,
-        FLAGS.steps_per_dispatch,
+        FLAGS.steps_per_dispatch if framework == "dlu" else 1,
         {m: DLU_FLAGS[m] for m in MODELS},
         dict(kv.split("=", 1) for kv in FLAGS.dlu_flags),
       )
+    elif framework.startswith("pytorch"):
+      import benchmark_torch as module
+
+      runner = module.Runner(x, FLAGS.batch_size, compile=framework == "pytorch_compile")
     else:
-      module = __import__(f"benchmark_{'torch' if framework == 'pytorch' else 'keras'}")
-      runner = module.Runner(x, FLAGS.batch_size)
+      import benchmark_keras as module
+
+      fast = framework == "keras_jit"
+      runner = module.Runner(
+        x,
+        FLAGS.batch_size,
+        jit_compile=fast,
+        mlp_steps_per_execution=FLAGS.steps_per_dispatch if fast else 1,
+      )
   except ImportError as e:
+    base = framework.split("_")[0]
     send(
-      {
-        "error": f"{framework} is not installed ({e}); pip install -r "
-        "scripts/benchmark_requirements.txt"
-      }
+      {"error": f"{base} is not installed ({e}); pip install -r scripts/benchmark_requirements.txt"}
     )
     return
   send({"version": module.version()})
@@ -212,6 +239,15 @@ def _worker_main(framework: str) -> None:
     send(out)
 
 
+def worker_env(framework: str) -> dict[str, str]:
+  """The environment of a framework's worker: PyTorch's OpenMP threads wait passively (unless
+  the caller chose a policy), so that a busy machine does not collapse them."""
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+  if framework.startswith("pytorch"):
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+  return env
+
+
 class Worker:
   def __init__(self, framework: str, data_dir: str, log_path: str):
     args = [
@@ -224,7 +260,7 @@ class Worker:
       f"--steps_per_dispatch={FLAGS.steps_per_dispatch}",
       f"--dlu_flags={','.join(FLAGS.dlu_flags)}",
     ]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+    env = worker_env(framework)
     self.log = open(log_path, "w")
     self.proc = subprocess.Popen(
       args,
@@ -303,7 +339,7 @@ def run_benchmark(out_dir: str) -> tuple[list[dict], list[str]]:
   ds, data_dir = _prepare_data(out_dir)
   workers = start_workers(data_dir, out_dir, notes)
   rows = throughput(workers, notes) if not FLAGS.quality else []
-  if not FLAGS.throughput:
+  if not FLAGS.throughput and not FLAGS.quick:
     rows = merge(rows, quality(workers, ds, out_dir, notes))
   for fw, w in workers.items():
     rss = w(cmd="rss").get("peak_rss_mb")
@@ -334,8 +370,8 @@ def throughput(workers: dict, notes: list[str]) -> list[dict]:
       steps[model, fw] = (
         -(-int(min(1000, max(min_steps, seconds / max(r["step_s"], 1e-6)))) // k) * k
       )
-      if fw == "dlu":
-        dispatch[model] = k
+      if fw in ("dlu", "keras_jit"):
+        dispatch[model, fw] = k
       results[model, fw] = []
       print(
         f"{model:9s} {fw:8s} first step {first[model, fw]:6.2f} s, {steps[model, fw]} steps "
@@ -390,7 +426,11 @@ def throughput(workers: dict, notes: list[str]) -> list[dict]:
       }
     )
   if dispatch:
-    notes.append("dlu steps per dispatch: " + ", ".join(f"{m} {k}" for m, k in dispatch.items()))
+    for fw in ("dlu", "keras_jit"):
+      ks = {m: k for (m, f), k in dispatch.items() if f == fw}
+      if ks:
+        what = "dlu steps per dispatch" if fw == "dlu" else "Keras steps_per_execution"
+        notes.append(f"{what}: " + ", ".join(f"{m} {k}" for m, k in ks.items()))
   return rows
 
 
@@ -557,7 +597,7 @@ def _quality_rows(model: str, curves: dict, num_train: int) -> list[dict]:
       for fw, v in finals.items()
     }
     target = min(m for m, _ in means.values())
-    peers = {fw: means[fw][0] for fw in means if fw != "dlu"}
+    peers = {fw: means[fw][0] for fw in means if not fw.startswith("dlu")}
     best_peer = min(peers, key=peers.get) if peers else None
     for fw, (mean, std) in means.items():
       seconds = float(np.mean([t for t, _ in curves[fw][steps]]))
@@ -616,7 +656,7 @@ def quality_markdown(rows: list[dict]) -> list[str]:
     return []
   by = {(r["model"], r["steps"], r["framework"]): r for r in q}
   fws = [fw for fw in FRAMEWORKS if any(r["framework"] == fw for r in q)]
-  names = {"dlu": "dlu", "pytorch": "PyTorch", "keras": "Keras"}
+  names = NAMES
   seeds = max(r["seeds"] for r in q)
   lines = [
     f"Quality on the test split after the same steps (mean ± std over {seeds} seeds; lower is "
@@ -676,6 +716,8 @@ def markdown(rows: list[dict], notes: list[str], command: str) -> str:
   by = {(r["model"], r["framework"]): r for r in rows if "examples_per_s" in r}
   peak = next((r for r in rows if r["framework"] == "matmul_peak"), None)
   models = [m for m in MODELS if any((m, fw) in by for fw in FRAMEWORKS)]
+  fws = [fw for fw in FRAMEWORKS if any((m, fw) in by for m in models)]
+  peers = [fw for fw in fws if not fw.startswith("dlu")]
   fmt = lambda r: f"{r['examples_per_s']:,.0f} ({r['min']:,.0f}-{r['max']:,.0f})" if r else "-"
   ratio = lambda m, fw: (
     f"{by[m, 'dlu']['examples_per_s'] / by[m, fw]['examples_per_s']:.2f}x"
@@ -689,22 +731,38 @@ def markdown(rows: list[dict], notes: list[str], command: str) -> str:
   ] + quality_markdown(rows)
   if not by:
     return "\n".join(lines + [f"- {n}" for n in notes]) + "\n"
+  cores = os.cpu_count() or 1
   lines += [
-    f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+    f"{cores} CPUs ({platform.processor() or platform.machine()}), "
     f"batch {FLAGS.batch_size}, {FLAGS.dataset}, examples/s median (min-max) over repetitions; "
     f"load average during the runs {min(load):.1f}-{max(load):.1f}.",
     "",
-    "| model | dlu | PyTorch | Keras | dlu/PyTorch | dlu/Keras | first step s (dlu / PyTorch / Keras) "
-    "| dlu GFLOP/s (% of peak) |",
-    "|---|---|---|---|---|---|---|---|",
+  ]
+  if max(load) > cores:
+    lines += [
+      f"**Warning: the load average ({max(load):.1f}) exceeded the {cores} cores during the "
+      "runs: other processes shared the machine, and the figures (PyTorch's most) are low.**",
+      "",
+    ]
+  lines += [
+    "| model | "
+    + " | ".join(NAMES[fw] for fw in fws)
+    + "".join(f" | dlu/{NAMES[fw]}" for fw in peers)
+    + " | first step s ("
+    + " / ".join(NAMES[fw] for fw in fws)
+    + ") | dlu GFLOP/s (% of peak) |",
+    "|---|" + "---|" * (len(fws) + len(peers) + 2),
   ]
   for m in models:
-    d, t, k = by.get((m, "dlu")), by.get((m, "pytorch")), by.get((m, "keras"))
-    firsts = " / ".join(f"{r['first_step_s']:.1f}" if r else "-" for r in (d, t, k))
+    rs = [by.get((m, fw)) for fw in fws]
+    d = by.get((m, "dlu"))
+    firsts = " / ".join(f"{r['first_step_s']:.1f}" if r else "-" for r in rs)
     frac = f"{d['gflops']:.0f} ({100 * d['peak_fraction']:.0f}%)" if d and "gflops" in d else "-"
     lines.append(
-      f"| {DESCRIPTIONS[m]} | {fmt(d)} | {fmt(t)} | {fmt(k)} | {ratio(m, 'pytorch')} | "
-      f"{ratio(m, 'keras')} | {firsts} | {frac} |"
+      f"| {DESCRIPTIONS[m]} | "
+      + " | ".join(fmt(r) for r in rs)
+      + "".join(f" | {ratio(m, fw)}" for fw in peers)
+      + f" | {firsts} | {frac} |"
     )
   if peak:
     lines += [
@@ -746,6 +804,8 @@ def check(args: argparse.Namespace) -> None:
     raise UsageError(f"--dlu_flags must be NAME=VALUE pairs, got {','.join(args.dlu_flags)}")
   if args.quality and args.throughput:
     raise UsageError("--quality and --throughput each ask for one part only: give one (or neither)")
+  if args.quick and args.quality:
+    raise UsageError("--quick is the examples/s part in a few minutes: drop it for --quality")
 
 
 def main(argv: list[str]) -> int:

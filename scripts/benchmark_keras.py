@@ -107,8 +107,8 @@ class DCGAN(keras.Model):
     )
     self.bce = keras.losses.BinaryCrossentropy(from_logits=True)
 
-  def compile(self, d_optimizer, g_optimizer):
-    super().compile()
+  def compile(self, d_optimizer, g_optimizer, **kwargs):
+    super().compile(**kwargs)
     self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
 
   def train_step(self, real):
@@ -130,7 +130,10 @@ class DCGAN(keras.Model):
     return {"d_loss": d_loss, "g_loss": g_loss}
 
 
-def build(model: str, latent_dim: int, shape=(28, 28, 1), seed: int = 0) -> keras.Model:
+def build(
+  model: str, latent_dim: int, shape=(28, 28, 1), seed: int = 0, **compile_kwargs
+) -> keras.Model:
+  """The model, compiled with `compile_kwargs` (jit_compile, steps_per_execution) added."""
   keras.utils.set_random_seed(seed)
   d = int(np.prod(shape))
   if model == "ae_seed":
@@ -143,7 +146,7 @@ def build(model: str, latent_dim: int, shape=(28, 28, 1), seed: int = 0) -> kera
         layers.Reshape(shape),
       ]
     )
-    net.compile(keras.optimizers.Adam(1e-3), loss="mse")
+    net.compile(keras.optimizers.Adam(1e-3), loss="mse", **compile_kwargs)
   elif model == "ae_mlp":
     widths = [512, 256, 32, 256, 512]
     net = keras.Sequential(
@@ -151,22 +154,36 @@ def build(model: str, latent_dim: int, shape=(28, 28, 1), seed: int = 0) -> kera
       + [layers.Dense(w, activation=None if w == 32 else "relu") for w in widths]
       + [layers.Dense(d), layers.Reshape(shape)]
     )
-    net.compile(keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    net.compile(
+      keras.optimizers.Adam(1e-3),
+      loss=keras.losses.BinaryCrossentropy(from_logits=True),
+      **compile_kwargs,
+    )
   elif model == "ae_conv":
     net = keras.Sequential([_encoder(latent_dim, shape), _decoder(latent_dim, shape)])
-    net.compile(keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    net.compile(
+      keras.optimizers.Adam(1e-3),
+      loss=keras.losses.BinaryCrossentropy(from_logits=True),
+      **compile_kwargs,
+    )
   elif model == "conv_vae":
     net = VAE(latent_dim, shape)
-    net.compile(keras.optimizers.Adam(1e-3))
+    net.compile(keras.optimizers.Adam(1e-3), **compile_kwargs)
   elif model == "dcgan":
     net = DCGAN(latent_dim, shape)
-    net.compile(keras.optimizers.Adam(2e-4, beta_1=0.5), keras.optimizers.Adam(2e-4, beta_1=0.5))
+    net.compile(
+      keras.optimizers.Adam(2e-4, beta_1=0.5),
+      keras.optimizers.Adam(2e-4, beta_1=0.5),
+      **compile_kwargs,
+    )
   else:
     raise KeyError(model)
   return net
 
 
 class _StepTimes(keras.callbacks.Callback):
+  """The time at the end of each execution (of `steps_per_execution` steps)."""
+
   def on_train_batch_end(self, batch, logs=None):
     self.times.append(time.perf_counter())
 
@@ -191,8 +208,9 @@ class _Evaluations(keras.callbacks.Callback):
   """At the end of each batch in `eval_at`: report the training time so far (without the
   time the reports took) and the outputs."""
 
-  def __init__(self, name, eval_at, inputs, n_samples, report):
+  def __init__(self, name, eval_at, inputs, n_samples, report, steps_per_execution=1):
     super().__init__()
+    self.k, self.done = steps_per_execution, 0  # Callbacks run once per execution.
     self.name, self.eval_at, self.inputs, self.n, self.report = (
       name,
       set(eval_at),
@@ -205,19 +223,38 @@ class _Evaluations(keras.callbacks.Callback):
     self.start, self.paused = time.perf_counter(), 0.0
 
   def on_train_batch_end(self, batch, logs=None):
-    if batch + 1 in self.eval_at:
+    self.done += self.k
+    if self.done in self.eval_at:
       t = time.perf_counter()
       out = outputs(self.model, self.name, self.inputs, self.n)
-      self.report(batch + 1, t - self.start - self.paused, out)
+      self.report(self.done, t - self.start - self.paused, out)
       self.paused += time.perf_counter() - t
 
 
 class Runner:
   """The worker protocol: set up a model (timing its first step), then run timed steps."""
 
-  def __init__(self, x: np.ndarray, batch_size: int):
+  def __init__(
+    self,
+    x: np.ndarray,
+    batch_size: int,
+    jit_compile: bool = False,
+    mlp_steps_per_execution: int = 1,
+  ):
+    """Keras's defaults, or its fast settings: `jit_compile=True` and, for the MLPs,
+    `steps_per_execution` steps in one call (the conv models' steps are long enough)."""
     self.x = x.astype(np.float32) / 255.0  # [N, 28, 28, 1]
     self.batch_size, self.nets = batch_size, {}
+    self.jit_compile, self.mlp_k = jit_compile, mlp_steps_per_execution
+
+  def steps_per_dispatch(self, model: str) -> int:
+    return self.mlp_k if model in ("ae_seed", "ae_mlp") else 1
+
+  def _build(self, model: str, latent_dim: int, seed: int = 0) -> keras.Model:
+    kwargs = {"steps_per_execution": self.steps_per_dispatch(model)}
+    if self.jit_compile:
+      kwargs["jit_compile"] = True
+    return build(model, latent_dim, self.x.shape[1:], seed, **kwargs)
 
   def _fit(self, model: str, steps: int, net=None, callback=None) -> list[float]:
     net, timer = net or self.nets[model], _StepTimes()
@@ -237,16 +274,19 @@ class Runner:
 
   def setup(self, model: str, latent_dim: int) -> tuple[float, float]:
     """(seconds of the first step, tracing included; seconds per step after it)."""
-    self.nets[model] = build(model, latent_dim, self.x.shape[1:])
-    times = self._fit(model, 3)
-    return times[1] - times[0], (times[3] - times[1]) / 2
+    self.nets[model] = self._build(model, latent_dim)
+    k = self.steps_per_dispatch(model)
+    times = self._fit(model, 3 * k)  # three executions
+    return times[1] - times[0], (times[3] - times[1]) / (2 * k)
 
   def run(self, model: str, steps: int) -> float:
-    times = self._fit(model, steps + 1)
-    return times[-1] - times[1]  # `steps` steps, from the end of the first batch
+    """Seconds of `steps` steps (a multiple of the steps per execution), from the end of the
+    first execution."""
+    times = self._fit(model, steps + self.steps_per_dispatch(model))
+    return times[-1] - times[1]
 
   def train(self, model, latent_dim, seed, steps, eval_at, inputs, n_samples, report):
     """Train a fresh model with one `fit` of `steps` steps; at each step in `eval_at`,
     `report(step, training seconds so far, outputs)` (the time it takes is not counted)."""
-    net = build(model, latent_dim, self.x.shape[1:], seed)
-    self._fit(model, steps, net, _Evaluations(model, eval_at, inputs, n_samples, report))
+    net, k = self._build(model, latent_dim, seed), self.steps_per_dispatch(model)
+    self._fit(model, steps, net, _Evaluations(model, eval_at, inputs, n_samples, report, k))

@@ -15,7 +15,10 @@ from torch import nn
 
 
 def version() -> str:
-  return f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+  import os  # noqa: PLC0415
+
+  policy = os.environ.get("OMP_WAIT_POLICY", "default")
+  return f"torch {torch.__version__} ({torch.get_num_threads()} threads, OMP_WAIT_POLICY {policy})"
 
 
 def _conv(cin, cout, k, s):  # 'SAME' for even inputs: output = input / s
@@ -63,7 +66,15 @@ def _mlp(widths):
 class Trainer:
   """One model, its optimiser and the data; `step()` is one training step on the next batch."""
 
-  def __init__(self, model: str, x: np.ndarray, batch_size: int, latent_dim: int, seed: int = 0):
+  def __init__(
+    self,
+    model: str,
+    x: np.ndarray,
+    batch_size: int,
+    latent_dim: int,
+    seed: int = 0,
+    compile: bool = False,  # noqa: A002  (torch's word)
+  ):
     torch.manual_seed(seed)
     self.model, self.batch_size, self.latent_dim = model, batch_size, latent_dim
     self.x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # [N, 1, H, W] uint8
@@ -106,6 +117,13 @@ class Trainer:
       raise KeyError(model)
     if model != "dcgan":
       self.opt = torch.optim.Adam(self.net.parameters(), 1e-3)
+    if compile:  # The fast setting: each network wrapped in torch.compile (same parameters).
+      if model == "dcgan":
+        self.g, self.d = torch.compile(self.g), torch.compile(self.d)
+      elif model == "conv_vae":
+        self.net = nn.ModuleDict({k: torch.compile(v) for k, v in self.net.items()})
+      else:
+        self.net = torch.compile(self.net)
 
   def _batch(self) -> torch.Tensor:
     if self.pos + self.batch_size > len(self.x):
@@ -191,12 +209,12 @@ class Trainer:
 class Runner:
   """The worker protocol: set up a model (timing its first step), then run timed steps."""
 
-  def __init__(self, x: np.ndarray, batch_size: int):
-    self.x, self.batch_size, self.trainers = x, batch_size, {}
+  def __init__(self, x: np.ndarray, batch_size: int, compile: bool = False):  # noqa: A002
+    self.x, self.batch_size, self.trainers, self.compile = x, batch_size, {}, compile
 
   def setup(self, model: str, latent_dim: int) -> tuple[float, float]:
     """(seconds of the first step, seconds per step after it)."""
-    trainer = Trainer(model, self.x, self.batch_size, latent_dim)
+    trainer = Trainer(model, self.x, self.batch_size, latent_dim, compile=self.compile)
     t = time.perf_counter()
     trainer.step()
     first = time.perf_counter() - t
@@ -213,7 +231,8 @@ class Runner:
   def train(self, model, latent_dim, seed, steps, eval_at, inputs, n_samples, report):
     """Train a fresh model for `steps` steps; at each step in `eval_at`, `report(step,
     training seconds so far, outputs)` (the time it takes is not counted)."""
-    trainer, seconds, step = Trainer(model, self.x, self.batch_size, latent_dim, seed), 0.0, 0
+    trainer = Trainer(model, self.x, self.batch_size, latent_dim, seed, compile=self.compile)
+    seconds, step = 0.0, 0
     for target in eval_at:
       t = time.perf_counter()
       for _ in range(target - step):

@@ -51,6 +51,47 @@ def test_bad_arguments_exit_2(capsys):
   for bad in ("--seeds=0", "--mlp_epochs=0", "--dlu_flags=kernel_init", "--models=resnet"):
     assert benchmark.main([bad]) == 2
     assert bad.split("=")[0] in capsys.readouterr().err
+  assert benchmark.main(["--quick", "--quality"]) == 2
+  assert "--quick is the examples/s part" in capsys.readouterr().err
+
+
+def test_pytorch_workers_wait_passively(monkeypatch):
+  monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+  assert benchmark.worker_env("pytorch")["OMP_WAIT_POLICY"] == "PASSIVE"
+  assert benchmark.worker_env("pytorch_compile")["OMP_WAIT_POLICY"] == "PASSIVE"
+  assert "OMP_WAIT_POLICY" not in benchmark.worker_env("dlu")
+  monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the caller's choice stands
+  assert benchmark.worker_env("pytorch")["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_throughput_table_has_every_variant_and_warns_under_load():
+  _args("--batch_size=256")
+
+  def row(fw, eps, load):
+    return dict(
+      model="ae_mlp",
+      framework=fw,
+      examples_per_s=eps,
+      min=eps,
+      max=eps,
+      first_step_s=1.0,
+      load_avg=load,
+    )
+
+  fws = {"dlu": 300.0, "dlu_k1": 200.0, "pytorch": 150.0, "pytorch_compile": 100.0}
+  rows = [row(fw, eps, 0.5) for fw, eps in fws.items()]
+  md = benchmark.markdown(rows, [], "python scripts/benchmark.py --quick")
+  header = next(line for line in md.splitlines() if line.startswith("| model |"))
+  for fw in fws:
+    assert benchmark.NAMES[fw] in header
+  assert "dlu/PyTorch (torch.compile)" in header and "dlu/dlu" not in header
+  body = next(line for line in md.splitlines() if line.startswith("| deep MLP"))
+  assert "| 2.00x | 3.00x |" in body  # dlu over each peer, in the header's order
+  assert "Warning" not in md
+  loaded = benchmark.markdown(
+    rows + [row("keras", 50.0, 2.0 * (os.cpu_count() or 1))], [], "python scripts/benchmark.py"
+  )
+  assert "Warning: the load average" in loaded and "Keras" in loaded
 
 
 @pytest.mark.slow
@@ -62,8 +103,9 @@ def test_quality_on_digits(tmp_path, digits_feature_dir):
     sys.executable,
     os.path.join(ROOT, "scripts", "benchmark.py"),
     "--dataset=digits",
-    "--quick",
+    "--frameworks=dlu,pytorch,keras",
     "--repeats=1",
+    "--seconds=0.2",
     "--models=ae_seed,conv_vae,dcgan",
     "--seeds=1",
     "--mlp_epochs=1,2",
