@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dlu.data import preprocessing, tables
+from dlu.data import fingerprints, preprocessing, tables
 from dlu.data.preprocessing import Preprocessing
 from dlu.errors import UsageError
 
@@ -256,39 +256,41 @@ def test_missing_values_without_impute_name_column_and_first_row(tmp_path):
   )
 
 
-def _imputation_csv(tmp_path) -> tuple[str, np.ndarray, np.ndarray]:
-  """Column a: the train split holds small values, the test split large ones, so the train and
-  whole-file statistics differ; each split has one missing cell in a."""
-  n = 20
-  train, test = tables.split_rows(n, 0.25, 0, "t")
-  a = np.zeros(n)
-  a[train] = np.arange(len(train)) ** 2  # skewed: mean and median differ
-  a[test] = 1000.0 + np.arange(len(test))
-  a[train[3]] = a[test[1]] = np.nan
-  b = np.arange(n, dtype=float)
+def _imputation_csv(tmp_path) -> str:
+  """Column a: skewed (mean and median differ) with missing cells in both splits."""
+  n = 40
+  a = np.arange(n, dtype=float) ** 2
+  a[[0, 5, 11, 17, 23, 29, 31, 37]] = np.nan
   rows = ["a,b,y"] + [
     f"{'' if np.isnan(u) else repr(u)},{v!r},{i % 2}"
-    for i, (u, v) in enumerate(zip(a.tolist(), b.tolist()))
+    for i, (u, v) in enumerate(zip(a.tolist(), a[::-1].tolist()))
   ]
-  return _csv(tmp_path, "\n".join(rows) + "\n"), a, train
+  return _csv(tmp_path, "\n".join(rows) + "\n"), a
 
 
 @pytest.mark.parametrize("impute, stat", [("mean", np.nanmean), ("median", np.nanmedian)])
 def test_imputation_is_fitted_on_the_training_rows(tmp_path, impute, stat):
-  path, a, train = _imputation_csv(tmp_path)
+  path, a = _imputation_csv(tmp_path)
   data = _load(path, impute=impute)
+  train, test = data["train_rows"], data["test_rows"]
   prep = data["preprocessing"]
   expected = stat(a[train])
   assert prep.fill[0] == expected and expected != stat(a)
+  assert np.isnan(a[train]).any() and np.isnan(a[test]).any()
   assert not np.isnan(data["x_train"]).any() and not np.isnan(data["x_test"]).any()
-  assert (data["x_train"][:, 0] == np.float32(expected)).sum() == 1
-  assert (data["x_test"][:, 0] == np.float32(expected)).sum() == 1  # test cells get the train fill
+  filled = np.float32(expected)
+  assert (data["x_train"][np.isnan(a[train]), 0] == filled).all()
+  assert (data["x_test"][np.isnan(a[test]), 0] == filled).all()  # test cells get the train fill
 
 
 def test_column_missing_on_the_whole_training_split(tmp_path):
-  path = _csv(tmp_path, "a,b\n1,\n2,\n3,\n4,5\n")
-  # With seed 0 and 1 test row out of 4, row 4 (the only value of b) is held out.
-  train, test = tables.split_rows(4, 0.25, 0, "t")
+  # The last row (the only value of b) is made the only test row by choosing the cells of a.
+  for k in range(200):
+    path = _csv(tmp_path, f"a,b\n{k},\n{k + 1},\n{k + 2},\n{k + 3},5\n")
+    names, x, _ = tables.read_table(path, fmt="csv", label_column=None, what="t")
+    _, test = fingerprints.content_split(fingerprints.row_digests(names, x), 0.25, 0, "t")
+    if test.tolist() == [3]:
+      break
   assert test.tolist() == [3]
   message = _raises(_load, path, label_column=None, impute="mean")
   assert "column 'b' has no values on the training split" in message
@@ -300,9 +302,11 @@ def test_column_missing_on_the_whole_training_split(tmp_path):
 def test_standard_scaling_uses_train_statistics(tmp_path):
   path, x, _ = _random_csv(tmp_path, n=60)
   data = _load(path, feature_scaling="standard")
-  train, test = tables.split_rows(60, 0.25, 0, "t")
+  train, test = data["train_rows"], data["test_rows"]
   xt = data["x_train"]
-  assert xt.dtype == np.float32 and xt.shape == (45, 3) and data["x_test"].shape == (15, 3)
+  assert len(train) + len(test) == 60 and 5 <= len(test) <= 25
+  assert xt.dtype == np.float32 and xt.shape == (len(train), 3)
+  assert data["x_test"].shape == (len(test), 3)
   np.testing.assert_allclose(xt.mean(axis=0), 0, atol=1e-6)
   np.testing.assert_allclose(xt.std(axis=0), 1, atol=1e-6)
   mean, std = x[train].mean(axis=0), x[train].std(axis=0)
@@ -313,7 +317,7 @@ def test_standard_scaling_uses_train_statistics(tmp_path):
 def test_minmax_scaling_and_constant_column(tmp_path):
   path = _csv(tmp_path, "a,k\n" + "".join(f"{v},7\n" for v in [0, 10, 2, 4, 6, 8, 20, -5]))
   data = _load(path, label_column=None, feature_scaling="minmax")
-  train, test = tables.split_rows(8, 0.25, 0, "t")
+  train, test = data["train_rows"], data["test_rows"]
   a = np.array([0, 10, 2, 4, 6, 8, 20, -5], float)
   lo, hi = a[train].min(), a[train].max()
   np.testing.assert_allclose(data["x_train"][:, 0], (a[train] - lo) / (hi - lo), rtol=1e-6)
@@ -336,7 +340,7 @@ def test_no_scaling_and_bad_flag_values(tmp_path):
   data = _load(path)
   prep = data["preprocessing"]
   assert (prep.offset == 0).all() and (prep.scale == 1).all() and prep.fill is None
-  train, _ = tables.split_rows(40, 0.25, 0, "t")
+  train = data["train_rows"]
   np.testing.assert_array_equal(data["x_train"], x[train].astype(np.float32))
   assert "--impute=zero" in _raises(_load, path, impute="zero")
   assert "--feature_scaling=max" in _raises(_load, path, feature_scaling="max")
@@ -346,7 +350,7 @@ def test_no_scaling_and_bad_flag_values(tmp_path):
 def test_load_table_labels_follow_the_split(tmp_path):
   path, _, labels = _random_csv(tmp_path)
   data = _load(path)
-  train, test = tables.split_rows(40, 0.25, 0, "t")
+  train, test = data["train_rows"], data["test_rows"]
   classes = data["preprocessing"].classes
   assert classes == ("cat", "dog", "eel") and data["num_classes"] == 3
   assert data["preprocessing"].label_column == "y"

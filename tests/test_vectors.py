@@ -11,7 +11,7 @@ import pytest
 
 import dlu
 from dlu import config, families
-from dlu.data import preprocessing, tables
+from dlu.data import fingerprints, preprocessing, tables
 from dlu.errors import UsageError
 from dlu.train import experiment, loop
 
@@ -110,7 +110,8 @@ def test_dlu_load_run_applies_the_stored_scaling(ae_run, wine_csv, tmp_path):
   workdir, cfg = ae_run
   run = dlu.load_run(workdir)
   names, raw, labels = tables.read_table(wine_csv, fmt="csv", label_column="cultivar", what="t")
-  _, test_rows = tables.split_rows(len(raw), cfg.test_fraction, cfg.seed, "t")
+  digests = fingerprints.row_digests(names, raw, labels)
+  _, test_rows = fingerprints.content_split(digests, cfg.test_fraction, cfg.seed, "t")
   z = run.encode(raw[test_rows])
   np.testing.assert_allclose(
     z, np.load(f"{workdir}/embeddings_test.npz")["embeddings"], rtol=1e-5, atol=1e-6

@@ -46,6 +46,10 @@ class Dataset:
   unsplit: Dataset | None = None  # as loaded, before subsets of its training split were taken
   train_rows: np.ndarray | None = None  # [N] the rows of unsplit.x_train that x_train holds
   valid_rows: np.ndarray | None = None  # [V] those x_valid holds (held out of unsplit.x_train)
+  # Tables: [N] uint64 content digest of each x_train row (validation rows are chosen by them)
+  # and the table's fingerprint {"fingerprint", "rows", "columns"} (dlu.data.fingerprints).
+  row_digests: np.ndarray | None = None
+  fingerprint: dict | None = None
 
   def __post_init__(self):
     # Catches mismatched splits at construction, not deep inside a jitted step.

@@ -143,6 +143,8 @@ def _table(dataset: str, kind: str, path: str, opts: TableOptions) -> Dataset:
     out["y_test"],
     out["num_classes"],
     preprocessing=out["preprocessing"],
+    row_digests=out["row_digests"],
+    fingerprint=out["fingerprint"],
   )
 
 

@@ -5,7 +5,8 @@ reproducible class-imbalanced subset of it.
     ds = subsets.class_balance(ds, "longtail:100", seed=0)  # 100:1 between largest and smallest class
 
 Both depend only on the dataset and the seed: every process and every resumed run picks the
-same rows. Training rows keep their stored order.
+same rows. A table's validation rows depend on each row's content, not its place (like its test
+rows, dlu.data.fingerprints). Training rows keep their stored order.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 
 import numpy as np
 
+from dlu.data import fingerprints
 from dlu.data.arrays import Dataset, take
 from dlu.errors import UsageError
 
@@ -38,6 +40,22 @@ def validation_rows(num_train: int, fraction: float, seed: int) -> np.ndarray:
   return np.sort(perm[:count])
 
 
+def content_validation_rows(digests: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """A table's validation rows, chosen by each row's content (`digests`, one per training row)
+  like its test rows: about `fraction` of them, at least one when fraction > 0. [V] int64"""
+  if not 0 <= fraction < 1:
+    raise UsageError(f"--validation_fraction must be in [0, 1), got {fraction!r}")
+  if fraction == 0:
+    return np.zeros(0, np.int64)
+  if len(digests) < 2:
+    raise UsageError(
+      f"--validation_fraction={fraction} leaves no training rows of {len(digests)}; use a "
+      "smaller one"
+    )
+  u = fingerprints.uniform(digests, seed, fingerprints.VALIDATION_STREAM)
+  return np.flatnonzero(fingerprints.held_out(u, fraction)).astype(np.int64)
+
+
 def _keep(ds: Dataset, rows: np.ndarray, **changes) -> Dataset:
   """`ds` with only the training rows `rows` (rows on disk stay there: a view)."""
   return dataclasses.replace(
@@ -46,6 +64,7 @@ def _keep(ds: Dataset, rows: np.ndarray, **changes) -> Dataset:
     y_train=None if ds.y_train is None else ds.y_train[rows],
     unsplit=ds if ds.unsplit is None else ds.unsplit,
     train_rows=rows if ds.train_rows is None else ds.train_rows[rows],
+    row_digests=None if ds.row_digests is None else ds.row_digests[rows],
     **changes,
   )
 
@@ -55,7 +74,10 @@ def hold_out_validation(ds: Dataset, fraction: float, *, seed: int) -> Dataset:
   `validation_rows` of the training split (none when `fraction` is 0)."""
   if ds.x_valid is not None:
     return ds
-  valid = validation_rows(len(ds.x_train), fraction, seed)
+  if ds.row_digests is None:
+    valid = validation_rows(len(ds.x_train), fraction, seed)
+  else:
+    valid = content_validation_rows(ds.row_digests, fraction, seed)
   if not len(valid):
     return ds
   train = np.setdiff1d(np.arange(len(ds.x_train)), valid)

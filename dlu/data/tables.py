@@ -9,7 +9,8 @@ Evaluation and inference pass the saved Preprocessing back (`preprocessing=`), s
 into exactly the inputs the model was trained on: same columns (matched by name), same fill
 values, same offsets and scales, same class indices.
 
-From the package it imports only dlu.data.preprocessing (Preprocessing and its fitting).
+From the package it imports dlu.data.preprocessing (Preprocessing and its fitting) and
+dlu.data.fingerprints (rows split by content).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from dlu.data import fingerprints
 from dlu.data.preprocessing import (
   Preprocessing,
   check_choices,
@@ -176,7 +178,7 @@ def load_table(
   feature_scaling: str,
   preprocessing: Preprocessing | None = None,
 ) -> dict:
-  """Reads a table, splits its rows and turns them into model inputs.
+  """Reads a table, splits its rows by content and turns them into model inputs.
 
   Without `preprocessing` it is fitted on the training rows (with `impute` and `feature_scaling`;
   the classes are every label value of the file). With one, `impute` and `feature_scaling` are
@@ -201,7 +203,9 @@ def load_table(
       i = int(np.flatnonzero(missing[:, j])[0])
       row = f"row {i + (2 if fmt == 'csv' else 1)}"
       raise UsageError(missing_message(where, names[j], row))
-  train, test = split_rows(len(x_raw), test_fraction, seed, where)
+  # Split by content: reordered or appended rows keep their split (dlu.data.fingerprints).
+  digests = fingerprints.row_digests(names, x_raw, raw_labels)
+  train, test = fingerprints.content_split(digests, test_fraction, seed, where)
   y = classes = None
   if raw_labels is not None:
     known = preprocessing.classes if preprocessing is not None else None
@@ -224,6 +228,14 @@ def load_table(
     "y_test": None if y is None else y[test],
     "num_classes": None if classes is None else len(classes),
     "preprocessing": preprocessing,
+    "train_rows": train,
+    "test_rows": test,
+    "row_digests": digests[train],
+    "fingerprint": {
+      "fingerprint": fingerprints.table_fingerprint(names, digests, label_column),
+      "rows": len(x_raw),
+      "columns": sorted(names),
+    },
   }
 
 

@@ -21,6 +21,7 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> dict[str, Any]:
   check of them runs before anything is written.
   """
   exp, state = experiment.restore_trained(workdir, **overrides)
+  workspace.check_data_fingerprint(workdir, exp.dataset)  # its test rows are the run's
   workspace.check_workdir(workdir)  # Where the results go: metrics.jsonl, images/.
   schedule = evaluators.full_schedule(exp)
   lead = parallel.is_lead_process()

@@ -236,6 +236,7 @@ def _open_evaluation(run: _Run, schedule: Any, state: Any, resumed: bool) -> Non
     )
     workspace.write_flags(workdir, cfg, step)
     workspace.save_preprocessing(workdir, exp.dataset.preprocessing)
+    workspace.save_data_fingerprint(workdir, exp.dataset, resumed=resumed)
     run.writer.write_hparams(vars(cfg))
 
 

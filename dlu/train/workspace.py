@@ -4,6 +4,7 @@
 - Checks before anything is written (`check_workdir`, `check_writable`).
 - flags.txt, the flagfile of the run, with the history of flags changed on resume
   (`write_flags`, `differing_flags`); preprocessing.json, a table's fitted preprocessing;
+  data_fingerprint.json, the table it trained on (`check_data_fingerprint`);
   embeddings_test.npz; the summary of where the results are.
 
 The lock is `WORKDIR/.lock`, locked with `flock` (the kernel releases it when the process
@@ -276,6 +277,58 @@ def save_preprocessing(workdir: str, preprocessing: Any) -> None:
   """The table preprocessing beside the checkpoints (lead process; nothing for images)."""
   if preprocessing is not None and parallel.is_lead_process():
     preprocessing.save(os.path.join(workdir, PREPROCESSING_FILE))
+
+
+#: A table's fingerprint (dlu.data.fingerprints) as the run first trained on it.
+DATA_FINGERPRINT_FILE = "data_fingerprint.json"
+
+
+def save_data_fingerprint(workdir: str, dataset: Any, *, resumed: bool) -> None:
+  """The table's fingerprint beside the checkpoints: at a fresh start, or on resuming a run
+  that has none yet (lead process; nothing for images)."""
+  path = os.path.join(workdir, DATA_FINGERPRINT_FILE)
+  if dataset.fingerprint is None or not parallel.is_lead_process():
+    return
+  if not resumed or not os.path.isfile(path):
+    files.write_json(path, {"dataset": dataset.name, **dataset.fingerprint})
+
+
+def check_data_fingerprint(workdir: str, dataset: Any) -> None:
+  """UsageError when the table differs from the one the run in `workdir` trained on (its
+  splits and statistics were made from that one); a warning when the run recorded none."""
+  path = os.path.join(workdir, DATA_FINGERPRINT_FILE)
+  now = dataset.fingerprint
+  if now is None:
+    return
+  if not os.path.isfile(path):
+    if os.path.isfile(os.path.join(workdir, PREPROCESSING_FILE)):
+      print(
+        f"warning: {workdir} records no fingerprint of its table (it predates them): "
+        f"{dataset.name} is not checked against the table it trained on",
+        flush=True,
+      )
+    return
+  try:
+    with open(path, encoding="utf-8") as f:
+      then = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UsageError(f"{path}: unreadable ({e}); move it aside to skip the check") from None
+  if then.get("fingerprint") == now["fingerprint"]:
+    return
+  added = sorted(set(now["columns"]) - set(then.get("columns", [])))
+  removed = sorted(set(then.get("columns", [])) - set(now["columns"]))
+  changes = []
+  if added or removed:
+    changes.append(f"columns added {added}, removed {removed}")
+  if then.get("rows") != now["rows"]:
+    changes.append(f"{then.get('rows')} rows then, {now['rows']} now")
+  if not changes:
+    changes.append(f"cells changed in its {now['rows']} rows")
+  raise UsageError(
+    f"--dataset={dataset.name}: the table differs from the one {workdir} trained on "
+    f"({'; '.join(changes)}); its splits and statistics came from that one: restore it, or "
+    "train on this one in another --workdir"
+  )
 
 
 def write_embeddings(path: str, embeddings: np.ndarray, labels: np.ndarray | None) -> None:

@@ -1,0 +1,139 @@
+"""Data a run can trust: a table's split fixed by its rows' content (reordered or appended rows
+keep their split) and checked on resume and evaluate by the table's fingerprint."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dlu import config, data
+from dlu.data import fingerprints, tables
+from dlu.errors import UsageError
+from dlu.train import evaluate, loop, workspace
+
+
+def _raises(fn, *args, **kwargs) -> str:
+  with pytest.raises(UsageError) as info:
+    fn(*args, **kwargs)
+  message = str(info.value)
+  assert "\n" not in message, message
+  return message
+
+
+def _rows(n: int, seed: int = 0) -> list[str]:
+  rng = np.random.default_rng(seed)
+  x = np.round(rng.normal(size=(n, 3)), 4)
+  return [f"{a!r},{b!r},{c!r},{'ab'[i % 2]}" for i, (a, b, c) in enumerate(x.tolist())]
+
+
+def _write(path, rows: list[str], header: str = "a,b,c,y") -> str:
+  path.write_text("\n".join([header, *rows]) + "\n")
+  return str(path)
+
+
+def _splits(path: str, **options) -> dict[str, str]:
+  """Each row's split (train, valid or test) by its text."""
+  opts = data.TableOptions(label_column="y", test_fraction=0.2, seed=3, **options)
+  ds = data.hold_out_validation(data.load(f"csv:{path}", table_options=opts), 0.2, seed=3)
+  with open(path) as f:
+    lines = f.read().splitlines()[1:]
+  out = tables.load_table(
+    path,
+    fmt="csv",
+    what="t",
+    label_column="y",
+    test_fraction=0.2,
+    seed=3,
+    impute="none",
+    feature_scaling="standard",
+  )
+  test = set(out["test_rows"].tolist())
+  train = out["train_rows"]
+  valid = set(train[ds.valid_rows].tolist())
+  assert len(ds.x_test) == len(test) and len(ds.x_valid) == len(valid)
+  return {
+    line: "test" if i in test else "valid" if i in valid else "train"
+    for i, line in enumerate(lines)
+  }
+
+
+def test_reordered_or_appended_rows_keep_their_split(tmp_path):
+  rows = _rows(200)
+  before = _splits(_write(tmp_path / "a.csv", rows))
+  assert set(before.values()) == {"train", "valid", "test"}
+  shuffled = [rows[i] for i in np.random.default_rng(1).permutation(len(rows))]
+  assert _splits(_write(tmp_path / "b.csv", shuffled)) == before
+  grown = _splits(_write(tmp_path / "c.csv", rows + _rows(50, seed=9)))
+  assert {line: grown[line] for line in before} == before
+  # Columns in another order: the same cells, the same splits.
+  swapped = [",".join(r.split(",")[i] for i in (2, 0, 1, 3)) for r in rows]
+  again = _splits(_write(tmp_path / "d.csv", swapped, header="c,a,b,y"))
+  assert [again[s] for s in swapped] == [before[r] for r in rows]
+
+
+def test_the_split_depends_on_the_seed_and_holds_about_the_fraction():
+  digests = fingerprints.row_digests(["a"], np.arange(2000.0)[:, None])
+  train, test = fingerprints.content_split(digests, 0.1, 0, "t")
+  assert 150 < len(test) < 250 and len(train) + len(test) == 2000
+  assert not np.array_equal(test, fingerprints.content_split(digests, 0.1, 1, "t")[1])
+  # Tiny tables keep a test row and a training row.
+  for n in (2, 3, 5):
+    train, test = fingerprints.content_split(digests[:n], 0.01, 0, "t")
+    assert len(test) >= 1 and len(train) >= 1
+    train, test = fingerprints.content_split(digests[:n], 0.99, 0, "t")
+    assert len(test) >= 1 and len(train) >= 1
+  assert "at least 2" in _raises(fingerprints.content_split, digests[:1], 0.5, 0, "t")
+
+
+def test_the_fingerprint_ignores_row_order_and_sees_cells_rows_and_columns():
+  x = np.random.default_rng(0).normal(size=(30, 2))
+  fp = fingerprints.table_fingerprint(["a", "b"], fingerprints.row_digests(["a", "b"], x), None)
+  again = fingerprints.row_digests(["a", "b"], x[::-1])
+  assert fingerprints.table_fingerprint(["a", "b"], again, None) == fp
+  changed = x.copy()
+  changed[4, 1] += 1e-9
+  for names, cells in ((["a", "b"], changed), (["a", "c"], x), (["a", "b"], x[:-1])):
+    digests = fingerprints.row_digests(names, cells)
+    assert fingerprints.table_fingerprint(names, digests, None) != fp
+
+
+def _config(path: str, **overrides):
+  return config.make_config(
+    model="ae_mlp",
+    dataset=f"csv:{path}",
+    label_column="y",
+    widths=["8"],
+    latent_dim=2,
+    batch_size=8,
+    num_steps=overrides.pop("num_steps", 10),
+    log_every=10,
+    eval_every=10,
+    checkpoint_every=10,
+    evaluators=["metrics"],
+    **overrides,
+  )
+
+
+@pytest.mark.slow
+def test_resume_and_evaluate_refuse_a_changed_table(tmp_path):
+  rows = _rows(60)
+  path = _write(tmp_path / "t.csv", rows)
+  workdir = str(tmp_path / "w")
+  loop.train_and_evaluate(_config(path), workdir)
+  stored = json.load(open(os.path.join(workdir, workspace.DATA_FINGERPRINT_FILE)))
+  assert stored["rows"] == 60 and stored["columns"] == ["a", "b", "c"]
+  # Reordered rows: the same table, evaluated as trained.
+  _write(tmp_path / "t.csv", rows[::-1])
+  evaluate.evaluate_workdir(workdir)
+  before = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
+  _write(tmp_path / "t.csv", rows + _rows(3, seed=5))
+  message = _raises(loop.train_and_evaluate, _config(path, num_steps=20), workdir)
+  assert path in message and "60 rows then, 63 now" in message
+  message = _raises(evaluate.evaluate_workdir, workdir)
+  assert path in message and "another --workdir" in message
+  changed = rows[:-1] + ["9.0,9.0,9.0,a"]
+  _write(tmp_path / "t.csv", changed)
+  assert "cells changed in its 60 rows" in _raises(evaluate.evaluate_workdir, workdir)
+  after = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
+  assert after == before
