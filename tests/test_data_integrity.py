@@ -1,14 +1,16 @@
 """Data a run can trust: a table's split fixed by its rows' content (reordered or appended rows
-keep their split) and checked on resume and evaluate by the table's fingerprint."""
+keep their split) and checked on resume and evaluate by the table's fingerprint; prepared records
+compared with their source's content and their labels checksummed."""
 
 import json
 import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dlu import config, data
-from dlu.data import fingerprints, tables
+from dlu.data import fingerprints, preparation, records, tables
 from dlu.errors import UsageError
 from dlu.train import evaluate, loop, workspace
 
@@ -137,3 +139,64 @@ def test_resume_and_evaluate_refuse_a_changed_table(tmp_path):
   assert "cells changed in its 60 rows" in _raises(evaluate.evaluate_workdir, workdir)
   after = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
   assert after == before
+
+
+# --- experiments.prepare_data: the source's content, and checksummed labels ---
+
+
+def _images(root, n=6) -> list:
+  rng = np.random.default_rng(0)
+  paths = []
+  for i in range(n):
+    path = root / ("a" if i % 2 else "b") / f"{i}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(path)
+    paths.append(path)
+  return paths
+
+
+def _tree(root) -> dict:
+  return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_prepare_data_compares_the_source_content_not_its_name(tmp_path):
+  paths = _images(tmp_path / "img")
+  source, out = f"folder:{tmp_path / 'img'}", str(tmp_path / "out")
+  preparation.prepare_records(source, out, workers=1)
+  assert "already" in preparation.prepare_records(source, out, workers=1)
+  before = _tree(tmp_path / "out")
+  kept, st = paths[0].read_bytes(), paths[0].stat()
+  paths[0].unlink()
+  message = _raises(preparation.prepare_records, source, out, workers=1)
+  assert "prepared from other contents (6 files then, 5 now)" in message and out in message
+  paths[0].write_bytes(kept)
+  os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+  assert "already" in preparation.prepare_records(source, out, workers=1)
+  paths[1].write_bytes(paths[1].read_bytes() + b"\0")
+  assert "files changed in size or time" in _raises(
+    preparation.prepare_records, source, out, workers=1
+  )
+  assert _tree(tmp_path / "out") == before  # never overwritten
+  table = tmp_path / "t.csv"
+  _write(table, _rows(10))
+  preparation.prepare_records(f"csv:{table}", str(tmp_path / "rows"), label_column="y")
+  _write(table, _rows(11))
+  assert "other contents" in _raises(
+    preparation.prepare_records, f"csv:{table}", str(tmp_path / "rows"), label_column="y"
+  )
+
+
+def test_a_flipped_bit_in_the_labels_is_caught(tmp_path):
+  _images(tmp_path / "img")
+  out = tmp_path / "out"
+  preparation.prepare_records(f"folder:{tmp_path / 'img'}", str(out), workers=1)
+  meta = records.Meta.load(str(out))
+  assert meta.splits["all"]["labels_sha256"] and meta.fingerprint and meta.source_files == 6
+  stored = data.load(f"records:{out}")
+  assert sorted(np.concatenate([stored.y_train, stored.y_test]).tolist()) == [0, 0, 0, 1, 1, 1]
+  labels = out / "labels_all.npy"
+  raw = bytearray(labels.read_bytes())
+  raw[-1] ^= 0x01  # the last label: 0 <-> 1
+  labels.write_bytes(bytes(raw))
+  message = _raises(data.load, f"records:{out}")
+  assert str(labels) in message and "checksum mismatch" in message

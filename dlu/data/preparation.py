@@ -90,7 +90,10 @@ def prepare_records(
   if workers < 1:
     raise UsageError(f"--workers={workers}: expected at least 1")
   source_name = f"{kind}:{os.path.abspath(arg)}" if arg else dataset
-  done = writer.finished(out, source_name, label_column, what)
+  fingerprint, count = _source_fingerprint(dataset, kind, arg)
+  done = writer.finished(
+    out, source_name, label_column, what, fingerprint=fingerprint, source_files=count
+  )
   if done is not None:
     rows = sum(s["num_examples"] for s in done.splits.values())
     return f"{out} holds the prepared {source_name} already ({rows:,} rows); nothing to do"
@@ -124,7 +127,14 @@ def write_source(
   started = time.monotonic() if started is None else started
   out = os.path.abspath(os.path.expanduser(out))
   workers = writer.default_workers() if workers is None else workers
-  done = writer.finished(out, source, label_column, what)
+  done = writer.finished(
+    out,
+    source,
+    label_column,
+    what,
+    fingerprint=src.fingerprint,
+    source_files=src.meta.get("source_files"),
+  )
   if done is not None:
     rows = sum(s["num_examples"] for s in done.splits.values())
     return f"{out} holds the prepared {source} already ({rows:,} rows); nothing to do"
@@ -162,14 +172,11 @@ def write_source(
     dropped = [row for job in js for row in skipped[job.name]]
     bad += dropped
     kept = np.setdiff1d(np.arange(src.rows[split]), [row[0] for row in dropped])
-    labels = None
-    if src.labels[split] is not None:
-      labels = f"labels_{split}.npy"
-      np.save(os.path.join(out, labels), src.labels[split][kept].astype(np.int32))
+    y = None if src.labels[split] is None else src.labels[split][kept]
     described[split] = {
       "num_examples": int(len(kept)),
       "shards": [job.name for job in js],
-      "labels": labels,
+      **records.save_labels(out, split, y),
     }
   if bad:
     with open(os.path.join(out, SKIPPED_FILE), "w", encoding="utf-8") as f:
@@ -182,6 +189,7 @@ def write_source(
     label_column=label_column,
     source=source,
     skipped=len(bad),
+    fingerprint=src.fingerprint,
     **src.meta,
   )
   writer.finish(out, meta, every)
@@ -306,13 +314,9 @@ def _folder(dataset: str, directory: str, skip_bad: bool) -> Source:
       first += 1
       if first == len(files):
         raise UsageError(f"{what}: none of the {len(files)} images can be decoded") from e
-  digest = hashlib.sha256()
-  for path in files:
-    st = os.stat(path)
-    digest.update(f"{os.path.relpath(path, directory)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-  meta = {}
+  meta: dict[str, Any] = {"source_files": len(files)}
   if class_names is not None:
-    meta = {"num_classes": len(class_names), "class_names": class_names}
+    meta.update(num_classes=len(class_names), class_names=class_names)
   return Source(
     kind="images",
     example_shape=tuple(shape),
@@ -322,7 +326,7 @@ def _folder(dataset: str, directory: str, skip_bad: bool) -> Source:
     shard=lambda split, start, stop: functools.partial(
       _image_shard, files[start:stop], start, files[first], shape, skip_bad, what
     ),
-    fingerprint=digest.hexdigest(),
+    fingerprint=_files_fingerprint(files, directory),
     processes=True,
     meta=meta,
   )
@@ -355,6 +359,26 @@ def _image_shard(
 
 def _bad_image(error: UsageError, index: int) -> str:
   return f"{error}: image {index} in file order; --skip_bad skips and counts such images"
+
+
+def _files_fingerprint(files: list[str], directory: str) -> str:
+  """sha256 of each file's path (within `directory`), size and modification time."""
+  digest = hashlib.sha256()
+  for path in files:
+    st = os.stat(path)
+    digest.update(f"{os.path.relpath(path, directory)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+  return digest.hexdigest()
+
+
+def _source_fingerprint(dataset: str, kind: str, arg: str) -> tuple[str, int | None]:
+  """(fingerprint, files) of a source as it is now, to compare with finished records; ("",
+  None) for sources without files of their own (tfds, digits) or with a file missing."""
+  if kind == "folder":
+    files = local.list_folder(dataset, arg)[0]
+    return _files_fingerprint(files, arg), len(files)
+  if kind in ("csv", "parquet", "npz") and os.path.isfile(arg):
+    return _file_fingerprint(arg), 1
+  return "", None
 
 
 def _file_fingerprint(path: str) -> str:

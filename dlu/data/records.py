@@ -4,7 +4,8 @@ A records directory (written by `experiments.prepare_data` or `write`) holds:
 
   dataset.json                      what the rows are (see `Meta`)
   SPLIT-00000-of-00004.array_record one record per row: the example's raw bytes, C order
-  labels_SPLIT.npy                  [N] int32 class indices, when the data are labelled
+  labels_SPLIT.npy                  [N] int32 class indices, when the data are labelled (their
+                                    sha256 in dataset.json, checked when they are read)
 
 SPLIT is `all` (a source without a test split; `--dataset=records:DIR` holds the test split out
 exactly as the in-memory source would) or `train` and `test`. Rows are stored raw (uint8 pixels,
@@ -19,6 +20,7 @@ array. It pickles as its file names, so it can be handed to worker processes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -51,6 +53,9 @@ class Meta:
   label_column: str | None = None
   source: str = ""
   skipped: int = 0  # source rows left out as unreadable (experiments.prepare_data --skip_bad)
+  # What the source's files were when prepared (sizes and mtimes; "" when unknown), and how many.
+  fingerprint: str = ""
+  source_files: int | None = None
 
   def to_json(self) -> str:
     out = dataclasses.asdict(self)
@@ -177,7 +182,17 @@ def open_split(directory: str, meta: Meta, split: str) -> tuple[RecordArray, np.
     )
   y = None
   if info.get("labels"):
-    y = np.load(os.path.join(directory, info["labels"]), allow_pickle=False)
+    path = os.path.join(directory, info["labels"])
+    expected = info.get("labels_sha256")
+    try:
+      changed = bool(expected) and _sha256(path) != expected
+      y = None if changed else np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise UsageError(f"{path} is not a readable labels file: {e}") from e
+    if changed:
+      raise UsageError(
+        f"{path} has changed since it was written (checksum mismatch); prepare the records again"
+      )
     if y.shape != (len(x),):
       raise UsageError(f"{directory}: {info['labels']} has shape {y.shape}; expected ({len(x)},)")
     y = y.astype(np.int32)
@@ -233,11 +248,8 @@ def write(
     names = [shard_name(name, i, shards) for i in range(shards)]
     for i, shard in enumerate(names):
       write_shard(os.path.join(directory, shard), x[bounds[i] : bounds[i + 1]])
-    labels = None
-    if y is not None:
-      labels = f"labels_{name}.npy"
-      np.save(os.path.join(directory, labels), np.asarray(y, np.int32))
-    described[name] = {"num_examples": int(len(x)), "shards": names, "labels": labels}
+    described[name] = {"num_examples": int(len(x)), "shards": names}
+    described[name].update(save_labels(directory, name, y))
   out = Meta(
     kind=kind,
     example_shape=tuple(int(d) for d in first.shape[1:]),
@@ -247,6 +259,22 @@ def write(
   )
   write_meta(directory, out)
   return out
+
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def save_labels(directory: str, split: str, y: np.ndarray | None) -> dict[str, Any]:
+  """labels_SPLIT.npy (int32, written atomically) and its checksum, as a split's entries of
+  dataset.json: {"labels", "labels_sha256"} ({"labels": None} without labels)."""
+  if y is None:
+    return {"labels": None}
+  name = f"labels_{split}.npy"
+  path = os.path.join(directory, name)
+  files.atomic_save(path, lambda tmp: np.save(tmp, np.asarray(y, np.int32)), suffix=".npy")
+  return {"labels": name, "labels_sha256": _sha256(path)}
 
 
 def write_meta(directory: str, meta: Meta) -> None:

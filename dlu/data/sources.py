@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dlu.data import local, preprocessing, records, tables, tfds_offline
+from dlu.data import fingerprints, local, preprocessing, records, tables, tfds_offline
 from dlu.data.arrays import ACCEPTED_FORMS, Dataset, held_out_rows
 from dlu.errors import UsageError
 
@@ -168,10 +168,21 @@ def _on_disk(dataset: str, kind: str, path: str, opts: TableOptions) -> Dataset:
     splits = {name: records.open_split(path, meta, name) for name in meta.splits}
   if meta.kind == "images" and len(meta.example_shape) != 3:
     raise UsageError(f"{what}: images need [N, H, W, C] rows; they are {meta.example_shape}")
+  digests = table = None
   if "all" in splits:
     x, y = splits["all"]
     if meta.kind == "images":
       train, test = held_out_rows(len(x), what)
+    elif meta.source.startswith(("csv:", "parquet:")):  # a table: split by content, as read
+      labels = None if y is None else np.asarray(meta.class_names, dtype=object)[y]
+      digests = fingerprints.row_digests(meta.columns, np.asarray(x), labels)
+      train, test = fingerprints.content_split(digests, opts.test_fraction, opts.seed, what)
+      table = {
+        "fingerprint": fingerprints.table_fingerprint(meta.columns, digests, meta.label_column),
+        "rows": len(x),
+        "columns": sorted(meta.columns),
+      }
+      digests = digests[train]
     else:
       train, test = tables.split_rows(len(x), opts.test_fraction, opts.seed, what)
     x_train, x_test = x.view(train), x.view(test)
@@ -194,7 +205,17 @@ def _on_disk(dataset: str, kind: str, path: str, opts: TableOptions) -> Dataset:
   num_classes = meta.num_classes
   if y_train is not None and num_classes is None:
     num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
-  return Dataset(dataset, x_train, y_train, x_test, y_test, num_classes, preprocessing=pre)
+  return Dataset(
+    dataset,
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    num_classes,
+    preprocessing=pre,
+    row_digests=digests,
+    fingerprint=table,
+  )
 
 
 def _load(

@@ -101,9 +101,19 @@ def read_plan(out: str) -> dict | None:
     raise UsageError(f"{path} is not a readable preparation plan ({e}); remove {out}") from e
 
 
-def finished(out: str, source: str, label_column: str | None, what: str) -> records.Meta | None:
+def finished(
+  out: str,
+  source: str,
+  label_column: str | None,
+  what: str,
+  *,
+  fingerprint: str = "",
+  source_files: int | None = None,
+) -> records.Meta | None:
   """The Meta of `out` when it holds the finished records of `source` (with these labels);
-  None when it holds none; a UsageError when they are another dataset's. Writes nothing."""
+  None when it holds none; a UsageError when they are another dataset's, or were prepared from
+  other contents of it (`fingerprint`: what its files are now, compared when both are known).
+  Writes nothing."""
   if os.path.exists(out) and not os.path.isdir(out):
     raise UsageError(f"--out={out} is a file; expected a directory for the records")
   if not os.path.isfile(os.path.join(out, records.META_FILE)):
@@ -114,6 +124,14 @@ def finished(out: str, source: str, label_column: str | None, what: str) -> reco
       f"--out={out} holds the records of another dataset ({meta.source or 'unnamed'}"
       f"{_labelled(meta.label_column)}), not of {what}{_labelled(label_column)}; "
       "choose another --out"
+    )
+  if fingerprint and meta.fingerprint and fingerprint != meta.fingerprint:
+    then, now = meta.source_files, source_files
+    counted = f"{then:,} files then, {now:,} now" if then is not None and now is not None else ""
+    change = counted if counted and then != now else "files changed in size or time"
+    raise UsageError(
+      f"--out={out} holds records of {source} prepared from other contents ({change}); "
+      "remove it or choose another --out to prepare them again"
     )
   return meta
 
