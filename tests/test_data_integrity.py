@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from dlu import config, data
-from dlu.data import fingerprints, preparation, records, tables
+from dlu.data import fingerprints, preparation, records, subsets, tables
 from dlu.errors import UsageError
-from dlu.train import evaluate, loop, workspace
+from dlu.train import evaluate, experiment, loop, workspace
 
 
 def _raises(fn, *args, **kwargs) -> str:
@@ -200,3 +200,25 @@ def test_a_flipped_bit_in_the_labels_is_caught(tmp_path):
   labels.write_bytes(bytes(raw))
   message = _raises(data.load, f"records:{out}")
   assert str(labels) in message and "checksum mismatch" in message
+
+
+# --- --class_balance ---
+
+
+@pytest.mark.parametrize("ratio", ["inf", "nan", "0", "-2", "-inf"])
+def test_class_balance_refuses_non_finite_or_non_positive_ratios(ratio):
+  message = _raises(subsets.parse_class_balance, f"longtail:{ratio}", 3)
+  assert message.startswith(f"--class_balance=longtail:{ratio}: the ratio") and "finite" in message
+  assert subsets.parse_class_balance("longtail:1e300", 3) == ("longtail", 1e300)
+
+
+@pytest.mark.slow
+def test_training_prints_the_class_counts_it_made(tmp_path, capsys):
+  path = _write(tmp_path / "t.csv", _rows(80))
+  cfg = _config(path, class_balance="longtail:3", validation_fraction=0.0)
+  loop.train_and_evaluate(cfg, str(tmp_path / "w"))
+  exp = experiment.build(cfg, str(tmp_path / "w"))
+  counts = np.bincount(exp.dataset.y_train, minlength=2)
+  assert counts[1] == counts[0] // 3 and counts[1] >= 1
+  line = f"--class_balance=longtail:3: {counts.sum()} training examples, per class 0: "
+  assert f"{line}{counts[0]}, 1: {counts[1]}" in capsys.readouterr().out

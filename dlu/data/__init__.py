@@ -11,6 +11,7 @@ shards that `experiments.prepare_data` writes) and `npy:PATH` stay on disk: thei
 TensorFlow; only downloading new tfds datasets does (see tfds_offline).
 
 Modules, each importing only those named before it: arrays (Dataset, normalize, checks);
+fingerprints (a table's rows split by content, its fingerprint);
 preprocessing (a table's imputation and scaling, fitted on the training split; JSON); sampler
 (BatchSampler, BatchReader); subsets (the validation rows, a class-imbalanced subset); local
 (digits, npz, folder), tables (csv, parquet, vectors: reading, checks, splits), records (rows on

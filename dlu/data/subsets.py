@@ -12,6 +12,7 @@ rows, dlu.data.fingerprints). Training rows keep their stored order.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -96,7 +97,9 @@ def parse_class_balance(spec: str, num_classes: int) -> tuple[str, list[float] |
   try:
     if kind == "longtail":
       ratio = float(arg)
-      if ratio >= 1:
+      if not math.isfinite(ratio) or ratio <= 0:
+        ratio = None
+      elif ratio >= 1:
         return kind, ratio
     elif kind == "counts":
       counts = [int(v) for v in arg.split(",")]
@@ -104,6 +107,12 @@ def parse_class_balance(spec: str, num_classes: int) -> tuple[str, list[float] |
         return kind, counts
   except ValueError:
     pass
+  else:
+    if kind == "longtail" and ratio is None:
+      raise UsageError(
+        f"--class_balance={spec}: the ratio {arg!r} is not a finite positive number; expected "
+        "longtail:R with 1 <= R < inf (the ratio between the largest and the smallest class)"
+      )
   raise UsageError(
     f"--class_balance={spec!r}: expected longtail:R (R >= 1, the ratio between the largest and "
     f"the smallest class) or counts:N0,...,N{num_classes - 1} (one positive count per class)"
@@ -130,6 +139,13 @@ def class_counts(spec: str, available: np.ndarray) -> np.ndarray:
       f"{int(counts[c])} asked for"
     )
   return counts
+
+
+def describe_balance(spec: str, y_train: np.ndarray, num_classes: int) -> str:
+  """One line: the examples of each class an imbalanced training split holds."""
+  counts = np.bincount(y_train, minlength=num_classes)
+  per_class = ", ".join(f"{c}: {int(n):,}" for c, n in enumerate(counts))
+  return f"--class_balance={spec}: {int(counts.sum()):,} training examples, per class {per_class}"
 
 
 def class_balance(ds: Dataset, spec: str | None, *, seed: int) -> Dataset:

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from dlu import config, evaluators
-from dlu.data import feeds
+from dlu.data import feeds, subsets
 from dlu.errors import RunFailure, UsageError
 from dlu.runtime import checkpointing, metric_writers, parallel
 from dlu.runtime.periodic import PeriodicCallback, Profile, ReportProgress
@@ -234,6 +234,9 @@ def _open_evaluation(run: _Run, schedule: Any, state: Any, resumed: bool) -> Non
       f"global batch {exp.sampler.global_batch_size})",
       flush=True,
     )
+    if cfg.class_balance:
+      ds = exp.dataset
+      print(subsets.describe_balance(cfg.class_balance, ds.y_train, ds.num_classes), flush=True)
     workspace.write_flags(workdir, cfg, step)
     workspace.save_preprocessing(workdir, exp.dataset.preprocessing)
     workspace.save_data_fingerprint(workdir, exp.dataset, resumed=resumed)
