@@ -222,3 +222,23 @@ def test_training_prints_the_class_counts_it_made(tmp_path, capsys):
   assert counts[1] == counts[0] // 3 and counts[1] >= 1
   line = f"--class_balance=longtail:3: {counts.sum()} training examples, per class 0: "
   assert f"{line}{counts[0]}, 1: {counts[1]}" in capsys.readouterr().out
+
+
+# --- image folders: a file reached twice ---
+
+
+def test_a_symlinked_image_counts_once_and_two_labels_are_refused(tmp_path):
+  paths = _images(tmp_path / "img")  # 3 in a/, 3 in b/
+  (tmp_path / "img" / "a" / "again.png").symlink_to(paths[1])  # paths[1] is in a/
+  (tmp_path / "img" / "a" / "z_link.png").symlink_to(tmp_path / "img" / "a" / "again.png")
+  ds = data.load(f"folder:{tmp_path / 'img'}")
+  assert len(ds.x_train) + len(ds.x_test) == 6
+  assert sorted(np.concatenate([ds.y_train, ds.y_test]).tolist()) == [0, 0, 0, 1, 1, 1]
+  link = tmp_path / "img" / "b" / "1_copy.png"
+  link.symlink_to(paths[1])
+  message = _raises(data.load, f"folder:{tmp_path / 'img'}")
+  assert str(link) in message and "same file under two classes ('a' and 'b')" in message
+  assert str(paths[1]) in message  # its first path in sorted order
+  out = str(tmp_path / "o")
+  assert "two classes" in _raises(preparation.prepare_records, f"folder:{tmp_path / 'img'}", out)
+  assert not os.path.exists(out)

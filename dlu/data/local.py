@@ -179,7 +179,9 @@ def list_folder(
   dataset: str, directory: str
 ) -> tuple[list[str], np.ndarray | None, list[str] | None]:
   """A folder's image files in sorted order, their labels (sub-folder indices, int32 [N]) or
-  None, and the class names (the sub-folders, sorted) or None; nothing is decoded."""
+  None, and the class names (the sub-folders, sorted) or None; nothing is decoded. A file
+  reached twice (symlinks, hard links) is listed once, at its first path; under two classes it
+  is refused."""
   what = f"--dataset={dataset}"
   if not os.path.isdir(directory):
     raise UsageError(f"{what}: no such directory {directory}; expected a folder of PNG/JPEG images")
@@ -207,10 +209,38 @@ def list_folder(
       "files, optionally in one sub-folder per class"
     )
   if not classes:
-    return top, None, None
+    return _once(what, top, None)[0], None, None
   files = [f for fs in classes.values() for f in fs]
   labels = np.concatenate([np.full(len(fs), k, np.int32) for k, fs in enumerate(classes.values())])
+  files, labels = _once(what, files, labels, list(classes))
   return files, labels, list(classes)
+
+
+def _once(
+  what: str, files: list[str], labels: np.ndarray | None, classes: list[str] | None = None
+) -> tuple[list[str], np.ndarray | None]:
+  """`files` with each file counted once: a file reached again (through a symlink or a hard
+  link) is dropped when it has the same label, and refused when its label differs (it would be
+  two examples of two classes, and could fall in both the train and the test split)."""
+  seen: dict[tuple[int, int], int] = {}
+  keep = []
+  for i, path in enumerate(files):
+    try:
+      st = os.stat(path)
+    except OSError:  # a broken symlink: reported (or skipped) when it is decoded
+      keep.append(i)
+      continue
+    first = seen.setdefault((st.st_dev, st.st_ino), i)
+    if first == i:
+      keep.append(i)
+    elif labels is not None and labels[first] != labels[i]:
+      raise UsageError(
+        f"{what}: {files[first]} and {path} are the same file under two classes "
+        f"({classes[labels[first]]!r} and {classes[labels[i]]!r}); keep it in one class folder"
+      )
+  if len(keep) == len(files):
+    return files, labels
+  return [files[i] for i in keep], None if labels is None else labels[keep]
 
 
 def shape_mismatch(what: str, first: str, first_shape: tuple, path: str, shape: tuple) -> str:
