@@ -131,7 +131,7 @@ def test_resume_and_evaluate_refuse_a_changed_table(tmp_path):
   before = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
   _write(tmp_path / "t.csv", rows + _rows(3, seed=5))
   message = _raises(loop.train_and_evaluate, _config(path, num_steps=20), workdir)
-  assert path in message and "60 rows then, 63 now" in message
+  assert path in message and "60 rows then, 63 now" in message and "--allow_flag_changes" in message
   message = _raises(evaluate.evaluate_workdir, workdir)
   assert path in message and "another --workdir" in message
   changed = rows[:-1] + ["9.0,9.0,9.0,a"]
@@ -139,6 +139,11 @@ def test_resume_and_evaluate_refuse_a_changed_table(tmp_path):
   assert "cells changed in its 60 rows" in _raises(evaluate.evaluate_workdir, workdir)
   after = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
   assert after == before
+  # Continued on the changed table on purpose: its fingerprint is the run's from then on.
+  loop.train_and_evaluate(_config(path, num_steps=20, allow_flag_changes=True), workdir)
+  now = json.load(open(os.path.join(workdir, workspace.DATA_FINGERPRINT_FILE)))
+  assert now["rows"] == 60 and now["fingerprint"] != stored["fingerprint"]
+  assert evaluate.evaluate_workdir(workdir)["step"] == 20
 
 
 # --- experiments.prepare_data: the source's content, and checksummed labels ---

@@ -95,8 +95,7 @@ def prepare_records(
     out, source_name, label_column, what, fingerprint=fingerprint, source_files=count
   )
   if done is not None:
-    rows = sum(s["num_examples"] for s in done.splits.values())
-    return f"{out} holds the prepared {source_name} already ({rows:,} rows); nothing to do"
+    return _already(out, source_name, done, fingerprint)
 
   src = _read_source(dataset, kind, arg, label_column, skip_bad, data_dir, idx_dir)
   return write_source(
@@ -136,8 +135,7 @@ def write_source(
     source_files=src.meta.get("source_files"),
   )
   if done is not None:
-    rows = sum(s["num_examples"] for s in done.splits.values())
-    return f"{out} holds the prepared {source} already ({rows:,} rows); nothing to do"
+    return _already(out, source, done, src.fingerprint)
   stored = writer.read_plan(out) if os.path.isdir(out) else None
   row_bytes = int(np.prod(src.example_shape)) * np.dtype(src.dtype).itemsize
   splits = {}
@@ -200,6 +198,16 @@ def write_source(
     f"{what}: {rows:,} rows of {shape} {src.dtype} in {len(every)} shard(s) in {out} "
     f"({time.monotonic() - started:.1f} s){note}; read them with --dataset=records:{out}"
   )
+
+
+def _already(out: str, source: str, done: records.Meta, fingerprint: str) -> str:
+  rows = sum(s["num_examples"] for s in done.splits.values())
+  unchecked = (
+    " (prepared before sources were fingerprinted: its files were not compared)"
+    if fingerprint and not done.fingerprint
+    else ""
+  )
+  return f"{out} holds the prepared {source} already ({rows:,} rows){unchecked}; nothing to do"
 
 
 def _read_source(

@@ -175,8 +175,9 @@ def restore_or_init(
       f"{workspace.listed(differing)}. Rerun with the flags its flags.txt records, add "
       "--allow_flag_changes to continue it with these, or use another --workdir"
     )
-  if not ckpt.read_only:  # a resumed run trains on the table it started with
-    workspace.check_data_fingerprint(workdir, exp.dataset)
+  if not ckpt.read_only and not cfg.allow_flag_changes:  # resumed on the table it began with
+    hint = "add --allow_flag_changes to continue on this one, "
+    workspace.check_data_fingerprint(workdir, exp.dataset, hint=hint)
   if cfg.resume_from == "last_intact":
     return _intact_state(exp, ckpt, abstract_state), True
   try:

@@ -239,7 +239,8 @@ def _open_evaluation(run: _Run, schedule: Any, state: Any, resumed: bool) -> Non
       print(subsets.describe_balance(cfg.class_balance, ds.y_train, ds.num_classes), flush=True)
     workspace.write_flags(workdir, cfg, step)
     workspace.save_preprocessing(workdir, exp.dataset.preprocessing)
-    workspace.save_data_fingerprint(workdir, exp.dataset, resumed=resumed)
+    replace = not resumed or cfg.allow_flag_changes
+    workspace.save_data_fingerprint(workdir, exp.dataset, replace=replace)
     run.writer.write_hparams(vars(cfg))
 
 

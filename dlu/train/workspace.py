@@ -283,19 +283,21 @@ def save_preprocessing(workdir: str, preprocessing: Any) -> None:
 DATA_FINGERPRINT_FILE = "data_fingerprint.json"
 
 
-def save_data_fingerprint(workdir: str, dataset: Any, *, resumed: bool) -> None:
-  """The table's fingerprint beside the checkpoints: at a fresh start, or on resuming a run
-  that has none yet (lead process; nothing for images)."""
+def save_data_fingerprint(workdir: str, dataset: Any, *, replace: bool) -> None:
+  """The table's fingerprint beside the checkpoints: when `replace` (a fresh start, or a run
+  continued on another table on purpose) or when the run has none yet (lead process; nothing
+  for images)."""
   path = os.path.join(workdir, DATA_FINGERPRINT_FILE)
   if dataset.fingerprint is None or not parallel.is_lead_process():
     return
-  if not resumed or not os.path.isfile(path):
+  if replace or not os.path.isfile(path):
     files.write_json(path, {"dataset": dataset.name, **dataset.fingerprint})
 
 
-def check_data_fingerprint(workdir: str, dataset: Any) -> None:
+def check_data_fingerprint(workdir: str, dataset: Any, *, hint: str = "") -> None:
   """UsageError when the table differs from the one the run in `workdir` trained on (its
-  splits and statistics were made from that one); a warning when the run recorded none."""
+  splits and statistics were made from that one); a warning when the run recorded none.
+  `hint`: another way out, said in the message."""
   path = os.path.join(workdir, DATA_FINGERPRINT_FILE)
   now = dataset.fingerprint
   if now is None:
@@ -326,8 +328,8 @@ def check_data_fingerprint(workdir: str, dataset: Any) -> None:
     changes.append(f"cells changed in its {now['rows']} rows")
   raise UsageError(
     f"--dataset={dataset.name}: the table differs from the one {workdir} trained on "
-    f"({'; '.join(changes)}); its splits and statistics came from that one: restore it, or "
-    "train on this one in another --workdir"
+    f"({'; '.join(changes)}); its splits and statistics came from that one: restore it, "
+    f"{hint}or train on this one in another --workdir"
   )
 
 
