@@ -4,6 +4,7 @@ compared with their source's content and their labels checksummed."""
 
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -98,6 +99,24 @@ def test_the_fingerprint_ignores_row_order_and_sees_cells_rows_and_columns():
   for names, cells in ((["a", "b"], changed), (["a", "c"], x), (["a", "b"], x[:-1])):
     digests = fingerprints.row_digests(names, cells)
     assert fingerprints.table_fingerprint(names, digests, None) != fp
+
+
+def test_the_refusal_says_what_changed(tmp_path, capsys):
+  def table(fingerprint, rows, columns):
+    fp = {"fingerprint": fingerprint, "rows": rows, "columns": columns}
+    return types.SimpleNamespace(name="csv:/d/t.csv", fingerprint=fp)
+
+  workdir = str(tmp_path)
+  (tmp_path / workspace.PREPROCESSING_FILE).write_text("{}")
+  workspace.check_data_fingerprint(workdir, table("f", 5, ["a"]))  # none recorded: a warning
+  assert "records no fingerprint of its table" in capsys.readouterr().out
+  workspace.save_data_fingerprint(workdir, table("f", 5, ["a", "b"]), replace=True)
+  workspace.check_data_fingerprint(workdir, table("f", 5, ["a", "b"]))
+  message = _raises(workspace.check_data_fingerprint, workdir, table("g", 7, ["a", "c", "d"]))
+  assert message.startswith("--dataset=csv:/d/t.csv: the table differs from the one")
+  assert "(columns 'c', 'd' added; column 'b' removed; 5 rows then, 7 now)" in message
+  (tmp_path / workspace.DATA_FINGERPRINT_FILE).write_text("[1]")
+  assert "unreadable" in _raises(workspace.check_data_fingerprint, workdir, table("f", 5, ["a"]))
 
 
 def _config(path: str, **overrides):

@@ -313,15 +313,19 @@ def check_data_fingerprint(workdir: str, dataset: Any, *, hint: str = "") -> Non
   try:
     with open(path, encoding="utf-8") as f:
       then = json.load(f)
+    if not isinstance(then, dict) or not isinstance(then.get("columns", []), list):
+      raise ValueError("not a table fingerprint")
   except (OSError, ValueError) as e:
     raise UsageError(f"{path}: unreadable ({e}); move it aside to skip the check") from None
   if then.get("fingerprint") == now["fingerprint"]:
     return
   added = sorted(set(now["columns"]) - set(then.get("columns", [])))
   removed = sorted(set(then.get("columns", [])) - set(now["columns"]))
-  changes = []
-  if added or removed:
-    changes.append(f"columns added {added}, removed {removed}")
+  changes = [
+    f"column{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))} {how}"
+    for names, how in ((added, "added"), (removed, "removed"))
+    if names
+  ]
   if then.get("rows") != now["rows"]:
     changes.append(f"{then.get('rows')} rows then, {now['rows']} now")
   if not changes:
