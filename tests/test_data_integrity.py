@@ -197,7 +197,7 @@ def test_prepare_data_compares_the_source_content_not_its_name(tmp_path):
   os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns))
   assert "already" in preparation.prepare_records(source, out, workers=1)
   paths[1].write_bytes(paths[1].read_bytes() + b"\0")
-  assert "files changed in size or time" in _raises(
+  assert "files changed in size or modification time" in _raises(
     preparation.prepare_records, source, out, workers=1
   )
   assert _tree(tmp_path / "out") == before  # never overwritten
@@ -205,9 +205,10 @@ def test_prepare_data_compares_the_source_content_not_its_name(tmp_path):
   _write(table, _rows(10))
   preparation.prepare_records(f"csv:{table}", str(tmp_path / "rows"), label_column="y")
   _write(table, _rows(11))
-  assert "other contents" in _raises(
+  message = _raises(
     preparation.prepare_records, f"csv:{table}", str(tmp_path / "rows"), label_column="y"
   )
+  assert "other contents (the file changed in size or modification time)" in message
 
 
 def test_a_flipped_bit_in_the_labels_is_caught(tmp_path):

@@ -127,8 +127,12 @@ def finished(
     )
   if fingerprint and meta.fingerprint and fingerprint != meta.fingerprint:
     then, now = meta.source_files, source_files
-    counted = f"{then:,} files then, {now:,} now" if then is not None and now is not None else ""
-    change = counted if counted and then != now else "files changed in size or time"
+    if then is not None and now is not None and then != now:
+      change = f"{then:,} files then, {now:,} now"
+    elif max(then or 0, now or 0) > 1:
+      change = "files changed in size or modification time"
+    else:
+      change = "the file changed in size or modification time"
     raise UsageError(
       f"--out={out} holds records of {source} prepared from other contents ({change}); "
       "remove it or choose another --out to prepare them again"
