@@ -2,14 +2,15 @@
 
 A family's own flags live in its module under `dlu/families/`; the ones here are shared:
 the code size, the MLP widths and conv channels of the encoders (autoencoders, VAEs,
-SimCLR), the kernels' initializer (every model), and the number of clusters (DEC/IDEC, the
-contrastive cluster head, and the clustering evaluator).
+SimCLR), the kernels' initializer and the compute dtype (every model), and the number of
+clusters (DEC/IDEC, the contrastive cluster head, and the clustering evaluator).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 from absl import flags
 
 from dlu.config import Config, require_positive
@@ -45,6 +46,15 @@ flags.DEFINE_enum(
   "glorot_uniform (Keras's default, variance 2 / (fan_in + fan_out)), glorot_normal, "
   "lecun_normal (flax's default, 1 / fan_in), lecun_uniform, he_normal (2 / fan_in), "
   "he_uniform, dcgan_normal (N(0, 0.02^2)); *_normal are truncated normals.",
+)
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+flags.DEFINE_enum(
+  "compute_dtype",
+  "float32",
+  list(COMPUTE_DTYPES),
+  "dtype of the model's activations, matmuls and convolutions (every model). bfloat16: mixed "
+  "precision for accelerators; parameters, optimizer state, losses, metrics and BatchNorm "
+  "statistics stay float32. On CPU bfloat16 is usually slower.",
 )
 flags.DEFINE_integer(
   "n_clusters", 0, "Clusters for dec/idec and experiments.evaluate; 0: the dataset's class count."
@@ -99,9 +109,15 @@ def kernel_init_name(cfg: Config) -> str:
   return cfg.kernel_init
 
 
+def compute_dtype(cfg: Config) -> jnp.dtype:
+  """The dtype --compute_dtype names (checked with the other enum flags by
+  `dlu.config.validate`). Resolved once per family (`Family.compute_dtype`)."""
+  return jnp.dtype(COMPUTE_DTYPES[cfg.compute_dtype])
+
+
 def validate(cfg: Config) -> None:
   """The shared flags every family may read; each family checks the encoder flags it uses.
-  Enum flags (--kernel_init among them) are checked once, with every other, by
+  Enum flags (--kernel_init and --compute_dtype among them) are checked once, with every other, by
   `dlu.config.validate`."""
   if cfg.n_clusters < 0:
     raise UsageError(f"--n_clusters must be >= 0 (0: the class count), got {cfg.n_clusters!r}")

@@ -72,6 +72,7 @@ class Autoencoder(SingleNetworkFamily):
         latent_activation="relu",
         dropout=cfg.dropout,
         kernel_init=self.kernel_init,
+        dtype=self.compute_dtype,
       )
     if cfg.model == "ae_mlp":
       return ae_models.MLPAutoencoder(
@@ -80,6 +81,7 @@ class Autoencoder(SingleNetworkFamily):
         latent_dim=cfg.latent_dim,
         dropout=cfg.dropout,
         kernel_init=self.kernel_init,
+        dtype=self.compute_dtype,
       )
     return ae_models.ConvAutoencoder(
       shape,
@@ -87,6 +89,7 @@ class Autoencoder(SingleNetworkFamily):
       latent_dim=cfg.latent_dim,
       dropout=cfg.dropout,
       kernel_init=self.kernel_init,
+      dtype=self.compute_dtype,
     )
 
   def corrupt(self, x: jax.Array, rng: jax.Array) -> jax.Array:

@@ -111,6 +111,9 @@ class Family:
     #: the initializer of every kernel of the models the family builds (a key of
     #: `layers.KERNEL_INITS`): --kernel_init resolved for --model, once.
     self.kernel_init = model_flags.kernel_init_name(cfg)
+    #: the compute dtype of every model the family builds (--compute_dtype): activations,
+    #: matmuls and convolutions; parameters, optimizer state, losses and metrics stay float32.
+    self.compute_dtype = model_flags.compute_dtype(cfg)
 
   @classmethod
   def validate(cls, cfg: Config) -> None:

@@ -133,6 +133,7 @@ class SimCLR(SingleNetworkFamily):
       num_clusters=self.num_clusters,
       projection=int_list(cfg.projection_dims, "projection_dims"),
       kernel_init=self.kernel_init,
+      dtype=self.compute_dtype,
     )
     if cfg.model == "simclr_conv":
       return ContrastiveNet("conv", channels=conv_channels(cfg, shape), **common)

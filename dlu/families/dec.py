@@ -51,9 +51,14 @@ def has_checkpoint(workdir: str) -> bool:
   return os.path.isdir(path) and any(d.isdigit() for d in os.listdir(path))
 
 
-def load_autoencoder(workdir: str, spec, mesh) -> tuple[Autoencoder, TrainState]:
-  """The autoencoder family and trained state of the run in `workdir`."""
+def load_autoencoder(
+  workdir: str, spec, mesh, compute_dtype: str | None = None
+) -> tuple[Autoencoder, TrainState]:
+  """The autoencoder family and trained state of the run in `workdir`, computing in
+  `compute_dtype` (a --compute_dtype value; None: the one that run trained with)."""
   cfg = config.config_from_flagfile(os.path.join(workdir, "flags.txt"))
+  if compute_dtype is not None:
+    cfg = cfg.replace(compute_dtype=compute_dtype)
   family_cls = get(cfg.model)
   if not issubclass(family_cls, Autoencoder):
     raise UsageError(
@@ -97,7 +102,8 @@ class DEC(SingleNetworkFamily):
 
   # --- Host-side set-up.
   def prepare(self, dataset, ctx):
-    ae, ae_state = load_autoencoder(self.cfg.init_from, self.spec, ctx.mesh)
+    # The encoder computes in this run's --compute_dtype (its parameters are float32 either way).
+    ae, ae_state = load_autoencoder(self.cfg.init_from, self.spec, ctx.mesh, self.cfg.compute_dtype)
     if ae.cfg.pixel_range != self.cfg.pixel_range or ae.cfg.dataset != self.cfg.dataset:
       raise UsageError(
         f"--init_from={self.cfg.init_from!r} was trained with --dataset="

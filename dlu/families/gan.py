@@ -161,13 +161,14 @@ class GAN(Family):
       self.output_activation = "tanh" if spec.pixel_range == "symmetric" else "sigmoid"
     if cfg.model == "dcgan":
       self.discriminator = gan_models.DCGANDiscriminator(
-        cfg.gan_channels, self.num_classes, self.kernel_init
+        cfg.gan_channels, self.num_classes, self.kernel_init, self.compute_dtype
       )
     else:
       self.discriminator = gan_models.MLPDiscriminator(
         tuple(reversed(int_list(cfg.gan_widths, "gan_widths"))),
         self.num_classes,
         self.kernel_init,
+        self.compute_dtype,
       )
     b1 = cfg.gan_b1
     self.g_tx = optim.make_optimizer(
@@ -193,6 +194,7 @@ class GAN(Family):
         axis_name,
         self.num_classes,
         kernel_init=self.kernel_init,
+        dtype=self.compute_dtype,
       )
     return gan_models.MLPGenerator(
       shape,
@@ -201,6 +203,7 @@ class GAN(Family):
       axis_name,
       self.num_classes,
       kernel_init=self.kernel_init,
+      dtype=self.compute_dtype,
     )
 
   def critic(self, d_params, labels: jax.Array | None = None) -> Callable[[jax.Array], jax.Array]:

@@ -138,6 +138,7 @@ class VAE(SingleNetworkFamily):
         channels=conv_channels(cfg, shape),
         learn_variance=cfg.learn_variance,
         kernel_init=self.kernel_init,
+        dtype=self.compute_dtype,
       )
     return vae_models.VAE(
       shape,
@@ -146,6 +147,7 @@ class VAE(SingleNetworkFamily):
       widths=int_list(cfg.widths, "widths"),
       learn_variance=cfg.learn_variance,
       kernel_init=self.kernel_init,
+      dtype=self.compute_dtype,
     )
 
   # --- The model's pieces, as pure functions of the parameters.

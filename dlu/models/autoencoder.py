@@ -2,19 +2,30 @@
 
 Each has `encode` and `decode` usable on their own (`model.apply(v, x, method="encode")`).
 Decoders return pre-activation outputs: reconstructions for an MSE loss, logits
-for a Bernoulli (binary cross-entropy) one.
+for a Bernoulli (binary cross-entropy) one. `dtype` is the compute dtype (see `layers`):
+`encode`, `decode` and the whole model return float32.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import chex
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
-from dlu.models.layers import MLP, Conv, ConvTranspose, dropout, kernel_init
+from dlu.models.layers import (
+  MLP,
+  Conv,
+  ConvTranspose,
+  dropout,
+  kernel_init,
+  to_compute,
+  to_float32,
+)
 
 
 class MLPAutoencoder(nn.Module):
@@ -34,6 +45,7 @@ class MLPAutoencoder(nn.Module):
   activation: str = "relu"
   dropout: float = 0.0
   kernel_init: str = "glorot_uniform"
+  dtype: Any = jnp.float32
 
   def setup(self):
     self.encoder = MLP(
@@ -42,6 +54,7 @@ class MLPAutoencoder(nn.Module):
       self.latent_activation,
       dropout=self.dropout,
       kernel_init=self.kernel_init,
+      dtype=self.dtype,
     )
     out_dim = math.prod(self.image_shape)
     self.decoder = MLP(
@@ -49,21 +62,28 @@ class MLPAutoencoder(nn.Module):
       self.activation,
       dropout=self.dropout,
       kernel_init=self.kernel_init,
+      dtype=self.dtype,
     )
     self.code_dropout = nn.Dropout(self.dropout)
 
+  def _encode(self, x: jax.Array) -> jax.Array:
+    return self.encoder(x.reshape((x.shape[0], -1)))  # [B, D] in the compute dtype
+
+  def _decode(self, z: jax.Array) -> jax.Array:
+    return self.decoder(z).reshape((z.shape[0],) + tuple(self.image_shape))  # [B, H, W, C]
+
   def encode(self, x: jax.Array) -> jax.Array:
-    return self.encoder(x.reshape((x.shape[0], -1)))  # [B, D]
+    return to_float32(self._encode(x))  # [B, D]
 
   def decode(self, z: jax.Array) -> jax.Array:
-    return self.decoder(z).reshape((z.shape[0],) + tuple(self.image_shape))  # [B, H, W, C]
+    return to_float32(self._decode(z))  # [B, H, W, C]
 
   def __call__(self, x: jax.Array) -> jax.Array:
     chex.assert_rank(x, {2, 4})  # vectors [B, D] or images [B, H, W, C]
-    z = self.encode(x)
+    z = self._encode(x)
     if self.dropout:
       z = self.code_dropout(z, deterministic=not self.has_rng("dropout"))
-    return self.decode(z)
+    return to_float32(self._decode(z))
 
 
 class ConvEncoder(nn.Module):
@@ -73,14 +93,19 @@ class ConvEncoder(nn.Module):
   out_dim: int = 32
   dropout: float = 0.0  # after each conv layer, in training
   kernel_init: str = "glorot_uniform"
+  dtype: Any = jnp.float32  # of the layers and the output
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    init = kernel_init(self.kernel_init)
+    init, dtype = kernel_init(self.kernel_init), self.dtype
+    x = to_compute(x, dtype)
     for i, c in enumerate(self.channels):
-      conv = Conv(c, (3, 3), strides=(2, 2), padding="SAME", kernel_init=init, name=f"conv_{i}")
+      conv = Conv(
+        c, (3, 3), strides=(2, 2), padding="SAME", kernel_init=init, dtype=dtype, name=f"conv_{i}"
+      )
       x = dropout(self, self.dropout, nn.relu(conv(x)))
-    return nn.Dense(self.out_dim, kernel_init=init, name="dense")(x.reshape((x.shape[0], -1)))
+    dense = nn.Dense(self.out_dim, kernel_init=init, dtype=dtype, name="dense")
+    return dense(x.reshape((x.shape[0], -1)))
 
 
 class ConvDecoder(nn.Module):
@@ -90,22 +115,30 @@ class ConvDecoder(nn.Module):
   channels: Sequence[int] = (64, 32)
   dropout: float = 0.0  # after each hidden layer, in training
   kernel_init: str = "glorot_uniform"
+  dtype: Any = jnp.float32  # of the layers and the output
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     h, w, c_out = self.image_shape
     scale = 2 ** len(self.channels)
     h0, w0 = h // scale, w // scale
-    init = kernel_init(self.kernel_init)
-    x = nn.relu(nn.Dense(h0 * w0 * self.channels[0], kernel_init=init, name="dense")(z))
+    init, dtype = kernel_init(self.kernel_init), self.dtype
+    dense = nn.Dense(h0 * w0 * self.channels[0], kernel_init=init, dtype=dtype, name="dense")
+    x = nn.relu(dense(to_compute(z, dtype)))
     x = dropout(self, self.dropout, x).reshape((z.shape[0], h0, w0, self.channels[0]))
     for i, c in enumerate(self.channels):
       deconv = ConvTranspose(
-        c, (3, 3), strides=(2, 2), padding="SAME", kernel_init=init, name=f"deconv_{i}"
+        c,
+        (3, 3),
+        strides=(2, 2),
+        padding="SAME",
+        kernel_init=init,
+        dtype=dtype,
+        name=f"deconv_{i}",
       )
       x = dropout(self, self.dropout, nn.relu(deconv(x)))
     return ConvTranspose(
-      c_out, (3, 3), strides=(1, 1), padding="SAME", kernel_init=init, name="out"
+      c_out, (3, 3), strides=(1, 1), padding="SAME", kernel_init=init, dtype=dtype, name="out"
     )(x)
 
 
@@ -115,24 +148,29 @@ class ConvAutoencoder(nn.Module):
   latent_dim: int = 32
   dropout: float = 0.0
   kernel_init: str = "glorot_uniform"
+  dtype: Any = jnp.float32
 
   def setup(self):
     self.encoder = ConvEncoder(
-      tuple(self.channels), self.latent_dim, self.dropout, self.kernel_init
+      tuple(self.channels), self.latent_dim, self.dropout, self.kernel_init, self.dtype
     )
     self.decoder = ConvDecoder(
-      tuple(self.image_shape), tuple(reversed(self.channels)), self.dropout, self.kernel_init
+      tuple(self.image_shape),
+      tuple(reversed(self.channels)),
+      self.dropout,
+      self.kernel_init,
+      self.dtype,
     )
 
   def encode(self, x: jax.Array) -> jax.Array:
-    return self.encoder(x)  # [B, D]
+    return to_float32(self.encoder(x))  # [B, D]
 
   def decode(self, z: jax.Array) -> jax.Array:
-    return self.decoder(z)  # [B, H, W, C]
+    return to_float32(self.decoder(z))  # [B, H, W, C]
 
   def __call__(self, x: jax.Array) -> jax.Array:
     chex.assert_rank(x, 4)
-    return self.decode(self.encode(x))
+    return to_float32(self.decoder(self.encoder(x)))
 
 
 def conv_compatible(image_shape: Sequence[int], num_strided: int) -> bool:

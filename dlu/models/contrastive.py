@@ -1,17 +1,21 @@
 """Encoders trained by contrast of random views (SimCLR): an encoder to the representation
 that downstream use keeps (`encode`), a projection head the loss alone sees, and optionally
-a cluster head (contrastive clustering) giving logits over `num_clusters` clusters."""
+a cluster head (contrastive clustering) giving logits over `num_clusters` clusters.
+`dtype` is the compute dtype (see `layers`): representations, projections and logits come
+back in float32, so the temperature-scaled similarities and softmaxes are float32."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import chex
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from dlu.models.autoencoder import ConvEncoder
-from dlu.models.layers import MLP
+from dlu.models.layers import MLP, to_float32
 
 
 class ContrastiveNet(nn.Module):
@@ -28,30 +32,39 @@ class ContrastiveNet(nn.Module):
   projection: Sequence[int] = (256, 128)
   num_clusters: int = 0
   kernel_init: str = "glorot_uniform"
+  dtype: Any = jnp.float32
 
   def setup(self):
-    init = self.kernel_init
+    init, dtype = self.kernel_init, self.dtype
     if self.encoder == "conv":
-      self.backbone = ConvEncoder(tuple(self.channels), self.feature_dim, kernel_init=init)
+      self.backbone = ConvEncoder(
+        tuple(self.channels), self.feature_dim, kernel_init=init, dtype=dtype
+      )
     else:
-      self.backbone = MLP(tuple(self.widths) + (self.feature_dim,), kernel_init=init)
-    self.head = MLP(tuple(self.projection), kernel_init=init)
+      self.backbone = MLP(tuple(self.widths) + (self.feature_dim,), kernel_init=init, dtype=dtype)
+    self.head = MLP(tuple(self.projection), kernel_init=init, dtype=dtype)
     if self.num_clusters:
-      self.cluster_head = MLP((self.projection[0], self.num_clusters), kernel_init=init)
+      self.cluster_head = MLP(
+        (self.projection[0], self.num_clusters), kernel_init=init, dtype=dtype
+      )
+
+  def _encode(self, x: jax.Array) -> jax.Array:
+    if self.encoder != "conv":
+      x = x.reshape((x.shape[0], -1))
+    return nn.relu(self.backbone(x))  # [B, feature_dim] in the compute dtype
 
   def encode(self, x: jax.Array) -> jax.Array:
     """The representation. [B, feature_dim]"""
-    if self.encoder != "conv":
-      x = x.reshape((x.shape[0], -1))
-    return nn.relu(self.backbone(x))
+    return to_float32(self._encode(x))
 
   def cluster_logits(self, x: jax.Array) -> jax.Array:
     """Logits of the cluster head. [B, num_clusters]"""
-    return self.cluster_head(self.encode(x))
+    return to_float32(self.cluster_head(self._encode(x)))
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """Representation [B, feature_dim], projection [B, projection[-1]] and cluster logits
     [B, num_clusters] (None without a cluster head)."""
     chex.assert_rank(x, {2, 4})
-    h = self.encode(x)
-    return h, self.head(h), self.cluster_head(h) if self.num_clusters else None
+    h = self._encode(x)
+    logits = to_float32(self.cluster_head(h)) if self.num_clusters else None
+    return to_float32(h), to_float32(self.head(h)), logits

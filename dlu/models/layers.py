@@ -4,6 +4,12 @@
 `flax.linen.Conv`/`ConvTranspose` (same fields, parameter names and shapes, same
 results), computed on CPU by the formulations of `fast_conv`, which XLA:CPU runs
 several times faster; other backends keep the native ops.
+
+Mixed precision: every model has a `dtype` field, the dtype of its activations, matmuls and
+convolutions (flax's `dtype`); parameters stay float32 (flax's default `param_dtype`). A model casts
+its inputs to `dtype` where they enter (`to_compute`) and its outputs back to float32
+(`to_float32`), so losses, metrics and what the families compute from outputs (log-variances,
+logits over a batch, Student-t kernels) are float32 whatever the compute dtype.
 """
 
 from __future__ import annotations
@@ -181,6 +187,16 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+def to_compute(x: jax.Array, dtype: Any) -> jax.Array:
+  """A model's floating input in its compute dtype (integer inputs, e.g. labels, unchanged)."""
+  return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
+def to_float32(x: jax.Array) -> jax.Array:
+  """A model's output in float32, the dtype of losses and metrics."""
+  return x.astype(jnp.float32)
+
+
 def dropout(module: nn.Module, rate: float, x: jax.Array) -> jax.Array:
   """`nn.Dropout(rate)` of `x` when the module is applied with a `dropout` rng (training),
   `x` itself otherwise (evaluation) or when `rate` is 0."""
@@ -192,18 +208,26 @@ def dropout(module: nn.Module, rate: float, x: jax.Array) -> jax.Array:
 class MLP(nn.Module):
   """Dense layers with `activation` between them; `final_activation` after the last.
   `dropout`: the rate of dropout after each hidden layer (see `dropout`); `kernel_init`:
-  the kernels' initializer (a key of KERNEL_INITS)."""
+  the kernels' initializer (a key of KERNEL_INITS); `dtype`: the compute dtype of the layers
+  and of the output (parameters float32)."""
 
   widths: Sequence[int]
   activation: str = "relu"
   final_activation: str = "linear"
   dropout: float = 0.0
   kernel_init: str = "glorot_uniform"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    x = to_compute(x, self.dtype)
     for i, width in enumerate(self.widths):
-      x = nn.Dense(width, kernel_init=kernel_init(self.kernel_init), name=f"dense_{i}")(x)
+      x = nn.Dense(
+        width,
+        kernel_init=kernel_init(self.kernel_init),
+        dtype=self.dtype,
+        name=f"dense_{i}",
+      )(x)
       last = i == len(self.widths) - 1
       x = ACTIVATIONS[self.final_activation if last else self.activation](x)
       if not last:

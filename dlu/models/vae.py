@@ -4,19 +4,24 @@ The encoder outputs 2 * latent_dim numbers per image: the posterior mean and log
 The decoder returns pre-activation outputs: Bernoulli logits, or the mean of a Gaussian
 whose per-pixel log standard deviation is a learned parameter when `learn_variance`.
 Sampling and the bounds are the family's business (dlu/families/vae.py), not the module's.
+`dtype` is the compute dtype (see `layers`): the posterior's mean and log-variance and the
+decoder's outputs come back in float32, so exp(log-variance), the KL and the likelihoods
+are float32.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import chex
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from dlu.models.autoencoder import ConvDecoder, ConvEncoder
-from dlu.models.layers import MLP
+from dlu.models.layers import MLP, to_float32
 
 
 class VAE(nn.Module):
@@ -30,18 +35,23 @@ class VAE(nn.Module):
   channels: Sequence[int] = (32, 64)
   learn_variance: bool = False
   kernel_init: str = "glorot_uniform"
+  dtype: Any = jnp.float32
 
   def setup(self):
-    init = self.kernel_init
+    init, dtype = self.kernel_init, self.dtype
     if self.architecture == "mlp":
-      self.encoder = MLP(tuple(self.widths) + (2 * self.latent_dim,), kernel_init=init)
+      self.encoder = MLP(tuple(self.widths) + (2 * self.latent_dim,), kernel_init=init, dtype=dtype)
       self.decoder = MLP(
-        tuple(reversed(self.widths)) + (math.prod(self.image_shape),), kernel_init=init
+        tuple(reversed(self.widths)) + (math.prod(self.image_shape),),
+        kernel_init=init,
+        dtype=dtype,
       )
     elif self.architecture == "conv":
-      self.encoder = ConvEncoder(tuple(self.channels), 2 * self.latent_dim, kernel_init=init)
+      self.encoder = ConvEncoder(
+        tuple(self.channels), 2 * self.latent_dim, kernel_init=init, dtype=dtype
+      )
       self.decoder = ConvDecoder(
-        tuple(self.image_shape), tuple(reversed(self.channels)), kernel_init=init
+        tuple(self.image_shape), tuple(reversed(self.channels)), kernel_init=init, dtype=dtype
       )
     else:
       raise ValueError(f"unknown VAE architecture {self.architecture!r}")
@@ -53,14 +63,14 @@ class VAE(nn.Module):
     chex.assert_rank(x, {2, 4})
     if self.architecture == "mlp":
       x = x.reshape((x.shape[0], -1))
-    h = self.encoder(x)
+    h = to_float32(self.encoder(x))  # [B, 2D]
     return h[:, : self.latent_dim], h[:, self.latent_dim :]
 
   def decode(self, z: jax.Array) -> jax.Array:
     """[..., D] latents (any leading axes, e.g. [K, B, D]) -> [..., H, W, C] logits or means."""
     lead = z.shape[:-1]
     z = z.reshape((-1, self.latent_dim))
-    out = self.decoder(z)
+    out = to_float32(self.decoder(z))
     return out.reshape(lead + tuple(self.image_shape))
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
