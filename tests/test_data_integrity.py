@@ -267,3 +267,20 @@ def test_a_symlinked_image_counts_once_and_two_labels_are_refused(tmp_path):
   out = str(tmp_path / "o")
   assert "two classes" in _raises(preparation.prepare_records, f"folder:{tmp_path / 'img'}", out)
   assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("labels", [("0", "1"), ("cat", "dog"), ("1.5", "2.5")])
+def test_records_of_a_table_split_as_the_table(tmp_path, labels):
+  rng = np.random.default_rng(0)
+  lines = [
+    f"{a!r},{b!r},{labels[i % 2]}" for i, (a, b) in enumerate(rng.normal(size=(40, 2)).tolist())
+  ]
+  path = _write(tmp_path / "t.csv", lines, header="a,b,y")
+  preparation.prepare_records(f"csv:{path}", str(tmp_path / "out"), label_column="y")
+  opts = data.TableOptions(label_column="y")
+  table = data.load(f"csv:{path}", table_options=opts)
+  stored = data.load(f"records:{tmp_path / 'out'}", table_options=data.TableOptions())
+  np.testing.assert_array_equal(np.asarray(stored.x_test), table.x_test)
+  np.testing.assert_array_equal(stored.y_test, table.y_test)
+  np.testing.assert_array_equal(stored.row_digests, table.row_digests)
+  assert stored.fingerprint == table.fingerprint

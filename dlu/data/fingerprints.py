@@ -23,7 +23,8 @@ TEST_STREAM = 0x7E57
 VALIDATION_STREAM = 0x5A11D
 
 
-def _cell_bytes(value) -> bytes:
+def _text_bytes(value) -> bytes:
+  """A cell as length-prefixed UTF-8 text (missing: one NUL byte)."""
   if value is None or (isinstance(value, float) and value != value):
     return b"\x00"
   text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
@@ -31,16 +32,20 @@ def _cell_bytes(value) -> bytes:
   return len(data).to_bytes(4, "little") + data
 
 
-def _column_bytes(values: np.ndarray) -> list[bytes]:
-  """A column's cells as bytes, one entry per row: numbers by their float64 value (NaN and
-  -0.0 made canonical), anything else by its text."""
-  values = np.asarray(values)
-  if values.dtype.kind in "biuf":
-    v = values.astype(np.float64)
-    v = np.where(np.isnan(v), np.nan, v) + 0.0  # one NaN pattern; -0.0 + 0.0 is 0.0
-    raw = v.view(np.uint8).reshape(len(v), 8)
-    return [b"n" + r.tobytes() for r in raw]
-  return [b"s" + _cell_bytes(c) for c in values.tolist()]
+def _label_text(value) -> str:
+  """A label as its class name (dlu.data.tables.encode_labels): 3.0 and 3 are "3"."""
+  if isinstance(value, bytes):
+    return value.decode("utf-8", "replace")
+  if isinstance(value, float) and value.is_integer():
+    return str(int(value))
+  return str(value)
+
+
+def _numbers(x: np.ndarray) -> np.ndarray:
+  """Numbers as float64 bytes with one NaN pattern and no -0.0. [N, 8 * D] uint8"""
+  v = np.asarray(x, np.float64)
+  v = np.where(np.isnan(v), np.nan, v) + 0.0  # -0.0 + 0.0 is 0.0
+  return np.ascontiguousarray(v).view(np.uint8).reshape(len(v), -1)
 
 
 def row_digests(
@@ -48,17 +53,25 @@ def row_digests(
 ) -> np.ndarray:
   """One 64-bit digest of each row's cells, columns taken in sorted name order (the label last).
 
-  x_raw: [N, D] cells in the order of `names` (numbers, NaN for missing, or objects);
-  labels: [N] raw labels or None. [N] uint64
+  x_raw: [N, D] cells in the order of `names` (numbers, NaN for missing, or objects, hashed
+  by their text); labels: [N] raw labels or their class names (both hash alike), or None.
+  [N] uint64
   """
   x_raw = np.asarray(x_raw)
   order = sorted(range(len(names)), key=lambda j: names[j])
-  columns = [_column_bytes(x_raw[:, j]) for j in order]
-  if labels is not None:
-    columns.append(_column_bytes(np.asarray(labels)))
+  if x_raw.dtype.kind in "biuf":
+    block = _numbers(x_raw[:, order])
+    rows = (block[i].tobytes() for i in range(len(block)))
+  else:
+    cells = x_raw[:, order].tolist()
+    rows = (b"".join(_text_bytes(c) for c in row) for row in cells)
+  if labels is None:
+    tails = [b""] * len(x_raw)
+  else:
+    tails = [b"\x01" + _text_bytes(_label_text(v)) for v in np.asarray(labels).tolist()]
   out = np.empty(len(x_raw), np.uint64)
-  for i, cells in enumerate(zip(*columns, strict=True)):
-    digest = hashlib.blake2b(b"".join(cells), digest_size=8).digest()
+  for i, (row, tail) in enumerate(zip(rows, tails, strict=True)):
+    digest = hashlib.blake2b(row + tail, digest_size=8).digest()
     out[i] = int.from_bytes(digest, "little")
   return out
 
