@@ -17,6 +17,7 @@ from dlu import config, families
 from dlu.errors import UsageError
 from dlu.families import DataSpec
 from dlu.ops import gan_losses
+from dlu.runtime import cli
 from dlu.train import workspace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +40,7 @@ FLOAT32_FIRST_LOSS = {
   "vae": "0x1.746bc40000000p+5",
 }
 X = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1)).astype(np.uint8)
+LABELS = jnp.arange(16, dtype=jnp.int32) % 10
 BF16, F32 = jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)
 COMPUTE_LAYERS = (nn.Dense, nn.Conv, nn.ConvTranspose, nn.BatchNorm, nn.Embed)
 
@@ -69,7 +71,10 @@ def _layer_dtypes(model, variables, *args, **kwargs):
       **kwargs,
     )[1]["intermediates"]
 
-  return [jnp.dtype(o.dtype) for o in jax.tree.leaves(jax.eval_shape(apply, variables, *args))]
+  outputs = jax.tree_util.tree_flatten_with_path(jax.eval_shape(apply, variables, *args))[0]
+  return {
+    jax.tree_util.keystr(path[:-2], simple=True, separator="/"): o.dtype for path, o in outputs
+  }
 
 
 def _train(family, steps=2):
@@ -77,7 +82,7 @@ def _train(family, steps=2):
   state = jax.jit(family.init_state)(jax.random.key(0))
   step = jax.jit(family.train_step)
   for _ in range(steps):
-    state, metrics = step(state, {"image": jnp.asarray(X)}, jax.random.key(1))
+    state, metrics = step(state, {"image": jnp.asarray(X), "label": LABELS}, jax.random.key(1))
   return state, metrics
 
 
@@ -110,7 +115,7 @@ def test_bfloat16_layers_with_float32_parameters_and_outputs(model):
   assert _floating_dtypes(state.params) == _floating_dtypes(state.opt_state) == {F32}
   # Every layer computes in bfloat16; the model's outputs and the loss are float32.
   dtypes = _layer_dtypes(family.model, {"params": state.params}, x)
-  assert dtypes and set(dtypes) == {BF16}
+  assert dtypes and set(dtypes.values()) == {BF16}
   assert _floating_dtypes(jax.eval_shape(family.model.apply, {"params": state.params}, x)) == {F32}
   batch = {"image": jnp.asarray(X), "step": state.step}
   loss, metrics = jax.eval_shape(family.loss, state.params, batch, jax.random.key(1))
@@ -132,28 +137,39 @@ def test_bfloat16_training_lowers_a_finite_float32_loss(model):
 
 @pytest.mark.parametrize(
   "model, loss",
-  [("dcgan", dict(gan_loss="ns")), ("mlp_gan", dict(gan_loss="wgan_gp", r1_weight=1.0))],
+  [
+    ("dcgan", dict(gan_loss="ns", conditional=True)),
+    ("mlp_gan", dict(gan_loss="wgan_gp", r1_weight=1.0)),
+  ],
 )
 def test_bfloat16_gan(model, loss):
+  """A class-conditional DCGAN (label embedding, projection discriminator) and a WGAN-GP MLP
+  pair with the R1 penalty."""
   overrides = dict(gan_channels=4, gan_widths=["16", "8"], latent_dim=4, pixel_range="symmetric")
   family = _family(model, SYMMETRIC, compute_dtype="bfloat16", **overrides, **loss)
   state = jax.jit(family.init_state)(jax.random.key(0))
   assert _floating_dtypes((state.params, state.opt_state, state.extra)) == {F32}
   z = jax.random.normal(jax.random.key(1), (16, 4))
   real = family.normalize(jnp.asarray(X))
+  labels = LABELS if family.needs_label else None
   g_vars = {"params": state.params["generator"], "batch_stats": state.extra["batch_stats"]}
   d_params = state.params["discriminator"]
   gen = family.generator()
-  assert set(_layer_dtypes(gen, g_vars, z, train=True)) == {BF16}
-  assert set(_layer_dtypes(family.discriminator, {"params": d_params}, real)) == {BF16}
-  fake = jax.jit(lambda v, z: gen.apply(v, z, train=False))(g_vars, z)
+  assert set(_layer_dtypes(gen, g_vars, z, labels, train=True).values()) == {BF16}
+  d_dtypes = _layer_dtypes(family.discriminator, {"params": d_params}, real, labels)
+  # The projection discriminator's class embedding is float32: its term is summed in float32.
+  assert {name for name, dtype in d_dtypes.items() if dtype != BF16} == (
+    {"class_embed"} if family.needs_label else set()
+  )
+  assert len(d_dtypes) >= 3
+  fake = jax.jit(lambda v, z: gen.apply(v, z, labels, train=False))(g_vars, z)
   assert fake.dtype == F32
 
   # Each network's own loss falls under a few Adam steps of its own (the other held fixed).
-  d_loss = lambda d: family.d_objective(d, real, fake, jax.random.key(2), None)[0]
+  d_loss = lambda d: family.d_objective(d, real, fake, jax.random.key(2), None, labels)[0]
   g_loss = lambda g: gan_losses.generator_loss(
-    fake_logit=family.critic(d_params)(
-      gen.apply({**g_vars, "params": g}, z, train=True, mutable=["batch_stats"])[0]
+    fake_logit=family.critic(d_params, labels)(
+      gen.apply({**g_vars, "params": g}, z, labels, train=True, mutable=["batch_stats"])[0]
     ),
     loss_type=family.cfg.gan_loss,
   )
@@ -194,7 +210,7 @@ def test_bfloat16_dec_cluster_head(model):
   assert _floating_dtypes((state.params, state.opt_state)) == {F32}
   x = family.normalize(jnp.asarray(X))
   dtypes = _layer_dtypes(ae.model, {"params": state.params["ae"]}, x)
-  assert dtypes and set(dtypes) == {BF16}
+  assert dtypes and set(dtypes.values()) == {BF16}
   # The embeddings and the Student-t assignments are float32, and so the KL.
   assert jax.eval_shape(family.encode, state.params["ae"], x).dtype == F32
   assert jax.eval_shape(family.cluster_probs, state, jnp.asarray(X)).dtype == F32
@@ -231,6 +247,13 @@ def test_a_bad_compute_dtype_names_the_flag():
   cfg = config.make_config(model="ae_mlp", compute_dtype="float16")
   with pytest.raises(UsageError, match="^--compute_dtype must be one of float32, bfloat16"):
     families.validate(cfg)
+
+
+def test_a_bad_compute_dtype_on_the_command_line_exits_2(capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.parse_flags(["train", "--compute_dtype=float16"])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.startswith("error: ") and "--compute_dtype" in err, err
 
 
 def test_compute_dtype_is_recorded_and_read_back(tmp_path):
