@@ -1,6 +1,7 @@
 """--compute_dtype: bfloat16 activations with float32 parameters, optimizer state, losses and
 metrics in every family; the float32 path unchanged; the flag checked and recorded."""
 
+import json
 import os
 import subprocess
 import sys
@@ -286,6 +287,9 @@ def test_bfloat16_digits_run_trains_records_and_loads(tmp_path):
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   with open(os.path.join(workdir, "flags.txt")) as f:
     assert "--compute_dtype=bfloat16" in f.read().splitlines()
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    test = [json.loads(line) for line in f if '"split": "test"' in line][-1]
+  assert np.isfinite([test["elbo"], test["kl"], test["nll_iwae"]]).all() and test["kl"] > 0
   loaded = dlu.load_run(workdir)
   assert loaded.family.compute_dtype == BF16
   assert _floating_dtypes(loaded.state.params) == {F32}
