@@ -1,6 +1,6 @@
 """A table's rows split by their content, and the table's fingerprint.
 
-    digests = row_digests(names, x_raw, labels)        # [N] uint64, one per row, order-free
+    digests = row_digests(names, x_raw, labels)        # [N] uint64: each row by its cells alone
     train, test = content_split(digests, 0.1, seed=0, what="--dataset=csv:/x.csv")
     fingerprint = table_fingerprint(names, digests, label_column="y")
 
