@@ -70,6 +70,36 @@ def _check_labels(family: Any, y_train: np.ndarray | None) -> np.ndarray | None:
   return np.asarray(y_train, np.int32)
 
 
+def _abstract(x: Any, sharding: jax.sharding.Sharding | None = None) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or getattr(x, "sharding", None))
+
+
+def lowered_flops(step: Callable, *args: Any, scale: int = 1) -> float | None:
+  """FLOPs of one call of the jitted (or pmapped) `step` on `args` (arrays or their shapes), from
+  XLA's cost analysis of the lowered program before partitioning (so over the global batch;
+  a pmapped step's per-device count times `scale`). Nothing runs or compiles. None when XLA
+  gives no count. A `lax.scan`'s body counts once, so this is taken of the one-step program."""
+  try:
+    cost = step.lower(*args).cost_analysis()
+  except Exception:  # pylint: disable=broad-except  # a backend without cost analysis
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  flops = float((cost or {}).get("flops", 0.0))
+  return flops * scale if flops > 0 else None
+
+
+def _batch_shapes(mesh: Mesh, local: dict, *, pmap: bool) -> dict:
+  """The shapes of the global batch assembled from this process's rows `local`."""
+  if pmap:
+    return parallel.pmap_batch({k: np.asarray(v) for k, v in local.items()})
+  sharding, n = parallel.data_sharded(mesh), jax.process_count()
+  return {
+    k: jax.ShapeDtypeStruct((v.shape[0] * n, *v.shape[1:]), v.dtype, sharding=sharding)
+    for k, v in local.items()
+  }
+
+
 def make_multi_step(family: Any, mesh: Mesh) -> Callable:
   """(state, arrays, indices [K, B], rng) -> (state, metrics of the last step), state donated.
 
@@ -144,6 +174,14 @@ class DeviceFeed:
       return self.train_step(state, self.gather(self.arrays, idx), self.rng)
     return self.multi_step(state, self.arrays, self.indices(step, n), self.rng)
 
+  def flops_per_step(self, state: Any) -> float | None:
+    """FLOPs of one training step (see `lowered_flops`); call once, before the first dispatch."""
+    idx = jax.ShapeDtypeStruct(
+      (self.sampler.global_batch_size,), np.int32, sharding=self._replicated
+    )
+    batch = jax.eval_shape(self.gather, self.arrays, idx)
+    return lowered_flops(self.train_step, jax.tree.map(_abstract, state), batch, self.rng)
+
   def close(self) -> None:
     pass
 
@@ -175,6 +213,13 @@ class HostFeed:
     batch = parallel.pmap_batch(local) if self.pmap else parallel.global_batch(self.mesh, local)
     return self.train_step(state, batch, self.rng)
 
+  def flops_per_step(self, state: Any) -> float | None:
+    """FLOPs of one training step (see `lowered_flops`); reads one batch's rows for its shapes."""
+    batch = _batch_shapes(self.mesh, self.reader(0), pmap=self.pmap)
+    if self.pmap:
+      return lowered_flops(self.train_step, state, batch, self.rng, scale=jax.device_count())
+    return lowered_flops(self.train_step, jax.tree.map(_abstract, state), batch, self.rng)
+
   def close(self) -> None:
     pass
 
@@ -203,7 +248,7 @@ class StreamFeed:
   ):
     import grain
 
-    self.mesh, self.train_step, self.rng = mesh, train_step, rng
+    self.mesh, self.reader, self.train_step, self.rng = mesh, reader, train_step, rng
     self.next_step = start_step
     steps = grain.MapDataset.range(start_step, max(start_step, num_steps)).map(reader)
     # Each element is a whole batch: buffer a few, not grain's default of hundreds.
@@ -256,6 +301,11 @@ class StreamFeed:
       raise RuntimeError(f"the input stream is at step {self.next_step}, the loop at {step}")
     self.next_step += 1
     return self.train_step(state, self.next_batch(), self.rng)
+
+  def flops_per_step(self, state: Any) -> float | None:
+    """FLOPs of one training step (see `lowered_flops`); reads one batch's rows for its shapes."""
+    batch = _batch_shapes(self.mesh, self.reader(self.next_step), pmap=False)
+    return lowered_flops(self.train_step, jax.tree.map(_abstract, state), batch, self.rng)
 
   def close(self) -> None:
     """Stops the device thread and the worker processes; safe to call more than once."""

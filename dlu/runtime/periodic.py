@@ -55,10 +55,13 @@ class PeriodicCallback(PeriodicAction):
 
 class ReportProgress(PeriodicAction):
   """The train metrics of a step: a `train` row to `writer` (with `steps_per_s`) and
-  `step 500/5000 | loss 0.0123 | 250 steps/s | 64,000 ex/s | ETA 0:00:18` on the console.
+  `step 500/5000 | loss 0.0123 | 250 steps/s | 64,000 ex/s | 1.2 TFLOP/s | MFU 3.4% | ETA 0:00:18`
+  on the console.
 
   `run(step, metrics=...)` keeps `rate`, the steps/s since the last report (evaluations
-  excluded: call `restart(step)` after one).
+  excluded: call `restart(step)` after one). Given `flops_per_step` (the step's FLOPs), the row
+  adds `tflops`, the TFLOP/s achieved at that rate, and given `peak_flops` (all devices'
+  FLOP/s) `mfu`, their ratio: both from the timings the steps/s has, no extra waits.
   """
 
   def __init__(
@@ -71,9 +74,12 @@ class ReportProgress(PeriodicAction):
     keys: Sequence[str] = ("loss",),
     enabled: bool = True,
     stream=None,
+    flops_per_step: float | None = None,
+    peak_flops: float | None = None,
   ):
     super().__init__(every_steps=every_steps)
     self.num_steps, self.batch_size, self.keys = num_steps, batch_size, tuple(keys)
+    self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
     self.writer = writer or MetricWriter()
     self.enabled, self.stream = enabled, stream or sys.stdout
     self.rate = 0.0
@@ -92,7 +98,16 @@ class ReportProgress(PeriodicAction):
     self._last_time, self._last_step = now, step
     if self.enabled:
       print(self.line(step, metrics), file=self.stream, flush=True)
-    self.writer.write_scalars(step, "train", {**metrics, "steps_per_s": self.rate})
+    self.writer.write_scalars(step, "train", {**metrics, **self.throughput()})
+
+  def throughput(self) -> dict[str, float]:
+    """`steps_per_s`, and `tflops` and `mfu` where the step's FLOPs and the peak are known."""
+    out = {"steps_per_s": self.rate}
+    if self.flops_per_step and self.rate:
+      out["tflops"] = self.rate * self.flops_per_step / 1e12
+      if self.peak_flops:
+        out["mfu"] = out["tflops"] * 1e12 / self.peak_flops
+    return out
 
   def line(self, step: int, metrics: Mapping[str, Any]) -> str:
     parts = [f"step {step}/{self.num_steps}"]
@@ -102,6 +117,13 @@ class ReportProgress(PeriodicAction):
       parts += [
         f"{self.rate:.1f} steps/s",
         f"{self.rate * self.batch_size:,.0f} ex/s",
+      ]
+      speed = self.throughput()
+      if "tflops" in speed:
+        parts.append(f"{speed['tflops']:.3g} TFLOP/s")
+      if "mfu" in speed:
+        parts.append(f"MFU {100 * speed['mfu']:.3g}%")
+      parts += [
         f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}",
       ]
     return " | ".join(parts)

@@ -30,7 +30,7 @@ import numpy as np
 from dlu import config, evaluators
 from dlu.data import feeds, subsets
 from dlu.errors import RunFailure, UsageError
-from dlu.runtime import checkpointing, metric_writers, parallel
+from dlu.runtime import checkpointing, metric_writers, parallel, peaks
 from dlu.runtime.periodic import PeriodicCallback, Profile, ReportProgress
 from dlu.runtime.preemption import Preempted, PreemptionNotice
 from dlu.train import experiment, selection, workspace
@@ -197,6 +197,26 @@ def make_feed(
   )
 
 
+def step_cost(exp: Experiment, feed: Any, state: Any) -> tuple[float | None, float | None]:
+  """(FLOPs of one training step, the FLOP/s peak of the run's devices) for the progress
+  line's TFLOP/s and MFU, found once per run (the step lowered, not compiled or run); the lead
+  process says what it found. Either is None when unknown."""
+  flops = feed.flops_per_step(state) if hasattr(feed, "flops_per_step") else None
+  dtype = str(getattr(exp.cfg, "compute_dtype", "float32"))
+  peak, how = peaks.run_peak(jax.devices(), dtype) if flops else (None, "")
+  if parallel.is_lead_process():
+    if flops is None:
+      print("TFLOP/s and MFU not logged: XLA gave no FLOP count for the train step", flush=True)
+    elif peak is None:
+      print(
+        f"Train step: {flops / 1e9:.4g} GFLOP; MFU not logged: {how} (dlu/runtime/peaks.py)",
+        flush=True,
+      )
+    else:
+      print(f"Train step: {flops / 1e9:.4g} GFLOP; MFU against {how}", flush=True)
+  return flops, peak
+
+
 class NonFiniteError(RunFailure):
   """A train metric became NaN or infinite; the last good checkpoint is kept."""
 
@@ -234,6 +254,8 @@ def _open_evaluation(run: _Run, schedule: Any, state: Any, resumed: bool) -> Non
       f"global batch {exp.sampler.global_batch_size})",
       flush=True,
     )
+    if exp.dataset.is_series:
+      print(f"Series: {exp.dataset.preprocessing.describe()}", flush=True)
     if cfg.class_balance:
       ds = exp.dataset
       print(subsets.describe_balance(cfg.class_balance, ds.y_train, ds.num_classes), flush=True)
@@ -343,6 +365,7 @@ def _loop(run: _Run, state: Any, feed: Any) -> dict[str, float]:
   step = int(state.step)
   if cfg.parallelism == "pmap":
     state = parallel.replicate_for_pmap(jax.device_get(state))
+  report.flops_per_step, report.peak_flops = step_cost(exp, feed, state)
   report.restart(step)
   eval_metrics, last_metrics = {}, None
   window = parallel.DispatchWindow()
