@@ -8,7 +8,8 @@ flags.DEFINE_string(
   "dataset",
   "fashion_mnist",
   "digits | fashion_mnist | mnist | cifar10 | any tfds image dataset | npz:PATH (images "
-  "[N, H, W(, C)] or vectors [N, D]) | folder:DIR | csv:PATH | parquet:PATH.",
+  "[N, H, W(, C)] or vectors [N, D]) | folder:DIR | csv:PATH | parquet:PATH | series:PATH "
+  "(time series: .ts, .tsv, .csv, .npz, or a directory of NAME_TRAIN/NAME_TEST files).",
 )
 flags.DEFINE_string(
   "data_dir", None, "tfds data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)."
@@ -23,7 +24,8 @@ flags.DEFINE_enum(
 flags.DEFINE_string(
   "label_column",
   None,
-  "csv/parquet: the column holding labels (they only score clusterings, fit probes and "
+  "csv/parquet: the column holding labels; series: a 0-based column index, a header name, last or "
+  "none (default: the first cell of a row) (they only score clusterings, fit probes and "
   "condition GANs; never a feature). Default: unlabelled.",
 )
 flags.DEFINE_float(
@@ -60,4 +62,18 @@ flags.DEFINE_string(
   "Labelled data: train on a class-imbalanced subset of the training split, the same rows for "
   "a given --seed. longtail:R (exponential profile, R:1 between class 0 and the last class) "
   "or counts:N0,N1,... (examples of each class). Default: the whole split.",
+)
+# Time series (series:).
+flags.DEFINE_integer(
+  "series_length",
+  0,
+  "Series: resample every series (linear interpolation) to this many steps; 0: pad to the "
+  "training split's longest, the padding masked.",
+)
+flags.DEFINE_enum(
+  "series_scaling",
+  "znorm",
+  ["znorm", "global", "none"],
+  "Series: znorm (each series and channel to zero mean, unit variance), global (per channel, "
+  "from the training split) or none; kept in WORKDIR/series.json.",
 )

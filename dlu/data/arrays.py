@@ -19,7 +19,8 @@ PIXEL_RANGES = ("unit", "symmetric")
 ACCEPTED_FORMS = (
   "digits, fashion_mnist, mnist, cifar10, ... (any tfds image dataset, as "
   "NAME[/CONFIG][:VERSION]), npz:PATH, folder:DIR, csv:PATH, parquet:PATH, records:DIR "
-  "(experiments.prepare_data), npy:PATH (memory-mapped)"
+  "(experiments.prepare_data), npy:PATH (memory-mapped), series:PATH (.ts, .tsv, .csv, .npz or a "
+  "directory of NAME_TRAIN/NAME_TEST files)"
 )
 VALID_CHANNELS = (1, 3, 4)
 HELD_OUT_FRACTION = 0.1
@@ -27,7 +28,8 @@ HELD_OUT_FRACTION = 0.1
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous: compare by identity
 class Dataset:
-  """A whole dataset held in host memory: images [N, H, W, C] or vectors [N, D].
+  """A whole dataset held in host memory: images [N, H, W, C], vectors [N, D] or series
+  [N, T, C] (float32, NaN where a step is missing or padded; `dlu.data.series`).
 
   Images are stored as read (uint8 0..255, or float32 in [0, 1]) and scaled by `normalize`;
   vectors (tables, npz arrays [N, D]) are float32 model inputs already, made from the raw
@@ -53,10 +55,11 @@ class Dataset:
 
   def __post_init__(self):
     # Catches mismatched splits at construction, not deep inside a jitted step.
-    if self.x_train.ndim not in (2, 4) or self.x_test.shape[1:] != self.x_train.shape[1:]:
+    if self.x_train.ndim not in (2, 3, 4) or self.x_test.shape[1:] != self.x_train.shape[1:]:
       raise UsageError(
         f"Dataset({self.name}): x_train {self.x_train.shape} and x_test "
-        f"{self.x_test.shape} must both be images [N, H, W, C] or vectors [N, D] of one shape"
+        f"{self.x_test.shape} must both be images [N, H, W, C], series [N, T, C] or vectors [N, D] "
+        "of one shape"
       )
     for x, y, split in ((self.x_train, self.y_train, "train"), (self.x_test, self.y_test, "test")):
       if y is not None and y.shape != (len(x),):
@@ -97,6 +100,10 @@ class Dataset:
   @property
   def is_image(self) -> bool:
     return self.x_train.ndim == 4
+
+  @property
+  def is_series(self) -> bool:
+    return self.x_train.ndim == 3
 
 
 _READ_CHUNK_BYTES = 64 << 20  # np.asarray of a RowArray reads this much at a time

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dlu.data import fingerprints, local, preprocessing, records, tables, tfds_offline
+from dlu.data import fingerprints, local, preprocessing, records, series, tables, tfds_offline
 from dlu.data.arrays import ACCEPTED_FORMS, Dataset, held_out_rows
 from dlu.errors import UsageError
 
@@ -43,6 +43,7 @@ def _parse(dataset: str) -> tuple[str, str]:
     ("parquet", "PATH"),
     ("records", "DIR"),
     ("npy", "PATH"),
+    ("series", "PATH"),
   ):
     if dataset.startswith(kind + ":"):
       if not dataset[len(kind) + 1 :]:
@@ -85,6 +86,8 @@ class TableOptions:
   impute: str = "none"
   feature_scaling: str = "standard"
   preprocessing: Any = None
+  series_length: int = 0  # series: resample every series to this length; 0 pads to the longest
+  series_scaling: str = "znorm"
 
 
 def _vectors(dataset: str, what: str, arrays: dict[str, np.ndarray], opts: TableOptions) -> Dataset:
@@ -145,6 +148,36 @@ def _table(dataset: str, kind: str, path: str, opts: TableOptions) -> Dataset:
     preprocessing=out["preprocessing"],
     row_digests=out["row_digests"],
     fingerprint=out["fingerprint"],
+  )
+
+
+def _series(dataset: str, path: str, opts: TableOptions) -> Dataset:
+  """series:PATH: a file split by --test_fraction, or a directory's NAME_TRAIN/NAME_TEST files."""
+  what = f"--dataset={dataset}"
+  parts = series.read_source(path, what, opts.label_column)
+  if "all" in parts:
+    raw = parts["all"]
+    train, test = tables.split_rows(len(raw.series), opts.test_fraction, opts.seed, what)
+    pick = lambda rows: series.RawSeries(
+      [raw.series[i] for i in rows], None if raw.labels is None else raw.labels[rows], raw.path
+    )
+    parts = {"train": pick(train), "test": pick(test)}
+  channels = series.check_channels(parts["train"], what)
+  series.check_channels(parts["test"], what)
+  pre = opts.preprocessing
+  if not isinstance(pre, series.SeriesPreprocessing):
+    pre = series.fit_preprocessing(
+      parts["train"].series, channels, length=opts.series_length, scaling=opts.series_scaling
+    )
+  x = {k: pre.transform(r.series, f"{what}: {k} split") for k, r in parts.items()}
+  y, num_classes = {"train": None, "test": None}, None
+  if parts["train"].labels is not None:
+    both = np.concatenate([parts["train"].labels, parts["test"].labels])
+    codes, classes = tables.encode_labels(both, f"{what}: labels")
+    n = len(parts["train"].labels)
+    y, num_classes = {"train": codes[:n], "test": codes[n:]}, len(classes)
+  return Dataset(
+    dataset, x["train"], y["train"], x["test"], y["test"], num_classes, preprocessing=pre
   )
 
 
@@ -223,9 +256,10 @@ def _load(
 ) -> tuple[Dataset, str]:
   kind, arg = _parse(dataset)
   dataset = dataset.strip()
-  if opts.label_column and kind not in ("csv", "parquet"):
+  if opts.label_column and kind not in ("csv", "parquet", "series"):
     raise UsageError(
-      f"--label_column names a column of a table (csv:, parquet:); --dataset={dataset} is not one"
+      f"--label_column names a column of a table (csv:, parquet:, series:); --dataset={dataset} "
+      "is not one"
     )
   if kind == "digits":
     return local.load_digits(), "ships with scikit-learn; nothing to prepare"
@@ -236,6 +270,8 @@ def _load(
     return local.load_npz(dataset, arg, arrays), f"read from {arg}"
   if kind in ("csv", "parquet"):
     return _table(dataset, kind, arg, opts), f"read from {arg}"
+  if kind == "series":
+    return _series(dataset, arg, opts), f"read from {arg}"
   if kind == "folder":
     return local.load_folder(dataset, arg), f"decoded from the images in {arg}"
   if kind in ("records", "npy"):
@@ -326,6 +362,11 @@ def read_rows(
 
 def describe(data: Dataset) -> str:
   labels = f"{data.num_classes} classes" if data.num_classes is not None else "unlabelled"
+  if data.is_series:
+    return (
+      f"{len(data.x_train)} train and {len(data.x_test)} test {data.preprocessing.describe()}, "
+      f"{labels}"
+    )
   if not data.is_image:
     scaling = data.preprocessing.scaling if data.preprocessing is not None else "none"
     return (

@@ -42,7 +42,7 @@ flags.DEFINE_list(
 )
 
 #: What an evaluator may need of a run.
-NEEDS = ("images", "vectors", "embeddings", "reconstructions", "samples", "labels")
+NEEDS = ("images", "vectors", "series", "embeddings", "reconstructions", "samples", "labels")
 #: A default schedule: every --eval_every steps.
 EVAL_EVERY = "eval_every"
 #: A schedule: only after the last step.
@@ -95,8 +95,10 @@ def unmet_needs(evaluator: Evaluator, exp: Any) -> tuple[str, str] | None:
   family, ds = exp.family, exp.dataset
   if "images" in evaluator.needs and not ds.is_image:
     return "images", f"{ds.name} holds vectors, not images"
-  if "vectors" in evaluator.needs and ds.is_image:
-    return "vectors", f"{ds.name} holds images"
+  if "vectors" in evaluator.needs and ds.x_train.ndim != 2:
+    return "vectors", f"{ds.name} holds {'images' if ds.is_image else 'series'}"
+  if "series" in evaluator.needs and not ds.is_series:
+    return "series", f"{ds.name} holds no series"
   if "embeddings" in evaluator.needs and not family.has_embedding:
     return "embeddings", f"--model={exp.cfg.model} has no embedding"
   if "reconstructions" in evaluator.needs and not family.has_reconstruction:

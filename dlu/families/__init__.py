@@ -3,7 +3,14 @@ their flags); `validate` checks a Config's run, shared and family flags."""
 
 from dlu import config as _flags
 from dlu.config import model_flags as _model_flags
-from dlu.families import autoencoder, contrastive, dec, gan, vae  # noqa: F401  (registers them)
+from dlu.families import (  # noqa: F401  (registers them)
+  autoencoder,
+  contrastive,
+  dec,
+  gan,
+  sequence,
+  vae,
+)
 from dlu.families.base import (  # noqa: F401
   Batch,
   DataSpec,

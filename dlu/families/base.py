@@ -55,7 +55,7 @@ Metrics = dict[str, jax.Array]
 class DataSpec:
   """What a model needs to know of the data."""
 
-  example_shape: tuple[int, ...]  # an image's (H, W, C) or a vector's (D,)
+  example_shape: tuple[int, ...]  # an image's (H, W, C), a series' (T, C) or a vector's (D,)
   num_classes: int | None
   num_train: int
   pixel_range: str = "unit"
@@ -63,6 +63,10 @@ class DataSpec:
   @property
   def is_image(self) -> bool:
     return len(self.example_shape) == 3
+
+  @property
+  def is_series(self) -> bool:
+    return len(self.example_shape) == 2
 
   def require_images(self, model: str, instead: str | None = None) -> None:
     """UsageError unless the data are images: convolutional models cannot take vectors."""

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from jax.experimental import multihost_utils
 
 from dlu import data
-from dlu.data import arrays, preprocessing, tables
+from dlu.data import arrays, preprocessing, series, tables
 from dlu.errors import UsageError
 from dlu.evaluators.clustering import KMEANS_FILE
 from dlu.ops import losses
@@ -64,7 +64,11 @@ class Run:
 
     `x`: an array, a DataFrame or pyarrow Table (tables), a --dataset string ("csv:PATH", ...,
     read as `experiments.apply` reads --input), or rows on disk (`data.RowArray`: records:,
-    npy:), which stay there and are read batch by batch. `what` names `x` in messages."""
+    npy:), which stay there and are read batch by batch. `what` names `x` in messages. A run
+    on series takes "series:PATH", an array [N, T] or [N, T, C], or a list of [T_i, C] series
+    (NaN missing), made to the run's length and scaled by its stored series.json."""
+    if self.dataset.is_series:
+      return self._series_inputs(x, what)
     if isinstance(x, str):
       x, what = read_inputs(x, self), f"--input={x.strip()}"
     elif _is_table(x):
@@ -118,6 +122,30 @@ class Run:
     columns = pre.columns if pre is not None else tuple(f"f{j}" for j in range(shape[0]))
     impute = pre.impute if pre is not None else "none"
     return checked_rows(x, columns, what, first_row=first_row, impute=impute)
+
+  def _series_inputs(self, x: Any, what: str) -> np.ndarray:
+    pre = self.dataset.preprocessing
+    if isinstance(x, str):
+      kind, _, path = x.strip().partition(":")
+      what = f"--input={x.strip()}"
+      if kind != "series" or not path:
+        raise UsageError(f"{what}: the run was trained on series; expected series:PATH")
+      x = series.read_file(os.path.expanduser(path), what, self.cfg.label_column).series
+    elif isinstance(x, np.ndarray) or not isinstance(x, (list, tuple)):
+      x = np.asarray(x)
+      if x.ndim == 2:
+        x = x[..., None]
+      if x.ndim != 3 or x.dtype.kind not in "biuf":
+        raise UsageError(
+          f"{what} have shape {x.shape} and dtype {x.dtype}; expected series of numbers "
+          f"[N, T] or [N, T, C] (C = {pre.channels})"
+        )
+    if not len(x):
+      raise UsageError(_no_rows(what))
+    for i, s in enumerate(x):
+      if np.isinf(np.asarray(s, np.float64)).any():
+        raise UsageError(f"{what}: series {i + 1} holds infinite values; expected finite or NaN")
+    return pre.transform(list(x), what)
 
   def _table_rows(self, x: Any, what: str) -> np.ndarray:
     """A DataFrame's or pyarrow Table's training columns, by name, as raw float64 [N, D]."""
@@ -173,7 +201,10 @@ class Run:
     )
 
   def _to_data_units(self, x: np.ndarray) -> np.ndarray:
-    """Model-space outputs in the data's own units: raw columns, or images in [0, 1]."""
+    """Model-space outputs in the data's own units: raw columns, or images in [0, 1]; series
+    stay scaled as the model saw them (--series_scaling)."""
+    if self.dataset.is_series:
+      return x
     if not self.dataset.is_image:
       pre = self.dataset.preprocessing
       return pre.inverse(x) if pre is not None else x

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from dlu import config, data, evaluators, families
-from dlu.data import feeds, preprocessing
+from dlu.data import feeds, preprocessing, series
 from dlu.errors import UsageError
 from dlu.families import DataSpec, EvalContext, Family
 from dlu.runtime import batched_eval, checkpointing, parallel
@@ -62,6 +62,10 @@ def table_options(cfg: config.Config, workdir: str) -> data.TableOptions:
     if directory and os.path.isfile(path):
       stored = preprocessing.Preprocessing.load(path)
       break
+    path = os.path.join(directory or "", series.FILE_NAME)
+    if directory and os.path.isfile(path):
+      stored = series.SeriesPreprocessing.load(path)
+      break
   return data.TableOptions(
     label_column=cfg.label_column,
     test_fraction=cfg.test_fraction,
@@ -69,6 +73,8 @@ def table_options(cfg: config.Config, workdir: str) -> data.TableOptions:
     impute=cfg.impute,
     feature_scaling=cfg.feature_scaling,
     preprocessing=stored,
+    series_length=cfg.series_length,
+    series_scaling=cfg.series_scaling,
   )
 
 

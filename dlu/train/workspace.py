@@ -276,7 +276,8 @@ EMBEDDINGS_FILE = "embeddings_test.npz"
 def save_preprocessing(workdir: str, preprocessing: Any) -> None:
   """The table preprocessing beside the checkpoints (lead process; nothing for images)."""
   if preprocessing is not None and parallel.is_lead_process():
-    preprocessing.save(os.path.join(workdir, PREPROCESSING_FILE))
+    name = getattr(preprocessing, "FILE_NAME", PREPROCESSING_FILE)  # series: series.json
+    preprocessing.save(os.path.join(workdir, name))
 
 
 #: A table's fingerprint (dlu.data.fingerprints) as the run first trained on it.
