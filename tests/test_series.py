@@ -155,7 +155,7 @@ def test_train_evaluate_and_load_run_on_series(tmp_path):
   path = _write_ts(tmp_path / "toy.ts", n=40)
   workdir = str(tmp_path / "wd")
   flags = [
-    "--model=ae_conv1d",
+    "--flagfile=experiments/configs/ae_conv1d_series.flags",
     f"--dataset=series:{path}",
     "--series_length=16",
     "--batch_size=8",
@@ -165,6 +165,7 @@ def test_train_evaluate_and_load_run_on_series(tmp_path):
     "--log_every=10",
     "--latent_dim=4",
     "--conv_channels=8,8",
+    "--eval_batch_size=16",
     f"--workdir={workdir}",
   ]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -174,14 +175,34 @@ def test_train_evaluate_and_load_run_on_series(tmp_path):
   out = run("experiments.train", *flags)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "resampled to 16 steps, znorm scaling" in out.stdout
+  images = os.listdir(os.path.join(workdir, "images"))
+  assert "series_reconstructions_0000020.png" in images, images
   stored = json.load(open(os.path.join(workdir, series.FILE_NAME)))
   assert stored["length"] == 16 and stored["scaling"] == "znorm" and stored["channels"] == 2
   out = run("experiments.evaluate", f"--workdir={workdir}")
   assert out.returncode == 0, out.stderr[-2000:]
   assert "mse" in open(os.path.join(workdir, "eval.json")).read()
+  out = run(
+    "experiments.apply",
+    f"--workdir={workdir}",
+    f"--input=series:{path}",
+    f"--output={tmp_path / 'out.csv'}",
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  header = open(tmp_path / "out.csv").readline()
+  assert "embedding_3" in header and "score" in header
   import dlu  # noqa: PLC0415
 
   r = dlu.load_run(workdir)
   assert r.encode(f"series:{path}").shape == (40, 4)
   ragged = [np.random.default_rng(1).normal(size=(t, 2)) for t in (5, 30)]
   assert r.score(ragged).shape == (2,) and r.reconstruct(ragged).shape == (2, 16, 2)
+
+
+def test_series_plot_draws_a_grid():
+  from dlu.evaluators import series_plots  # noqa: PLC0415
+
+  x = np.random.default_rng(0).normal(size=(5, 12, 2))
+  x[0, 8:] = np.nan
+  image = series_plots.draw(x, x * 0.5, "t")
+  assert image.ndim == 3 and image.shape[2] == 3 and 0 <= image.min() < image.max() <= 1

@@ -7,9 +7,16 @@ experiments.evaluate. Importing this package registers the built-in ones (and th
   images          the family's image grids (images)
   features        per-feature reconstruction error and a PCA map of the embeddings (vectors)
   clustering      clustering scores, probes and baselines of the embeddings (labelled data)
+  series_plots    test series drawn over their reconstructions (series)
 """
 
-from dlu.evaluators import clustering, family_metrics, features, sample_quality  # noqa: F401
+from dlu.evaluators import (  # noqa: F401
+  clustering,
+  family_metrics,
+  features,
+  sample_quality,
+  series_plots,
+)
 from dlu.evaluators.registry import (  # noqa: F401
   Evaluation,
   Evaluator,

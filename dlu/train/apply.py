@@ -126,11 +126,7 @@ class Run:
   def _series_inputs(self, x: Any, what: str) -> np.ndarray:
     pre = self.dataset.preprocessing
     if isinstance(x, str):
-      kind, _, path = x.strip().partition(":")
-      what = f"--input={x.strip()}"
-      if kind != "series" or not path:
-        raise UsageError(f"{what}: the run was trained on series; expected series:PATH")
-      x = series.read_file(os.path.expanduser(path), what, self.cfg.label_column).series
+      x, what = self._series_raw(x), f"--input={x.strip()}"
     elif isinstance(x, np.ndarray) or not isinstance(x, (list, tuple)):
       x = np.asarray(x)
       if x.ndim == 2:
@@ -146,6 +142,14 @@ class Run:
       if np.isinf(np.asarray(s, np.float64)).any():
         raise UsageError(f"{what}: series {i + 1} holds infinite values; expected finite or NaN")
     return pre.transform(list(x), what)
+
+  def _series_raw(self, spec: str) -> list[np.ndarray]:
+    """The series of a series:PATH file as read, [T_i, C] each."""
+    kind, _, path = spec.strip().partition(":")
+    what = f"--input={spec.strip()}"
+    if kind != "series" or not path:
+      raise UsageError(f"{what}: the run was trained on series; expected series:PATH")
+    return series.read_file(os.path.expanduser(path), what, self.cfg.label_column).series
 
   def _table_rows(self, x: Any, what: str) -> np.ndarray:
     """A DataFrame's or pyarrow Table's training columns, by name, as raw float64 [N, D]."""
@@ -308,6 +312,8 @@ def read_inputs(spec: str, run: Run) -> np.ndarray:
   data's own units, checked as training checks its data (`Run.checked`): a table's columns
   matched by name to the run's training columns; its label column read when it is there (new
   rows need none; it is never a feature)."""
+  if run.dataset.is_series:  # raw series [T_i, C], made model inputs by Run.inputs
+    return run._series_raw(spec)
   pre = run.dataset.preprocessing
   kind, _, path = spec.strip().partition(":")
   label = run.cfg.label_column
