@@ -198,7 +198,7 @@ def train_run(check: Check, name: str, flagfile: str, extra: list[str], env: dic
   ]
   t = time.time()
   result = check.run(name, args, env, need_s=15)
-  row = {"name": name, "seconds": time.time() - t}
+  row = {"name": name, "seconds": time.time() - t, "workdir": workdir}
   if result is None:
     return {**row, "status": "skipped"}
   row["status"] = "ok" if result[0] == 0 else f"exit {result[0]}: {_tail(result[1])}"
@@ -217,6 +217,15 @@ def _fmt(value, spec: str = ".4g") -> str:
   return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
+def _loss(row: dict) -> str:
+  """The loss of a train row; a GAN's as `d D / g G`."""
+  if "loss" in row:
+    return _fmt(row["loss"])
+  if "d_loss" in row and "g_loss" in row:
+    return f"d {_fmt(row['d_loss'])} / g {_fmt(row['g_loss'])}"
+  return "-"
+
+
 def family_runs(check: Check, dtype: str, families: list[str], info: dict) -> list[dict]:
   lines = check.section(f"One short run per family, {dtype} (experiments.train)")
   lines += [
@@ -227,14 +236,21 @@ def family_runs(check: Check, dtype: str, families: list[str], info: dict) -> li
   ]
   extra = [f"--compute_dtype={dtype}"] if info.get("compute_dtype") else []
   env = _env(1 if info.get("backend", "cpu") == "cpu" else None, info.get("backend", "cpu"))
-  rows, peaks = [], set()
+  rows, peaks, ae_dir = [], set(), None
   for family in families:
-    row = train_run(check, f"{family}_{dtype}", FAMILY_RUNS[family], extra, env)
+    more = []
+    if family == "dec":  # DEC starts from a trained autoencoder run
+      if ae_dir is None:
+        ae_dir = train_run(check, f"dec_init_{dtype}", "ae_digits", extra, env)["workdir"]
+      more = [f"--init_from={ae_dir}"]
+    row = train_run(check, f"{family}_{dtype}", FAMILY_RUNS[family], extra + more, env)
+    if family == "autoencoder" and row["status"] == "ok":
+      ae_dir = row["workdir"]
     rows.append(row)
     mfu = f"{100 * row['mfu']:.3g}%" if isinstance(row.get("mfu"), float) else "-"
     lines.append(
       f"| {family} | {FAMILY_RUNS[family]} | {row['status']} | {row.get('step', '-')} | "
-      f"{_fmt(row.get('loss'))} | {_fmt(row.get('steps_per_s'), '.1f')} | "
+      f"{_loss(row)} | {_fmt(row.get('steps_per_s'), '.1f')} | "
       f"{_fmt(row.get('tflops'), '.3g')} | {mfu} | {row['seconds']:.0f} |"
     )
     if row.get("peak"):
@@ -249,6 +265,9 @@ def agreement(check: Check, info: dict, n_row: dict | None) -> None:
   """The autoencoder's run on 1 device beside N devices (CPU: 1 and 2 fake devices)."""
   lines = check.section("1-vs-N-device agreement")
   backend, n = info.get("backend", "cpu"), int(info.get("device_count", 1))
+  if n_row is None and (backend == "cpu" or n > 1):  # the autoencoder was not among the families
+    env = _env(1 if backend == "cpu" else None, backend)
+    n_row = train_run(check, "agreement_default", FAMILY_RUNS["autoencoder"], [], env)
   if backend == "cpu":
     n = 2
     one = n_row
