@@ -37,7 +37,8 @@ def _rows(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   # Throughput is the machine's, not the run's.
-  return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in rows]
+  speed = ("steps_per_s", "tflops", "mfu")
+  return [{k: v for k, v in r.items() if k not in speed} for r in rows]
 
 
 def _params(workdir):
