@@ -206,3 +206,17 @@ def test_series_plot_draws_a_grid():
   x[0, 8:] = np.nan
   image = series_plots.draw(x, x * 0.5, "t")
   assert image.ndim == 3 and image.shape[2] == 3 and 0 <= image.min() < image.max() <= 1
+
+
+def test_other_models_and_records_refuse_series(tmp_path):
+  from dlu import config  # noqa: PLC0415
+  from dlu.data import preparation  # noqa: PLC0415
+  from dlu.train import experiment  # noqa: PLC0415
+
+  path = _write_ts(tmp_path / "t.ts")
+  cfg = config.make_config(model="ae_mlp", dataset=f"series:{path}", batch_size=4)
+  with pytest.raises(UsageError, match="--model=ae_mlp does not take time series.*ae_conv1d"):
+    experiment.build(cfg, str(tmp_path / "wd"))
+  with pytest.raises(UsageError, match="records of series are not written"):
+    preparation.prepare_records(f"series:{path}", str(tmp_path / "rec"))
+  assert not os.path.exists(tmp_path / "wd") and not os.path.exists(tmp_path / "rec")

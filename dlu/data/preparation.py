@@ -80,6 +80,10 @@ def prepare_records(
   out = os.path.abspath(os.path.expanduser(out))
   if kind in ("records", "npy"):
     raise UsageError(f"{what} is read by row already; there is nothing to prepare")
+  if kind == "series":
+    raise UsageError(
+      f"{what}: series are read whole from their file; records of series are not written"
+    )
   if label_column and kind not in ("csv", "parquet"):
     raise UsageError(
       f"--label_column names a column of a table (csv:, parquet:); {what} is not one"

@@ -108,6 +108,8 @@ class Family:
   needs_index: bool = False
   #: whether train and eval batches carry `label`, the examples' classes (labelled data only).
   needs_label: bool = False
+  #: whether the family reads time series [T, C] with NaN (missing) steps.
+  takes_series: bool = False
 
   def __init__(self, cfg: Config, spec: DataSpec):
     self.cfg = cfg

@@ -41,6 +41,7 @@ def masked_mse(prediction: jax.Array, target: jax.Array, mask: jax.Array) -> jax
 @register
 class SeriesAutoencoder(Autoencoder):
   models = ("ae_conv1d", "ae_seq")
+  takes_series = True
 
   @classmethod
   def validate(cls, cfg):

@@ -98,6 +98,11 @@ def build(cfg: config.Config, workdir: str) -> Experiment:
         f"--{name} selects on the validation split, and {cfg.dataset} has none here: "
         "set --validation_fraction > 0 (selecting on the test split would tune on it)"
       )
+  if dataset.is_series and not families.get(cfg.model).takes_series:
+    takers = ", ".join(n for n in families.names() if families.get(n).takes_series)
+    raise UsageError(
+      f"--model={cfg.model} does not take time series ({cfg.dataset}); use --model= one of {takers}"
+    )
   spec = DataSpec(dataset.example_shape, dataset.num_classes, len(dataset.x_train), cfg.pixel_range)
   batch_size = _global_batch_size(cfg, spec.num_train)
   parallel.check_batch_size(batch_size)
