@@ -238,6 +238,13 @@ class Run:
       raise UsageError(f"--model={self.cfg.model} has no anomaly score")
     return self._per_example("score", self.family.score, self.inputs(x))
 
+  def step_scores(self, x: Any) -> np.ndarray:
+    """Series: an anomaly score per time step, the squared reconstruction error over its
+    observed channels (0 where none is). [N, T]"""
+    if not hasattr(self.family, "step_scores"):
+      raise UsageError(f"--model={self.cfg.model} has no per-step anomaly score")
+    return self._per_example("step_scores", self.family.step_scores, self.inputs(x))
+
   def assign(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
     """Clusters [N] and their confidence [N]: the run's clustering layer (DEC/IDEC, a
     contrastive cluster head), else the k-means that `experiments.evaluate` fitted on the
