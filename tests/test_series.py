@@ -89,6 +89,12 @@ def test_npz_and_train_test_directory(tmp_path):
   ds = sources.load(f"series:{tmp_path}")
   assert ds.x_train.shape == (6, 9, 3) and ds.x_test.shape == (4, 9, 3)
   assert ds.y_test.tolist() == [1, 0, 1, 0] and np.isnan(ds.x_train[0, 5:]).all()
+  # UCR ships a split in several forms: other suffixes are passed over; two NAMEs are refused.
+  (tmp_path / "Toy_TRAIN.arff").write_text("@relation toy\n")
+  assert sources.load(f"series:{tmp_path}").x_train.shape == (6, 9, 3)
+  np.savez(tmp_path / "Other_TEST.npz", x=x[:2])
+  with pytest.raises(UsageError, match="holds 2 \\*_TEST files \\(Other_TEST.npz, Toy_TEST.npz\\)"):
+    sources.load(f"series:{tmp_path}")
 
 
 @pytest.mark.parametrize(

@@ -235,10 +235,20 @@ def read_source(path: str, what: str, label_column: str | None = None) -> dict[s
     return {"all": read_file(path, what, label_column)}
   found = {}
   for split in ("TRAIN", "TEST"):
-    names = sorted(p for p in glob.glob(os.path.join(path, f"*_{split}.*")) if p.endswith(SUFFIXES))
+    names = sorted(glob.glob(os.path.join(path, f"*_{split}.*")))
+    # The same split in several forms (UCR ships .ts beside .tsv, .arff): the first of SUFFIXES.
+    names = next(
+      (
+        [p for p in names if p.endswith(suffix)]
+        for suffix in SUFFIXES
+        if any(p.endswith(suffix) for p in names)
+      ),
+      [],
+    )
     if len(names) != 1:
+      listed = ", ".join(map(os.path.basename, names)) or "none"
       raise UsageError(
-        f"{what}: {path} holds {len(names)} *_{split} files ({', '.join(map(os.path.basename, names)) or 'none'}); "
+        f"{what}: {path} holds {len(names)} *_{split} files ({listed}); "
         f"expected one NAME_{split} file ({', '.join(SUFFIXES)})"
       )
     found[split.lower()] = read_file(names[0], what, label_column)
