@@ -14,7 +14,10 @@ from dlu.errors import UsageError
 @pytest.mark.parametrize(
   "overrides,message",
   [
-    (dict(model="nope"), "--model='nope' is not a model; accepted: ae_conv, ae_conv1d, ae_mlp, ae_seed, ae_seq"),
+    (
+      dict(model="nope"),
+      "--model='nope' is not a model; accepted: ae_conv, ae_conv1d, ae_mlp, ae_seed, ae_seq",
+    ),
     (dict(batch_size=0), "--batch_size must be a positive integer"),
     (dict(num_steps=-5), "--num_steps must be a positive integer"),
     (dict(learning_rate=0.0), "--learning_rate must be > 0"),
