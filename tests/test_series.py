@@ -275,3 +275,19 @@ def test_other_models_and_records_refuse_series(tmp_path):
   with pytest.raises(UsageError, match="records of series are not written"):
     preparation.prepare_records(f"series:{path}", str(tmp_path / "rec"))
   assert not os.path.exists(tmp_path / "wd") and not os.path.exists(tmp_path / "rec")
+
+
+@pytest.mark.parametrize("model", ["ae_conv1d", "ae_seq"])
+def test_bfloat16_compute_keeps_float32_params_and_outputs(model):
+  from dlu import config, families  # noqa: PLC0415
+
+  cfg = config.make_config(
+    model=model, compute_dtype="bfloat16", latent_dim=4, conv_channels=["4"], seq_units=8
+  )
+  fam = families.get(model)(cfg, families.DataSpec((9, 2), None, 10))
+  state = fam.init_state(jax.random.key(0))
+  x = np.random.default_rng(0).normal(size=(2, 9, 2)).astype(np.float32)
+  x[1, 6:] = np.nan
+  assert {p.dtype for p in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
+  assert fam.reconstruct(state, x).dtype == np.float32
+  assert np.isfinite(fam.loss(state.params, {"image": x}, jax.random.key(1))[0])
