@@ -10,7 +10,7 @@ or vectors), or a folder of images, checked as training checks its data (one-lin
 the column and row; missing cells filled only where the run was trained with --impute, whose
 stored values apply: --impute and --feature_scaling are the run's). Per input row the output
 holds the embedding (`embedding`, or `embedding_0`, ... columns in a CSV), `score` (anomaly
-score: higher is less like the training data), and for clustering runs `cluster` and
+score: higher is less like the training data; --score_method=model|knn|cosine), and for clustering runs `cluster` and
 `confidence` (the run's clustering layer, or the k-means `experiments.evaluate` fitted). With
 --samples=N a GAN or VAE also writes N generated examples (per class for conditional GANs) in
 the data's own units (`samples`, `sample_labels` in the npz; NAME_samples.csv, the training
@@ -41,6 +41,16 @@ flags.DEFINE_integer(
   "samples", 0, "Also draw this many samples (GANs, VAEs; per class when conditional); 0: none."
 )
 
+flags.DEFINE_enum(
+  "score_method",
+  "model",
+  list(apply.SCORE_METHODS),
+  "The `score` column: model (the family's own anomaly score), knn (mean distance to the "
+  "--score_k nearest training codes), cosine (CSI: cosine to the nearest training code times "
+  "the code's norm, negated).",
+)
+flags.DEFINE_integer("score_k", 5, "Neighbours of --score_method=knn.")
+
 FLAGS = flags.FLAGS
 
 # What a spreadsheet reads as a formula when a cell starts with it (OWASP's CSV injection).
@@ -51,13 +61,18 @@ STORED_FLAGS = ("impute", "feature_scaling")
 INPUT_KINDS = ("csv", "parquet", "npz", "npy", "folder", "records", "series")
 
 
-def results(run: apply.Run, x: np.ndarray) -> dict[str, np.ndarray]:
-  """What the run says of each row of `x` (those of its capabilities the model has)."""
+def results(
+  run: apply.Run, x: np.ndarray, *, score_method: str = "model", score_k: int = 5
+) -> dict[str, np.ndarray]:
+  """What the run says of each row of `x` (those of its capabilities the model has); `score`
+  by `score_method` (see `Run.score`)."""
   out = {}
   family = run.family
   if family.has_embedding:
     out["embedding"] = run.encode(x)
-  if family.has_score:
+  if score_method != "model":
+    out["score"] = run.score(x, method=score_method, k=score_k)
+  elif family.has_score:
     out["score"] = run.score(x)
   head = getattr(family, "assignments", None)
   if head is not None or os.path.isfile(os.path.join(run.exp.ctx.workdir, apply.KMEANS_FILE)):
@@ -202,7 +217,7 @@ def main(argv):
   run = apply.load_run(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
   check_stored_flags(run)
   x = apply.read_inputs(FLAGS.input, run)
-  out = results(run, x)
+  out = results(run, x, score_method=FLAGS.score_method, score_k=FLAGS.score_k)
   samples = run.sample(FLAGS.samples) if FLAGS.samples else None
   if fmt == ".npz":
     if samples is not None:

@@ -9,6 +9,7 @@ from dlu.families import (  # noqa: F401  (registers them)
   dec,
   gan,
   sequence,
+  svdd,
   vae,
 )
 from dlu.families.base import (  # noqa: F401

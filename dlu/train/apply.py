@@ -5,6 +5,7 @@
     z = run.encode(x)                             # [N, latent]
     x_hat = run.reconstruct(x)                    # [N, ...] in the data's own units
     s = run.score(x)                              # [N] anomaly score, higher = less like the data
+    s = run.score(x, method="knn")                # [N] mean distance to the 5 nearest training codes
     clusters, confidence = run.assign(x)          # [N] each
     samples = run.sample(16)                      # GANs, VAEs
 
@@ -34,13 +35,17 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from jax.experimental import multihost_utils
 
-from dlu import data
+from dlu import data, files
 from dlu.data import arrays, preprocessing, series, tables
 from dlu.errors import UsageError
 from dlu.evaluators.clustering import KMEANS_FILE
+from dlu.metrics import novelty
 from dlu.ops import losses
 from dlu.runtime import batched_eval, parallel
 from dlu.train import experiment
+
+#: `Run.score`'s methods (experiments.apply --score_method).
+SCORE_METHODS = ("model", "knn", "cosine")
 
 
 class Run:
@@ -231,12 +236,42 @@ class Run:
       self._per_example("reconstruct", self.family.reconstruct, self.inputs(x))
     )
 
-  def score(self, x: Any) -> np.ndarray:
-    """Anomaly scores: reconstruction error (autoencoders, DEC/IDEC), -ELBO at the posterior
-    mean (VAEs), minus the discriminator's logit (GANs). Higher: less like the data. [N]"""
-    if not self.family.has_score:
-      raise UsageError(f"--model={self.cfg.model} has no anomaly score")
-    return self._per_example("score", self.family.score, self.inputs(x))
+  def score(self, x: Any, *, method: str = "model", k: int = 5) -> np.ndarray:
+    """Anomaly scores, higher: less like the data. [N]
+
+    method="model" (the default): the family's own score: reconstruction error (autoencoders,
+    DEC/IDEC), -ELBO at the posterior mean (VAEs), minus the discriminator's logit (GANs),
+    ||z - c||^2 (deep SVDD). "knn": the mean distance of the code to its `k` nearest codes of
+    the training split; "cosine": minus the cosine to the nearest training code times the
+    code's norm (CSI's score). Both need an embedding; the training codes are encoded once
+    per checkpoint step and cached in the workdir (WORKDIR/train_codes_STEP.npz)."""
+    if method not in SCORE_METHODS:
+      raise UsageError(f"--score_method={method!r}: expected one of {', '.join(SCORE_METHODS)}")
+    if method == "model":
+      if not self.family.has_score:
+        raise UsageError(f"--model={self.cfg.model} has no anomaly score")
+      return self._per_example("score", self.family.score, self.inputs(x))
+    if not self.family.has_embedding:
+      raise UsageError(
+        f"--score_method={method}: --model={self.cfg.model} has no embedding to score in"
+      )
+    codes = self.encode(x)
+    train = self.train_codes()
+    if method == "knn":
+      return novelty.knn_distance(train, codes, k=k)
+    return novelty.csi_cosine(train, codes)
+
+  def train_codes(self) -> np.ndarray:
+    """The codes of the training split at this checkpoint [M, D], encoded once and cached
+    in WORKDIR/train_codes_STEP.npz (written atomically)."""
+    path = os.path.join(self.exp.ctx.workdir, f"train_codes_{int(self.state.step)}.npz")
+    if os.path.isfile(path):
+      with np.load(path) as f:
+        return f["codes"]
+    codes = self._per_example("embed", self.family.embed, self.dataset.x_train)
+    if jax.process_index() == 0:
+      files.atomic_save(path, lambda tmp: np.savez(tmp, codes=codes), suffix=".npz")
+    return codes
 
   def step_scores(self, x: Any) -> np.ndarray:
     """Series: an anomaly score per time step, the squared reconstruction error over its
