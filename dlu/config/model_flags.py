@@ -20,7 +20,7 @@ from dlu.models.layers import KERNEL_INITS
 
 flags.DEFINE_integer("latent_dim", 32, "Size of the code (ae_mlp, ae_conv and later families).")
 flags.DEFINE_list(
-  "widths", ["512", "256"], "ae_mlp, vae: encoder widths (the decoder mirrors them)."
+  "widths", ["512", "256"], "ae_mlp, vae, svdd_mlp: encoder widths (the decoder mirrors them)."
 )
 flags.DEFINE_list(
   "conv_channels", ["32", "64"], "ae_conv, conv_vae: channels of the strided conv layers."
