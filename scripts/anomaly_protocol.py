@@ -5,7 +5,8 @@ r"""Anomaly detection with a run's `score`: the Fashion-MNIST one-class protocol
 
 For each class c: train on the training images of class c only (6,000), score the whole test
 split with `dlu.load_run(...).score` (reconstruction error for autoencoders, -ELBO at the
-posterior mean for the VAE, ||z - c||^2 for deep SVDD), and report the AUROC of the other nine
+posterior mean for the VAE, ||z - c||^2 for deep SVDD, minus the mean log-probability of the
+right transformation for GEOM), and report the AUROC of the other nine
 classes (anomalies) against class c. A method `MODEL+knn` or `MODEL+cosine` scores the run of
 MODEL by `Run.score(method=...)` in its code space instead. The shallow detectors fit
 scikit-learn on the same class's pixels (in [0, 1]): `pca` (reconstruction error at the same
@@ -38,7 +39,7 @@ flags.DEFINE_string("out", None, "Folder for the per-class data, runs and anomal
 flags.DEFINE_list(
   "methods",
   ["ae_mlp", "vae", "svdd_mlp", "ae_mlp+knn", "pca", "knn", "iforest", "lof"],
-  "dlu models (ae_mlp, vae, ae_conv, svdd_mlp), MODEL+knn or MODEL+cosine (the run of MODEL "
+  "dlu models (ae_mlp, vae, ae_conv, svdd_mlp, geom_conv), MODEL+knn or MODEL+cosine (the run of MODEL "
   "scored in its code space), and shallow detectors (pca, knn, iforest, lof).",
 )
 flags.DEFINE_integer("steps", 1500, "Training steps per class (batch 256: ~64 epochs of 6,000).")
@@ -46,7 +47,7 @@ flags.DEFINE_list("classes", [str(c) for c in range(10)], "The normal classes, o
 flags.DEFINE_bool(
   "quick",
   False,
-  "A smoke run: classes 0 and 1, 100 steps, shallow detectors on 2,000 training images.",
+  "A smoke run: the first two --classes, 100 steps, shallow detectors on 2,000 training images.",
 )
 flags.DEFINE_integer("code", 32, "Code size of every method (latent_dim, PCA components).")
 FLAGS = flags.FLAGS
@@ -56,6 +57,8 @@ CONFIGS = {
   "ae_conv": dict(model="ae_conv", conv_channels=["32", "64"], recon_loss="bce"),
   "vae": dict(model="vae", widths=["512", "256"], likelihood="bernoulli", binarize="none"),
   "svdd_mlp": dict(model="svdd_mlp", widths=["512", "256"], optimizer="adam", learning_rate=1e-4),
+  # Every image under its 8 transformations: a batch of 64 is 512 views.
+  "geom_conv": dict(model="geom_conv", conv_channels=["32", "64"], batch_size=64),
 }
 SHALLOW = ("pca", "knn", "iforest", "lof")
 
@@ -90,7 +93,7 @@ def shallow_scores(method: str, x_train: np.ndarray, x_test: np.ndarray, dim: in
 
 
 def train_run(model: str, path: str, workdir: str, steps: int) -> None:
-  cfg = config.make_config(
+  common = dict(
     dataset=f"npz:{path}",
     latent_dim=FLAGS.code,
     batch_size=256,
@@ -99,9 +102,9 @@ def train_run(model: str, path: str, workdir: str, steps: int) -> None:
     eval_every=steps,
     checkpoint_every=steps,
     evaluators=["metrics"],
-    steps_per_dispatch=1 if model == "ae_conv" else 10,
-    **CONFIGS[model],
+    steps_per_dispatch=1 if model in ("ae_conv", "geom_conv") else 10,
   )
+  cfg = config.make_config(**{**common, **CONFIGS[model]})
   loop.train_and_evaluate(cfg, workdir)
 
 
@@ -125,7 +128,7 @@ def main(argv):
       raise dlu.UsageError(f"--methods: {method!r} is none of {', '.join((*CONFIGS, *SHALLOW))}")
     if "+" in method and method.partition("+")[2] not in ("knn", "cosine"):
       raise dlu.UsageError(f"--methods: {method!r}: expected MODEL+knn or MODEL+cosine")
-  classes = [0, 1] if FLAGS.quick else [int(c) for c in FLAGS.classes]
+  classes = [int(c) for c in FLAGS.classes][: 2 if FLAGS.quick else None]
   steps = 100 if FLAGS.quick else FLAGS.steps
   os.makedirs(FLAGS.out, exist_ok=True)
   ds = data.load("fashion_mnist")

@@ -131,3 +131,29 @@ def test_apply_score_method(svdd_run, tmp_path):
   with np.load(out) as f:
     scores = f["score"]
   np.testing.assert_allclose(scores, run.score(x, method="knn", k=3), rtol=1e-5)
+
+
+def test_geom_transformations_labels_and_scores():
+  from dlu.families import geom
+
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(3, 8, 8, 1)), jnp.float32)
+  views = geom.all_transforms(x)
+  assert views.shape == (geom.NUM_TRANSFORMS * 3, 8, 8, 1)
+  labels = geom.transform_labels(3)
+  assert labels.shape == (24,) and set(np.asarray(labels).tolist()) == set(range(8))
+  flat = np.asarray(views).reshape(8, 3, -1)
+  for i in range(8):  # the eight views of an image are distinct
+    for j in range(i):
+      assert not np.allclose(flat[i, 0], flat[j, 0])
+  np.testing.assert_array_equal(flat[0], np.asarray(x).reshape(3, -1))  # t=0: identity
+  cfg = config.make_config(model="geom_conv", dataset="digits", conv_channels=["4", "8"])
+  fam = families.get("geom_conv")(cfg, DataSpec((8, 8, 1), 10, 64, "unit"))
+  state = fam.init_state(jax.random.key(0))
+  assert fam.score(state, x).shape == (3,)
+  step = jax.jit(fam.train_step)
+  first = None
+  for i in range(15):
+    state, m = step(state, {"image": x}, jax.random.key(i))
+    first = float(m["loss"]) if first is None else first
+  assert float(m["loss"]) < first
+  assert fam.eval_metrics(state, {"image": x}, None)["transform_acc"].shape == (3,)

@@ -23,7 +23,9 @@ flags.DEFINE_list(
   "widths", ["512", "256"], "ae_mlp, vae, svdd_mlp: encoder widths (the decoder mirrors them)."
 )
 flags.DEFINE_list(
-  "conv_channels", ["32", "64"], "ae_conv, conv_vae: channels of the strided conv layers."
+  "conv_channels",
+  ["32", "64"],
+  "ae_conv, conv_vae, geom_conv: channels of the strided conv layers.",
 )
 flags.DEFINE_float(
   "dropout",

@@ -8,6 +8,7 @@ from dlu.families import (  # noqa: F401  (registers them)
   contrastive,
   dec,
   gan,
+  geom,
   sequence,
   svdd,
   vae,
