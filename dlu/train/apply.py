@@ -263,14 +263,18 @@ class Run:
 
   def train_codes(self) -> np.ndarray:
     """The codes of the training split at this checkpoint [M, D], encoded once and cached
-    in WORKDIR/train_codes_STEP.npz (written atomically)."""
+    in WORKDIR/train_codes_STEP.npz (written atomically; not kept where the workdir is
+    read-only)."""
     path = os.path.join(self.exp.ctx.workdir, f"train_codes_{int(self.state.step)}.npz")
     if os.path.isfile(path):
       with np.load(path) as f:
         return f["codes"]
     codes = self._per_example("embed", self.family.embed, self.dataset.x_train)
     if jax.process_index() == 0:
-      files.atomic_save(path, lambda tmp: np.savez(tmp, codes=codes), suffix=".npz")
+      try:
+        files.atomic_save(path, lambda tmp: np.savez(tmp, codes=codes), suffix=".npz")
+      except OSError:  # a read-only workdir: the codes are encoded again next time
+        pass
     return codes
 
   def step_scores(self, x: Any) -> np.ndarray:
