@@ -58,7 +58,7 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # The stored preprocessing fixes these at training; apply uses the run's own.
 STORED_FLAGS = ("impute", "feature_scaling")
 # The --input forms that name a file or a folder.
-INPUT_KINDS = ("csv", "parquet", "npz", "npy", "folder", "records", "series")
+INPUT_KINDS = ("csv", "parquet", "json", "npz", "npy", "folder", "records", "series")
 
 
 def results(

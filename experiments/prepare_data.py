@@ -1,7 +1,7 @@
 r"""Prepares a dataset once: for offline reading, or as records read by row.
 
   python -m experiments.prepare_data --dataset=fashion_mnist [--data_dir=DIR] [--idx_dir=DIR]
-  python -m experiments.prepare_data --dataset=folder:DIR|csv:PATH|parquet:PATH|npz:PATH|NAME \
+  python -m experiments.prepare_data --dataset=folder:DIR|csv:PATH|parquet:PATH|json:PATH|npz:PATH|NAME \
       --out=OUT [--label_column=NAME] [--num_shards=N] [--workers=N] [--skip_bad]
 
 Without --out, fashion_mnist is built from local IDX files when present (no TensorFlow
@@ -23,7 +23,7 @@ if "dataset" not in flags.FLAGS:
     "dataset",
     "fashion_mnist",
     "digits, a tfds name (fashion_mnist, mnist, cifar10, NAME[/CONFIG][:VERSION]), "
-    "npz:PATH, folder:DIR, csv:PATH or parquet:PATH.",
+    "npz:PATH, folder:DIR, csv:PATH, parquet:PATH or json:PATH.",
   )
 if "data_dir" not in flags.FLAGS:
   flags.DEFINE_string(

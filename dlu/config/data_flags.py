@@ -8,7 +8,7 @@ flags.DEFINE_string(
   "dataset",
   "fashion_mnist",
   "digits | fashion_mnist | mnist | cifar10 | any tfds image dataset | npz:PATH (images "
-  "[N, H, W(, C)] or vectors [N, D]) | folder:DIR | csv:PATH | parquet:PATH | series:PATH "
+  "[N, H, W(, C)] or vectors [N, D]) | folder:DIR | csv:PATH | parquet:PATH | json:PATH | series:PATH "
   "(time series: .ts, .tsv, .csv, .npz, or a directory of NAME_TRAIN/NAME_TEST files).",
 )
 flags.DEFINE_string(

@@ -18,7 +18,7 @@ from dlu.errors import UsageError
 PIXEL_RANGES = ("unit", "symmetric")
 ACCEPTED_FORMS = (
   "digits, fashion_mnist, mnist, cifar10, ... (any tfds image dataset, as "
-  "NAME[/CONFIG][:VERSION]), npz:PATH, folder:DIR, csv:PATH, parquet:PATH, records:DIR "
+  "NAME[/CONFIG][:VERSION]), npz:PATH, folder:DIR, csv:PATH, parquet:PATH, json:PATH, records:DIR "
   "(experiments.prepare_data), npy:PATH (memory-mapped), series:PATH (.ts, .tsv, .csv, .npz or a "
   "directory of NAME_TRAIN/NAME_TEST files)"
 )

@@ -84,9 +84,9 @@ def prepare_records(
     raise UsageError(
       f"{what}: series are read whole from their file; records of series are not written"
     )
-  if label_column and kind not in ("csv", "parquet"):
+  if label_column and kind not in tables.TABLE_FORMATS:
     raise UsageError(
-      f"--label_column names a column of a table (csv:, parquet:); {what} is not one"
+      f"--label_column names a column of a table (csv:, parquet:, json:); {what} is not one"
     )
   if num_shards is not None and num_shards < 1:
     raise UsageError(f"--num_shards={num_shards}: expected at least 1")
@@ -226,7 +226,7 @@ def _read_source(
   what = f"--dataset={dataset}"
   if kind == "folder":
     return _folder(dataset, arg, skip_bad)
-  if kind in ("csv", "parquet"):
+  if kind in tables.TABLE_FORMATS:
     columns, x, raw = tables.read_table(arg, fmt=kind, label_column=label_column, what=what)
     y, meta = None, {"columns": columns}
     if raw is not None:
@@ -388,7 +388,7 @@ def _source_fingerprint(dataset: str, kind: str, arg: str) -> tuple[str, int | N
   if kind == "folder":
     files = local.list_folder(dataset, arg)[0]
     return _files_fingerprint(files, arg), len(files)
-  if kind in ("csv", "parquet", "npz") and os.path.isfile(arg):
+  if kind in (*tables.TABLE_FORMATS, "npz") and os.path.isfile(arg):
     return _file_fingerprint(arg), 1
   return "", None
 

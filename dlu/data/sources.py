@@ -29,7 +29,7 @@ def default_data_dir() -> str:
 
 
 def _parse(dataset: str) -> tuple[str, str]:
-  """(kind, argument): ("digits", ""), ("npz" | "csv" | "parquet", path), ("folder", dir) or
+  """(kind, argument): ("digits", ""), ("npz" | "csv" | "parquet" | "json", path), ("folder", dir) or
   ("tfds", name)."""
   if not isinstance(dataset, str) or not dataset.strip():
     raise UsageError(f"--dataset is empty; expected one of: {ACCEPTED_FORMS}")
@@ -41,6 +41,7 @@ def _parse(dataset: str) -> tuple[str, str]:
     ("folder", "DIR"),
     ("csv", "PATH"),
     ("parquet", "PATH"),
+    ("json", "PATH"),
     ("records", "DIR"),
     ("npy", "PATH"),
     ("series", "PATH"),
@@ -256,9 +257,9 @@ def _load(
 ) -> tuple[Dataset, str]:
   kind, arg = _parse(dataset)
   dataset = dataset.strip()
-  if opts.label_column and kind not in ("csv", "parquet", "series"):
+  if opts.label_column and kind not in (*tables.TABLE_FORMATS, "series"):
     raise UsageError(
-      f"--label_column names a column of a table (csv:, parquet:, series:); --dataset={dataset} "
+      f"--label_column names a column of a table (csv:, parquet:, json:, series:); --dataset={dataset} "
       "is not one"
     )
   if kind == "digits":
@@ -268,7 +269,7 @@ def _load(
     if np.asarray(arrays["x"]).ndim == 2:
       return _vectors(dataset, f"--dataset={dataset}", arrays, opts), f"read from {arg}"
     return local.load_npz(dataset, arg, arrays), f"read from {arg}"
-  if kind in ("csv", "parquet"):
+  if kind in tables.TABLE_FORMATS:
     return _table(dataset, kind, arg, opts), f"read from {arg}"
   if kind == "series":
     return _series(dataset, arg, opts), f"read from {arg}"
@@ -303,7 +304,7 @@ def load(
   """The whole dataset as arrays in host memory, preparing it first when it must and can.
 
   dataset: "digits", a tfds name ("fashion_mnist", "mnist", "NAME/CONFIG:VERSION"),
-    "npz:PATH", "folder:DIR", "csv:PATH" or "parquet:PATH".
+    "npz:PATH", "folder:DIR", "csv:PATH", "parquet:PATH" or "json:PATH".
   data_dir: where tfds datasets are prepared (default: `default_data_dir()`).
   idx_dir: the Fashion-MNIST IDX files (default DEFAULT_IDX_DIR), used to prepare
     fashion_mnist without TensorFlow.
@@ -320,7 +321,7 @@ def read_rows(
   cells), npz x as stored, a folder's images as uint8."""
   kind, arg = _parse(dataset)
   what = f"--input={dataset.strip()}"
-  if kind in ("csv", "parquet"):
+  if kind in tables.TABLE_FORMATS:
     names, x, _ = tables.read_table(arg, fmt=kind, label_column=label_column, what=what)
     return preprocessing.match_columns(names, x, columns, what) if columns else x
   if kind == "npz":
@@ -355,7 +356,7 @@ def read_rows(
     pick = functools.partial(np.take, indices=order, axis=1)
     return x.view(transform=pick, dtype=x.dtype, example_shape=(len(order),))
   raise UsageError(
-    f"{what}: expected a table (csv:PATH, parquet:PATH), npz:PATH, folder:DIR, records:DIR or "
+    f"{what}: expected a table (csv:PATH, parquet:PATH, json:PATH), npz:PATH, folder:DIR, records:DIR or "
     "npy:PATH"
   )
 

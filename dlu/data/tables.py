@@ -16,6 +16,7 @@ dlu.data.fingerprints (rows split by content).
 from __future__ import annotations
 
 import collections
+import json
 import math
 import os
 
@@ -25,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from dlu import files
 from dlu.data import fingerprints
 from dlu.data.preprocessing import (
   Preprocessing,
@@ -37,7 +39,7 @@ from dlu.data.preprocessing import (
 )
 from dlu.errors import UsageError
 
-TABLE_FORMATS = ("csv", "parquet")
+TABLE_FORMATS = ("csv", "parquet", "json")
 # Only these mean "missing" in a CSV cell (labels included): pyarrow's longer default list would
 # also swallow values such as "n/a" or "#N/A" silently, which deserve an error naming the cell.
 CSV_MISSING = ("", "NA", "NaN", "nan", "null")
@@ -54,12 +56,13 @@ def read_table(
   """
   where = _where(what, path)
   if fmt not in TABLE_FORMATS:
-    raise UsageError(f"{what}: unknown table format {fmt!r}; expected one of csv, parquet")
+    raise UsageError(f"{what}: unknown table format {fmt!r}; expected one of csv, parquet, json")
   if not os.path.isfile(path):
     raise UsageError(f"{where}: no such file; expected a {fmt} table with named columns")
   if os.path.getsize(path) == 0:
     raise UsageError(f"{where}: the file is empty; expected a header row, then data rows")
-  table = _read_csv(path, where) if fmt == "csv" else _read_parquet(path, where)
+  reader = {"csv": _read_csv, "parquet": _read_parquet, "json": _read_json}[fmt]
+  table = reader(path, where)
   names = table.column_names
   for j, name in enumerate(names):
     if not name:
@@ -323,6 +326,68 @@ def _read_parquet(path: str, where: str) -> pa.Table:
   # A pandas index stored as a column ("__index_level_0__") is not a feature.
   index = (table.schema.pandas_metadata or {}).get("index_columns", [])
   return table.drop_columns([c for c in index if isinstance(c, str) and c in table.column_names])
+
+
+def _read_json(path: str, where: str) -> pa.Table:
+  """JSON records: an array of objects (`[{"a": 1, ...}, ...]`) or JSON lines (one object a
+  line), each object a row and its keys the columns (a key missing from a row: a missing cell).
+  Rows count records from 1."""
+  text = files.read_text(path, "a JSON table: an array of objects, or one object a line")
+  text = text.removeprefix("\ufeff")  # a byte-order mark, as some editors write
+  stripped = text.lstrip()
+  try:
+    if stripped.startswith("["):
+      rows = json.loads(text)
+    else:
+      rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+  except json.JSONDecodeError as e:
+    line = e.lineno if stripped.startswith("[") else _json_line(text, e)
+    raise UsageError(f"{where}: line {line} is not valid JSON ({e.msg})") from e
+  for i, row in enumerate(rows):
+    if not isinstance(row, dict):
+      raise UsageError(
+        f"{where}: record {i + 1} is a {type(row).__name__}, not an object; expected an array "
+        'of objects ([{"a": 1, "b": 2}, ...]) or one object a line'
+      )
+    for key, value in row.items():
+      if isinstance(value, (dict, list)):
+        raise UsageError(
+          f"{where}: record {i + 1} holds a nested {type(value).__name__} in {key!r}; "
+          "expected numbers, strings, booleans or null in every column"
+        )
+  names = list(dict.fromkeys(key for row in rows for key in row))
+  if not names:
+    raise UsageError(f"{where}: holds no columns; expected objects with named fields")
+  kinds = {}  # column -> (kind, first record) of its first non-null value
+  for i, row in enumerate(rows):
+    for key, value in row.items():
+      if value is None:
+        continue
+      kind = (
+        "text" if isinstance(value, str) else "boolean" if isinstance(value, bool) else "number"
+      )
+      first = kinds.setdefault(key, (kind, i + 1))
+      if first[0] != kind:
+        raise UsageError(
+          f"{where}: column {key!r} holds a {first[0]} in record {first[1]} and a {kind} in "
+          f"record {i + 1} ({value!r}); expected one kind of value a column"
+        )
+  try:
+    return pa.Table.from_pylist(rows).select(names)
+  except (pa.ArrowException, ValueError, TypeError) as e:
+    raise UsageError(f"{where}: cannot read it as a table: {first_line(e)}") from e
+
+
+def _json_line(text: str, error: json.JSONDecodeError) -> int:
+  """The file line of a JSON-lines record that failed to parse."""
+  for number, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      json.loads(line)
+    except json.JSONDecodeError:
+      return number
+  return error.lineno
 
 
 def _decoded(col: pa.ChunkedArray) -> pa.ChunkedArray:

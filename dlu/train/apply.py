@@ -422,6 +422,8 @@ def _column_names(kind: str, path: str) -> list[str] | None:
   try:
     if kind == "parquet":
       return pq.read_schema(path).names
+    if kind == "json":
+      return tables.read_table(path, fmt="json", label_column=None, what=path)[0]
     with pcsv.open_csv(path) as reader:
       return reader.schema.names
   except (pa.ArrowException, OSError, ValueError):
