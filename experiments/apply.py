@@ -57,6 +57,8 @@ FLAGS = flags.FLAGS
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # The stored preprocessing fixes these at training; apply uses the run's own.
 STORED_FLAGS = ("impute", "feature_scaling")
+# So does its column schema (kinds, categories, the id column).
+COLUMN_FLAGS = ("categorical_columns", "numeric_columns", "drop_columns", "id_column")
 # The --input forms that name a file or a folder.
 INPUT_KINDS = ("csv", "parquet", "json", "npz", "npy", "folder", "records", "series")
 
@@ -117,6 +119,13 @@ def check_stored_flags(run: apply.Run) -> None:
   """--impute and --feature_scaling are the run's, kept in its preprocessing.json: apply uses
   those; another value given here is refused, not ignored."""
   pre = run.dataset.preprocessing
+  for name in COLUMN_FLAGS:
+    if FLAGS[name].present:
+      raise UsageError(
+        f"--{name}: the run's columns (their kinds, categories and id) were fixed at training "
+        "and kept in its preprocessing.json, which apply uses as training did; drop --"
+        f"{name}"
+      )
   for name in STORED_FLAGS:
     if not FLAGS[name].present:
       continue
@@ -186,6 +195,8 @@ def sample_columns(
   pre = run.dataset.preprocessing
   if pre is None:
     cols = {"": samples}
+  elif pre.schema is not None:  # numbers, booleans and the most likely category of each column
+    cols = pre.schema.decode(samples)
   else:
     cols = {n: samples[:, i] for i, n in enumerate(pre.columns)}
   if labels is not None:
@@ -216,8 +227,12 @@ def main(argv):
   check_output(FLAGS.output, FLAGS.input, FLAGS.workdir, samples=bool(FLAGS.samples))
   run = apply.load_run(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
   check_stored_flags(run)
-  x = apply.read_inputs(FLAGS.input, run)
+  encoding = FLAGS.encoding if FLAGS["encoding"].present else None
+  table = apply.read_table_inputs(FLAGS.input, run, encoding=encoding) if _is_table(run) else None
+  x = table.x if table is not None else apply.read_inputs(FLAGS.input, run, encoding=encoding)
   out = results(run, x, score_method=FLAGS.score_method, score_k=FLAGS.score_k)
+  if table is not None and table.ids is not None:  # the id first, as the input names its rows
+    out = {table.id_column: _id_values(table.ids, fmt), **out}
   samples = run.sample(FLAGS.samples) if FLAGS.samples else None
   if fmt == ".npz":
     if samples is not None:
@@ -239,9 +254,34 @@ def main(argv):
         )
       else:
         write_csv(csv_path, sample_columns(run, *samples))
+  note = ""
+  if table is not None and table.unknown:
+    count = sum(table.unknown.values())
+    each = ", ".join(f"{name!r} {n}" for name, n in table.unknown.items())
+    note = (
+      f"; {count} cell{'s' if count > 1 else ''} of categories not seen in training, encoded as "
+      f"unknown (all zeros): {each}"
+    )
   print(
-    f"{len(x)} rows of {FLAGS.input} through {run}: {', '.join(out)} -> {FLAGS.output}", flush=True
+    f"{len(x)} rows of {FLAGS.input} through {run}: {', '.join(out)} -> {FLAGS.output}{note}",
+    flush=True,
   )
+
+
+def _is_table(run: apply.Run) -> bool:
+  pre = run.dataset.preprocessing
+  return not run.dataset.is_image and not run.dataset.is_series and pre is not None
+
+
+def _id_values(ids: np.ndarray, fmt: str) -> np.ndarray:
+  """Ids as the input wrote them: text in a CSV (an integer id stays whole); in an npz, numbers
+  when they all are, else text (an npz holds no Python objects)."""
+  text = ["" if v is None else str(v) for v in ids.tolist()]
+  if fmt == ".csv":
+    return np.array(text, dtype=object)
+  if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ids.tolist()):
+    return np.array(ids.tolist(), np.float64)
+  return np.array(text, dtype=str)
 
 
 if __name__ == "__main__":

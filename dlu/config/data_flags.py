@@ -28,6 +28,32 @@ flags.DEFINE_string(
   "none (default: the first cell of a row) (they only score clusterings, fit probes and "
   "condition GANs; never a feature). Default: unlabelled.",
 )
+flags.DEFINE_list(
+  "categorical_columns",
+  [],
+  "Tables: columns read as categories (one-hot encoded) whatever their cells; by default text "
+  "columns are categories, numbers numeric, true/false and yes/no booleans.",
+)
+flags.DEFINE_list(
+  "numeric_columns", [], "Tables: columns read as numbers (each cell a number or missing)."
+)
+flags.DEFINE_list(
+  "drop_columns",
+  [],
+  "Tables: columns never read as features (dates and free text are dropped without it, and said).",
+)
+flags.DEFINE_string(
+  "id_column",
+  None,
+  "Tables: a column naming each row: never a feature, the rows split by it, and carried into "
+  "experiments.apply's output.",
+)
+flags.DEFINE_string(
+  "encoding",
+  None,
+  "CSV and JSON tables: the file's text encoding (e.g. latin-1, cp1252, utf-16). Default: UTF-8, "
+  "with or without a byte-order mark; any other text is refused.",
+)
 flags.DEFINE_float(
   "test_fraction",
   0.1,

@@ -11,7 +11,8 @@ shards that `experiments.prepare_data` writes) and `npy:PATH` stay on disk: thei
 TensorFlow; only downloading new tfds datasets does (see tfds_offline).
 
 Modules, each importing only those named before it: arrays (Dataset, normalize, checks);
-fingerprints (a table's rows split by content, its fingerprint);
+fingerprints (a table's rows split by content, its fingerprint); columns (a table's column
+kinds, inferred or named, and their encoding: one-hot categories, 0/1 booleans);
 preprocessing (a table's imputation and scaling, fitted on the training split; JSON); sampler
 (BatchSampler, BatchReader); subsets (the validation rows, a class-imbalanced subset); local
 (digits, npz, folder), tables (csv, parquet, vectors: reading, checks, splits), records (rows on
@@ -28,6 +29,7 @@ from dlu.data.sources import (
   load,
   prepare,
   read_rows,
+  read_table_rows,
 )
 from dlu.data.subsets import class_balance, hold_out_validation
 
@@ -48,4 +50,5 @@ __all__ = [
   "normalize",
   "prepare",
   "read_rows",
+  "read_table_rows",
 ]

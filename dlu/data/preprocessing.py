@@ -23,11 +23,13 @@ import json
 import numpy as np
 
 from dlu import files
+from dlu.data.columns import Schema
 from dlu.errors import UsageError
 
 FEATURE_SCALINGS = ("standard", "minmax", "none")
 IMPUTE = ("none", "mean", "median")
 JSON_VERSION = 1
+SCHEMA_VERSION = 2  # a file with a schema (column kinds, categories)
 _MAX_LISTED = 10
 
 
@@ -44,6 +46,14 @@ class Preprocessing:
   scale: np.ndarray  # [D] float64 (ones and zeros offset for "none")
   label_column: str | None = None
   classes: tuple[str, ...] | None = None  # label values (as str) in class-index order
+  # A table of more than numbers: each column's kind and categories; `columns` are then its
+  # encoded columns (dlu.data.columns). None: the columns are the file's, numbers only.
+  schema: Schema | None = None
+
+  @property
+  def source_columns(self) -> tuple[str, ...]:
+    """The feature columns a table must hold (their encoded form is `columns`)."""
+    return self.schema.names if self.schema is not None else self.columns
 
   def __post_init__(self):
     # Normalises types and freezes the arrays, so a loaded file is checked once, here.
@@ -71,15 +81,18 @@ class Preprocessing:
       object.__setattr__(self, field, a)
     if np.any(self.scale == 0) or not np.all(np.isfinite(self.scale)):
       raise UsageError("preprocessing: every scale must be finite and non-zero")
+    if self.schema is not None and self.schema.encoded_names != columns:
+      raise UsageError("preprocessing: columns must be the schema's encoded columns")
     classes = None if self.classes is None else tuple(str(c) for c in self.classes)
     object.__setattr__(self, "columns", columns)
     object.__setattr__(self, "classes", classes)
 
-  def transform(self, x_raw: np.ndarray, what: str) -> np.ndarray:
-    """Raw features [N, D] (NaN = missing) -> float32 model inputs: fill, then scale."""
-    return self._apply(np.array(x_raw, np.float64), what)
+  def transform(self, x_raw: np.ndarray, what: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """Raw features [N, D] (NaN = missing) -> float32 model inputs: fill, then scale. `rows`:
+    each row's number in messages (default: from 1)."""
+    return self._apply(np.array(x_raw, np.float64), what, rows)
 
-  def _apply(self, x: np.ndarray, what: str) -> np.ndarray:
+  def _apply(self, x: np.ndarray, what: str, rows: np.ndarray | None = None) -> np.ndarray:
     """transform, overwriting the float64 array `x` (load_table's own copies: no second one)."""
     if x.ndim != 2 or x.shape[1] != len(self.columns):
       raise UsageError(
@@ -92,10 +105,21 @@ class Preprocessing:
     elif missing.any():
       j = int(np.flatnonzero(missing.any(axis=0))[0])
       i = int(np.flatnonzero(missing[:, j])[0])
-      raise UsageError(missing_message(what, self.columns[j], f"row {i + 1}"))
+      raise UsageError(missing_message(what, self.columns[j], f"row {_row(rows, i)}"))
     x -= self.offset
     x /= self.scale
-    return x.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+      out = x.astype(np.float32)
+    overflow = ~np.isfinite(out)
+    if overflow.any():
+      i, j = (int(k) for k in np.argwhere(overflow)[0])
+      raw = x[i, j] * self.scale[j] + self.offset[j]
+      scaled = "" if self.scaling == "none" else f" once scaled ({x[i, j]:.3g})"
+      raise UsageError(
+        f"{what}: column {self.columns[j]!r} row {_row(rows, i)} holds {raw:.6g}, beyond a "
+        f"model input's float32 range (3.4e38){scaled}; fix the cell or drop the column"
+      )
+    return out
 
   def inverse(self, x: np.ndarray) -> np.ndarray:
     """Model units -> raw units, float64 (filled cells stay filled)."""
@@ -114,6 +138,9 @@ class Preprocessing:
       "label_column": self.label_column,
       "classes": None if self.classes is None else list(self.classes),
     }
+    if self.schema is not None:
+      fields["version"] = SCHEMA_VERSION
+      fields["schema"] = self.schema.to_dict()
     return json.dumps(fields, indent=1) + "\n"
 
   @classmethod
@@ -122,8 +149,13 @@ class Preprocessing:
       fields = json.loads(text)
       if not isinstance(fields, dict):
         raise TypeError(f"expected a JSON object, got {type(fields).__name__}")
-      if fields.get("version") != JSON_VERSION:
-        raise ValueError(f"version {fields.get('version')!r}, expected {JSON_VERSION}")
+      if fields.get("version") not in (JSON_VERSION, SCHEMA_VERSION):
+        raise ValueError(
+          f"version {fields.get('version')!r}, expected {JSON_VERSION} or {SCHEMA_VERSION}"
+        )
+      schema = None
+      if fields.get("schema") is not None:
+        schema = Schema.from_dict(fields["schema"])
       label_column = fields.get("label_column")
       if label_column is not None and not isinstance(label_column, str):
         raise TypeError(f"label_column {label_column!r} is not a string")
@@ -139,6 +171,7 @@ class Preprocessing:
         scale=fields["scale"],
         label_column=label_column,
         classes=None if fields.get("classes") is None else tuple(fields["classes"]),
+        schema=schema,
       )
     except UsageError:
       raise
@@ -178,10 +211,14 @@ def fit_preprocessing(
   label_column=None,
   classes=None,
   what="--dataset",
+  schema: Schema | None = None,
+  rows: np.ndarray | None = None,
 ) -> Preprocessing:
   """Fill values and offsets/scales from the training rows only: scikit-learn's SimpleImputer
   (mean, median), StandardScaler (mean, population std) and MinMaxScaler (min, max - min; 1 for
-  a constant column), each ignoring missing (NaN) cells."""
+  a constant column), each ignoring missing (NaN) cells. With a `schema`, only its numeric
+  columns are scaled (booleans and one-hot codes stay 0/1). `rows`: each training row's number
+  in the file, for messages (default: from 1)."""
   check_choices(impute, scaling)
   columns = tuple(columns)
   x = np.asarray(x_train_raw, np.float64)
@@ -192,8 +229,9 @@ def fit_preprocessing(
   infinite = np.isinf(x)
   if infinite.any():
     i, j = (int(k) for k in np.argwhere(infinite)[0])
+    where = f"training row {i + 1}" if rows is None else f"row {rows[i]}"
     raise UsageError(
-      f"{what}: column {columns[j]!r} holds {x[i, j]} at training row {i + 1}; expected finite "
+      f"{what}: column {columns[j]!r} holds {x[i, j]} at {where}; expected finite "
       "numbers (NaN for missing values)"
     )
   empty = np.flatnonzero(np.isnan(x).all(axis=0))
@@ -203,29 +241,17 @@ def fit_preprocessing(
       "is missing); drop the column"
     )
   from sklearn.impute import SimpleImputer  # only fitting needs scikit-learn (and its start-up)
-  from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
   fill = None
   if impute != "none":
     fill = SimpleImputer(strategy=impute).fit(x).statistics_
   d = len(columns)
   offset, scale = np.zeros(d), np.ones(d)
-  if scaling != "none":
-    minmax = MinMaxScaler().fit(x)
-    constant = minmax.data_range_ == 0  # exact: a constant column's variance may not be exactly 0
-    if scaling == "standard":
-      if constant.any():
-        raise UsageError(
-          f"{what}: column {columns[np.flatnonzero(constant)[0]]!r} is constant on the training "
-          "split; --feature_scaling=standard cannot scale it (drop the column or use "
-          "--feature_scaling=minmax|none)"
-        )
-      standard = StandardScaler().fit(x)
-      # sqrt(var_), the population std, not scale_: scale_ is 1 for columns sklearn deems nearly
-      # constant, and those were scaled by their std before (only exactly constant ones refused)
-      offset, scale = standard.mean_, np.sqrt(standard.var_)
-    else:  # minmax; a constant column maps to 0
-      offset, scale = minmax.data_min_, np.where(constant, 1.0, minmax.data_range_)
+  scaled = np.ones(d, bool) if schema is None else schema.scaled
+  if scaling != "none" and scaled.any():
+    offset[scaled], scale[scaled] = _fit_scaling(
+      x[:, scaled], [c for c, s in zip(columns, scaled, strict=True) if s], scaling, what, rows
+    )
   return Preprocessing(
     columns=columns,
     impute=impute,
@@ -235,7 +261,43 @@ def fit_preprocessing(
     scale=scale,
     label_column=label_column,
     classes=None if classes is None else tuple(classes),
+    schema=schema,
   )
+
+
+def _fit_scaling(x, columns, scaling, what, rows) -> tuple[np.ndarray, np.ndarray]:
+  """(offset, scale) of each column; a column whose scale overflows (a huge cell) named with
+  the row of its largest cell."""
+  from sklearn.preprocessing import MinMaxScaler, StandardScaler  # noqa: PLC0415
+
+  with np.errstate(over="ignore", invalid="ignore"):
+    minmax = MinMaxScaler().fit(x)
+    constant = minmax.data_range_ == 0  # exact: a constant column's variance may not be exactly 0
+  if scaling == "standard":
+    if constant.any():
+      raise UsageError(
+        f"{what}: column {columns[np.flatnonzero(constant)[0]]!r} is constant on the training "
+        "split; --feature_scaling=standard cannot scale it (drop the column or use "
+        "--feature_scaling=minmax|none)"
+      )
+    with np.errstate(over="ignore", invalid="ignore"):
+      standard = StandardScaler().fit(x)
+    # sqrt(var_), the population std, not scale_: scale_ is 1 for columns sklearn deems nearly
+    # constant, and those were scaled by their std before (only exactly constant ones refused)
+    offset, scale = standard.mean_, np.sqrt(standard.var_)
+  else:  # minmax; a constant column maps to 0
+    offset, scale = minmax.data_min_, np.where(constant, 1.0, minmax.data_range_)
+  bad = ~(np.isfinite(scale) & np.isfinite(offset))
+  if bad.any():
+    j = int(np.flatnonzero(bad)[0])
+    i = int(np.nanargmax(np.abs(x[:, j])))
+    row = f"training row {i + 1}" if rows is None else f"row {rows[i]}"
+    raise UsageError(
+      f"{what}: column {columns[j]!r} {row} holds {x[i, j]:.6g}, too large to scale (the "
+      f"column's {'variance' if scaling == 'standard' else 'range'} overflows float64); fix the "
+      "cell or drop the column"
+    )
+  return offset, scale
 
 
 def match_columns(
@@ -271,6 +333,10 @@ def match_columns(
 
 
 # --- helpers ---
+
+
+def _row(rows: np.ndarray | None, i: int) -> int:
+  return i + 1 if rows is None else int(rows[i])
 
 
 def check_choices(impute: str, scaling: str) -> None:

@@ -89,6 +89,8 @@ class TableOptions:
   preprocessing: Any = None
   series_length: int = 0  # series: resample every series to this length; 0 pads to the longest
   series_scaling: str = "znorm"
+  overrides: Any = None  # tables: a dlu.data.columns.Overrides (column kinds, drops, the id)
+  encoding: str | None = None  # csv/json tables: the file's text encoding (default UTF-8)
 
 
 def _vectors(dataset: str, what: str, arrays: dict[str, np.ndarray], opts: TableOptions) -> Dataset:
@@ -138,6 +140,8 @@ def _table(dataset: str, kind: str, path: str, opts: TableOptions) -> Dataset:
     impute=opts.impute,
     feature_scaling=opts.feature_scaling,
     preprocessing=opts.preprocessing,
+    overrides=opts.overrides,
+    encoding=opts.encoding,
   )
   return Dataset(
     dataset,
@@ -314,7 +318,11 @@ def load(
 
 
 def read_rows(
-  dataset: str, *, columns: tuple[str, ...] | None = None, label_column: str | None = None
+  dataset: str,
+  *,
+  columns: tuple[str, ...] | None = None,
+  label_column: str | None = None,
+  encoding: str | None = None,
 ) -> np.ndarray:
   """Every row of a --dataset form, unsplit and in its own units (for a trained run applied to
   new data): a table's features matched by name to `columns` (raw, float64, NaN for missing
@@ -322,7 +330,9 @@ def read_rows(
   kind, arg = _parse(dataset)
   what = f"--input={dataset.strip()}"
   if kind in tables.TABLE_FORMATS:
-    names, x, _ = tables.read_table(arg, fmt=kind, label_column=label_column, what=what)
+    names, x, _ = tables.read_table(
+      arg, fmt=kind, label_column=label_column, what=what, encoding=encoding
+    )
     return preprocessing.match_columns(names, x, columns, what) if columns else x
   if kind == "npz":
     x = local.read_npz(dataset, arg)["x"]
@@ -358,6 +368,23 @@ def read_rows(
   raise UsageError(
     f"{what}: expected a table (csv:PATH, parquet:PATH, json:PATH), npz:PATH, folder:DIR, records:DIR or "
     "npy:PATH"
+  )
+
+
+def read_table_rows(
+  dataset: str, schema: Any, *, label_column: str | None = None, encoding: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, int]]:
+  """A table's rows as a run with a column `schema` encodes them (`tables.read_encoded`):
+  (features [N, D] float64, the id column's cells or None, unseen categories per column)."""
+  kind, arg = _parse(dataset)
+  what = f"--input={dataset.strip()}"
+  if kind not in tables.TABLE_FORMATS:
+    raise UsageError(
+      f"{what}: the run was trained on a table with text or boolean columns; expected csv:PATH, "
+      "parquet:PATH or json:PATH"
+    )
+  return tables.read_encoded(
+    arg, fmt=kind, what=what, schema=schema, label_column=label_column, encoding=encoding
   )
 
 

@@ -15,6 +15,7 @@ dlu.data.fingerprints (rows split by content).
 
 from __future__ import annotations
 
+import codecs
 import collections
 import json
 import math
@@ -22,11 +23,10 @@ import os
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from dlu import files
+from dlu.data import columns as columns_
 from dlu.data import fingerprints
 from dlu.data.preprocessing import (
   Preprocessing,
@@ -45,11 +45,12 @@ TABLE_FORMATS = ("csv", "parquet", "json")
 CSV_MISSING = ("", "NA", "NaN", "nan", "null")
 
 
-def read_table(
-  path: str, *, fmt: str, label_column: str | None, what: str
-) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-  """(feature names in file order, raw features float64 [N, D] with NaN for missing cells,
-  raw labels [N] or None).
+def read_cells(
+  path: str, *, fmt: str, label_column: str | None, what: str, encoding: str | None = None
+) -> tuple[list[str], dict[str, pa.ChunkedArray], int]:
+  """(column names in file order, each column's cells as read, the number of the first data
+  row): the file's checks that every table passes (a header naming each column once, rows, the
+  label column, a feature column besides it; UTF-8 text unless `encoding` names another).
 
   Rows in messages count records: in a CSV the header is row 1 (blank lines are skipped and not
   counted); a Parquet file has no header row, so its first row is row 1.
@@ -61,8 +62,10 @@ def read_table(
     raise UsageError(f"{where}: no such file; expected a {fmt} table with named columns")
   if os.path.getsize(path) == 0:
     raise UsageError(f"{where}: the file is empty; expected a header row, then data rows")
+  if encoding:
+    _check_encoding(encoding)
   reader = {"csv": _read_csv, "parquet": _read_parquet, "json": _read_json}[fmt]
-  table = reader(path, where)
+  table = reader(path, where, encoding=encoding)
   names = table.column_names
   for j, name in enumerate(names):
     if not name:
@@ -80,22 +83,41 @@ def read_table(
       f"{where}: --label_column={label_column} is not a column; the columns are "
       f"{listed(names)} ({len(names)} in all)"
     )
-  features = [name for name in names if name != label_column]
-  if not features:
+  if not [name for name in names if name != label_column]:
     raise UsageError(
       f"{where}: no feature columns (the only column is the label {label_column!r}); expected "
       "numeric columns besides the label"
     )
-  first_row = 2 if fmt == "csv" else 1
-  columns = {name: table.column(name) for name in names}
+  cells = {name: table.column(name) for name in names}
+  for name, col in cells.items():
+    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+      raise UsageError(
+        f"{where}: column {name!r} holds text that is not {encoding or 'UTF-8'}; {_ENCODING_HINT}"
+      )
+  return names, cells, 2 if fmt == "csv" else 1
+
+
+def read_table(
+  path: str, *, fmt: str, label_column: str | None, what: str, encoding: str | None = None
+) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+  """(feature names in file order, raw features float64 [N, D] with NaN for missing cells,
+  raw labels [N] or None): a table of numbers only (`read_cells`' checks, then each cell a
+  number, finite, or missing)."""
+  where = _where(what, path)
+  names, columns, first_row = read_cells(
+    path, fmt=fmt, label_column=label_column, what=what, encoding=encoding
+  )
+  features = [name for name in names if name != label_column]
   if fmt == "csv":
     # Dates and times would show reformatted in messages: read those columns again as text.
     odd = [
-      f for f in features if not _is_numeric(columns[f].type) and not _is_text(columns[f].type)
+      f
+      for f in features
+      if not columns_.is_numeric(columns[f].type) and not columns_.is_text(columns[f].type)
     ]
     if odd:
-      columns.update(_as_text(path, where, odd))
-  x = np.empty((table.num_rows, len(features)), np.float64)
+      columns.update(_as_text(path, where, odd, encoding))
+  x = np.empty((len(columns[names[0]]), len(features)), np.float64)
   for j, name in enumerate(features):
     x[:, j] = _feature_values(columns[name], f"{where}: column {name!r}", first_row)
   labels = None
@@ -127,7 +149,7 @@ def encode_labels(
           f"{what}: the label at index {bad[0]} is {raw[bad[0]]}; every example needs a label"
         )
     values, index = np.unique(raw, return_inverse=True)
-    names = [_number_text(v) for v in values.tolist()]
+    names = [columns_.number_text(v) for v in values.tolist()]
   elif raw.dtype.kind in "OUS":
     if raw.dtype.kind == "O":
       bad = [i for i, v in enumerate(raw) if v is None or (isinstance(v, float) and math.isnan(v))]
@@ -180,19 +202,195 @@ def load_table(
   impute: str,
   feature_scaling: str,
   preprocessing: Preprocessing | None = None,
+  overrides: columns_.Overrides | None = None,
+  encoding: str | None = None,
+  log=print,
 ) -> dict:
   """Reads a table, splits its rows by content and turns them into model inputs.
 
   Without `preprocessing` it is fitted on the training rows (with `impute` and `feature_scaling`;
-  the classes are every label value of the file). With one, `impute` and `feature_scaling` are
-  ignored: the file's feature columns must be exactly its columns (in any order) and it is
-  applied unchanged, labels mapped by its classes.
+  the classes are every label value of the file; the columns' kinds inferred, or named by
+  `overrides`, and the columns dropped said with `log`). With one, `impute`, `feature_scaling`
+  and `overrides` are ignored: the file's feature columns must be its columns (in any order) and
+  it is applied unchanged, labels mapped by its classes.
   """
   where = _where(what, path)
   _check_fraction(test_fraction)
   if preprocessing is None:  # flag errors before reading a possibly large file
     check_choices(impute, feature_scaling)
-  names, x_raw, raw_labels = read_table(path, fmt=fmt, label_column=label_column, what=what)
+  names, cells, first_row = read_cells(
+    path, fmt=fmt, label_column=label_column, what=what, encoding=encoding
+  )
+  features = [n for n in names if n != label_column]
+  schema = kinds = dropped = None
+  if preprocessing is not None:
+    schema = preprocessing.schema
+  else:
+    overrides = overrides or columns_.Overrides()
+    kinds, dropped = columns_.infer_kinds(features, cells, overrides, where, label_column)
+    plain = all(k == "numeric" for k in kinds.values())
+    if plain and not dropped and not overrides.drop and overrides.id_column is None:
+      kinds = None  # numbers only: read as before, preprocessing.json unchanged
+  if schema is None and kinds is None:
+    return _load_numbers(
+      path,
+      fmt,
+      what,
+      label_column,
+      test_fraction,
+      seed,
+      impute,
+      feature_scaling,
+      preprocessing,
+      encoding,
+    )
+  if dropped:
+    log(
+      f"{where}: dropped "
+      + ", ".join(f"{n!r} ({why})" for n, why in dropped.items())
+      + "; keep one with --categorical_columns or --numeric_columns"
+    )
+  if schema is not None:
+    _check_schema_columns(features, schema, where, label_column)
+    id_column = schema.id_column if schema.id_column in cells else None
+  else:
+    id_column = overrides.id_column
+    feature_names = list(kinds)
+  raw_labels = None
+  if label_column is not None:
+    raw_labels = _label_values(
+      cells[label_column], f"{where}: label column {label_column!r}", first_row
+    )
+  # Split by content (dlu.data.fingerprints): by the id when there is one, else by every cell.
+  if id_column is not None:
+    ids = cells[id_column].to_pylist()
+    digests = fingerprints.row_digests([id_column], np.array(ids, object)[:, None])
+  else:
+    kept = schema.names if schema is not None else feature_names
+    block = np.array([columns_.category_text(cells[n]) for n in kept], object).T
+    digests = fingerprints.row_digests(list(kept), block, raw_labels)
+  train, test = fingerprints.content_split(digests, test_fraction, seed, where)
+  if schema is None:
+    schema = columns_.fit_schema(
+      kinds,
+      {n: cells[n].take(pa.array(train)) for n in kinds},
+      dropped=tuple(sorted({*dropped, *overrides.drop})),
+      id_column=id_column,
+      where=where,
+    )
+  x_raw, _ = schema.encode(cells, where, first_row)
+  encoded = schema.encoded_names
+  if (preprocessing.impute if preprocessing else impute) == "none":
+    missing = np.isnan(x_raw)
+    if missing.any():
+      j = int(np.flatnonzero(missing.any(axis=0))[0])
+      i = int(np.flatnonzero(missing[:, j])[0])
+      raise UsageError(missing_message(where, encoded[j], f"row {i + first_row}"))
+  y = classes = None
+  if raw_labels is not None:
+    known = preprocessing.classes if preprocessing is not None else None
+    y, classes = encode_labels(raw_labels, f"{where}: label column {label_column!r}", known)
+  rows = np.arange(len(x_raw)) + first_row
+  if preprocessing is None:
+    preprocessing = fit_preprocessing(
+      encoded,
+      x_raw[train],
+      impute=impute,
+      scaling=feature_scaling,
+      label_column=label_column,
+      classes=classes,
+      what=where,
+      schema=schema,
+      rows=rows[train],
+    )
+  return {
+    "x_train": preprocessing._apply(x_raw[train], where, rows[train]),
+    "y_train": None if y is None else y[train],
+    "x_test": preprocessing._apply(x_raw[test], where, rows[test]),
+    "y_test": None if y is None else y[test],
+    "num_classes": None if classes is None else len(classes),
+    "preprocessing": preprocessing,
+    "train_rows": train,
+    "test_rows": test,
+    "row_digests": digests[train],
+    "fingerprint": {
+      "fingerprint": fingerprints.table_fingerprint(list(schema.names), digests, label_column),
+      "rows": len(x_raw),
+      "columns": sorted(schema.names),
+    },
+  }
+
+
+def read_encoded(
+  path: str,
+  *,
+  fmt: str,
+  what: str,
+  schema: columns_.Schema,
+  label_column: str | None = None,
+  encoding: str | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, int]]:
+  """New rows of a table as a run with `schema` encodes them: (features [N, D] float64, NaN
+  for missing numbers and booleans; the id column's cells [N] object, or None when the file has
+  none; {categorical column: cells of a level unseen in training}). The label column is
+  optional; other columns than the schema's (and its dropped ones) are refused."""
+  where = _where(what, path)
+  names, cells, first_row = _read_cells_label_optional(path, fmt, what, label_column, encoding)
+  features = [n for n in names if n != label_column]
+  _check_schema_columns(features, schema, where, label_column)
+  x, unknown = schema.encode(cells, where, first_row)
+  ids = None
+  if schema.id_column is not None and schema.id_column in cells:
+    ids = np.array(cells[schema.id_column].to_pylist(), object)
+  return x, ids, unknown
+
+
+def _read_cells_label_optional(path, fmt, what, label_column, encoding):
+  try:
+    return read_cells(path, fmt=fmt, label_column=label_column, what=what, encoding=encoding)
+  except UsageError as e:
+    if label_column is None or "--label_column" not in str(e):
+      raise
+    return read_cells(path, fmt=fmt, label_column=None, what=what, encoding=encoding)
+
+
+def _check_schema_columns(
+  features: list[str], schema: columns_.Schema, where: str, label_column: str | None
+) -> None:
+  """A table read by a stored schema holds its feature columns, perhaps its dropped ones, its
+  id and its label, and nothing else."""
+  missing = [c for c in schema.names if c not in features]
+  extra = [c for c in features if c not in schema.names and c not in schema.ignored(label_column)]
+  if missing or extra:
+    problems = []
+    if missing:
+      problems.append(f"lacks the feature columns {listed(missing)}")
+    if extra:
+      problems.append(f"has columns the model was not trained on: {listed(extra)}")
+    raise UsageError(
+      f"{where}: {' and '.join(problems)}; expected the {len(schema.names)} feature columns the "
+      "model was trained on"
+    )
+
+
+def _load_numbers(
+  path,
+  fmt,
+  what,
+  label_column,
+  test_fraction,
+  seed,
+  impute,
+  feature_scaling,
+  preprocessing,
+  encoding,
+) -> dict:
+  """load_table of a table of numbers only (no column kinds stored)."""
+  where = _where(what, path)
+  names, x_raw, raw_labels = read_table(
+    path, fmt=fmt, label_column=label_column, what=what, encoding=encoding
+  )
+  first_row = 2 if fmt == "csv" else 1
   if preprocessing is not None:
     x_raw = match_columns(
       names, x_raw, preprocessing.columns, where, label_column=preprocessing.label_column
@@ -204,8 +402,7 @@ def load_table(
     if missing.any():
       j = int(np.flatnonzero(missing.any(axis=0))[0])
       i = int(np.flatnonzero(missing[:, j])[0])
-      row = f"row {i + (2 if fmt == 'csv' else 1)}"
-      raise UsageError(missing_message(where, names[j], row))
+      raise UsageError(missing_message(where, names[j], f"row {i + first_row}"))
   # Split by content: reordered or appended rows keep their split (dlu.data.fingerprints).
   digests = fingerprints.row_digests(names, x_raw, raw_labels)
   train, test = fingerprints.content_split(digests, test_fraction, seed, where)
@@ -213,6 +410,7 @@ def load_table(
   if raw_labels is not None:
     known = preprocessing.classes if preprocessing is not None else None
     y, classes = encode_labels(raw_labels, f"{where}: label column {label_column!r}", known)
+  rows = np.arange(len(x_raw)) + first_row
   x_train_raw = x_raw[train]
   if preprocessing is None:
     preprocessing = fit_preprocessing(
@@ -223,11 +421,12 @@ def load_table(
       label_column=label_column,
       classes=classes,
       what=where,
+      rows=rows[train],
     )
   return {
-    "x_train": preprocessing._apply(x_train_raw, where),
+    "x_train": preprocessing._apply(x_train_raw, where, rows[train]),
     "y_train": None if y is None else y[train],
-    "x_test": preprocessing._apply(x_raw[test], where),
+    "x_test": preprocessing._apply(x_raw[test], where, rows[test]),
     "y_test": None if y is None else y[test],
     "num_classes": None if classes is None else len(classes),
     "preprocessing": preprocessing,
@@ -279,27 +478,37 @@ def _check_fraction(test_fraction: float) -> None:
     )
 
 
-def _shown(value) -> str:
-  """A cell as it appears in a one-line message: quoted, escaped, cut short."""
-  text = repr(value if isinstance(value, str) else str(value))
-  return text if len(text) <= 40 else text[:36] + "...'"
+_ENCODING_HINT = (
+  "save it as UTF-8 (with or without a byte-order mark), or pass --encoding=NAME (e.g. "
+  "--encoding=latin-1 or --encoding=utf-16) to read it as it is"
+)
 
 
-def _is_numeric(t: pa.DataType) -> bool:
-  return (
-    pa.types.is_integer(t)
-    or pa.types.is_floating(t)
-    or pa.types.is_boolean(t)
-    or pa.types.is_decimal(t)
-    or pa.types.is_null(t)
-  )
+def _check_encoding(encoding: str) -> None:
+  try:
+    codecs.lookup(encoding)
+  except LookupError as e:
+    raise UsageError(
+      f"--encoding={encoding}: not a text encoding Python knows (e.g. utf-8, latin-1, cp1252, "
+      "utf-16)"
+    ) from e
 
 
-def _is_text(t: pa.DataType) -> bool:
-  return pa.types.is_string(t) or pa.types.is_large_string(t)
+def _sniff_utf8(path: str, where: str) -> None:
+  """A UTF-16 byte-order mark or NUL bytes at the start: not UTF-8 text (pyarrow would report
+  a parse error quoting a raw NUL)."""
+  with open(path, "rb") as f:
+    head = f.read(4096)
+  if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in head:
+    kind = "UTF-16" if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "binary"
+    raise UsageError(f"{where}: is not UTF-8 text (it looks {kind}); {_ENCODING_HINT}")
 
 
-def _read_csv(path: str, where: str, as_text: list[str] | None = None) -> pa.Table:
+def _read_csv(
+  path: str, where: str, as_text: list[str] | None = None, encoding: str | None = None
+) -> pa.Table:
+  if not encoding:
+    _sniff_utf8(path, where)
   convert = pcsv.ConvertOptions(
     null_values=list(CSV_MISSING),
     strings_can_be_null=True,
@@ -307,18 +516,30 @@ def _read_csv(path: str, where: str, as_text: list[str] | None = None) -> pa.Tab
     column_types={name: pa.string() for name in as_text or ()},
     include_columns=as_text or (),
   )
+  read = pcsv.ReadOptions(encoding=encoding or "utf8")
   try:
-    return pcsv.read_csv(path, convert_options=convert)
+    table = pcsv.read_csv(path, read_options=read, convert_options=convert)
+    table.column_names  # noqa: B018  (the header is decoded here)
+    return table
+  except UnicodeDecodeError as e:
+    raise UsageError(
+      f"{where}: is not {encoding or 'UTF-8'} text (byte {e.object[e.start : e.start + 1]!r} in "
+      f"the header); {_ENCODING_HINT}"
+    ) from e
   except (pa.ArrowException, OSError, ValueError) as e:
     raise UsageError(f"{where}: cannot read it as CSV: {first_line(e)}") from e
 
 
-def _as_text(path: str, where: str, names: list[str]) -> dict[str, pa.ChunkedArray]:
-  table = _read_csv(path, where, as_text=names)
+def _as_text(
+  path: str, where: str, names: list[str], encoding: str | None = None
+) -> dict[str, pa.ChunkedArray]:
+  table = _read_csv(path, where, as_text=names, encoding=encoding)
   return {name: table.column(name) for name in names}
 
 
-def _read_parquet(path: str, where: str) -> pa.Table:
+def _read_parquet(path: str, where: str, encoding: str | None = None) -> pa.Table:
+  """Parquet stores its text as UTF-8: `encoding` does not apply."""
+  del encoding
   try:
     table = pq.read_table(path)
   except (pa.ArrowException, OSError, ValueError) as e:
@@ -328,11 +549,24 @@ def _read_parquet(path: str, where: str) -> pa.Table:
   return table.drop_columns([c for c in index if isinstance(c, str) and c in table.column_names])
 
 
-def _read_json(path: str, where: str) -> pa.Table:
+def _read_json(path: str, where: str, encoding: str | None = None) -> pa.Table:
   """JSON records: an array of objects (`[{"a": 1, ...}, ...]`) or JSON lines (one object a
   line), each object a row and its keys the columns (a key missing from a row: a missing cell).
   Rows count records from 1."""
-  text = files.read_text(path, "a JSON table: an array of objects, or one object a line")
+  if encoding:
+    try:
+      with open(path, encoding=encoding) as f:
+        text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+      raise UsageError(f"{where}: cannot read it as {encoding} text ({first_line(e)})") from e
+  else:
+    try:
+      with open(path, "rb") as f:
+        text = f.read().decode("utf-8")
+    except OSError as e:
+      raise UsageError(f"cannot read {where}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+      raise UsageError(f"{where}: is not UTF-8 text (byte {e.start}); {_ENCODING_HINT}") from e
   text = text.removeprefix("\ufeff")  # a byte-order mark, as some editors write
   stripped = text.lstrip()
   try:
@@ -390,71 +624,9 @@ def _json_line(text: str, error: json.JSONDecodeError) -> int:
   return error.lineno
 
 
-def _decoded(col: pa.ChunkedArray) -> pa.ChunkedArray:
-  return col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
-
-
-def _first(mask: pa.ChunkedArray | np.ndarray) -> int:
-  return int(np.flatnonzero(np.asarray(mask))[0])
-
-
-def _feature_values(col: pa.ChunkedArray, where: str, first_row: int) -> np.ndarray:
-  """A feature column as float64 [N], NaN for missing cells; anything but numbers is an error."""
-  col = _decoded(col)
-  if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
-    values = col.to_numpy()  # nulls become NaN; the caller's float64 array converts the rest
-  else:
-    if _is_numeric(col.type):  # bool, decimal, null
-      numbers = col.cast(pa.float64())
-    else:
-      if not _is_text(col.type):
-        try:
-          col = col.cast(pa.string())
-        except pa.ArrowException as e:
-          raise UsageError(f"{where} holds {col.type} values, not numbers") from e
-      numbers = _parse(col)
-      if numbers is None:
-        i = _first_unparsable(col)
-        raise UsageError(
-          f"{where} row {i + first_row} holds {_shown(col[i].as_py())}, not a number (use empty "
-          "cells for missing values)"
-        )
-    values = pc.fill_null(numbers, math.nan).to_numpy()
-  if values.dtype.kind == "f":
-    infinite = np.isinf(values)
-    if infinite.any():
-      i = _first(infinite)
-      raise UsageError(
-        f"{where} row {i + first_row} holds {values[i]}, not a finite number (use empty cells "
-        "for missing values)"
-      )
-  return values
-
-
-def _parse(text: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | None:
-  """Text as float64 (nulls stay null), or None if some cell is not a number."""
-  try:
-    return pc.utf8_trim_whitespace(text).cast(pa.float64())
-  except pa.ArrowInvalid:
-    return None
-
-
-def _first_unparsable(text: pa.ChunkedArray) -> int:
-  """Index of the first cell that is not a number: bisection over prefixes with the cast that
-  failed, so the search stays vectorised (and agrees with it) even for millions of rows."""
-  good, bad = 0, len(text)  # text[:good] parses, text[:bad] does not
-  while bad - good > 1:
-    mid = (good + bad) // 2
-    if _parse(text.slice(0, mid)) is None:
-      bad = mid
-    else:
-      good = mid
-  return good
-
-
 def _label_values(col: pa.ChunkedArray, where: str, first_row: int) -> np.ndarray:
   """Labels as int64 (integers, bools, integral floats), float64 or str objects [N]."""
-  col = _decoded(col)
+  col = columns_._decoded(col)
   if col.null_count:
     i = _first(col.is_null().to_numpy())
     raise UsageError(f"{where} has no value at row {i + first_row}; every row needs a label")
@@ -475,5 +647,10 @@ def _label_values(col: pa.ChunkedArray, where: str, first_row: int) -> np.ndarra
     raise UsageError(f"{where} holds {t} values; expected numbers or text") from e
 
 
-def _number_text(v) -> str:
-  return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+def _feature_values(col: pa.ChunkedArray, where: str, first_row: int) -> np.ndarray:
+  """A feature column as float64 [N], NaN for missing cells; anything but numbers is an error."""
+  return columns_.numbers(col, where, first_row)
+
+
+def _first(mask) -> int:
+  return int(np.flatnonzero(np.asarray(mask))[0])

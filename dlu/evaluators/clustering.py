@@ -232,10 +232,17 @@ def baselines(
 
 
 def embedding_plot(
-  cfg, z_test: np.ndarray, y_test: np.ndarray, path: str, *, log: Callable[[str], None] = print
+  cfg,
+  z_test: np.ndarray,
+  y_test: np.ndarray,
+  path: str,
+  *,
+  log: Callable[[str], None] = print,
+  class_names: tuple[str, ...] | None = None,
 ) -> str:
   """A 2-D map of (a fixed subset of) the test embeddings, coloured by label (PCA, with a line
-  to `log`, when there are too few for --embedding_plot)."""
+  to `log`, when there are too few for --embedding_plot); the legend names the classes when
+  `class_names` does (a table's label values)."""
   idx = np.arange(len(z_test))
   if len(idx) > cfg.plot_points:
     idx = np.sort(np.random.default_rng(cfg.seed).choice(len(idx), cfg.plot_points, replace=False))
@@ -252,7 +259,7 @@ def embedding_plot(
     f"{cfg.model} on {cfg.dataset}: {drawn} {len(idx)} test embeddings "
     f"({z.shape[1]}-d), coloured by label"
   )
-  return clustering.scatter_plot(points, y, path, title=title)
+  return clustering.scatter_plot(points, y, path, title=title, class_names=class_names)
 
 
 def _num_clustered(cfg, ds: data.Dataset) -> int:
@@ -354,7 +361,10 @@ def representation_metrics(exp, state, inputs: Inputs) -> dict[str, Any]:
     path = os.path.join(
       exp.ctx.workdir, "images", f"embedding_{cfg.embedding_plot}_{int(state.step):07d}.png"
     )
-    results["embedding_plot"] = embedding_plot(cfg, z_test, ds.y_test, path, log=say)
+    names = getattr(ds.preprocessing, "classes", None)  # a table's label values
+    results["embedding_plot"] = embedding_plot(
+      cfg, z_test, ds.y_test, path, log=say, class_names=names
+    )
     timings["plot"] = time.perf_counter() - t
   results["time_s"] = {name: round(v, 2) for name, v in timings.items()}
   return results

@@ -80,5 +80,6 @@ def feature_metrics(exp: Any, state: Any, inputs: Inputs) -> dict[str, Any]:
       ds.y_test,
       os.path.join(images_dir, f"embedding_pca_{step:07d}.png"),
       title=f"{exp.cfg.model} on {ds.name}, step {step}: PCA of {len(z)} test embeddings",
+      class_names=getattr(ds.preprocessing, "classes", None),
     )
   return out

@@ -248,9 +248,15 @@ def knn_probe(
 
 
 def scatter_plot(
-  points: np.ndarray, labels: np.ndarray | None, path: str, *, title: str = ""
+  points: np.ndarray,
+  labels: np.ndarray | None,
+  path: str,
+  *,
+  title: str = "",
+  class_names: tuple[str, ...] | None = None,
 ) -> str:
-  """A PNG scatter of 2-D `points` [N, 2] coloured by label."""
+  """A PNG scatter of 2-D `points` [N, 2] coloured by label (named by `class_names`, indexed
+  by the label, when given)."""
   from matplotlib.figure import Figure  # noqa: PLC0415  (plotting only)
   from matplotlib.lines import Line2D  # noqa: PLC0415
 
@@ -264,7 +270,7 @@ def scatter_plot(
     handles = [Line2D([], [], ls="", marker="o", color=sc.cmap(sc.norm(c))) for c in classes]
     ax.legend(
       handles,
-      [str(c) for c in classes],
+      [str(class_names[c]) if class_names else str(c) for c in classes],
       title="label",
       loc="center left",
       bbox_to_anchor=(1.0, 0.5),

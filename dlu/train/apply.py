@@ -23,6 +23,7 @@ the same functions (and so the same numbers) as training's evaluations and
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any
@@ -36,7 +37,7 @@ import pyarrow.parquet as pq
 from jax.experimental import multihost_utils
 
 from dlu import data, files
-from dlu.data import arrays, preprocessing, series, tables
+from dlu.data import arrays, columns, preprocessing, series, tables
 from dlu.errors import UsageError
 from dlu.evaluators.clustering import KMEANS_FILE
 from dlu.metrics import novelty
@@ -157,7 +158,8 @@ class Run:
     return series.read_file(os.path.expanduser(path), what, self.cfg.label_column).series
 
   def _table_rows(self, x: Any, what: str) -> np.ndarray:
-    """A DataFrame's or pyarrow Table's training columns, by name, as raw float64 [N, D]."""
+    """A DataFrame's or pyarrow Table's training columns, by name, as raw float64 [N, D]
+    (encoded by the run's column schema when it has one: categories one-hot, booleans 0/1)."""
     pre = self.dataset.preprocessing
     if self.dataset.is_image:
       raise UsageError(
@@ -189,17 +191,20 @@ class Run:
       raise UsageError(
         f"{what}: duplicate column names {preprocessing.listed(duplicates)}; names must be unique"
       )
-    missing = [c for c in pre.columns if c not in names]
+    missing = [c for c in pre.source_columns if c not in names]
     if missing:
       raise UsageError(
         f"{what}: lacks the feature columns {preprocessing.listed(missing)} the run was trained on"
       )
     if not table.num_rows:
       raise UsageError(_no_rows(what))
+    if pre.schema is not None:
+      cells = {name: table.column(name) for name in pre.schema.names}
+      return pre.schema.encode(cells, what, first_row=1)[0]
     out = np.empty((table.num_rows, len(pre.columns)), np.float64)
     for j, name in enumerate(pre.columns):
       # Training's reading of a column: numbers only (text, dates refused), no infinities.
-      out[:, j] = tables._feature_values(table.column(name), f"{what}: column {name!r}", 1)
+      out[:, j] = columns.numbers(table.column(name), f"{what}: column {name!r}", 1)
     return out
 
   def _per_example(self, name: str, fn: Any, x: np.ndarray) -> np.ndarray:
@@ -353,21 +358,52 @@ def load_run(workdir: str, **overrides: Any) -> Run:
   return Run(*experiment.restore_trained(workdir, **overrides))
 
 
-def read_inputs(spec: str, run: Run) -> np.ndarray:
+@dataclasses.dataclass(frozen=True)
+class TableInputs:
+  """A table's rows as `read_table_inputs` reads them for a run with column kinds."""
+
+  x: np.ndarray  # [N, D] raw encoded features, checked (NaN only where the run imputes)
+  ids: np.ndarray | None  # [N] the id column's cells, when the run has one and the file holds it
+  id_column: str | None
+  unknown: dict[str, int]  # categorical column -> cells of a level unseen in training
+
+
+def read_table_inputs(spec: str, run: Run, *, encoding: str | None = None) -> TableInputs:
+  """A table's rows for a run trained on a table (`read_inputs`), with its id column's cells
+  and the count of categories the training split did not have (encoded as all zeros)."""
+  pre = run.dataset.preprocessing
+  schema = pre.schema if pre is not None else None
+  if schema is None:
+    return TableInputs(read_inputs(spec, run, encoding=encoding), None, None, {})
+  kind = spec.strip().partition(":")[0]
+  x, ids, unknown = data.read_table_rows(
+    spec, schema, label_column=run.cfg.label_column, encoding=encoding
+  )
+  what = f"--input={spec.strip()}"
+  x = run.checked(x, what=what, first_row=2 if kind == "csv" else 1)
+  return TableInputs(x, ids, schema.id_column, unknown)
+
+
+def read_inputs(spec: str, run: Run, *, encoding: str | None = None) -> np.ndarray:
   """Every row of an input --dataset form (a table, an npz, an image folder), unsplit, in the
   data's own units, checked as training checks its data (`Run.checked`): a table's columns
   matched by name to the run's training columns; its label column read when it is there (new
-  rows need none; it is never a feature)."""
+  rows need none; it is never a feature). `encoding`: a CSV or JSON file's text encoding
+  (default UTF-8)."""
   if run.dataset.is_series:  # raw series [T_i, C], made model inputs by Run.inputs
     return run._series_raw(spec)
   pre = run.dataset.preprocessing
+  if pre is not None and pre.schema is not None:
+    return read_table_inputs(spec, run, encoding=encoding).x
   kind, _, path = spec.strip().partition(":")
   label = run.cfg.label_column
   if label is not None and kind in tables.TABLE_FORMATS and path:
     names = _column_names(kind, os.path.expanduser(path))
     if names is not None and label not in names:
       label = None
-  x = data.read_rows(spec, columns=None if pre is None else pre.columns, label_column=label)
+  x = data.read_rows(
+    spec, columns=None if pre is None else pre.columns, label_column=label, encoding=encoding
+  )
   if isinstance(x, data.RowArray):
     return x
   what = f"--input={spec.strip()}" + (": x" if kind == "npz" else "")

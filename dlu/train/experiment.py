@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from dlu import config, data, evaluators, families
-from dlu.data import feeds, preprocessing, series
+from dlu.data import columns, feeds, preprocessing, series
 from dlu.errors import UsageError
 from dlu.families import DataSpec, EvalContext, Family
 from dlu.runtime import batched_eval, checkpointing, parallel
@@ -75,6 +75,13 @@ def table_options(cfg: config.Config, workdir: str) -> data.TableOptions:
     preprocessing=stored,
     series_length=cfg.series_length,
     series_scaling=cfg.series_scaling,
+    overrides=columns.Overrides.from_flags(
+      getattr(cfg, "categorical_columns", ()),
+      getattr(cfg, "numeric_columns", ()),
+      getattr(cfg, "drop_columns", ()),
+      getattr(cfg, "id_column", None),
+    ),
+    encoding=getattr(cfg, "encoding", None),
   )
 
 
