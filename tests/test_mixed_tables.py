@@ -314,7 +314,7 @@ def _run(module, *args):
 
 
 @pytest.mark.slow
-def test_train_evaluate_and_apply_a_mixed_table_from_the_command_line(tmp_path):
+def test_train_and_apply_a_mixed_table_from_the_command_line_and_a_notebook(tmp_path):
   rows = _rows(64)
   path = _csv(tmp_path / "penguins.csv", rows, "latin-1")
   workdir = tmp_path / "run"
@@ -355,6 +355,15 @@ def test_train_evaluate_and_apply_a_mixed_table_from_the_command_line(tmp_path):
   lines = out.read_text().splitlines()
   assert lines[0].startswith("id,embedding_0,embedding_1,score")
   assert [line.split(",")[0] for line in lines[1:]] == ["n1", "n2", "n3"]
+  # In a notebook: a pyarrow table with text columns in another order, encoded as the CLI does.
+  from dlu.train import apply
+
+  run = apply.load_run(str(workdir))
+  table = pa.table(
+    {"bill": [41.5, None, 35.0], "island": ["Torgersen", "Dream", None], "vip": ["no", "yes", "no"]}
+  )
+  by_cli = np.loadtxt(out, delimiter=",", skiprows=1, usecols=(1, 2))
+  np.testing.assert_allclose(run.encode(table), by_cli, rtol=1e-5, atol=1e-6)
   done = _run(
     "experiments.apply",
     f"--workdir={workdir}",
