@@ -7,8 +7,8 @@ The state applied is the run's best checkpoint when it kept one (--keep_best_che
 its latest (--checkpoint=best|latest|STEP). --input is any --dataset form: a table with the
 training columns (matched by name, in any order; its label column optional), an npz (x: images
 or vectors), or a folder of images, checked as training checks its data (one-line errors naming
-the column and row; missing cells filled only where the run was trained with --impute, whose
-stored values apply: --impute and --feature_scaling are the run's). Per input row the output
+the column and row; missing cells taken only where the run was trained to fill or mask them,
+whose stored values apply: --impute and --feature_scaling are the run's). Per input row the output
 holds the embedding (`embedding`, or `embedding_0`, ... columns in a CSV), `score` (anomaly
 score: higher is less like the training data; --score_method=model|knn|cosine), and for clustering runs `cluster` and
 `confidence` (the run's clustering layer, or the k-means `experiments.evaluate` fitted). With
@@ -17,6 +17,12 @@ the data's own units (`samples`, `sample_labels` in the npz; NAME_samples.csv, t
 columns and label values, or NAME_samples.npz beside a NAME.csv). Outputs are written
 atomically, never over the input or into the workdir; a CSV's text cells that a spreadsheet
 would run as formulas are quoted with a leading '.
+
+  python -m experiments.apply --workdir=workdirs/ae_table --input=csv:rows_with_gaps.csv \
+      --impute=model --output=filled.csv
+
+writes the input table instead, every row and column as it was, its missing feature cells
+filled by the model's reconstruction in the data's own units and categories (`Run.impute`).
 """
 
 import csv
@@ -113,9 +119,15 @@ def samples_paths(output: str) -> list[str]:
   return [base + ".npz", base + ".csv"]
 
 
+def imputing() -> bool:
+  """--impute=model given here: write the input table with its missing cells filled."""
+  return FLAGS["impute"].present and FLAGS.impute == "model"
+
+
 def check_stored_flags(run: apply.Run) -> None:
   """--impute and --feature_scaling are the run's, kept in its preprocessing.json: apply uses
-  those; another value given here is refused, not ignored."""
+  those; another value given here is refused, not ignored (--impute=model asks for the
+  filled table instead, `write_filled`)."""
   pre = run.dataset.preprocessing
   for name in COLUMN_FLAGS:
     if FLAGS[name].present:
@@ -125,7 +137,7 @@ def check_stored_flags(run: apply.Run) -> None:
         f"{name}"
       )
   for name in STORED_FLAGS:
-    if not FLAGS[name].present:
+    if not FLAGS[name].present or (name == "impute" and imputing()):
       continue
     if pre is None:
       raise UsageError(
@@ -169,6 +181,43 @@ def write_csv(path: str, columns: dict[str, np.ndarray]) -> None:
       for v in (col for block in values for col in block.T)
     ]
     writer.writerows(zip(*cells, strict=True))
+
+
+def write_table_csv(path: str, table) -> None:
+  """A pyarrow Table as CSV: every column, cells as the table holds them (numbers in full,
+  missing cells empty), text made safe for spreadsheets (`safe_cell`); written atomically."""
+  names = table.column_names
+  cells = [
+    ["" if v is None or (isinstance(v, float) and v != v) else safe_cell(str(v)) for v in col]
+    for col in (table.column(n).to_pylist() for n in names)
+  ]
+  with files.atomic_write(path, newline="") as f:
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow([safe_cell(n) for n in names])
+    writer.writerows(zip(*cells, strict=True))
+
+
+def write_filled(run: apply.Run, encoding: str | None) -> None:
+  """--impute=model: the input table with its missing cells filled by the run's model."""
+  if os.path.splitext(FLAGS.output)[1].lower() != ".csv":
+    raise UsageError(
+      f"--output={FLAGS.output}: --impute=model writes the input table filled: expected PATH.csv"
+    )
+  if FLAGS.samples:
+    raise UsageError("--impute=model writes the filled table; draw --samples in another run")
+  if not _is_table(run):
+    raise UsageError(
+      f"--impute=model fills a table's missing cells; the run was trained on {run.dataset.name}"
+    )
+  table, counts = run._impute(FLAGS.input, encoding=encoding)
+  write_table_csv(FLAGS.output, table)
+  total = sum(counts.values())
+  each = ", ".join(f"{name!r} {n}" for name, n in counts.items()) or "none was missing"
+  print(
+    f"{table.num_rows} rows of {FLAGS.input} through {run}: {total} missing cells filled "
+    f"({each}) -> {FLAGS.output}",
+    flush=True,
+  )
 
 
 def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -217,6 +266,9 @@ def main(argv):
   run = apply.load_run(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
   check_stored_flags(run)
   encoding = FLAGS.encoding if FLAGS["encoding"].present else None
+  if imputing():
+    write_filled(run, encoding)
+    return
   table = apply.read_table_inputs(FLAGS.input, run, encoding=encoding) if _is_table(run) else None
   x = table.x if table is not None else apply.read_inputs(FLAGS.input, run, encoding=encoding)
   out = results(run, x, score_method=FLAGS.score_method, score_k=FLAGS.score_k)

@@ -86,8 +86,20 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
 
 
 def make_config(**overrides: Any) -> Config:
-  """The default configuration with `overrides` applied: for tests and notebooks."""
+  """The default configuration with `overrides` applied: for tests and notebooks. A string
+  given for a flag that is not one (a list, a number, a boolean) is read as the command line
+  reads it: `widths="64,32"` is [64, 32] as `--widths=64,32` is, never a list of characters."""
   defaults = {name: flags.FLAGS[name].default for name in _all_flag_values(flags.FLAGS)}
+  for name, value in overrides.items():
+    if name not in defaults or not isinstance(value, str):
+      continue
+    flag = flags.FLAGS[name]
+    if isinstance(flag.default, str) or (flag.default is None and flag.flag_type() == "string"):
+      continue
+    try:
+      overrides[name] = flag.parser.parse(value)
+    except (ValueError, TypeError) as e:
+      raise UsageError(f"{name}={value!r}: {e}") from None
   return Config(**defaults).replace(**overrides)
 
 

@@ -388,7 +388,8 @@ def filled(col: pa.ChunkedArray, kind: str, values: np.ndarray) -> pa.Array:
       fill, base = pa.array(values.astype(np.float64)), col.cast(pa.float64())
   elif kind == "boolean":
     true_word, false_word = _words(col)
-    fill = pa.array(np.where(values.astype(bool), true_word, false_word).tolist(), col.type)
+    truth = (values > 0.5) if values.dtype.kind == "f" else values.astype(bool)
+    fill = pa.array(np.where(truth, true_word, false_word).tolist(), col.type)
   else:
     text = [None if v is None else str(v) for v in values.tolist()]
     try:

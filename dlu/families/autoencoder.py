@@ -28,6 +28,13 @@ flags.DEFINE_enum(
   "Denoising autoencoder: corrupt the training inputs with this noise.",
 )
 flags.DEFINE_float("noise_level", 0.0, "Noise stddev (gaussian) or drop probability (masking).")
+flags.DEFINE_float(
+  "hide_rate",
+  0.25,
+  "Tables with --impute=model (autoencoders, VAEs): the share of observed cells hidden from the "
+  "input at each training step, the loss still on them, so the model learns to fill a cell "
+  "from the others (0: it only learns to copy what it sees).",
+)
 
 
 @register
@@ -52,6 +59,8 @@ class Autoencoder(SingleNetworkFamily):
       int_list(cfg.conv_channels, "conv_channels")
     if cfg.recon_loss == "bce" and cfg.pixel_range != "unit":
       raise UsageError("--recon_loss=bce needs --pixel_range=unit (targets in [0, 1])")
+    if not 0 <= cfg.hide_rate < 1:
+      raise UsageError(f"--hide_rate is a share of cells: must be in [0, 1), got {cfg.hide_rate!r}")
     if cfg.noise != "none" and not cfg.noise_level > 0:
       raise UsageError(f"--noise={cfg.noise} needs --noise_level > 0, got {cfg.noise_level!r}")
     if cfg.noise == "masking" and not cfg.noise_level < 1:
@@ -155,7 +164,10 @@ class Autoencoder(SingleNetworkFamily):
     # Dropout draws from its own stream, so the corruption noise is the same with or without it.
     rngs = {"dropout": jax.random.fold_in(rng, 1)} if self.cfg.dropout else {}
     if self.tabular:
-      x_in = self.model_input(self.corrupt(x, rng))
+      x_in = self.corrupt(x, rng)
+      if self.spec.masked and self.cfg.hide_rate:
+        x_in = tabular.hide(x_in, jax.random.fold_in(rng, 2), self.cfg.hide_rate, self.spec.columns)
+      x_in = self.model_input(x_in)
       out = self.model.apply({"params": params}, x_in, rngs=rngs)
       return tabular.batch_loss(out, x, self.spec.columns), {}
     out = self.model.apply({"params": params}, self.corrupt(x, rng), rngs=rngs)

@@ -39,7 +39,7 @@ from dlu.config.model_flags import conv_channels, int_list
 from dlu.errors import UsageError
 from dlu.families.base import SingleNetworkFamily, register
 from dlu.models import vae as vae_models
-from dlu.ops import likelihoods
+from dlu.ops import likelihoods, tabular
 from dlu.ops.grids import as_grid, paired_rows, to_unit
 from dlu.runtime import batched_eval, parallel
 
@@ -90,7 +90,13 @@ def samples_per_chunk(num_samples: int, batch_size: int, max_decodes: int) -> in
 
 @register
 class VAE(SingleNetworkFamily):
+  """Images, vectors and tables. On a table with column kinds or missing cells (`spec.columns`,
+  `spec.masked`) the encoder reads the row with missing cells as 0 (and the mask beside it),
+  and log p(x | z) is each observed cell's own: Gaussian for numbers, Bernoulli for booleans,
+  categorical for categories (dlu.ops.tabular)."""
+
   models = ("vae", "conv_vae")
+  takes_missing = True
 
   @classmethod
   def validate(cls, cfg):
@@ -100,6 +106,8 @@ class VAE(SingleNetworkFamily):
     else:
       int_list(cfg.conv_channels, "conv_channels")
     require_positive(cfg, "train_samples", "iwae_samples", "iwae_chunk")
+    if not 0 <= cfg.hide_rate < 1:
+      raise UsageError(f"--hide_rate is a share of cells: must be in [0, 1), got {cfg.hide_rate!r}")
     require_non_negative(cfg, "beta", "kl_warmup_steps", "iwae_examples")
     if cfg.likelihood == "bernoulli" and cfg.pixel_range != "unit":
       raise UsageError("--likelihood=bernoulli needs --pixel_range=unit (targets in [0, 1])")
@@ -159,7 +167,20 @@ class VAE(SingleNetworkFamily):
       x = jax.random.bernoulli(rng, x).astype(x.dtype)
     return x
 
+  @property
+  def tabular(self) -> bool:
+    """Rows of a table with column kinds or missing cells (see the class docstring)."""
+    return not self.spec.is_image and (bool(self.spec.columns) or self.spec.masked)
+
+  def init_params(self, rng):
+    dummy = jnp.zeros((1,) + self.spec.example_shape, jnp.float32)
+    if self.tabular:
+      dummy = tabular.model_input(dummy, masked=self.spec.masked)
+    return self.model.init(rng, dummy)["params"]
+
   def encode(self, params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    if self.tabular:
+      x = tabular.model_input(x, masked=self.spec.masked)
     return self.model.apply({"params": params}, x, method="encode")  # [B, D] each
 
   def decode(self, params, z: jax.Array) -> jax.Array:
@@ -173,10 +194,15 @@ class VAE(SingleNetworkFamily):
     log_std = (
       params["pixel_log_std"] if self.cfg.learn_variance else math.log(self.cfg.gaussian_std)
     )
+    if self.tabular:
+      return tabular.log_likelihood(out, x, self.spec.columns, log_std)
     return likelihoods.gaussian_log_prob(out, log_std, x, event_ndims=event_ndims)
 
   def mean_image(self, out: jax.Array) -> jax.Array:
-    """E[x | z] in pixel space, for display."""
+    """E[x | z] in pixel space, for display (a table's categories and booleans as
+    probabilities)."""
+    if self.tabular:
+      return tabular.reconstruction(out, self.spec.columns)
     return jax.nn.sigmoid(out) if self.cfg.likelihood == "bernoulli" else out
 
   def posterior_samples(self, mean, log_var, rng, k: int) -> jax.Array:
@@ -209,7 +235,10 @@ class VAE(SingleNetworkFamily):
   def loss(self, params, batch, rng):
     binarize_rng, z_rng = jax.random.split(rng)
     x = self.model_input(batch["image"], binarize_rng)
-    mean, log_var = self.encode(params, x)
+    x_in = x
+    if self.tabular and self.spec.masked and self.cfg.hide_rate:  # learn to fill cells
+      x_in = tabular.hide(x, jax.random.fold_in(rng, 2), self.cfg.hide_rate, self.spec.columns)
+    mean, log_var = self.encode(params, x_in)
     log_px, log_prior_ratio = self.sample_terms(
       params, x, mean, log_var, z_rng, self.cfg.train_samples
     )

@@ -43,6 +43,22 @@ def model_input(x: jax.Array, *, masked: bool) -> jax.Array:
   return jnp.concatenate([filled, seen.astype(x.dtype)], axis=-1)
 
 
+def hide(x: jax.Array, rng: jax.Array, rate: float, groups: Groups) -> jax.Array:
+  """`x` with each feature column's cell (a category's encoded columns together) made missing
+  with probability `rate`: the input of a step that learns to fill cells from the others (the
+  loss still reads the cells from `x`)."""
+  d = x.shape[-1]
+  owner = [0] * d
+  if groups:
+    for c, (_, start, stop) in enumerate(groups):
+      owner[start:stop] = [c] * (stop - start)
+    count = len(groups)
+  else:
+    owner, count = list(range(d)), d
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape[:-1] + (count,))
+  return jnp.where(keep[..., jnp.array(owner)], x, jnp.nan)
+
+
 def _index(groups: Groups, kind: str, d: int) -> list[int]:
   if not groups:
     return list(range(d)) if kind == "numeric" else []
@@ -50,28 +66,31 @@ def _index(groups: Groups, kind: str, d: int) -> list[int]:
 
 
 def column_losses(out: jax.Array, x: jax.Array, groups: Groups) -> tuple[jax.Array, jax.Array]:
-  """(losses, seen), both [B, C] for the C feature columns (in the order numbers, booleans,
-  categories): each cell's loss, 0 where it is missing, and 1.0 where it is observed."""
+  """(losses, seen), both [..., B, C] for the C feature columns (in the order numbers,
+  booleans, categories): each cell's loss, 0 where it is missing, and 1.0 where it is
+  observed. `out` and `x` broadcast ([k, B, D] draws against [1, B, D] rows)."""
   d = x.shape[-1]
   seen = observed(x)
   target = jnp.where(seen, x, 0.0)
   parts, masks = [], []
+  shape = jnp.broadcast_shapes(out.shape, x.shape)
+  out, seen, target = (jnp.broadcast_to(a, shape) for a in (out, seen, target))
   for kind in ("numeric", "boolean"):
     idx = _index(groups, kind, d)
     if not idx:
       continue
     idx = jnp.array(idx)
-    o, t, m = out[:, idx], target[:, idx], seen[:, idx]
+    o, t, m = out[..., idx], target[..., idx], seen[..., idx]
     loss = jnp.square(o - t) if kind == "numeric" else optax.sigmoid_binary_cross_entropy(o, t)
     parts.append(jnp.where(m, loss, 0.0))
     masks.append(m)
   for kind, start, stop in groups:
     if kind != "categorical":
       continue
-    m = jnp.all(seen[:, start:stop], axis=-1, keepdims=True)
+    m = jnp.all(seen[..., start:stop], axis=-1, keepdims=True)
     # A level unseen at training is all zeros: no target, so no loss (and counted unobserved).
-    m = m & (jnp.sum(target[:, start:stop], axis=-1, keepdims=True) > 0)
-    loss = optax.softmax_cross_entropy(out[:, start:stop], target[:, start:stop])[:, None]
+    m = m & (jnp.sum(target[..., start:stop], axis=-1, keepdims=True) > 0)
+    loss = optax.softmax_cross_entropy(out[..., start:stop], target[..., start:stop])[..., None]
     parts.append(jnp.where(m, loss, 0.0))
     masks.append(m)
   return jnp.concatenate(parts, axis=-1), jnp.concatenate(masks, axis=-1).astype(out.dtype)
@@ -97,7 +116,7 @@ def reconstruction(out: jax.Array, groups: Groups) -> jax.Array:
     return out
   pieces = []
   for kind, start, stop in groups:
-    o = out[:, start:stop]
+    o = out[..., start:stop]
     if kind == "boolean":
       o = jax.nn.sigmoid(o)
     elif kind == "categorical":
@@ -114,14 +133,14 @@ def log_likelihood(
   d = x.shape[-1]
   seen = observed(x)
   target = jnp.where(seen, x, 0.0)
-  total = jnp.zeros(x.shape[0], out.dtype)
+  total = jnp.zeros(jnp.broadcast_shapes(out.shape, x.shape)[:-1], out.dtype)
   idx = _index(groups, "numeric", d)
   if idx:
     idx = jnp.array(idx)
     std = jnp.broadcast_to(jnp.asarray(log_std, out.dtype), (d,))[idx]
-    z = (target[:, idx] - out[:, idx]) * jnp.exp(-std)
+    z = (target[..., idx] - out[..., idx]) * jnp.exp(-std)
     lp = -0.5 * jnp.square(z) - std - 0.5 * jnp.log(2 * jnp.pi)
-    total += jnp.sum(jnp.where(seen[:, idx], lp, 0.0), axis=-1)
+    total += jnp.sum(jnp.where(seen[..., idx], lp, 0.0), axis=-1)
   others = [g for g in groups if g[0] != "numeric"]
   if others:
     losses, _ = column_losses(out, x, others)
