@@ -446,7 +446,7 @@ def markdown(results: dict) -> str:
   ]
   for name, r in results["tables"].items():
     t, kinds = r["table"], list(r["table"]["kinds"].values())
-    counts = " / ".join(str(kinds.count(k)) for k in columns.KINDS)
+    counts = " / ".join(str(kinds.count(k)) for k in ("numeric", "categorical", "boolean"))
     lines.append(
       f"| {name} | {t['rows']} | {t['columns']} | {counts} | {100 * t['missing_share']:.1f}% | "
       f"{t['classes']} ({t['label']}) | {r['wall_s']:.0f} s |"
@@ -494,32 +494,34 @@ def main(argv):
     raise UsageError(f"--out={out} is not empty; name a new folder (nothing there is replaced)")
   if FLAGS.csv and not FLAGS.csv_label:
     raise UsageError("--csv needs --csv_label: the column whose classes score the clusterings")
-  os.makedirs(out, exist_ok=True)
+  unknown = sorted(set(FLAGS.tables) - set(PUBLIC))
+  if unknown and not FLAGS.csv:
+    raise UsageError(f"--tables: {', '.join(unknown)} unknown; expected {', '.join(PUBLIC)}")
   seeds = [0] if FLAGS.quick else [int(s) for s in FLAGS.seeds]
   rates = [0.2] if FLAGS.quick else [float(r) for r in FLAGS.rates]
   for r in rates:
     if not 0 < r < 1:
       raise UsageError(f"--rates: {r:g} is not a share of cells in (0, 1)")
   steps = 60 if FLAGS.quick else FLAGS.steps
-  if FLAGS.csv:
+  if FLAGS.csv:  # read (and refused) before anything is written
     name = os.path.splitext(os.path.basename(FLAGS.csv))[0]
-    specs = [(name, os.path.abspath(FLAGS.csv), FLAGS.csv_label, FLAGS.csv_id, ())]
+    found = [Table(name, os.path.abspath(FLAGS.csv), FLAGS.csv_label, FLAGS.csv_id)]
+    os.makedirs(out, exist_ok=True)
   else:
-    unknown = sorted(set(FLAGS.tables) - set(PUBLIC))
-    if unknown:
-      raise UsageError(f"--tables: {', '.join(unknown)} unknown; expected {', '.join(PUBLIC)}")
-    specs = [
-      (n, write_public(n, out), PUBLIC[n][1], PUBLIC[n][2], PUBLIC[n][3]) for n in FLAGS.tables
+    os.makedirs(out, exist_ok=True)
+    found = [
+      Table(n, write_public(n, out), PUBLIC[n][1], PUBLIC[n][2], PUBLIC[n][3]) for n in FLAGS.tables
     ]
   start, load_start = time.perf_counter(), os.getloadavg()
   results = {"tables": {}}
-  for name, path, label, id_column, drop in specs:
+  for table in found:
     t = time.perf_counter()
-    table = Table(name, path, label, id_column, drop)
-    results["tables"][name] = measure(table, out, seeds, rates, steps, FLAGS.quick)
-    results["tables"][name]["wall_s"] = time.perf_counter() - t
-    results["tables"][name]["load_after"] = os.getloadavg()
-    print(f"{name}: {time.perf_counter() - t:.0f} s, load {os.getloadavg()[0]:.2f}", flush=True)
+    results["tables"][table.name] = measure(table, out, seeds, rates, steps, FLAGS.quick)
+    results["tables"][table.name]["wall_s"] = time.perf_counter() - t
+    results["tables"][table.name]["load_after"] = os.getloadavg()
+    print(
+      f"{table.name}: {time.perf_counter() - t:.0f} s, load {os.getloadavg()[0]:.2f}", flush=True
+    )
   results["run"] = {
     "seeds": seeds,
     "rates": rates,
