@@ -70,3 +70,19 @@ def read_text(path: str, expected: str) -> str:
     raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
   except UnicodeDecodeError as e:
     raise UsageError(f"{path} is not UTF-8 text (byte {e.start}): expected {expected}") from None
+
+
+# What a spreadsheet reads as a formula when a cell starts with it (OWASP's CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value: object) -> object:
+  """A string cell that a spreadsheet would run as a formula, quoted with a leading '; other
+  strings, and numbers, unchanged (a negative number is no formula)."""
+  if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+    return value
+  try:
+    float(value)
+    return value
+  except ValueError:
+    return "'" + value

@@ -53,8 +53,6 @@ flags.DEFINE_integer("score_k", 5, "Neighbours of --score_method=knn.")
 
 FLAGS = flags.FLAGS
 
-# What a spreadsheet reads as a formula when a cell starts with it (OWASP's CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # The stored preprocessing fixes these at training; apply uses the run's own.
 STORED_FLAGS = ("impute", "feature_scaling")
 # So does its column schema (kinds, categories, the id column).
@@ -141,16 +139,7 @@ def check_stored_flags(run: apply.Run) -> None:
       )
 
 
-def safe_cell(value: object) -> object:
-  """A string cell that a spreadsheet would run as a formula, quoted with a leading '; other
-  strings, and numbers, unchanged (a negative number is no formula)."""
-  if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
-    return value
-  try:
-    float(value)
-    return value
-  except ValueError:
-    return "'" + value
+safe_cell = files.safe_cell
 
 
 def write_csv(path: str, columns: dict[str, np.ndarray]) -> None:

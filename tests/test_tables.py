@@ -251,8 +251,9 @@ def test_missing_values_without_impute_name_column_and_first_row(tmp_path):
   path = _csv(tmp_path, "a,b,y\n1,2,0\n3,4,1\n5,,0\n7,,1\n9,10,0\n")
   message = _raises(_load, path)
   assert message == (
-    f"--dataset=csv:{path}: column 'b' has missing values (first at row 4); fill them or pass "
-    "--impute=mean|median"
+    f"--dataset=csv:{path}: column 'b' has missing values (first at row 4); fill them, pass "
+    "--impute=mean|median, or train a model that masks them (--impute=model: ae_mlp, ae_seed, "
+    "vae)"
   )
 
 

@@ -62,10 +62,13 @@ flags.DEFINE_float(
 )
 flags.DEFINE_enum(
   "impute",
-  "none",
-  ["none", "mean", "median"],
-  "Tables: fill missing cells with the training split's column mean or median; none: "
-  "missing cells are an error.",
+  "auto",
+  ["auto", "none", "mean", "median", "model"],
+  "Tables: missing cells. mean/median: filled with the training split's column mean or "
+  "median; model: left missing, the model (ae_mlp, ae_seed, vae) sees which are and learns "
+  "on the observed cells, and run.impute / experiments.apply --impute=model fill them; none: "
+  "a missing cell is an error; auto: model where the table has missing cells and the model "
+  "takes them, else none.",
 )
 flags.DEFINE_enum(
   "feature_scaling",

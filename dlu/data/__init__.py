@@ -29,6 +29,7 @@ from dlu.data.sources import (
   load,
   prepare,
   read_rows,
+  read_table_input,
   read_table_rows,
 )
 from dlu.data.subsets import class_balance, hold_out_validation
@@ -50,5 +51,6 @@ __all__ = [
   "normalize",
   "prepare",
   "read_rows",
+  "read_table_input",
   "read_table_rows",
 ]

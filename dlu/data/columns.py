@@ -10,7 +10,9 @@ or a Boolean column) as 0/1; a categorical one (any other text) one-hot encoded 
 scikit-learn's OneHotEncoder over the levels of the training split. A missing categorical cell
 is a level of its own (`MISSING`, kept when the training split has one); a level first seen
 after training (or a missing cell where training had none) is encoded as all zeros and counted
-in `unknown`. Date-like columns and text columns whose values are nearly all distinct (names,
+in `unknown`. Under --impute=model (`Schema.missing == "mask"`) a missing categorical cell is
+missing instead, NaN in each of its encoded columns, as is an unseen level (still counted).
+Date-like columns and text columns whose values are nearly all distinct (names,
 comments) are dropped, and said so. `--categorical_columns`, `--numeric_columns`,
 `--drop_columns` and `--id_column` (never a feature) override the inference.
 """
@@ -28,6 +30,8 @@ import pyarrow.compute as pc
 from dlu.errors import UsageError
 
 KINDS = ("numeric", "boolean", "categorical")
+#: How a missing categorical cell is encoded: a level of its own, or missing (masked).
+MISSING_MODES = ("level", "mask")
 TRUE_WORDS = ("true", "yes", "y", "t", "1")
 FALSE_WORDS = ("false", "no", "n", "f", "0")
 #: The name of the missing level in an encoded column's name (its value is None, JSON null).
@@ -76,6 +80,9 @@ class Schema:
   columns: tuple[Column, ...]
   dropped: tuple[str, ...] = ()
   id_column: str | None = None
+  # "level": a missing categorical cell is a level of its own; "mask" (--impute=model): it is
+  # missing (NaN in each of the column's encoded columns), as is a level unseen in training.
+  missing: str = "level"
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -91,6 +98,10 @@ class Schema:
   def scaled(self) -> np.ndarray:
     """[D] bool: which encoded columns are numbers (booleans and one-hot codes stay 0/1)."""
     return np.array([c.kind == "numeric" for c in self.columns for _ in c.encoded_names], bool)
+
+  def kinds(self) -> tuple[tuple[str, int, int], ...]:
+    """(kind, start, stop) of each feature column's encoded columns (dlu.ops.tabular)."""
+    return tuple((c.kind, s.start, s.stop) for c, s in self.groups())
 
   def groups(self) -> list[tuple[Column, slice]]:
     """Each feature column and its encoded columns' slice."""
@@ -126,16 +137,26 @@ class Schema:
           categories=[known], handle_unknown="ignore", sparse_output=False, dtype=np.float64
         ).fit(np.array(known[:1], dtype=object)[:, None])
         codes = encoder.transform(text)
-        count = int(n - codes.sum())
+        unseen = codes.sum(axis=1) == 0
+        if self.missing == "mask":
+          absent = np.array([v is None for v in text[:, 0]], bool)
+          unseen &= ~absent
+          codes[unseen | absent] = np.nan
+        count = int(unseen.sum())
         if count:
           unknown[column.name] = count
         blocks.append(codes)
     return (np.concatenate(blocks, axis=1) if blocks else np.empty((n, 0))), unknown
 
-  def decode(self, x: np.ndarray) -> dict[str, np.ndarray]:
+  def decode(self, x: np.ndarray, *, levels_only: bool = False) -> dict[str, np.ndarray]:
     """Encoded rows [N, D] (as the model reconstructs or samples them, in raw units) back to
-    each feature column's values: numbers, booleans (> 0.5), the most likely category."""
-    x = np.asarray(x, np.float64)
+    each feature column's values: numbers, booleans (> 0.5), the most likely category
+    (`levels_only`: the most likely real level, never the missing one)."""
+    x = np.array(x, np.float64)
+    if levels_only:
+      for column, cols in self.groups():
+        if None in column.categories:
+          x[:, cols.start + column.categories.index(None)] = -np.inf
     out = {}
     for column, cols in self.groups():
       block = x[:, cols]
@@ -160,6 +181,7 @@ class Schema:
       ],
       "dropped": list(self.dropped),
       "id_column": self.id_column,
+      **({"missing": self.missing} if self.missing != "level" else {}),
     }
 
   @classmethod
@@ -182,7 +204,10 @@ class Schema:
     dropped, id_column = fields.get("dropped", []), fields.get("id_column")
     if not isinstance(dropped, list) or not (id_column is None or isinstance(id_column, str)):
       raise TypeError("schema: dropped must be a list and id_column a string or null")
-    return cls(tuple(columns), tuple(dropped), id_column)
+    missing = fields.get("missing", "level")
+    if missing not in MISSING_MODES:
+      raise ValueError(f"schema: missing {missing!r}: expected one of {', '.join(MISSING_MODES)}")
+    return cls(tuple(columns), tuple(dropped), id_column, missing)
 
 
 # --- Inference.
@@ -299,9 +324,10 @@ def fit_schema(
   dropped=(),
   id_column: str | None = None,
   where: str = "--dataset",
+  missing: str = "level",
 ) -> Schema:
   """The categories of each categorical column from the training rows (OneHotEncoder's
-  categories_: sorted, the missing level last)."""
+  categories_: sorted, the missing level last; none with `missing="mask"`)."""
   from sklearn.preprocessing import OneHotEncoder  # noqa: PLC0415  (fitting only)
 
   columns = []
@@ -313,8 +339,12 @@ def fit_schema(
         raise UsageError(f"{where}: column {name!r} has no cells on the training split")
       fitted = OneHotEncoder(handle_unknown="ignore").fit(text).categories_[0]
       levels = tuple(None if v is None else str(v) for v in fitted.tolist())
+      if missing == "mask":
+        levels = tuple(v for v in levels if v is not None)
+        if not levels:
+          raise UsageError(f"{where}: column {name!r} has no cells on the training split")
     columns.append(Column(name, kind, levels))
-  schema = Schema(tuple(columns), tuple(dropped), id_column)
+  schema = Schema(tuple(columns), tuple(dropped), id_column, missing)
   counts = collections.Counter(schema.encoded_names)
   clash = sorted(n for n, k in counts.items() if k > 1)
   if clash:
@@ -323,6 +353,58 @@ def fit_schema(
       "categorical column, or a level spelled as the missing one); rename one"
     )
   return schema
+
+
+# --- Filling cells.
+
+
+def missing_cells(col: pa.ChunkedArray) -> np.ndarray:
+  """[N] bool: the cells that are missing (null, or a NaN number)."""
+  col = _decoded(col)
+  missing = col.is_null().to_numpy(zero_copy_only=False)
+  if pa.types.is_floating(col.type):
+    missing |= pc.fill_null(pc.is_nan(col), False).to_numpy(zero_copy_only=False)
+  return missing
+
+
+def filled(col: pa.ChunkedArray, kind: str, values: np.ndarray) -> pa.Array:
+  """A column with its missing cells (`missing_cells`) replaced by `values` [N] (numbers,
+  bools or level names; only the missing rows' are used), in the column's own type where it
+  can hold them: numbers as float64 (integers stay integers when every fill is whole), booleans
+  as the column's own words (yes/no, ...), bools or 0/1, levels as the column's type (text, or
+  numbers for numeric codes)."""
+  col = _decoded(col).combine_chunks()
+  missing = missing_cells(col)
+  values = np.asarray(values)
+  base = col
+  if kind == "numeric" or (kind == "boolean" and not is_text(col.type)):
+    if kind == "boolean":
+      values = (values > 0.5) if values.dtype.kind == "f" else values.astype(bool)
+    if pa.types.is_boolean(col.type):
+      fill = pa.array(values.astype(bool))
+    elif pa.types.is_integer(col.type) and np.all(np.round(values[missing]) == values[missing]):
+      fill = pa.array(np.round(values).astype(np.int64)).cast(col.type)
+    else:
+      fill, base = pa.array(values.astype(np.float64)), col.cast(pa.float64())
+  elif kind == "boolean":
+    true_word, false_word = _words(col)
+    fill = pa.array(np.where(values.astype(bool), true_word, false_word).tolist(), col.type)
+  else:
+    text = [None if v is None else str(v) for v in values.tolist()]
+    try:
+      fill = pa.array(text, col.type) if is_text(col.type) else pa.array(text).cast(col.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+      fill, base = pa.array(text), col.cast(pa.string())
+  return pc.if_else(pa.array(missing), fill, base)
+
+
+def _words(col: pa.ChunkedArray) -> tuple[str, str]:
+  """The words a text boolean column writes for true and false (its most common ones)."""
+  words = pc.utf8_trim_whitespace(col.cast(pa.string())).drop_null().to_pylist()
+  counts = collections.Counter(words)
+  true = [w for w, _ in counts.most_common() if w.lower() in TRUE_WORDS]
+  false = [w for w, _ in counts.most_common() if w.lower() in FALSE_WORDS]
+  return (true[0] if true else "true"), (false[0] if false else "false")
 
 
 # --- Reading cells.

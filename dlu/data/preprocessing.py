@@ -27,7 +27,10 @@ from dlu.data.columns import Schema
 from dlu.errors import UsageError
 
 FEATURE_SCALINGS = ("standard", "minmax", "none")
-IMPUTE = ("none", "mean", "median")
+IMPUTE = ("none", "mean", "median", "model")
+#: --impute's values: IMPUTE and auto (model where the table has missing cells and the model
+#: fills them, else none).
+IMPUTE_FLAG = ("auto", *IMPUTE)
 JSON_VERSION = 1
 SCHEMA_VERSION = 2  # a file with a schema (column kinds, categories)
 _MAX_LISTED = 10
@@ -39,8 +42,8 @@ class Preprocessing:
   workdir (preprocessing.json), applied unchanged at evaluation and inference."""
 
   columns: tuple[str, ...]  # feature columns, in the model's order
-  impute: str  # one of IMPUTE
-  fill: np.ndarray | None  # [D] float64 values that replace missing cells (None: impute "none")
+  impute: str  # one of IMPUTE; "model": missing cells stay NaN, for the model to mask and fill
+  fill: np.ndarray | None  # [D] float64 values that replace missing cells (mean, median only)
   scaling: str  # one of FEATURE_SCALINGS
   offset: np.ndarray  # [D] float64; model input = (raw - offset) / scale
   scale: np.ndarray  # [D] float64 (ones and zeros offset for "none")
@@ -67,9 +70,9 @@ class Preprocessing:
         f"{', '.join(IMPUTE)} / {', '.join(FEATURE_SCALINGS)}"
       )
     arrays = {"offset": self.offset, "scale": self.scale}
-    if (self.fill is None) != (self.impute == "none"):
+    if (self.fill is None) != (self.impute in ("none", "model")):
       raise UsageError(
-        f"preprocessing: impute {self.impute!r} needs fill values exactly when not 'none'"
+        f"preprocessing: impute {self.impute!r} needs fill values exactly when mean or median"
       )
     if self.fill is not None:
       arrays["fill"] = self.fill
@@ -102,7 +105,7 @@ class Preprocessing:
     missing = np.isnan(x)
     if self.fill is not None:
       np.copyto(x, self.fill, where=missing)
-    elif missing.any():
+    elif missing.any() and self.impute != "model":
       j = int(np.flatnonzero(missing.any(axis=0))[0])
       i = int(np.flatnonzero(missing[:, j])[0])
       raise UsageError(missing_message(what, self.columns[j], f"row {_row(rows, i)}"))
@@ -110,7 +113,7 @@ class Preprocessing:
     x /= self.scale
     with np.errstate(over="ignore", invalid="ignore"):
       out = x.astype(np.float32)
-    overflow = ~np.isfinite(out)
+    overflow = np.isinf(out) if self.impute == "model" else ~np.isfinite(out)
     if overflow.any():
       i, j = (int(k) for k in np.argwhere(overflow)[0])
       raw = x[i, j] * self.scale[j] + self.offset[j]
@@ -213,15 +216,17 @@ def fit_preprocessing(
   what="--dataset",
   schema: Schema | None = None,
   rows: np.ndarray | None = None,
+  model_imputes: bool = False,
 ) -> Preprocessing:
   """Fill values and offsets/scales from the training rows only: scikit-learn's SimpleImputer
   (mean, median), StandardScaler (mean, population std) and MinMaxScaler (min, max - min; 1 for
   a constant column), each ignoring missing (NaN) cells. With a `schema`, only its numeric
   columns are scaled (booleans and one-hot codes stay 0/1). `rows`: each training row's number
-  in the file, for messages (default: from 1)."""
+  in the file, for messages (default: from 1). `impute="auto"`: see `resolve_impute`."""
   check_choices(impute, scaling)
   columns = tuple(columns)
   x = np.asarray(x_train_raw, np.float64)
+  impute = resolve_impute(impute, bool(np.isnan(x).any()), model_imputes)
   if x.ndim != 2 or x.shape[1] != len(columns) or not len(x):
     raise UsageError(
       f"{what}: training features have shape {x.shape}, expected [N >= 1, {len(columns)}]"
@@ -243,7 +248,7 @@ def fit_preprocessing(
   from sklearn.impute import SimpleImputer  # only fitting needs scikit-learn (and its start-up)
 
   fill = None
-  if impute != "none":
+  if impute in ("mean", "median"):
     fill = SimpleImputer(strategy=impute).fit(x).statistics_
   d = len(columns)
   offset, scale = np.zeros(d), np.ones(d)
@@ -339,17 +344,26 @@ def _row(rows: np.ndarray | None, i: int) -> int:
   return i + 1 if rows is None else int(rows[i])
 
 
+def resolve_impute(impute: str, has_missing: bool, model_imputes: bool) -> str:
+  """--impute=auto made concrete: model where the table has missing cells and the model takes
+  them (autoencoders, VAEs on tables), else none (a missing cell is then an error)."""
+  if impute != "auto":
+    return impute
+  return "model" if has_missing and model_imputes else "none"
+
+
 def check_choices(impute: str, scaling: str) -> None:
-  if impute not in IMPUTE:
-    raise UsageError(f"--impute={impute}: expected one of {', '.join(IMPUTE)}")
+  if impute not in IMPUTE_FLAG:
+    raise UsageError(f"--impute={impute}: expected one of {', '.join(IMPUTE_FLAG)}")
   if scaling not in FEATURE_SCALINGS:
     raise UsageError(f"--feature_scaling={scaling}: expected one of {', '.join(FEATURE_SCALINGS)}")
 
 
 def missing_message(where: str, column: str, row: str) -> str:
   return (
-    f"{where}: column {column!r} has missing values (first at {row}); fill them or pass "
-    "--impute=mean|median"
+    f"{where}: column {column!r} has missing values (first at {row}); fill them, pass "
+    "--impute=mean|median, or train a model that masks them (--impute=model: ae_mlp, ae_seed, "
+    "vae)"
   )
 
 

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from dlu.data import fingerprints, local, preprocessing, records, series, tables, tfds_offline
 from dlu.data.arrays import ACCEPTED_FORMS, Dataset, held_out_rows
@@ -87,6 +88,7 @@ class TableOptions:
   impute: str = "none"
   feature_scaling: str = "standard"
   preprocessing: Any = None
+  model_imputes: bool = False  # --impute=auto: the model takes missing cells (a mask)
   series_length: int = 0  # series: resample every series to this length; 0 pads to the longest
   series_scaling: str = "znorm"
   overrides: Any = None  # tables: a dlu.data.columns.Overrides (column kinds, drops, the id)
@@ -109,7 +111,12 @@ def _vectors(dataset: str, what: str, arrays: dict[str, np.ndarray], opts: Table
   if x_test.shape[1] != x.shape[1]:
     raise UsageError(f"{what}: x has {x.shape[1]} columns but x_test {x_test.shape[1]}")
   pre = opts.preprocessing or preprocessing.fit_preprocessing(
-    columns, x, impute=opts.impute, scaling=opts.feature_scaling, what=what
+    columns,
+    x,
+    impute=opts.impute,
+    scaling=opts.feature_scaling,
+    what=what,
+    model_imputes=opts.model_imputes,
   )
   labels, num_classes = [None, None], None
   if y is not None:
@@ -140,6 +147,7 @@ def _table(dataset: str, kind: str, path: str, opts: TableOptions) -> Dataset:
     impute=opts.impute,
     feature_scaling=opts.feature_scaling,
     preprocessing=opts.preprocessing,
+    model_imputes=opts.model_imputes,
     overrides=opts.overrides,
     encoding=opts.encoding,
   )
@@ -237,6 +245,7 @@ def _on_disk(dataset: str, kind: str, path: str, opts: TableOptions) -> Dataset:
       label_column=meta.label_column,
       classes=meta.class_names,
       what=what,
+      model_imputes=opts.model_imputes,
     )
     x_train = x_train.view(transform=functools.partial(pre.transform, what=what))
     x_test = x_test.view(transform=functools.partial(pre.transform, what=what))
@@ -388,6 +397,19 @@ def read_table_rows(
   )
 
 
+def read_table_input(dataset: str, *, encoding: str | None = None) -> Any:
+  """A "csv:PATH" / "parquet:PATH" / "json:PATH" input as a pyarrow Table, every column as read
+  (training's checks of the file: header, names, rows, encoding)."""
+  kind, arg = _parse(dataset)
+  what = f"--input={dataset.strip()}"
+  if kind not in tables.TABLE_FORMATS:
+    raise UsageError(f"{what}: expected a table: csv:PATH, parquet:PATH or json:PATH")
+  names, cells, _ = tables.read_cells(
+    arg, fmt=kind, label_column=None, what=what, encoding=encoding
+  )
+  return pa.table({n: cells[n] for n in names})
+
+
 def describe(data: Dataset) -> str:
   labels = f"{data.num_classes} classes" if data.num_classes is not None else "unlabelled"
   if data.is_series:
@@ -396,10 +418,15 @@ def describe(data: Dataset) -> str:
       f"{labels}"
     )
   if not data.is_image:
-    scaling = data.preprocessing.scaling if data.preprocessing is not None else "none"
+    pre = data.preprocessing
+    scaling = pre.scaling if pre is not None else "none"
+    missing = ""
+    if pre is not None and pre.impute == "model":
+      cells = sum(int(np.isnan(np.asarray(x)).sum()) for x in (data.x_train, data.x_test))
+      missing = f"; {cells} missing cells left to the model (--impute=model)"
     return (
       f"{len(data.x_train)} train and {len(data.x_test)} test rows of {data.example_shape[0]} "
-      f"features ({scaling} scaling), {labels}"
+      f"features ({scaling} scaling{missing}), {labels}"
     )
   h, w, c = data.example_shape
   return (

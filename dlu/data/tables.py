@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
@@ -36,6 +37,7 @@ from dlu.data.preprocessing import (
   listed,
   match_columns,
   missing_message,
+  resolve_impute,
 )
 from dlu.errors import UsageError
 
@@ -204,6 +206,7 @@ def load_table(
   preprocessing: Preprocessing | None = None,
   overrides: columns_.Overrides | None = None,
   encoding: str | None = None,
+  model_imputes: bool = False,
   log=print,
 ) -> dict:
   """Reads a table, splits its rows by content and turns them into model inputs.
@@ -212,7 +215,8 @@ def load_table(
   the classes are every label value of the file; the columns' kinds inferred, or named by
   `overrides`, and the columns dropped said with `log`). With one, `impute`, `feature_scaling`
   and `overrides` are ignored: the file's feature columns must be its columns (in any order) and
-  it is applied unchanged, labels mapped by its classes.
+  it is applied unchanged, labels mapped by its classes. `impute="auto"` is "model" where the
+  file has missing feature cells and `model_imputes`, else "none".
   """
   where = _where(what, path)
   _check_fraction(test_fraction)
@@ -231,6 +235,10 @@ def load_table(
     plain = all(k == "numeric" for k in kinds.values())
     if plain and not dropped and not overrides.drop and overrides.id_column is None:
       kinds = None  # numbers only: read as before, preprocessing.json unchanged
+  if preprocessing is None and impute == "auto":
+    kept = list(kinds) if kinds is not None else features
+    has_missing = any(_has_missing(cells[n]) for n in kept)
+    impute = resolve_impute(impute, has_missing, model_imputes)
   if schema is None and kinds is None:
     return _load_numbers(
       path,
@@ -277,6 +285,7 @@ def load_table(
       dropped=tuple(sorted({*dropped, *overrides.drop})),
       id_column=id_column,
       where=where,
+      missing="mask" if impute == "model" else "level",
     )
   x_raw, _ = schema.encode(cells, where, first_row)
   encoded = schema.encoded_names
@@ -650,6 +659,16 @@ def _label_values(col: pa.ChunkedArray, where: str, first_row: int) -> np.ndarra
 def _feature_values(col: pa.ChunkedArray, where: str, first_row: int) -> np.ndarray:
   """A feature column as float64 [N], NaN for missing cells; anything but numbers is an error."""
   return columns_.numbers(col, where, first_row)
+
+
+def _has_missing(col: pa.ChunkedArray) -> bool:
+  """A null cell (an empty CSV cell, NA, ...) or a NaN number."""
+  col = col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
+  if col.null_count:
+    return True
+  if pa.types.is_floating(col.type):
+    return bool(pc.any(pc.is_nan(col)).as_py())
+  return False
 
 
 def _first(mask) -> int:

@@ -195,7 +195,9 @@ def baselines(
   """
   flat = lambda x: data.normalize(x, "unit").reshape(len(x), -1).astype(np.float32)
   x_train, x_test = flat(ds.x_train), flat(ds.x_test)
-  if ds.is_series:  # raw series: missing and padded steps as 0 (the scaled series' mean)
+  if ds.is_series or not ds.is_image:
+    # Raw series' missing and padded steps, and a table's missing cells (--impute=model), as 0:
+    # the scaled data's mean.
     x_train, x_test = np.nan_to_num(x_train), np.nan_to_num(x_test)
   x = _split(cfg, x_train, x_test)
   score = not _too_few_rows(cfg, len(x), k, "baseline acc, nmi, ari", log)

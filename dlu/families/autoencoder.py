@@ -11,7 +11,7 @@ from dlu.config.model_flags import conv_channels, int_list
 from dlu.errors import UsageError
 from dlu.families.base import SingleNetworkFamily, register
 from dlu.models import autoencoder as ae_models
-from dlu.ops import losses
+from dlu.ops import losses, tabular
 from dlu.ops.grids import paired_rows, to_unit
 
 flags.DEFINE_integer("hidden_units", 128, "ae_seed: width of the one hidden (code) layer.")
@@ -32,7 +32,14 @@ flags.DEFINE_float("noise_level", 0.0, "Noise stddev (gaussian) or drop probabil
 
 @register
 class Autoencoder(SingleNetworkFamily):
+  """Images, vectors and tables. On a table with column kinds or missing cells (`spec.columns`,
+  `spec.masked`) the MLP reads the row with missing cells as 0 (and the mask beside it), and
+  its loss is each column's own (dlu.ops.tabular) on the observed cells: squared error for
+  numbers, cross-entropy for booleans and categories; its reconstruction is numbers,
+  probabilities and level probabilities."""
+
   models = ("ae_seed", "ae_mlp", "ae_conv")
+  takes_missing = True
 
   @classmethod
   def validate(cls, cfg):
@@ -61,6 +68,19 @@ class Autoencoder(SingleNetworkFamily):
         "--recon_loss=bce needs targets in [0, 1]; vectors are scaled by --feature_scaling: "
         "use --recon_loss=mse"
       )
+
+  @property
+  def tabular(self) -> bool:
+    """Rows of a table with column kinds or missing cells (see the class docstring)."""
+    return not self.spec.is_image and (bool(self.spec.columns) or self.spec.masked)
+
+  def model_input(self, x: jax.Array) -> jax.Array:
+    """What the network reads: tables' rows with missing cells as 0 (and the mask)."""
+    return tabular.model_input(x, masked=self.spec.masked) if self.tabular else x
+
+  def init_params(self, rng):
+    dummy = jnp.zeros((1,) + self.spec.example_shape, jnp.float32)
+    return self.model.init(rng, self.model_input(dummy))["params"]
 
   def make_model(self):
     cfg, shape = self.cfg, self.spec.example_shape
@@ -93,11 +113,16 @@ class Autoencoder(SingleNetworkFamily):
     )
 
   def corrupt(self, x: jax.Array, rng: jax.Array) -> jax.Array:
+    """The training input's noise; on a table with missing cells, masking hides cells (makes
+    them missing) rather than zeroing them."""
     level = self.cfg.noise_level
     if self.cfg.noise == "gaussian":
       return x + level * jax.random.normal(rng, x.shape, x.dtype)
     if self.cfg.noise == "masking":
-      return x * jax.random.bernoulli(rng, 1.0 - level, x.shape).astype(x.dtype)
+      keep = jax.random.bernoulli(rng, 1.0 - level, x.shape)
+      if self.tabular and self.spec.masked:
+        return jnp.where(keep, x, jnp.nan)
+      return x * keep.astype(x.dtype)
     return x
 
   def reconstruction_error(self, output: jax.Array, target: jax.Array) -> jax.Array:
@@ -106,25 +131,47 @@ class Autoencoder(SingleNetworkFamily):
     return losses.mse(output, target)
 
   def reconstruct(self, state, images: jax.Array) -> jax.Array:
-    """Reconstructions of stored inputs, in the model's units. [B, ...]"""
-    out = self.model.apply({"params": state.params}, self.normalize(images))
+    """Reconstructions of stored inputs, in the model's units (a table's categories and
+    booleans as probabilities). [B, ...]"""
+    x = self.normalize(images)
+    out = self.model.apply({"params": state.params}, self.model_input(x))
+    if self.tabular:
+      return tabular.reconstruction(out, self.spec.columns)
     return jax.nn.sigmoid(out) if self.cfg.recon_loss == "bce" else out
 
   def score(self, state, images: jax.Array) -> jax.Array:
     """Anomaly score: the squared reconstruction error, in the model's units (also under
     --recon_loss=bce, whose value on grey pixels is mostly their own entropy, which tracks how
-    much ink an image has rather than how well it is reconstructed). [B]"""
+    much ink an image has rather than how well it is reconstructed); on a table, the mean of
+    its columns' losses over the observed cells. [B]"""
+    if self.tabular:
+      x = self.normalize(images)
+      out = self.model.apply({"params": state.params}, self.model_input(x))
+      return tabular.row_loss(out, x, self.spec.columns)
     return losses.mse(self.reconstruct(state, images), self.normalize(images))
 
   def loss(self, params, batch, rng):
     x = self.normalize(batch["image"])
     # Dropout draws from its own stream, so the corruption noise is the same with or without it.
     rngs = {"dropout": jax.random.fold_in(rng, 1)} if self.cfg.dropout else {}
+    if self.tabular:
+      x_in = self.model_input(self.corrupt(x, rng))
+      out = self.model.apply({"params": params}, x_in, rngs=rngs)
+      return tabular.batch_loss(out, x, self.spec.columns), {}
     out = self.model.apply({"params": params}, self.corrupt(x, rng), rngs=rngs)
     return jnp.mean(self.reconstruction_error(out, x)), {}
 
   def eval_metrics(self, state, batch, rng):
     x = self.normalize(batch["image"])
+    if self.tabular:
+      out = self.model.apply({"params": state.params}, self.model_input(x))
+      recon = tabular.reconstruction(out, self.spec.columns)
+      seen = tabular.observed(x)
+      sq = jnp.where(seen, jnp.square(recon - jnp.where(seen, x, 0.0)), 0.0)
+      return {
+        "mse": jnp.sum(sq, axis=-1) / jnp.maximum(jnp.sum(seen, axis=-1), 1),
+        "recon_loss": tabular.row_loss(out, x, self.spec.columns),
+      }
     out = self.model.apply({"params": state.params}, x)
     recon = jax.nn.sigmoid(out) if self.cfg.recon_loss == "bce" else out
     metrics = {"mse": losses.mse(recon, x)}
@@ -142,4 +189,5 @@ class Autoencoder(SingleNetworkFamily):
     return {"reconstructions": paired_rows(unit(x), unit(recon))}
 
   def embed(self, state, images):
-    return self.model.apply({"params": state.params}, self.normalize(images), method="encode")
+    x = self.model_input(self.normalize(images))
+    return self.model.apply({"params": state.params}, x, method="encode")

@@ -59,6 +59,11 @@ class DataSpec:
   num_classes: int | None
   num_train: int
   pixel_range: str = "unit"
+  # Tables: (kind, start, stop) of each feature column's encoded columns (dlu.ops.tabular;
+  # empty: numbers only), and whether missing cells stay NaN for the model to mask
+  # (--impute=model).
+  columns: tuple[tuple[str, int, int], ...] = ()
+  masked: bool = False
 
   @property
   def is_image(self) -> bool:
@@ -110,6 +115,8 @@ class Family:
   needs_label: bool = False
   #: whether the family reads time series [T, C] with NaN (missing) steps.
   takes_series: bool = False
+  #: whether the family takes table rows with missing (NaN) cells (--impute=model).
+  takes_missing: bool = False
 
   def __init__(self, cfg: Config, spec: DataSpec):
     self.cfg = cfg

@@ -171,20 +171,7 @@ class Run:
         f"{what}: a {type(x).__name__} of table columns; the run kept no column names to match "
         "them to: pass an array [N, D] in the training order"
       )
-    if isinstance(x, pa.RecordBatch):
-      table = pa.Table.from_batches([x])
-    elif isinstance(x, pa.Table):
-      table = x
-    else:
-      try:
-        if type(x).__module__.split(".")[0] == "pandas":
-          table = pa.Table.from_pandas(x, preserve_index=False)
-        else:
-          table = pa.table(x)
-      except (pa.ArrowException, TypeError, ValueError) as e:
-        raise UsageError(
-          f"{what}: cannot read the {type(x).__name__} as a table ({preprocessing.first_line(e)})"
-        ) from e
+    table = _as_arrow(x, what)
     names = table.column_names
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -310,6 +297,98 @@ class Run:
     z = self._per_example("embed", self.family.embed, x)
     q = np.asarray(losses.soft_assign(jnp.asarray(z), jnp.asarray(centroids)))
     return q.argmax(axis=1).astype(np.int32), q.max(axis=1)
+
+  def impute(self, table: Any, *, rounds: int | None = None) -> Any:
+    """`table` with its missing cells filled by the model's reconstruction, in the data's own
+    units and categories; every other cell, column (the label, the id) and row as it was.
+
+    `table`: a pandas DataFrame (a DataFrame comes back), a pyarrow Table, a "csv:PATH" /
+    "parquet:PATH" / "json:PATH" string (a pyarrow Table comes back), or raw rows [N, D] of a
+    run on numbers only (an array comes back). A run trained with --impute=model reads the
+    missing cells as missing (its mask) and fills them in one pass; another starts them at its
+    fill value (--impute=mean|median; the mean otherwise) and replaces them with the
+    reconstruction `rounds` times (default 5). Categories are filled only where the run
+    masks them (--impute=model); under a run that kept a missing level, a missing category
+    gets the most likely real level."""
+    return self._impute(table, rounds=rounds)[0]
+
+  def _impute(self, table: Any, *, rounds: int | None = None, what: str = "inputs", encoding=None):
+    """(impute's result, {column: cells filled})."""
+    pre = self.dataset.preprocessing
+    if not self.family.has_reconstruction:
+      raise UsageError(f"--model={self.cfg.model} does not reconstruct, so it cannot impute")
+    if pre is None or self.dataset.is_image or self.dataset.is_series:
+      raise UsageError(
+        f"impute fills a table's missing cells; the run was trained on {self.dataset.name}, "
+        "not a table"
+      )
+    array_in = not isinstance(table, str) and not _is_table(table)
+    pandas_in = type(table).__module__.split(".")[0] == "pandas"
+    if isinstance(table, str):
+      what = f"--input={table.strip()}"
+      t = data.read_table_input(table, encoding=encoding)
+    elif array_in:
+      if pre.schema is not None:
+        raise UsageError(
+          f"{what}: an array; the run was trained on a table with text or boolean columns: "
+          "pass a DataFrame, a pyarrow Table or csv:PATH"
+        )
+      rows = np.asarray(table)
+      if rows.ndim != 2 or rows.shape[1] != len(pre.columns) or rows.dtype.kind not in "biuf":
+        raise UsageError(
+          f"{what} have shape {rows.shape} and dtype {rows.dtype}; the run was trained on rows "
+          f"of {len(pre.columns)} numbers"
+        )
+      t = pa.table({n: rows[:, j].astype(np.float64) for j, n in enumerate(pre.columns)})
+    else:
+      t = _as_arrow(table, what)
+    missing_cols = [c for c in pre.source_columns if c not in t.column_names]
+    if missing_cols:
+      raise UsageError(
+        f"{what}: lacks the feature columns {preprocessing.listed(missing_cols)} the run was "
+        "trained on"
+      )
+    if not t.num_rows:
+      raise UsageError(_no_rows(what))
+    first_row = 2 if what.startswith("--input=csv:") else 1
+    cells = {n: t.column(n) for n in pre.source_columns}
+    if pre.schema is not None:
+      x_raw = pre.schema.encode(cells, what, first_row=first_row)[0]
+      kinds = {c.name: c.kind for c in pre.schema.columns}
+    else:
+      x_raw = np.stack(
+        [columns.numbers(cells[n], f"{what}: column {n!r}", first_row) for n in pre.columns], 1
+      )
+      kinds = dict.fromkeys(pre.columns, "numeric")
+    x_raw = checked_rows(x_raw, pre.columns, what, first_row=first_row, impute="model")
+    missing = {n: columns.missing_cells(cells[n]) for n in pre.source_columns}
+    counts = {n: int(m.sum()) for n, m in missing.items() if m.any()}
+    if not counts:
+      return (table if not isinstance(table, str) else t), counts
+    x = (x_raw - pre.offset) / pre.scale
+    nan = np.isnan(x)
+    masked = pre.impute == "model"
+    if not masked:
+      start = (pre.fill - pre.offset) / pre.scale if pre.fill is not None else np.zeros(x.shape[1])
+      x = np.where(nan, start, x)
+    rounds = 1 if masked else (5 if rounds is None else rounds)
+    if rounds < 1:
+      raise UsageError(f"impute: rounds must be at least 1, got {rounds}")
+    for _ in range(rounds):
+      x_hat = self._per_example("reconstruct", self.family.reconstruct, x.astype(np.float32))
+      if not masked:
+        x = np.where(nan, x_hat, x)
+    raw = pre.inverse(x_hat)
+    if pre.schema is not None:
+      values = pre.schema.decode(raw, levels_only=True)
+    else:
+      values = {n: raw[:, j] for j, n in enumerate(pre.columns)}
+    for name in counts:
+      j = t.column_names.index(name)
+      t = t.set_column(j, name, columns.filled(t.column(name), kinds[name], values[name]))
+    if array_in:
+      return np.stack([t.column(n).to_numpy() for n in pre.columns], 1), counts
+    return (t.to_pandas() if pandas_in else t), counts
 
   def sample(self, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     """n generated examples in the data's units (uint8 images, or raw columns) and their
@@ -439,6 +518,26 @@ def checked_rows(
 
 
 # --- helpers ---
+
+
+def _as_arrow(x: Any, what: str) -> pa.Table:
+  """A DataFrame (pandas, or any with the dataframe interchange protocol), a pyarrow Table or
+  RecordBatch, or a dict of columns, as a pyarrow Table."""
+  if isinstance(x, pa.RecordBatch):
+    table = pa.Table.from_batches([x])
+  elif isinstance(x, pa.Table):
+    table = x
+  else:
+    try:
+      if type(x).__module__.split(".")[0] == "pandas":
+        table = pa.Table.from_pandas(x, preserve_index=False)
+      else:
+        table = pa.table(x)
+    except (pa.ArrowException, TypeError, ValueError) as e:
+      raise UsageError(
+        f"{what}: cannot read the {type(x).__name__} as a table ({preprocessing.first_line(e)})"
+      ) from e
+  return table
 
 
 def _no_rows(what: str) -> str:

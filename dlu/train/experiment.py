@@ -73,6 +73,7 @@ def table_options(cfg: config.Config, workdir: str) -> data.TableOptions:
     impute=cfg.impute,
     feature_scaling=cfg.feature_scaling,
     preprocessing=stored,
+    model_imputes=cfg.model in families.names() and families.get(cfg.model).takes_missing,
     series_length=cfg.series_length,
     series_scaling=cfg.series_scaling,
     overrides=columns.Overrides.from_flags(
@@ -110,7 +111,23 @@ def build(cfg: config.Config, workdir: str) -> Experiment:
     raise UsageError(
       f"--model={cfg.model} does not take time series ({cfg.dataset}); use --model= one of {takers}"
     )
-  spec = DataSpec(dataset.example_shape, dataset.num_classes, len(dataset.x_train), cfg.pixel_range)
+  pre = dataset.preprocessing
+  masked = getattr(pre, "impute", None) == "model"
+  if masked and not families.get(cfg.model).takes_missing:
+    takers = ", ".join(n for n in families.names() if families.get(n).takes_missing)
+    raise UsageError(
+      f"--impute=model: --model={cfg.model} cannot take missing cells; use --model= one of "
+      f"{takers}, or --impute=mean|median"
+    )
+  schema = getattr(pre, "schema", None)
+  spec = DataSpec(
+    dataset.example_shape,
+    dataset.num_classes,
+    len(dataset.x_train),
+    cfg.pixel_range,
+    columns=schema.kinds() if schema is not None else (),
+    masked=masked,
+  )
   batch_size = _global_batch_size(cfg, spec.num_train)
   parallel.check_batch_size(batch_size)
   if batch_size > spec.num_train:
