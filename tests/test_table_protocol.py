@@ -116,6 +116,14 @@ def test_quick_protocol_hides_cells_scores_the_imputers_and_clusters(tmp_path):
   for method in ("knn", "iterative_onehot", "iterative_ordinal"):
     assert scores[method]["nrmse"]["mean"] < 0.8 * scores["mean_mode"]["nrmse"]["mean"]
   assert scores["knn"]["cat_acc"]["mean"] > scores["mean_mode"]["cat_acc"]["mean"]
+  # dlu's autoencoder, trained with the hidden cells missing (--impute=model), then run.impute.
+  assert result["tables"]["rows"]["dlu_impute"] == "model"
+  dlu = scores["dlu_ae_mlp"]
+  assert dlu["nrmse"]["mean"] < 0.8 * scores["mean_mode"]["nrmse"]["mean"]
+  assert dlu["cat_acc"]["mean"] > scores["mean_mode"]["cat_acc"]["mean"]
+  assert set(dlu["rmse_units"]) == {"bill", "mass"}
+  flags = open(out / "rows" / "impute_r20_s0" / "flags.txt").read()
+  assert "--impute=model" in flags and "hidden_r20_s0.csv" in flags
   assert set(scores["knn"]["rmse_units"]) == {"bill", "mass"}
 
   clusters = r["clustering"]
@@ -126,7 +134,7 @@ def test_quick_protocol_hides_cells_scores_the_imputers_and_clusters(tmp_path):
 
   report = (out / "results.md").read_text()
   assert "| rows | 90 | 6 | 2 / 1 / 1 |" in report
-  assert "| rows | 20% (" in report and "| rows | knn |" not in report
+  assert "| rows | 20% (" in report and "| dlu_ae_mlp | 0." in report
   assert len(result["run"]["load_start"]) == 3 and result["tables"]["rows"]["wall_s"] > 0
 
   # A second run into the same folder replaces nothing.
