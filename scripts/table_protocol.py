@@ -214,9 +214,7 @@ def baseline_clusterings(table: Table, seed: int) -> dict[str, dict]:
 def _frame(cells: dict[str, np.ndarray], names: list[str]):
   import pandas as pd  # noqa: PLC0415
 
-  return pd.DataFrame(
-    {n: cells[n] if cells[n].dtype != object else cells[n].astype(object) for n in names}
-  ).replace({None: np.nan})
+  return pd.DataFrame({n: cells[n] for n in names}).replace({None: np.nan})
 
 
 def _cluster_scores(y: np.ndarray, pred: np.ndarray) -> dict:
