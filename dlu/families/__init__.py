@@ -10,6 +10,8 @@ from dlu.families import (  # noqa: F401  (registers them)
   gan,
   geom,
   sequence,
+  sequence_contrastive,
+  sequence_vae,
   svdd,
   vae,
 )

@@ -139,6 +139,26 @@ class Autoencoder(SingleNetworkFamily):
       return losses.binary_cross_entropy_with_logits(output, target)
     return losses.mse(output, target)
 
+  # --- The code and its decoding as functions of the parameters (DEC and IDEC use them).
+
+  def code(self, params, images: jax.Array) -> jax.Array:
+    """The codes of stored inputs. [B, D]"""
+    x = self.model_input(self.normalize(images))
+    return self.model.apply({"params": params}, x, method="encode")
+
+  def code_error(self, params, z: jax.Array, images: jax.Array) -> jax.Array:
+    """The training loss of decoding codes `z` [B, D] against the inputs they came from. [B]"""
+    out = self.model.apply({"params": params}, z, method="decode")
+    if self.tabular:
+      return tabular.row_loss(out, self.normalize(images), self.spec.columns)
+    return self.reconstruction_error(out, self.normalize(images))
+
+  def code_mse(self, params, z: jax.Array, images: jax.Array) -> jax.Array:
+    """The squared error of decoding codes `z` [B, D], in the model's units. [B]"""
+    out = self.model.apply({"params": params}, z, method="decode")
+    recon = jax.nn.sigmoid(out) if self.cfg.recon_loss == "bce" else out
+    return losses.mse(recon, self.normalize(images))
+
   def reconstruct(self, state, images: jax.Array) -> jax.Array:
     """Reconstructions of stored inputs, in the model's units (a table's categories and
     booleans as probabilities). [B, ...]"""
@@ -201,5 +221,4 @@ class Autoencoder(SingleNetworkFamily):
     return {"reconstructions": paired_rows(unit(x), unit(recon))}
 
   def embed(self, state, images):
-    x = self.model_input(self.normalize(images))
-    return self.model.apply({"params": state.params}, x, method="encode")
+    return self.code(state.params, images)

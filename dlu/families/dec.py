@@ -63,7 +63,11 @@ def load_autoencoder(
   if not issubclass(family_cls, Autoencoder):
     raise UsageError(
       f"--init_from={workdir!r} holds a --model={cfg.model} run; "
-      "expected an autoencoder (ae_seed, ae_mlp, ae_conv)"
+      "expected an autoencoder (ae_seed, ae_mlp, ae_conv, ae_conv1d, ae_seq)"
+    )
+  if spec.is_series and not family_cls.takes_series:
+    raise UsageError(
+      f"--init_from={workdir!r} holds a --model={cfg.model} run, which takes no time series"
     )
   family = family_cls(cfg, spec)
   if not has_checkpoint(workdir):
@@ -87,6 +91,7 @@ class DEC(SingleNetworkFamily):
 
   models = ("dec", "idec")
   needs_index = True
+  takes_series = True  # when the autoencoder it starts from takes them
 
   @classmethod
   def validate(cls, cfg):
@@ -158,20 +163,19 @@ class DEC(SingleNetworkFamily):
       step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), extra=extra
     )
 
-  def encode(self, ae_params, x: jax.Array) -> jax.Array:
-    return self.ae.model.apply({"params": ae_params}, x, method="encode")  # [B, D]
+  def encode(self, ae_params, images: jax.Array) -> jax.Array:
+    return self.ae.code(ae_params, images)  # [B, D]
 
   def loss(self, params, batch, rng) -> tuple[jax.Array, dict[str, jax.Array]]:
     del rng  # deterministic given the targets
-    x = self.normalize(batch["image"])
+    x = batch["image"]
     z = self.encode(params["ae"], x)
     q = losses.soft_assign(z, params["centroids"], self.cfg.alpha)  # [B, K]
     p = batch["target"]  # [B, K], fixed between target updates
     kl = jnp.mean(losses.kl_divergence(p, q))
     if self.cfg.model == "dec":
       return kl, {"kl": kl}
-    out = self.ae.model.apply({"params": params["ae"]}, z, method="decode")
-    recon = jnp.mean(self.ae.reconstruction_error(out, x))
+    recon = jnp.mean(self.ae.code_error(params["ae"], z, x))
     return recon + self.cfg.gamma * kl, {"kl": kl, "recon": recon}
 
   def train_step(self, state, batch, rng, *, axis_name=None):
@@ -182,22 +186,20 @@ class DEC(SingleNetworkFamily):
     return state, metrics
 
   def cluster_probs(self, state, images: jax.Array) -> jax.Array:
-    z = self.encode(state.params["ae"], self.normalize(images))
+    z = self.encode(state.params["ae"], images)
     return losses.soft_assign(z, state.params["centroids"], self.cfg.alpha)  # [B, K]
 
   def eval_metrics(self, state, batch, rng):
-    x = self.normalize(batch["image"])
+    x = batch["image"]
     z = self.encode(state.params["ae"], x)
     q = losses.soft_assign(z, state.params["centroids"], self.cfg.alpha)
-    out = self.ae.model.apply({"params": state.params["ae"]}, z, method="decode")
-    recon = jax.nn.sigmoid(out) if self.ae.cfg.recon_loss == "bce" else out
-    return {"mse": losses.mse(recon, x), "confidence": jnp.max(q, axis=-1)}
+    return {"mse": self.ae.code_mse(state.params["ae"], z, x), "confidence": jnp.max(q, axis=-1)}
 
   def images(self, state, batch, rng):
     return self.ae.images(state.replace(params=state.params["ae"]), batch, rng)
 
   def embed(self, state, images):
-    return self.encode(state.params["ae"], self.normalize(images))
+    return self.encode(state.params["ae"], images)
 
   def reconstruct(self, state, images):
     return self.ae.reconstruct(state.replace(params=state.params["ae"]), images)

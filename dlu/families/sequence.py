@@ -20,9 +20,12 @@ from dlu.families.base import register
 from dlu.models import sequence as seq_models
 
 flags.DEFINE_integer(
-  "series_kernel_size", 5, "ae_conv1d: steps each 1-D convolution spans (--conv_channels: widths)."
+  "series_kernel_size",
+  5,
+  "ae_conv1d, vae_conv1d, simclr_conv1d: steps each 1-D convolution spans "
+  "(--conv_channels: widths).",
 )
-flags.DEFINE_integer("seq_units", 64, "ae_seq: units of the encoder and decoder GRUs.")
+flags.DEFINE_integer("seq_units", 64, "ae_seq, vae_seq: units of the encoder and decoder GRUs.")
 
 
 def split_mask(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -126,5 +129,15 @@ class SeriesAutoencoder(Autoencoder):
   def images(self, state, batch, rng):
     return {}
 
+  def code(self, params, series):
+    return self.model.apply({"params": params}, *split_mask(series), method="encode")
+
+  def code_error(self, params, z, series):
+    """Squared error of decoding `z` over the observed steps. [B]"""
+    x, mask = split_mask(series)
+    return masked_mse(self.model.apply({"params": params}, z, method="decode"), x, mask)
+
+  code_mse = code_error
+
   def embed(self, state, series):
-    return self.model.apply({"params": state.params}, *split_mask(series), method="encode")
+    return self.code(state.params, series)

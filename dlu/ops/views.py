@@ -113,3 +113,36 @@ def corrupt_features(
   if noise_std:
     view = view + noise_std * jax.random.normal(k_noise, x.shape, x.dtype)
   return view
+
+
+def series_views(
+  key: jax.Array,
+  series: jax.Array,
+  *,
+  min_crop: float,
+  jitter: float = 0.0,
+  scaling: float = 0.0,
+  time_mask: float = 0.0,
+) -> jax.Array:
+  """A random view of each series [B, T, C] (NaN where a step is missing), for contrastive
+  learning as TS2Vec, TS-TCC and T-Loss draw them: the steps outside a random window of
+  [min_crop, 1] of the series' observed span become missing (a crop the encoder sees in
+  place); each channel is multiplied by 1 + `scaling` * N(0, 1); N(0, `jitter`^2) noise is
+  added to every value; each step is hidden (missing) with probability `time_mask`.
+  Missing steps stay missing. [B, T, C]"""
+  k_len, k_start, k_scale, k_noise, k_mask = jax.random.split(key, 5)
+  b, t = series.shape[:2]
+  steps = jnp.arange(t)
+  seen = jnp.any(jnp.isfinite(series), axis=-1)  # [B, T]
+  span = jnp.max(jnp.where(seen, steps + 1, 0), axis=1).astype(jnp.float32)  # [B] last seen + 1
+  length = jnp.ceil(span * jax.random.uniform(k_len, (b,), minval=min_crop, maxval=1.0))
+  start = jnp.floor(jax.random.uniform(k_start, (b,)) * (span - length + 1))
+  keep = (steps >= start[:, None]) & (steps < (start + length)[:, None])  # [B, T]
+  if time_mask:
+    keep &= ~jax.random.bernoulli(k_mask, time_mask, (b, t))
+  view = series
+  if scaling:
+    view = view * (1.0 + scaling * jax.random.normal(k_scale, (b, 1, series.shape[2])))
+  if jitter:
+    view = view + jitter * jax.random.normal(k_noise, series.shape, series.dtype)
+  return jnp.where(keep[..., None], view, jnp.nan).astype(series.dtype)
