@@ -11,6 +11,7 @@ from dlu.families import (  # noqa: F401  (registers them)
   geom,
   sequence,
   svdd,
+  text,
   vae,
 )
 from dlu.families.base import (  # noqa: F401

@@ -59,6 +59,11 @@ class DataSpec:
   num_classes: int | None
   num_train: int
   pixel_range: str = "unit"
+  vocab_size: int | None = None  # text: token ids [L] in 0..vocab_size-1 (dlu.data.text)
+
+  @property
+  def is_text(self) -> bool:
+    return self.vocab_size is not None
 
   @property
   def is_image(self) -> bool:
@@ -110,6 +115,8 @@ class Family:
   needs_label: bool = False
   #: whether the family reads time series [T, C] with NaN (missing) steps.
   takes_series: bool = False
+  #: whether the family reads text: token ids [L] with 0 padding (`DataSpec.vocab_size`).
+  takes_text: bool = False
 
   def __init__(self, cfg: Config, spec: DataSpec):
     self.cfg = cfg
