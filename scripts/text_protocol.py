@@ -1,6 +1,6 @@
 r"""Clustering documents by topic: dlu's text codes beside TF-IDF, LSA and NMF (scikit-learn).
 
-  python scripts/text_protocol.py --out=/tmp/text_protocol --max_length=160   # Debian's fortunes
+  python scripts/text_protocol.py --out=/tmp/text_protocol --steps=150   # Debian's fortunes
   python scripts/text_protocol.py --out=/tmp/text_quick --quick --fortunes=DIR
 
 The corpus: a few categories of Debian's `fortunes` package (apt-get install fortunes;
@@ -13,7 +13,7 @@ For each seed: dlu's `--models` trained on the corpus (the labels unseen), every
 encoded with `dlu.load_run(...).encode`, and k-means (k = the categories) on the codes; beside
 them TF-IDF of words + k-means, LSA (TF-IDF + TruncatedSVD to --lsa_dim, L2-normalised) +
 k-means and NMF topics of the TF-IDF (each document's largest topic), all with that seed.
-ACC (Hungarian matching), NMI and ARI over every document. dlu's --max_length (default 256) sets the runs' document length. Prints the mean and standard
+ACC (Hungarian matching), NMI and ARI over every document. Prints the mean and standard
 deviation over the seeds as a markdown table and writes OUT/text_protocol.json and
 OUT/text_protocol.md.
 """
@@ -43,6 +43,7 @@ flags.DEFINE_list("categories", ["food", "law", "sports", "startrek"], "Fortune 
 flags.DEFINE_list("models", ["text_ae", "text_vae"], "dlu text models.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (training and every clustering).")
 flags.DEFINE_integer("steps", 1500, "Training steps per run.")
+flags.DEFINE_integer("doc_length", 128, "The runs' --max_length: tokens (bytes) per document.")
 flags.DEFINE_integer("max_bytes", 400, "Entries longer than this are left out of the corpus.")
 flags.DEFINE_integer("code", 32, "Code size of the dlu models.")
 flags.DEFINE_integer("lsa_dim", 100, "Components of the LSA baseline.")
@@ -113,7 +114,7 @@ def train_run(model: str, corpus: str, workdir: str, seed: int) -> None:
   sizes = dict(text_dim=16, text_ff=32, text_layers=1, text_heads=2) if quick else {}
   cfg = config.make_config(
     dataset=f"text:{corpus}",
-    max_length=FLAGS.max_length,
+    max_length=FLAGS.doc_length,
     latent_dim=FLAGS.code,
     seed=seed,
     batch_size=8 if quick else 32,
@@ -175,8 +176,13 @@ def main(argv):
   md = table(results) + "\n\n" + note + "\n"
   files.write_json(
     os.path.join(FLAGS.out, "text_protocol.json"),
-    {"results": results, "documents": len(docs), "categories": sorted(FLAGS.categories),
-     "seeds": seeds, "load_average": list(load)},
+    {
+      "results": results,
+      "documents": len(docs),
+      "categories": sorted(FLAGS.categories),
+      "seeds": seeds,
+      "load_average": list(load),
+    },
   )
   with files.atomic_write(os.path.join(FLAGS.out, "text_protocol.md")) as f:
     f.write(md)

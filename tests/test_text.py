@@ -35,7 +35,9 @@ def _options(**kw):
 
 
 def test_folder_labels_bytes_and_truncation(tmp_path):
-  ds = sources.load(f"text:{_write_folder(tmp_path / 'docs')}", table_options=_options(max_length=20))
+  ds = sources.load(
+    f"text:{_write_folder(tmp_path / 'docs')}", table_options=_options(max_length=20)
+  )
   assert ds.is_text and ds.x_train.dtype == np.int32 and ds.x_train.shape[1] == 20
   assert ds.num_classes == 2 and len(ds.x_train) + len(ds.x_test) == 24
   docs = ds.preprocessing.decode(ds.x_train)
@@ -60,7 +62,9 @@ def test_lines_csv_and_parquet(tmp_path):
   (tmp_path / "t.csv").write_text('id,body,topic\n1,"a, b",x\n2,hello,y\n', encoding="utf-8")
   raw = text.read_source(str(tmp_path / "t.csv"), "t", text_column="body", label_column="topic")
   assert raw.docs == ["a, b", "hello"] and list(raw.labels) == ["x", "y"]
-  pq.write_table(pa.table({"body": ["one", "two", "three"], "y": [0, 1, 0]}), tmp_path / "t.parquet")
+  pq.write_table(
+    pa.table({"body": ["one", "two", "three"], "y": [0, 1, 0]}), tmp_path / "t.parquet"
+  )
   ds = sources.load(
     f"text:{tmp_path / 't.parquet'}",
     table_options=sources.TableOptions(label_column="y", text=text.TextOptions(text_column="body")),
@@ -90,7 +94,11 @@ def test_sentencepiece_trained_on_train_split_saved_and_reused(tmp_path):
 @pytest.mark.parametrize(
   "write, flags, expected",
   [
-    (lambda p: (p / "b.txt").write_bytes(b"fine\nbad \xff byte\n"), {}, "b.txt line 2 is not UTF-8"),
+    (
+      lambda p: (p / "b.txt").write_bytes(b"fine\nbad \xff byte\n"),
+      {},
+      "b.txt line 2 is not UTF-8",
+    ),
     (lambda p: (p / "b.txt").write_text("one\n\nthree\n"), {}, "b.txt line 2 is an empty document"),
     (
       lambda p: (p / "b.csv").write_text("body,y\nhi,1\n,2\n"),

@@ -192,9 +192,7 @@ def _text(dataset: str, path: str, opts: TableOptions) -> Dataset:
   """text:PATH: documents split by --test_fraction, tokenised as the training split says."""
   what = f"--dataset={dataset}"
   topts = opts.text or text.TextOptions()
-  raw = text.read_source(
-    path, what, text_column=topts.text_column, label_column=opts.label_column
-  )
+  raw = text.read_source(path, what, text_column=topts.text_column, label_column=opts.label_column)
   train, test = tables.split_rows(len(raw.docs), opts.test_fraction, opts.seed, what)
   pre = opts.preprocessing
   if not isinstance(pre, text.TextPreprocessing):
@@ -205,8 +203,10 @@ def _text(dataset: str, path: str, opts: TableOptions) -> Dataset:
       max_length=topts.max_length,
       what=what,
     )
-  x = {k: pre.transform([raw.docs[i] for i in rows], f"{what}: {k} split") for k, rows in
-       (("train", train), ("test", test))}
+  x = {
+    k: pre.transform([raw.docs[i] for i in rows], f"{what}: {k} split")
+    for k, rows in (("train", train), ("test", test))
+  }
   y, num_classes = {"train": None, "test": None}, None
   if raw.labels is not None:
     codes, classes = tables.encode_labels(raw.labels, f"{what}: labels")

@@ -133,7 +133,10 @@ def read_table(
       data = _read_bytes(path, what)
       _decode(data, path, what)  # a bad byte named by its line
       opts = pcsv.ConvertOptions(
-        column_types={text_column: pa.string(), **({label_column: pa.string()} if label_column else {})},
+        column_types={
+          text_column: pa.string(),
+          **({label_column: pa.string()} if label_column else {}),
+        },
         strings_can_be_null=False,
       )
       table = pcsv.read_csv(pa.BufferReader(data), convert_options=opts)
@@ -329,7 +332,9 @@ class TextPreprocessing:
         model=d.get("model"),
       )
     except (OSError, ValueError, KeyError, TypeError) as e:
-      raise UsageError(f"{path} is unreadable ({type(e).__name__}: {e}); expected text.json") from None
+      raise UsageError(
+        f"{path} is unreadable ({type(e).__name__}: {e}); expected text.json"
+      ) from None
 
 
 def fit_preprocessing(

@@ -22,8 +22,8 @@ import numpy as np
 from absl import flags
 
 from dlu import data, files
-from dlu.data import text
 from dlu.config.model_flags import num_clusters
+from dlu.data import text
 from dlu.errors import UsageError
 from dlu.evaluators.registry import Inputs, register
 from dlu.metrics import clustering

@@ -62,7 +62,10 @@ def text_samples(exp: Any, state: Any, inputs: Inputs) -> dict[str, Any]:
       workdir,
       "interpolations",
       inputs.step,
-      [f"from {originals[0]!r}", *(f"  {ti:.2f}: {s!r}" for ti, s in zip(t[:, 0], line, strict=True)),
-       f"to {originals[1]!r}"],
+      [
+        f"from {originals[0]!r}",
+        *(f"  {ti:.2f}: {s!r}" for ti, s in zip(t[:, 0], line, strict=True)),
+        f"to {originals[1]!r}",
+      ],
     )
   return out

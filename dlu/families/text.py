@@ -66,9 +66,7 @@ class TextAutoencoder(SingleNetworkFamily):
     require_positive(cfg, "latent_dim", "text_dim", "text_heads", "text_layers", "text_ff")
     require_non_negative(cfg, "kl_anneal_steps", "free_bits")
     if cfg.text_dim % cfg.text_heads:
-      raise UsageError(
-        f"--text_heads={cfg.text_heads} must divide --text_dim={cfg.text_dim}"
-      )
+      raise UsageError(f"--text_heads={cfg.text_heads} must divide --text_dim={cfg.text_dim}")
     if not 0 <= cfg.word_dropout < 1:
       raise UsageError(f"--word_dropout={cfg.word_dropout}: expected a fraction in [0, 1)")
 
