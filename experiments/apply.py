@@ -64,7 +64,7 @@ STORED_FLAGS = ("impute", "feature_scaling")
 # So does its column schema (kinds, categories, the id column).
 COLUMN_FLAGS = ("categorical_columns", "numeric_columns", "drop_columns", "id_column")
 # The --input forms that name a file or a folder.
-INPUT_KINDS = ("csv", "parquet", "json", "npz", "npy", "folder", "records", "series")
+INPUT_KINDS = ("csv", "parquet", "json", "npz", "npy", "folder", "records", "series", "text")
 
 
 def results(
@@ -80,6 +80,8 @@ def results(
     out["score"] = run.score(x, method=score_method, k=score_k)
   elif family.has_score:
     out["score"] = run.score(x)
+  if run.dataset.is_text and family.has_reconstruction:  # documents decoded from their codes
+    out["reconstruction"] = run.reconstruct(x)
   head = getattr(family, "assignments", None)
   if head is not None or os.path.isfile(os.path.join(run.exp.ctx.workdir, apply.KMEANS_FILE)):
     out["cluster"], out["confidence"] = run.assign(x)
@@ -280,12 +282,14 @@ def main(argv):
       out["samples"] = samples[0]
       if samples[1] is not None:
         out["sample_labels"] = samples[1]
-    write_npz(FLAGS.output, out)
+    write_npz(FLAGS.output, {k: v.astype(str) if v.dtype == object else v for k, v in out.items()})
   else:
     write_csv(FLAGS.output, out)
     if samples is not None:
       npz_path, csv_path = samples_paths(FLAGS.output)
-      if run.dataset.is_image:
+      if run.dataset.is_text:
+        write_csv(csv_path, {"text": samples[0]})
+      elif run.dataset.is_image:
         write_npz(
           npz_path,
           {
@@ -311,7 +315,8 @@ def main(argv):
 
 def _is_table(run: apply.Run) -> bool:
   pre = run.dataset.preprocessing
-  return not run.dataset.is_image and not run.dataset.is_series and pre is not None
+  ds = run.dataset
+  return not ds.is_image and not ds.is_series and not ds.is_text and pre is not None
 
 
 def _id_values(ids: np.ndarray, fmt: str) -> np.ndarray:

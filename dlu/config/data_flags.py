@@ -9,7 +9,8 @@ flags.DEFINE_string(
   "fashion_mnist",
   "digits | fashion_mnist | mnist | cifar10 | any tfds image dataset | npz:PATH (images "
   "[N, H, W(, C)] or vectors [N, D]) | folder:DIR | csv:PATH | parquet:PATH | json:PATH | series:PATH "
-  "(time series: .ts, .tsv, .csv, .npz, or a directory of NAME_TRAIN/NAME_TEST files).",
+  "(time series: .ts, .tsv, .csv, .npz, or a directory of NAME_TRAIN/NAME_TEST files) | text:PATH "
+  "(documents: a .txt file of one a line, a directory of .txt files, a .csv/.parquet table).",
 )
 flags.DEFINE_string(
   "data_dir", None, "tfds data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)."
@@ -105,4 +106,22 @@ flags.DEFINE_enum(
   ["znorm", "global", "none"],
   "Series: znorm (each series and channel to zero mean, unit variance), global (per channel, "
   "from the training split) or none; kept in WORKDIR/series.json.",
+)
+# Text (text:).
+flags.DEFINE_string(
+  "text_column", None, "text: a .csv/.parquet table's column holding the documents."
+)
+flags.DEFINE_enum(
+  "tokenizer",
+  "bytes",
+  ["bytes", "sentencepiece"],
+  "text: UTF-8 bytes, or a SentencePiece model of --vocab_size pieces trained on the training "
+  "split; kept in WORKDIR/text.json.",
+)
+flags.DEFINE_integer("vocab_size", 0, "text --tokenizer=sentencepiece: pieces in its vocabulary.")
+flags.DEFINE_integer(
+  "max_length",
+  256,
+  "text: tokens per document (its end token included), longer ones truncated (the run's "
+  "summary counts them); 0: the training split's longest.",
 )

@@ -20,7 +20,8 @@ ACCEPTED_FORMS = (
   "digits, fashion_mnist, mnist, cifar10, ... (any tfds image dataset, as "
   "NAME[/CONFIG][:VERSION]), npz:PATH, folder:DIR, csv:PATH, parquet:PATH, json:PATH, records:DIR "
   "(experiments.prepare_data), npy:PATH (memory-mapped), series:PATH (.ts, .tsv, .csv, .npz or a "
-  "directory of NAME_TRAIN/NAME_TEST files)"
+  "directory of NAME_TRAIN/NAME_TEST files), text:PATH (a .txt file of one document a line, a "
+  "directory of .txt files, or a .csv/.parquet table with --text_column)"
 )
 VALID_CHANNELS = (1, 3, 4)
 HELD_OUT_FRACTION = 0.1
@@ -104,6 +105,11 @@ class Dataset:
   @property
   def is_series(self) -> bool:
     return self.x_train.ndim == 3
+
+  @property
+  def is_text(self) -> bool:
+    """Token ids [N, L] (integers; vectors are float32): `dlu.data.text`."""
+    return self.x_train.ndim == 2 and np.issubdtype(self.x_train.dtype, np.integer)
 
 
 _READ_CHUNK_BYTES = 64 << 20  # np.asarray of a RowArray reads this much at a time

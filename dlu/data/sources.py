@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dlu.data import fingerprints, local, preprocessing, records, series, tables, tfds_offline
+from dlu.data import fingerprints, local, preprocessing, records, series, tables, text, tfds_offline
 from dlu.data.arrays import ACCEPTED_FORMS, Dataset, held_out_rows
 from dlu.errors import UsageError
 
@@ -46,6 +46,7 @@ def _parse(dataset: str) -> tuple[str, str]:
     ("records", "DIR"),
     ("npy", "PATH"),
     ("series", "PATH"),
+    ("text", "PATH"),
   ):
     if dataset.startswith(kind + ":"):
       if not dataset[len(kind) + 1 :]:
@@ -93,6 +94,7 @@ class TableOptions:
   series_scaling: str = "znorm"
   overrides: Any = None  # tables: a dlu.data.columns.Overrides (column kinds, drops, the id)
   encoding: str | None = None  # csv/json tables: the file's text encoding (default UTF-8)
+  text: Any = None  # text: a dlu.data.text.TextOptions (column, tokeniser, length)
 
 
 def _vectors(dataset: str, what: str, arrays: dict[str, np.ndarray], opts: TableOptions) -> Dataset:
@@ -194,6 +196,34 @@ def _series(dataset: str, path: str, opts: TableOptions) -> Dataset:
   )
 
 
+def _text(dataset: str, path: str, opts: TableOptions) -> Dataset:
+  """text:PATH: documents split by --test_fraction, tokenised as the training split says."""
+  what = f"--dataset={dataset}"
+  topts = opts.text or text.TextOptions()
+  raw = text.read_source(path, what, text_column=topts.text_column, label_column=opts.label_column)
+  train, test = tables.split_rows(len(raw.docs), opts.test_fraction, opts.seed, what)
+  pre = opts.preprocessing
+  if not isinstance(pre, text.TextPreprocessing):
+    pre = text.fit_preprocessing(
+      [raw.docs[i] for i in train],
+      tokenizer=topts.tokenizer,
+      vocab_size=topts.vocab_size,
+      max_length=topts.max_length,
+      what=what,
+    )
+  x = {
+    k: pre.transform([raw.docs[i] for i in rows], f"{what}: {k} split")
+    for k, rows in (("train", train), ("test", test))
+  }
+  y, num_classes = {"train": None, "test": None}, None
+  if raw.labels is not None:
+    codes, classes = tables.encode_labels(raw.labels, f"{what}: labels")
+    y, num_classes = {"train": codes[train], "test": codes[test]}, len(classes)
+  return Dataset(
+    dataset, x["train"], y["train"], x["test"], y["test"], num_classes, preprocessing=pre
+  )
+
+
 def _on_disk(dataset: str, kind: str, path: str, opts: TableOptions) -> Dataset:
   """records:DIR or npy:PATH: rows read when indexed, split as their in-memory forms split."""
   what = f"--dataset={dataset}"
@@ -270,9 +300,9 @@ def _load(
 ) -> tuple[Dataset, str]:
   kind, arg = _parse(dataset)
   dataset = dataset.strip()
-  if opts.label_column and kind not in (*tables.TABLE_FORMATS, "series"):
+  if opts.label_column and kind not in (*tables.TABLE_FORMATS, "series", "text"):
     raise UsageError(
-      f"--label_column names a column of a table (csv:, parquet:, json:, series:); --dataset={dataset} "
+      f"--label_column names a column of a table (csv:, parquet:, json:, series:, text:); --dataset={dataset} "
       "is not one"
     )
   if kind == "digits":
@@ -286,6 +316,8 @@ def _load(
     return _table(dataset, kind, arg, opts), f"read from {arg}"
   if kind == "series":
     return _series(dataset, arg, opts), f"read from {arg}"
+  if kind == "text":
+    return _text(dataset, arg, opts), f"read from {arg}"
   if kind == "folder":
     return local.load_folder(dataset, arg), f"decoded from the images in {arg}"
   if kind in ("records", "npy"):
@@ -412,6 +444,12 @@ def read_table_input(dataset: str, *, encoding: str | None = None) -> Any:
 
 def describe(data: Dataset) -> str:
   labels = f"{data.num_classes} classes" if data.num_classes is not None else "unlabelled"
+  if data.is_text:
+    pre = data.preprocessing
+    return (
+      f"{len(data.x_train)} train and {len(data.x_test)} test {pre.describe()} "
+      f"({text.truncated(data.x_train)} training documents truncated to {pre.length}), {labels}"
+    )
   if data.is_series:
     return (
       f"{len(data.x_train)} train and {len(data.x_test)} test {data.preprocessing.describe()}, "

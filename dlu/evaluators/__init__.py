@@ -8,6 +8,7 @@ experiments.evaluate. Importing this package registers the built-in ones (and th
   features        per-feature reconstruction error and a PCA map of the embeddings (vectors)
   clustering      clustering scores, probes and baselines of the embeddings (labelled data)
   series_plots    test series drawn over their reconstructions (series)
+  text_samples    documents, their reconstructions and a VAE's samples as text (text)
 """
 
 from dlu.evaluators import (  # noqa: F401
@@ -16,6 +17,7 @@ from dlu.evaluators import (  # noqa: F401
   features,
   sample_quality,
   series_plots,
+  text_samples,
 )
 from dlu.evaluators.registry import (  # noqa: F401
   Evaluation,

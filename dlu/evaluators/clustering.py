@@ -23,6 +23,7 @@ from absl import flags
 
 from dlu import data, files
 from dlu.config.model_flags import num_clusters
+from dlu.data import text
 from dlu.errors import UsageError
 from dlu.evaluators.registry import Inputs, register
 from dlu.metrics import clustering
@@ -194,7 +195,10 @@ def baselines(
   clustered, probes when the train labels hold one class.
   """
   flat = lambda x: data.normalize(x, "unit").reshape(len(x), -1).astype(np.float32)
-  x_train, x_test = flat(ds.x_train), flat(ds.x_test)
+  if ds.is_text:  # documents: TF-IDF of their token counts in the place of pixels
+    x_train, x_test = text.bag_of_tokens(ds.x_train, ds.x_test, ds.preprocessing.vocab_size)
+  else:
+    x_train, x_test = flat(ds.x_train), flat(ds.x_test)
   if ds.is_series or not ds.is_image:
     # Raw series' missing and padded steps, and a table's missing cells (--impute=model), as 0:
     # the scaled data's mean.

@@ -42,7 +42,16 @@ flags.DEFINE_list(
 )
 
 #: What an evaluator may need of a run.
-NEEDS = ("images", "vectors", "series", "embeddings", "reconstructions", "samples", "labels")
+NEEDS = (
+  "images",
+  "vectors",
+  "series",
+  "text",
+  "embeddings",
+  "reconstructions",
+  "samples",
+  "labels",
+)
 #: A default schedule: every --eval_every steps.
 EVAL_EVERY = "eval_every"
 #: A schedule: only after the last step.
@@ -95,10 +104,13 @@ def unmet_needs(evaluator: Evaluator, exp: Any) -> tuple[str, str] | None:
   family, ds = exp.family, exp.dataset
   if "images" in evaluator.needs and not ds.is_image:
     return "images", f"{ds.name} holds vectors, not images"
-  if "vectors" in evaluator.needs and ds.x_train.ndim != 2:
-    return "vectors", f"{ds.name} holds {'images' if ds.is_image else 'series'}"
+  if "vectors" in evaluator.needs and (ds.x_train.ndim != 2 or ds.is_text):
+    kind = "images" if ds.is_image else "text" if ds.is_text else "series"
+    return "vectors", f"{ds.name} holds {kind}"
   if "series" in evaluator.needs and not ds.is_series:
     return "series", f"{ds.name} holds no series"
+  if "text" in evaluator.needs and not ds.is_text:
+    return "text", f"{ds.name} holds no text"
   if "embeddings" in evaluator.needs and not family.has_embedding:
     return "embeddings", f"--model={exp.cfg.model} has no embedding"
   if "reconstructions" in evaluator.needs and not family.has_reconstruction:

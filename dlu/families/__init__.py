@@ -13,6 +13,7 @@ from dlu.families import (  # noqa: F401  (registers them)
   sequence_contrastive,
   sequence_vae,
   svdd,
+  text,
   vae,
 )
 from dlu.families.base import (  # noqa: F401

@@ -64,6 +64,11 @@ class DataSpec:
   # (--impute=model).
   columns: tuple[tuple[str, int, int], ...] = ()
   masked: bool = False
+  vocab_size: int | None = None  # text: token ids [L] in 0..vocab_size-1 (dlu.data.text)
+
+  @property
+  def is_text(self) -> bool:
+    return self.vocab_size is not None
 
   @property
   def is_image(self) -> bool:
@@ -117,6 +122,8 @@ class Family:
   takes_series: bool = False
   #: whether the family takes table rows with missing (NaN) cells (--impute=model).
   takes_missing: bool = False
+  #: whether the family reads text: token ids [L] with 0 padding (`DataSpec.vocab_size`).
+  takes_text: bool = False
 
   def __init__(self, cfg: Config, spec: DataSpec):
     self.cfg = cfg

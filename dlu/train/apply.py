@@ -8,6 +8,7 @@
     s = run.score(x, method="knn")                # [N] mean distance to the 5 nearest training codes
     clusters, confidence = run.assign(x)          # [N] each
     samples = run.sample(16)                      # GANs, VAEs
+    z = dlu.load_run("workdirs/text_vae").encode(["a document", "another one"])  # text runs
 
 `x` is in the training data's own units: for a table, raw columns [N, D] in the training column
 order, a pandas DataFrame or pyarrow Table (columns matched by name; others, the label among
@@ -37,7 +38,7 @@ import pyarrow.parquet as pq
 from jax.experimental import multihost_utils
 
 from dlu import data, files
-from dlu.data import arrays, columns, preprocessing, series, tables
+from dlu.data import arrays, columns, preprocessing, series, tables, text
 from dlu.errors import UsageError
 from dlu.evaluators.clustering import KMEANS_FILE
 from dlu.metrics import novelty
@@ -75,6 +76,8 @@ class Run:
     (NaN missing), made to the run's length and scaled by its stored series.json."""
     if self.dataset.is_series:
       return self._series_inputs(x, what)
+    if self.dataset.is_text:
+      return self._text_inputs(x, what)
     if isinstance(x, str):
       x, what = read_inputs(x, self), f"--input={x.strip()}"
     elif _is_table(x):
@@ -157,6 +160,33 @@ class Run:
       raise UsageError(f"{what}: the run was trained on series; expected series:PATH")
     return series.read_file(os.path.expanduser(path), what, self.cfg.label_column).series
 
+  def _text_inputs(self, x: Any, what: str) -> np.ndarray:
+    """Documents (a "text:PATH" string, or a list or array of strings) as the run's token ids."""
+    if isinstance(x, str):
+      x, what = self._text_raw(x), f"--input={x.strip()}"
+    elif isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype.kind in "OU":
+      x = x.tolist()
+    elif not isinstance(x, (list, tuple)):
+      raise UsageError(
+        f"{what}: a {type(x).__name__}; the run was trained on text: expected a list of "
+        "documents (strings) or text:PATH"
+      )
+    if not len(x):
+      raise UsageError(_no_rows(what))
+    return self.dataset.preprocessing.transform(list(x), what)
+
+  def _text_raw(self, spec: str) -> list[str]:
+    """The documents of a text:PATH form as read (labels, if any, ignored)."""
+    kind, _, path = spec.strip().partition(":")
+    what = f"--input={spec.strip()}"
+    if kind != "text" or not path:
+      raise UsageError(
+        f"{what}: the run was trained on text; expected text:PATH or a list of documents"
+      )
+    path = os.path.expanduser(path)
+    column = self.cfg.text_column if path.endswith(text.TABLE_SUFFIXES) else None
+    return text.read_source(path, what, text_column=column).docs
+
   def _table_rows(self, x: Any, what: str) -> np.ndarray:
     """A DataFrame's or pyarrow Table's training columns, by name, as raw float64 [N, D]
     (encoded by the run's column schema when it has one: categories one-hot, booleans 0/1)."""
@@ -203,9 +233,11 @@ class Run:
 
   def _to_data_units(self, x: np.ndarray) -> np.ndarray:
     """Model-space outputs in the data's own units: raw columns, or images in [0, 1]; series
-    stay scaled as the model saw them (--series_scaling)."""
+    stay scaled as the model saw them (--series_scaling); token ids become text."""
     if self.dataset.is_series:
       return x
+    if self.dataset.is_text:
+      return np.array(self.dataset.preprocessing.decode(x), dtype=object)
     if not self.dataset.is_image:
       pre = self.dataset.preprocessing
       return pre.inverse(x) if pre is not None else x
@@ -221,7 +253,8 @@ class Run:
     return self._per_example("embed", self.family.embed, self.inputs(x))
 
   def reconstruct(self, x: Any) -> np.ndarray:
-    """Reconstructions in the data's units (raw columns, or images in [0, 1]). [N, ...]"""
+    """Reconstructions in the data's units (raw columns, images in [0, 1], or documents
+    decoded greedily from their codes as text). [N, ...]"""
     if not self.family.has_reconstruction:
       raise UsageError(f"--model={self.cfg.model} does not reconstruct")
     return self._to_data_units(
@@ -397,6 +430,13 @@ class Run:
       raise UsageError(f"--samples must be a positive number, got {n}")
     family, mesh = self.family, self.exp.mesh
     bs = self.exp.ctx.batch_size
+    if self.dataset.is_text:  # text_vae: documents decoded greedily from prior draws
+      if not self.cfg.model == "text_vae":
+        raise UsageError(f"--model={self.cfg.model} draws no samples (text_vae does)")
+      if "sample" not in self._jitted:
+        self._jitted["sample"] = jax.jit(family.prior_samples, static_argnums=2)
+      tokens = self._jitted["sample"](self.state, jax.random.key(seed), n)
+      return self._to_data_units(np.asarray(tokens)), None
     if family.has_samples:
       per_class = getattr(family, "num_classes", None)
       total = n * per_class if per_class else n
@@ -471,6 +511,8 @@ def read_inputs(spec: str, run: Run, *, encoding: str | None = None) -> np.ndarr
   (default UTF-8)."""
   if run.dataset.is_series:  # raw series [T_i, C], made model inputs by Run.inputs
     return run._series_raw(spec)
+  if run.dataset.is_text:  # documents, made token ids by Run.inputs
+    return run._text_raw(spec)
   pre = run.dataset.preprocessing
   if pre is not None and pre.schema is not None:
     return read_table_inputs(spec, run, encoding=encoding).x

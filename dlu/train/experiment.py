@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from dlu import config, data, evaluators, families
-from dlu.data import columns, feeds, preprocessing, series
+from dlu.data import columns, feeds, preprocessing, series, text
 from dlu.errors import UsageError
 from dlu.families import DataSpec, EvalContext, Family
 from dlu.runtime import batched_eval, checkpointing, parallel
@@ -66,6 +66,10 @@ def table_options(cfg: config.Config, workdir: str) -> data.TableOptions:
     if directory and os.path.isfile(path):
       stored = series.SeriesPreprocessing.load(path)
       break
+    path = os.path.join(directory or "", text.FILE_NAME)
+    if directory and os.path.isfile(path):
+      stored = text.TextPreprocessing.load(path)
+      break
   return data.TableOptions(
     label_column=cfg.label_column,
     test_fraction=cfg.test_fraction,
@@ -83,6 +87,7 @@ def table_options(cfg: config.Config, workdir: str) -> data.TableOptions:
       getattr(cfg, "id_column", None),
     ),
     encoding=getattr(cfg, "encoding", None),
+    text=text.TextOptions(cfg.text_column, cfg.tokenizer, cfg.vocab_size, cfg.max_length),
   )
 
 
@@ -111,6 +116,13 @@ def build(cfg: config.Config, workdir: str) -> Experiment:
     raise UsageError(
       f"--model={cfg.model} does not take time series ({cfg.dataset}); use --model= one of {takers}"
     )
+  if dataset.is_text != families.get(cfg.model).takes_text:
+    takers = ", ".join(n for n in families.names() if families.get(n).takes_text)
+    raise UsageError(
+      f"--model={cfg.model} does not take text ({cfg.dataset}); use --model= one of {takers}"
+      if dataset.is_text
+      else f"--model={cfg.model} takes text (--dataset=text:PATH); {cfg.dataset} is not text"
+    )
   pre = dataset.preprocessing
   masked = getattr(pre, "impute", None) == "model"
   if masked and not families.get(cfg.model).takes_missing:
@@ -127,6 +139,7 @@ def build(cfg: config.Config, workdir: str) -> Experiment:
     cfg.pixel_range,
     columns=schema.kinds() if schema is not None else (),
     masked=masked,
+    vocab_size=dataset.preprocessing.vocab_size if dataset.is_text else None,
   )
   batch_size = _global_batch_size(cfg, spec.num_train)
   parallel.check_batch_size(batch_size)

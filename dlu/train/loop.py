@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dlu import config, evaluators
+from dlu import config, data, evaluators
 from dlu.data import feeds, subsets
 from dlu.errors import RunFailure, UsageError
 from dlu.runtime import checkpointing, metric_writers, parallel, peaks
@@ -256,6 +256,8 @@ def _open_evaluation(run: _Run, schedule: Any, state: Any, resumed: bool) -> Non
     )
     if exp.dataset.is_series:
       print(f"Series: {exp.dataset.preprocessing.describe()}", flush=True)
+    if exp.dataset.is_text:
+      print(f"Text: {data.describe(exp.dataset)}", flush=True)
     if cfg.class_balance:
       ds = exp.dataset
       print(subsets.describe_balance(cfg.class_balance, ds.y_train, ds.num_classes), flush=True)
