@@ -25,7 +25,7 @@ score them:
             classes (the encoder saw every class, unlabelled; the detector sees class c only)
 Beside them, on the same scaled series (missing steps 0): `raw` (the same probes, k-means and
 k-NN detector on the series themselves), `1nn` (1-NN Euclidean accuracy), and k-Shape
-(tslearn, Paparrizos and Gravano 2015) clustering. Series longer than --max_length are
+(tslearn, Paparrizos and Gravano 2015) clustering. Series longer than --series_max_length are
 resampled to it (ACSF1: 1460 -> 512 steps); a set whose test split holds a series longer than
 any training one (JapaneseVowels) is resampled to its longest, since padding to the training
 split's longest would cut test series. Wall time per set counts every seed and model,
@@ -75,7 +75,7 @@ flags.DEFINE_list("datasets", list(DATASETS), "The sets, folders of --ucr_dir.")
 flags.DEFINE_list("models", ["simclr_conv1d", "ae_conv1d"], "dlu series models to train.")
 flags.DEFINE_integer("seeds", 3, "Seeds per set and model (0, 1, ...).")
 flags.DEFINE_integer("steps", 300, "Training steps per run.")
-flags.DEFINE_integer("max_length", 512, "Longer series are resampled to this many steps.")
+flags.DEFINE_integer("series_max_length", 512, "Longer series are resampled to this many steps.")
 flags.DEFINE_bool("kshape", True, "Also cluster the raw series with tslearn's k-Shape.")
 flags.DEFINE_bool("quick", False, "A smoke run: the first two --datasets, one seed, 30 steps.")
 FLAGS = flags.FLAGS
@@ -220,8 +220,8 @@ def evaluate_set(name: str, folder: str, out: str, models, seeds: int, steps: in
   lengths = {split: [len(s) for s in _read(folder, name, split).series] for split in SPLITS}
   longest = max(max(v) for v in lengths.values())
   length = 0  # padded to the training split's longest, the steps after a series' end masked
-  if longest > FLAGS.max_length:
-    length = FLAGS.max_length
+  if longest > FLAGS.series_max_length:
+    length = FLAGS.series_max_length
   elif max(lengths["TEST"]) > max(lengths["TRAIN"]):  # the padding would cut test series
     length = longest
   ds = data.load(f"series:{folder}", table_options=data.TableOptions(series_length=length))

@@ -241,8 +241,15 @@ def differing_flags(workdir: str, cfg: config.Config) -> list[tuple[str, Any, An
   return [
     (k, getattr(old, k), v)
     for k, v in sorted(vars(cfg).items())
-    if _state_flag(k) and getattr(old, k, v) != v
+    if _state_flag(k) and getattr(old, k, v) != v and not _same_choice(k, getattr(old, k), v)
   ]
+
+
+def _same_choice(name: str, old: Any, new: Any) -> bool:
+  """A value that resolves as the recorded one did: --impute=auto is none where the run's table
+  had no missing cell (runs recorded before auto, the default, was added), and the run's stored
+  preprocessing.json fixes imputation on resume either way."""
+  return name == "impute" and new == "auto" and old == "none"
 
 
 def listed(differing: list[tuple[str, Any, Any]]) -> str:
