@@ -40,12 +40,17 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from dlu import data
 from dlu.config import Config, model_flags
 from dlu.errors import UsageError
-from dlu.runtime import optim
+from dlu.runtime import batched_eval, optim, parallel
+
+#: A latent unit is active when its posterior mean varies across inputs by more than this
+#: (Burda et al. 2016).
+ACTIVE_UNIT_THRESHOLD = 0.01
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -210,6 +215,25 @@ class Family:
   def has_samples(self) -> bool:
     """Whether the family draws samples (the sample_quality evaluator needs them)."""
     return type(self).samples_from_noise is not Family.samples_from_noise
+
+  def _per_example(self, name: str, mesh):
+    """The jitted (state, inputs, rng) -> [B, ...] method `name`, built once per mesh."""
+    cache = self.__dict__.setdefault("_jitted", {})
+    if (name, mesh) not in cache:
+      cache[name, mesh] = parallel.make_per_example(getattr(self, name), mesh)
+    return cache[name, mesh]
+
+  def active_units(self, state, x, ctx: EvalContext) -> int:
+    """How many latent units of `posterior_mean(state, inputs, rng)` are active on `x`."""
+    means = batched_eval.per_example(
+      self._per_example("posterior_mean", ctx.mesh),
+      state,
+      x,
+      mesh=ctx.mesh,
+      batch_size=ctx.batch_size,
+      rng=ctx.rng,
+    )
+    return int(np.sum(np.var(means, axis=0) > ACTIVE_UNIT_THRESHOLD))
 
   def normalize(self, images: jax.Array) -> jax.Array:
     """Stored pixels to the model's range; vectors are model inputs already."""

@@ -20,7 +20,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import flags
 
@@ -30,7 +29,6 @@ from dlu.errors import UsageError
 from dlu.families.base import SingleNetworkFamily, register
 from dlu.models import text as text_models
 from dlu.ops import likelihoods
-from dlu.runtime import batched_eval, parallel
 
 flags.DEFINE_integer("text_dim", 64, "text_ae, text_vae: width of the Transformer layers.")
 flags.DEFINE_integer("text_heads", 4, "text_ae, text_vae: attention heads (divide --text_dim).")
@@ -51,7 +49,6 @@ flags.DEFINE_float(
   "text_vae: nats each latent dimension's batch-mean KL counts at least (0: the plain ELBO).",
 )
 
-ACTIVE_UNIT_THRESHOLD = 0.01
 _SAMPLES_KEY = 1
 
 
@@ -180,27 +177,13 @@ class TextAutoencoder(SingleNetworkFamily):
   def eval_metrics(self, state, batch, rng):
     return self._document_metrics(state, batch["image"], rng)
 
-  def _per_example(self, name: str, mesh):
-    cache = self.__dict__.setdefault("_jitted", {})
-    if (name, mesh) not in cache:
-      cache[name, mesh] = parallel.make_per_example(getattr(self, name), mesh)
-    return cache[name, mesh]
-
   def posterior_mean(self, state, tokens, rng):
     return self._code(state.params, tokens)[0]
 
   def split_metrics(self, state, dataset, ctx):
     if not self.variational:
       return {}
-    means = batched_eval.per_example(
-      self._per_example("posterior_mean", ctx.mesh),
-      state,
-      dataset.x_test,
-      mesh=ctx.mesh,
-      batch_size=ctx.batch_size,
-      rng=ctx.rng,
-    )
-    return {"active_units": int(np.sum(np.var(means, axis=0) > ACTIVE_UNIT_THRESHOLD))}
+    return {"active_units": self.active_units(state, dataset.x_test, ctx)}
 
   def images(self, state, batch, rng):
     return {}

@@ -41,7 +41,7 @@ from dlu.families.base import SingleNetworkFamily, register
 from dlu.models import vae as vae_models
 from dlu.ops import likelihoods, tabular
 from dlu.ops.grids import as_grid, paired_rows, to_unit
-from dlu.runtime import batched_eval, parallel
+from dlu.runtime import batched_eval
 
 flags.DEFINE_enum(
   "likelihood",
@@ -78,7 +78,6 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("iwae_examples", 0, "Test images scored by nll_iwae; 0: the whole test split.")
 
-ACTIVE_UNIT_THRESHOLD = 0.01
 _SAMPLES_KEY, _MANIFOLD_SIDE, _INTERPOLATION_STEPS = 1, 15, 8
 
 
@@ -287,23 +286,8 @@ class VAE(SingleNetworkFamily):
     _, per_chunk = jax.lax.scan(chunk_logsumexp, None, jnp.arange(k // chunk))
     return jax.nn.logsumexp(per_chunk, axis=0) - math.log(k)
 
-  def _per_example(self, name: str, mesh):
-    """The jitted (state, images, rng) -> [B, ...] method `name`, built once per mesh."""
-    cache = self.__dict__.setdefault("_jitted", {})
-    if (name, mesh) not in cache:
-      cache[name, mesh] = parallel.make_per_example(getattr(self, name), mesh)
-    return cache[name, mesh]
-
   def split_metrics(self, state, dataset, ctx):
-    means = batched_eval.per_example(
-      self._per_example("posterior_mean", ctx.mesh),
-      state,
-      dataset.x_test,
-      mesh=ctx.mesh,
-      batch_size=ctx.batch_size,
-      rng=ctx.rng,
-    )
-    return {"active_units": int(np.sum(np.var(means, axis=0) > ACTIVE_UNIT_THRESHOLD))}
+    return {"active_units": self.active_units(state, dataset.x_test, ctx)}
 
   def final_metrics(self, state, dataset, ctx):
     x = dataset.x_test[: self.cfg.iwae_examples or None]
