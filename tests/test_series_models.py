@@ -1,9 +1,10 @@
 """Series models beyond the autoencoders: the sequence VAEs (vae_conv1d, vae_seq), contrastive
 views and simclr_conv1d (with its cluster head), DEC/IDEC on a series autoencoder, and
-scripts/ucr_protocol.py --quick on series written here."""
+scripts/ucr_protocol.py --quick on series written here and its table of published figures."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -271,6 +272,39 @@ def test_idec_on_a_series_autoencoder_and_simclr_cluster_head(tmp_path):
   assert hard.shape == (32,)
 
 
+def _ucr_protocol():
+  path = os.path.join(REPO, "scripts", "ucr_protocol.py")
+  spec = importlib.util.spec_from_file_location("ucr_protocol", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_ucr_protocol_table_prints_unchecked_published_figures_as_a_dash():
+  ucr = _ucr_protocol()
+  scores = {k: (0.5, 0.01) for k in ("svm", "linear", "nmi", "ri", "auroc")}
+  result = lambda: {"models": {"raw": dict(scores)}, "1nn": 0.5, "wall_s": 1.0}
+  rows = lambda md, name: [line for line in md.splitlines() if line.startswith(f"| {name} |")]
+  md = ucr.table({"GunPoint": result(), "ArrowHead": result()}, [])
+  acc, clu = rows(md, "GunPoint")
+  # TS2Vec's and TS-TCC's GunPoint figures are unchecked (None); T-Loss's and DTCR's are printed.
+  assert ucr.PUBLISHED_ACCURACY["GunPoint"] == (None, 0.980, None)
+  assert acc.endswith("| 0.500 | – | 0.980 | – |")
+  assert "| 0.4200 / 0.6398 |" in clu
+  mean_acc, mean_clu = rows(md, "**mean**")
+  assert mean_acc.endswith("| – | 0.873 | – |")  # T-Loss: (0.980 + 0.766) / 2
+  assert "| 0.4857 / 0.6633 |" in mean_clu  # DTCR NMI / RI over GunPoint and ArrowHead
+  # A set no paper reports: dashes, and no published mean over a part of the table.
+  md = ucr.table({"GunPoint": result(), "Toy": result()}, [])
+  assert rows(md, "Toy")[0].endswith("| – | – | – |") and "| – / – |" in rows(md, "Toy")[1]
+  mean_acc, mean_clu = rows(md, "**mean**")
+  assert mean_acc.endswith("| – | – | – |") and "| – / – |" in mean_clu
+  lines = md.splitlines()
+  for i, line in enumerate(lines):
+    if line.startswith("| set |"):  # each table's header, separator and rows have equal cells
+      assert {row.count("|") for row in lines[i : i + 5]} == {line.count("|")}
+
+
 @pytest.mark.slow
 def test_ucr_protocol_quick(tmp_path):
   for split, seed in (("TRAIN", 0), ("TEST", 1)):
@@ -306,3 +340,6 @@ def test_ucr_protocol_quick(tmp_path):
   assert report["seeds"] == 1 and report["steps"] == 30 and len(report["load_average"]) == 3
   md = (out / "ucr.md").read_text()
   assert "| Toy |" in md and "TS2Vec" in md and "simclr_conv1d svm" in md
+  assert "DTCR NMI / RI" in md and "| – | – | – |" in md  # Toy: no published figures
+  assert report["published_accuracy"]["GunPoint"] == [None, 0.98, None]
+  assert report["published_clustering"]["GunPoint"] == [0.6398, 0.42]
