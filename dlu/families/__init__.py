@@ -7,6 +7,7 @@ from dlu.families import (  # noqa: F401  (registers them)
   autoencoder,
   contrastive,
   dec,
+  gain,
   gan,
   geom,
   sequence,

@@ -31,9 +31,9 @@ flags.DEFINE_float("noise_level", 0.0, "Noise stddev (gaussian) or drop probabil
 flags.DEFINE_float(
   "hide_rate",
   0.25,
-  "Tables with --impute=model (autoencoders, VAEs): the share of observed cells hidden from the "
-  "input at each training step, the loss still on them, so the model learns to fill a cell "
-  "from the others (0: it only learns to copy what it sees).",
+  "Tables with --impute=model (autoencoders, VAEs, gain): the share of observed cells hidden "
+  "from the input at each training step, the loss still on them, so the model learns to fill a "
+  "cell from the others (0: it only learns to copy what it sees).",
 )
 
 
