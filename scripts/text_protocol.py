@@ -137,7 +137,7 @@ def train_run(model: str, corpus: str, workdir: str, seed: int) -> None:
   quick = FLAGS.quick
   steps = 30 if quick else FLAGS.steps
   sizes = dict(text_dim=16, text_ff=32, text_layers=1, text_heads=2) if quick else {}
-  cfg = config.make_config(
+  base = dict(
     dataset=f"text:{corpus}",
     max_length=FLAGS.doc_length,
     latent_dim=FLAGS.code,
@@ -151,8 +151,8 @@ def train_run(model: str, corpus: str, workdir: str, seed: int) -> None:
     checkpoint_every=steps,
     eval_batch_size=64,
     evaluators=["metrics"],
-    **{**CONFIGS[model], **sizes, **overrides()},
   )
+  cfg = config.make_config(**{**base, **CONFIGS[model], **sizes, **overrides()})
   loop.train_and_evaluate(cfg, workdir)  # a finished run resumes at its last step
 
 
