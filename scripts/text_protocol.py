@@ -40,19 +40,33 @@ FORTUNES = "/usr/share/games/fortunes"
 flags.DEFINE_string("out", None, "Folder for the corpus, the runs and the results.")
 flags.DEFINE_string("fortunes", FORTUNES, "Folder of fortune category files.")
 flags.DEFINE_list("categories", ["food", "law", "sports", "startrek"], "Fortune categories.")
-flags.DEFINE_list("models", ["text_ae", "text_vae"], "dlu text models.")
+flags.DEFINE_list(
+  "models", ["text_ae", "text_vae"], "dlu text models (text_ae, text_vae, text_simcse)."
+)
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (training and every clustering).")
 flags.DEFINE_integer("steps", 1500, "Training steps per run.")
 flags.DEFINE_integer("doc_length", 128, "The runs' --max_length: tokens (bytes) per document.")
 flags.DEFINE_integer("max_bytes", 400, "Entries longer than this are left out of the corpus.")
 flags.DEFINE_integer("code", 32, "Code size of the dlu models.")
 flags.DEFINE_integer("lsa_dim", 100, "Components of the LSA baseline.")
+flags.DEFINE_list(
+  "overrides",
+  [],
+  "Run flags for every dlu model, NAME=VALUE (e.g. tokenizer=sentencepiece,vocab_size=2000), "
+  "over the models' own settings.",
+)
+flags.DEFINE_bool(
+  "l2_codes",
+  False,
+  "Also k-means on the L2-normalised codes (text_simcse's codes are L2-normalised already).",
+)
 flags.DEFINE_bool("quick", False, "A smoke run: one seed, 30 steps, tiny models.")
 FLAGS = flags.FLAGS
 
 CONFIGS = {
   "text_ae": dict(model="text_ae"),
   "text_vae": dict(model="text_vae", kl_anneal_steps=500, free_bits=0.1),
+  "text_simcse": dict(model="text_simcse", dropout=0.1, temperature=0.05),
 }
 
 
@@ -108,11 +122,22 @@ def _kmeans(x, k: int, seed: int) -> np.ndarray:
   return KMeans(k, n_init=10, random_state=seed).fit_predict(x)
 
 
+def overrides() -> dict[str, str]:
+  """--overrides as {flag: value}, each a flag of the runs."""
+  out = {}
+  for item in FLAGS.overrides:
+    name, eq, value = item.partition("=")
+    if not eq or name not in vars(config.make_config()):
+      raise dlu.UsageError(f"--overrides: {item!r} is not NAME=VALUE naming a run flag")
+    out[name] = value
+  return out
+
+
 def train_run(model: str, corpus: str, workdir: str, seed: int) -> None:
   quick = FLAGS.quick
   steps = 30 if quick else FLAGS.steps
   sizes = dict(text_dim=16, text_ff=32, text_layers=1, text_heads=2) if quick else {}
-  cfg = config.make_config(
+  base = dict(
     dataset=f"text:{corpus}",
     max_length=FLAGS.doc_length,
     latent_dim=FLAGS.code,
@@ -126,8 +151,8 @@ def train_run(model: str, corpus: str, workdir: str, seed: int) -> None:
     checkpoint_every=steps,
     eval_batch_size=64,
     evaluators=["metrics"],
-    **{**CONFIGS[model], **sizes},
   )
+  cfg = config.make_config(**{**base, **CONFIGS[model], **sizes, **overrides()})
   loop.train_and_evaluate(cfg, workdir)  # a finished run resumes at its last step
 
 
@@ -147,6 +172,7 @@ def main(argv):
   for m in FLAGS.models:
     if m not in CONFIGS:
       raise dlu.UsageError(f"--models: {m!r} is none of {', '.join(CONFIGS)}")
+  overrides()
   os.makedirs(FLAGS.out, exist_ok=True)
   corpus, docs, y = build_corpus(FLAGS.out)
   k = len(FLAGS.categories)
@@ -164,13 +190,19 @@ def main(argv):
       scores["time_s"] = time.perf_counter() - t
       results.setdefault(f"dlu {model} + kmeans", []).append(scores)
       print(f"seed {seed} {model}: {scores}", flush=True)
+      if FLAGS.l2_codes:
+        unit = codes / np.maximum(np.linalg.norm(codes, axis=1, keepdims=True), 1e-12)
+        scores = clustering.scores(y, _kmeans(unit, k, seed))
+        results.setdefault(f"dlu {model} + l2 kmeans", []).append(scores)
+        print(f"seed {seed} {model} (L2-normalised codes): {scores}", flush=True)
     for name, scores in baselines(docs, y, k, seed).items():
       results.setdefault(name, []).append(scores)
       print(f"seed {seed} {name}: {scores}", flush=True)
   load = os.getloadavg()
   note = (
     f"{len(docs)} documents, {k} categories ({', '.join(sorted(FLAGS.categories))}); seeds "
-    f"{seeds}; {30 if FLAGS.quick else FLAGS.steps} steps; load average "
+    f"{seeds}; {30 if FLAGS.quick else FLAGS.steps} steps"
+    f"{''.join('; ' + o for o in FLAGS.overrides)}; load average "
     f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
   )
   md = table(results) + "\n\n" + note + "\n"
@@ -181,6 +213,7 @@ def main(argv):
       "documents": len(docs),
       "categories": sorted(FLAGS.categories),
       "seeds": seeds,
+      "overrides": list(FLAGS.overrides),
       "load_average": list(load),
     },
   )

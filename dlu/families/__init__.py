@@ -15,6 +15,7 @@ from dlu.families import (  # noqa: F401  (registers them)
   sequence_vae,
   svdd,
   text,
+  text_contrastive,
   vae,
 )
 from dlu.families.base import (  # noqa: F401

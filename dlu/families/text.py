@@ -3,7 +3,9 @@ code and a causal Transformer decoder trained with teacher forcing) and `text_va
 as a sentence VAE in the manner of Bowman et al., 2016: the KL weight annealed from 0 over
 --kl_anneal_steps, word dropout on the decoder's inputs, and free bits, Kingma et al. 2016: each
 latent dimension's batch-mean KL counts at least --free_bits nats, so the posterior is not
-pushed onto the prior early on).
+pushed onto the prior early on). With --token_mask_rate both are denoising autoencoders: that
+fraction of the encoder's input tokens is replaced by the unknown token in training while the
+decoder reconstructs the original document.
 
 Metrics per document (averaged over documents): `token_acc` (teacher-forced next-token
 accuracy of the reconstruction), `bits_per_token` (its cross-entropy; for the VAE the negative
@@ -30,15 +32,34 @@ from dlu.families.base import SingleNetworkFamily, register
 from dlu.models import text as text_models
 from dlu.ops import likelihoods
 
-flags.DEFINE_integer("text_dim", 64, "text_ae, text_vae: width of the Transformer layers.")
-flags.DEFINE_integer("text_heads", 4, "text_ae, text_vae: attention heads (divide --text_dim).")
-flags.DEFINE_integer("text_layers", 2, "text_ae, text_vae: layers of the encoder and the decoder.")
-flags.DEFINE_integer("text_ff", 256, "text_ae, text_vae: width of the feed-forward layers.")
+flags.DEFINE_integer(
+  "text_dim", 64, "text_ae, text_vae, text_simcse: width of the Transformer layers."
+)
+flags.DEFINE_integer("text_heads", 4, "text_*: attention heads (divide --text_dim).")
+flags.DEFINE_integer("text_layers", 2, "text_*: layers of the encoder (and of the decoder).")
+flags.DEFINE_integer("text_ff", 256, "text_*: width of the feed-forward layers.")
 flags.DEFINE_float(
   "word_dropout",
   0.25,
   "text_ae, text_vae: the fraction of the decoder's input tokens replaced by the unknown token "
   "in training, so that it must read the code (Bowman et al.).",
+)
+flags.DEFINE_float(
+  "token_mask_rate",
+  0.0,
+  "text_ae, text_vae: the fraction of the encoder's input tokens replaced by the unknown token "
+  "in training (masked-token denoising: the decoder still reconstructs the whole document).",
+)
+flags.DEFINE_float(
+  "text_view_crop",
+  1.0,
+  "text_simcse: each view is a random span of at least this fraction of the document's tokens "
+  "(1: the whole document).",
+)
+flags.DEFINE_float(
+  "text_view_token_drop",
+  0.0,
+  "text_simcse: the fraction of a view's tokens deleted (the rest close up).",
 )
 flags.DEFINE_integer(
   "kl_anneal_steps", 2000, "text_vae: the KL weight ramps linearly from 0 to 1 over N steps."
@@ -64,8 +85,9 @@ class TextAutoencoder(SingleNetworkFamily):
     require_non_negative(cfg, "kl_anneal_steps", "free_bits")
     if cfg.text_dim % cfg.text_heads:
       raise UsageError(f"--text_heads={cfg.text_heads} must divide --text_dim={cfg.text_dim}")
-    if not 0 <= cfg.word_dropout < 1:
-      raise UsageError(f"--word_dropout={cfg.word_dropout}: expected a fraction in [0, 1)")
+    for name in ("word_dropout", "token_mask_rate"):
+      if not 0 <= getattr(cfg, name) < 1:
+        raise UsageError(f"--{name}={getattr(cfg, name)}: expected a fraction in [0, 1)")
 
   def __init__(self, cfg, spec):
     if not spec.is_text:
@@ -132,7 +154,7 @@ class TextAutoencoder(SingleNetworkFamily):
       drop = jax.random.bernoulli(jax.random.fold_in(rng, 4), self.cfg.word_dropout, inputs.shape)
       drop = drop & (inputs >= text_data.NUM_SPECIAL)
       inputs = jnp.where(drop, text_data.UNK, inputs)
-    z, mean, log_var = self._code(params, tokens, rng)
+    z, mean, log_var = self._code(params, self._masked(tokens, rng), rng)
     nll, logits = self._token_nll(params, z, tokens, inputs, rng)
     mask = tokens != text_data.PAD
     count = jnp.maximum(jnp.sum(mask), 1)
@@ -152,6 +174,14 @@ class TextAutoencoder(SingleNetworkFamily):
       "kl_weight": weight,
       "elbo": -jnp.mean(recon + kl),
     }
+
+  def _masked(self, tokens, rng):
+    """The encoder's training inputs: with --token_mask_rate, that fraction of the document's
+    tokens (not its end token) replaced by the unknown token. [B, L]"""
+    if not self.cfg.token_mask_rate:
+      return tokens
+    hide = jax.random.bernoulli(jax.random.fold_in(rng, 5), self.cfg.token_mask_rate, tokens.shape)
+    return jnp.where(hide & (tokens >= text_data.NUM_SPECIAL), text_data.UNK, tokens)
 
   def _document_metrics(self, state, tokens, rng):
     params = state.params

@@ -5,10 +5,13 @@ from the ones before it (teacher forcing) and the code, added to every input pos
 
 `encode(tokens)`, `logits(z, inputs)` (inputs: the decoder's, the document shifted right behind
 the start token) and `__call__(tokens, inputs)`; `dtype` is the compute dtype, outputs float32.
+`TextContrastiveNet` is the same encoder and code with a projection head instead of the decoder
+(text_simcse).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import chex
@@ -16,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlu.models.layers import dropout, kernel_init, to_float32
+from dlu.models.layers import MLP, dropout, kernel_init, to_float32
 
 
 class Block(nn.Module):
@@ -122,3 +125,33 @@ def decoder_inputs(tokens: jax.Array, bos: int) -> jax.Array:
   """The document shifted right behind the start token: position i sees tokens before i. [B, L]"""
   start = jnp.full_like(tokens[:, :1], bos)
   return jnp.concatenate([start, tokens[:, :-1]], axis=1)
+
+
+class TextContrastiveNet(TextAutoencoder):
+  """The autoencoder's encoder and pooled code (`encode`, [B, latent_dim]) without its decoder,
+  a projection MLP on the code (`projection`, ReLU between layers, linear output) that the
+  contrastive loss alone sees, and with `num_clusters` a cluster head (`projection[0]` hidden
+  units, then logits). The decoder's layers are declared but never called, so never built."""
+
+  projection: Sequence[int] = (256, 128)
+  num_clusters: int = 0
+
+  def setup(self):
+    super().setup()
+    init, dtype = self.kernel_init, self.dtype
+    self.head = MLP(tuple(self.projection), kernel_init=init, dtype=dtype, name="head")
+    if self.num_clusters:
+      self.cluster_head = MLP(
+        (self.projection[0], self.num_clusters), kernel_init=init, dtype=dtype, name="cluster_head"
+      )
+
+  def cluster_logits(self, tokens: jax.Array) -> jax.Array:
+    """Logits of the cluster head. [B, num_clusters]"""
+    return to_float32(self.cluster_head(self.encode(tokens)))
+
+  def __call__(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Code [B, latent_dim], projection [B, projection[-1]] and cluster logits [B, K] (None
+    without a cluster head)."""
+    h = self.encode(tokens)
+    logits = to_float32(self.cluster_head(h)) if self.num_clusters else None
+    return h, to_float32(self.head(h)), logits
