@@ -122,8 +122,13 @@ def test_quick_protocol_hides_cells_scores_the_imputers_and_clusters(tmp_path):
   assert dlu["nrmse"]["mean"] < 0.8 * scores["mean_mode"]["nrmse"]["mean"]
   assert dlu["cat_acc"]["mean"] > scores["mean_mode"]["cat_acc"]["mean"]
   assert set(dlu["rmse_units"]) == {"bill", "mass"}
-  flags = open(out / "rows" / "impute_r20_s0" / "flags.txt").read()
+  flags = open(out / "rows" / "impute_ae_mlp_r20_s0" / "flags.txt").read()
   assert "--impute=model" in flags and "hidden_r20_s0.csv" in flags
+  # GAIN on the same hidden cells, filled by run.impute the same way.
+  gain = scores["dlu_gain"]
+  assert gain["nrmse"]["mean"] < scores["mean_mode"]["nrmse"]["mean"]
+  flags = open(out / "rows" / "impute_gain_r20_s0" / "flags.txt").read()
+  assert "--model=gain" in flags and "hidden_r20_s0.csv" in flags
   assert set(scores["knn"]["rmse_units"]) == {"bill", "mass"}
 
   clusters = r["clustering"]
