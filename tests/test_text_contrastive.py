@@ -64,6 +64,7 @@ def test_views_are_spans_with_tokens_deleted_in_order():
       assert starts  # one contiguous span
 
 
+@pytest.mark.slow
 def test_positives_score_above_negatives_and_loss_falls():
   fam = _family(
     text_view_crop=0.6,
@@ -91,6 +92,7 @@ def test_positives_score_above_negatives_and_loss_falls():
   assert m["loss"].shape == (6,) and np.all(np.isfinite(m["loss"]))
 
 
+@pytest.mark.slow
 def test_cluster_head():
   fam = _family(cluster_head=True, n_clusters=3)
   pre = text.TextPreprocessing("bytes", text.BYTE_VOCAB, 24)
@@ -121,6 +123,7 @@ def test_bad_flags_refused_in_one_line(flags, expected):
   assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_token_mask_rate_masks_the_encoders_inputs_only():
   cfg = config.make_config(model="text_ae", **TINY, token_mask_rate=0.5, word_dropout=0.0)
   families.validate(cfg)
