@@ -73,6 +73,35 @@ flags.DEFINE_float(
 _SAMPLES_KEY = 1
 
 
+def validate_transformer(cfg) -> None:
+  """The flags of the text families' Transformer (text_ae, text_vae, text_simcse)."""
+  require_positive(cfg, "latent_dim", "text_dim", "text_heads", "text_layers", "text_ff")
+  if cfg.text_dim % cfg.text_heads:
+    raise UsageError(f"--text_heads={cfg.text_heads} must divide --text_dim={cfg.text_dim}")
+
+
+def require_text(cfg, spec) -> None:
+  if not spec.is_text:
+    raise UsageError(f"--model={cfg.model} needs text (--dataset=text:PATH)")
+
+
+def transformer_args(family) -> dict:
+  """The Transformer's arguments every text model takes, from the family's flags and data."""
+  cfg = family.cfg
+  return dict(
+    vocab_size=family.spec.vocab_size,
+    max_length=family.spec.example_shape[0],
+    dim=cfg.text_dim,
+    heads=cfg.text_heads,
+    layers=cfg.text_layers,
+    ff=cfg.text_ff,
+    latent_dim=cfg.latent_dim,
+    dropout=cfg.dropout,
+    kernel_init=family.kernel_init,
+    dtype=family.compute_dtype,
+  )
+
+
 @register
 class TextAutoencoder(SingleNetworkFamily):
   models = ("text_ae", "text_vae")
@@ -81,35 +110,19 @@ class TextAutoencoder(SingleNetworkFamily):
 
   @classmethod
   def validate(cls, cfg):
-    require_positive(cfg, "latent_dim", "text_dim", "text_heads", "text_layers", "text_ff")
+    validate_transformer(cfg)
     require_non_negative(cfg, "kl_anneal_steps", "free_bits")
-    if cfg.text_dim % cfg.text_heads:
-      raise UsageError(f"--text_heads={cfg.text_heads} must divide --text_dim={cfg.text_dim}")
     for name in ("word_dropout", "token_mask_rate"):
       if not 0 <= getattr(cfg, name) < 1:
         raise UsageError(f"--{name}={getattr(cfg, name)}: expected a fraction in [0, 1)")
 
   def __init__(self, cfg, spec):
-    if not spec.is_text:
-      raise UsageError(f"--model={cfg.model} needs text (--dataset=text:PATH)")
+    require_text(cfg, spec)
     super().__init__(cfg, spec)
     self.variational = cfg.model == "text_vae"
 
   def make_model(self):
-    cfg = self.cfg
-    return text_models.TextAutoencoder(
-      self.spec.vocab_size,
-      self.spec.example_shape[0],
-      dim=cfg.text_dim,
-      heads=cfg.text_heads,
-      layers=cfg.text_layers,
-      ff=cfg.text_ff,
-      latent_dim=cfg.latent_dim,
-      variational=self.variational,
-      dropout=cfg.dropout,
-      kernel_init=self.kernel_init,
-      dtype=self.compute_dtype,
-    )
+    return text_models.TextAutoencoder(**transformer_args(self), variational=self.variational)
 
   def init_params(self, rng):
     dummy = jnp.zeros((1,) + tuple(self.spec.example_shape), jnp.int32)

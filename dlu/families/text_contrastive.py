@@ -17,10 +17,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dlu.config import require_positive
 from dlu.config.model_flags import int_list
 from dlu.data import text as text_data
 from dlu.errors import UsageError
+from dlu.families import text as text_family
 from dlu.families.base import register
 from dlu.families.contrastive import SimCLR
 from dlu.models import text as text_models
@@ -59,9 +59,7 @@ class TextSimCSE(SimCLR):
   @classmethod
   def validate(cls, cfg):
     super().validate(cfg)
-    require_positive(cfg, "text_dim", "text_heads", "text_layers", "text_ff")
-    if cfg.text_dim % cfg.text_heads:
-      raise UsageError(f"--text_heads={cfg.text_heads} must divide --text_dim={cfg.text_dim}")
+    text_family.validate_transformer(cfg)
     if not 0 < cfg.text_view_crop <= 1:
       raise UsageError(
         f"--text_view_crop={cfg.text_view_crop}: expected a fraction of the document in (0, 1]"
@@ -77,25 +75,14 @@ class TextSimCSE(SimCLR):
       )
 
   def __init__(self, cfg, spec):
-    if not spec.is_text:
-      raise UsageError(f"--model={cfg.model} needs text (--dataset=text:PATH)")
+    text_family.require_text(cfg, spec)
     super().__init__(cfg, spec)
 
   def make_model(self):
-    cfg = self.cfg
     return text_models.TextContrastiveNet(
-      self.spec.vocab_size,
-      self.spec.example_shape[0],
-      dim=cfg.text_dim,
-      heads=cfg.text_heads,
-      layers=cfg.text_layers,
-      ff=cfg.text_ff,
-      latent_dim=cfg.latent_dim,
-      dropout=cfg.dropout,
-      projection=int_list(cfg.projection_dims, "projection_dims"),
+      **text_family.transformer_args(self),
+      projection=int_list(self.cfg.projection_dims, "projection_dims"),
       num_clusters=self.num_clusters,
-      kernel_init=self.kernel_init,
-      dtype=self.compute_dtype,
     )
 
   def init_params(self, rng):
