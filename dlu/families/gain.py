@@ -30,6 +30,7 @@ import optax
 from absl import flags
 
 from dlu.config import require_non_negative
+from dlu.config.model_flags import int_list
 from dlu.errors import UsageError
 from dlu.families.base import Family, TrainState, per_device_rng, register
 from dlu.models import layers
@@ -58,18 +59,6 @@ flags.DEFINE_list(
 NOISE = 0.01
 
 
-def _widths(cfg) -> tuple[int, ...]:
-  try:
-    values = tuple(int(v) for v in cfg.gain_widths)
-  except (TypeError, ValueError):
-    values = ()
-  if not values or min(values) < 1:
-    raise UsageError(
-      f"--gain_widths must be a comma-separated list of positive integers, got {cfg.gain_widths!r}"
-    )
-  return values
-
-
 @register
 class GAIN(Family):
   """Tables read with --impute=model (missing cells masked), numbers only or with column kinds."""
@@ -80,7 +69,7 @@ class GAIN(Family):
 
   @classmethod
   def validate(cls, cfg):
-    _widths(cfg)
+    int_list(cfg.gain_widths, "gain_widths")
     if not 0 <= cfg.gain_hint_rate <= 1:
       raise UsageError(
         f"--gain_hint_rate is a share of cells: must be in [0, 1], got {cfg.gain_hint_rate!r}"
@@ -114,7 +103,7 @@ class GAIN(Family):
     #: the feature column of each encoded column [D], and each feature column's first one [C].
     self.owner = np.array([c for c, (_, a, b) in enumerate(groups) for _ in range(a, b)])
     self.first = np.array([a for _, a, _ in groups])
-    widths = _widths(cfg)
+    widths = int_list(cfg.gain_widths, "gain_widths")
     mlp = lambda out: layers.MLP(
       widths + (out,), kernel_init=self.kernel_init, dtype=self.compute_dtype
     )
