@@ -133,6 +133,7 @@ def test_apply_score_method(svdd_run, tmp_path):
   np.testing.assert_allclose(scores, run.score(x, method="knn", k=3), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_geom_transformations_labels_and_scores():
   from dlu.families import geom
 

@@ -51,6 +51,7 @@ def _flags_defined_by(module: str) -> set[str]:
   return set(out.stdout.split())
 
 
+@pytest.mark.slow
 def test_a_loaded_run_knows_every_flag_training_records():
   """flags.txt holds every flag of the training process; dlu.train.experiment.restore_trained (used by
   evaluate, augment and notebooks) must be able to read it back."""

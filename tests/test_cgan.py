@@ -41,6 +41,7 @@ def _cfg(**overrides):
   return config.make_config(**{**base, **overrides})
 
 
+@pytest.mark.slow
 def test_labels_change_the_generator_and_the_projection_discriminator():
   g = gan_models.DCGANGenerator((8, 8, 1), 8, num_classes=10)
   d = gan_models.DCGANDiscriminator(8, num_classes=10)

@@ -116,6 +116,7 @@ def test_umap_without_the_package_is_a_usage_error(monkeypatch):
     clustering.manifold(np.zeros((10, 3)), "isomap", dim=2, seed=0)
 
 
+@pytest.mark.slow
 def test_a_manifold_pipeline_gets_the_same_pipeline_on_pixels_as_a_baseline():
   from dlu import config, data
   from dlu.evaluators import clustering as representation

@@ -124,6 +124,7 @@ def test_bfloat16_layers_with_float32_parameters_and_outputs(model):
 
 
 @pytest.mark.parametrize("model", ["ae_mlp", "ae_conv", "vae", "simclr_mlp"])
+@pytest.mark.slow
 def test_bfloat16_training_lowers_a_finite_float32_loss(model):
   """Autoencoders (MLP, conv), the VAE's ELBO, SimCLR's NT-Xent with a cluster head."""
   family = _family(model, compute_dtype="bfloat16")
@@ -143,6 +144,7 @@ def test_bfloat16_training_lowers_a_finite_float32_loss(model):
     ("mlp_gan", dict(gan_loss="wgan_gp", r1_weight=1.0)),
   ],
 )
+@pytest.mark.slow
 def test_bfloat16_gan(model, loss):
   """A class-conditional DCGAN (label embedding, projection discriminator) and a WGAN-GP MLP
   pair with the R1 penalty."""
@@ -226,6 +228,7 @@ def test_bfloat16_dec_cluster_head(model):
 
 
 @pytest.mark.parametrize("model", ["ae_mlp", "vae"])
+@pytest.mark.slow
 def test_float32_is_the_default_and_unchanged(model):
   default, explicit = _family(model), _family(model, compute_dtype="float32")
   assert default.compute_dtype == explicit.compute_dtype == F32

@@ -143,9 +143,8 @@ def test_cluster_contrast_matches_the_definition_and_its_pmap_gradient_is_the_gl
     np.testing.assert_allclose(np.asarray(g).reshape(16, 4) / 8, want, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize(
-  "model, cluster_head", [("simclr_mlp", False), ("simclr_conv", False), ("simclr_mlp", True)]
-)
+# simclr_mlp with the head runs the headless path too (its encoder, views and NT-Xent loss).
+@pytest.mark.parametrize("model, cluster_head", [("simclr_conv", False), ("simclr_mlp", True)])
 @pytest.mark.slow
 def test_one_device_and_eight_devices_agree(model, cluster_head):
   assert jax.device_count() == 8

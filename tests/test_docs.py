@@ -223,6 +223,7 @@ def test_docs_have_commands():
   assert {"experiments.train", "experiments.evaluate", "experiments.apply"} <= targets, targets
 
 
+@pytest.mark.slow
 def test_every_command_names_an_entry_point_and_its_flags():
   problems = _problems(_all_commands())
   assert not problems, "\n".join(problems)

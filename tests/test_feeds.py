@@ -34,6 +34,7 @@ def _cfg(**overrides):
   )
 
 
+@pytest.mark.slow
 def test_four_steps_per_dispatch_match_one(tmp_path):
   exp = experiment.build(_cfg(), str(tmp_path))
   init = parallel.make_init(exp.family, exp.mesh)[0]

@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS = (("numeric", 0, 1), ("categorical", 1, 4), ("boolean", 4, 5))
 
 
+@pytest.mark.slow
 def test_losses_are_per_type_and_only_on_observed_cells():
   x = jnp.array([[0.5, 0.0, 1.0, 0.0, 1.0], [jnp.nan, jnp.nan, jnp.nan, jnp.nan, 0.0]])
   out = jnp.array([[1.5, 0.0, 2.0, 0.0, 3.0], [9.0, 5.0, -5.0, 0.0, -2.0]])

@@ -138,6 +138,7 @@ def test_unsupported_settings_fall_back_to_flax():
     )
 
 
+@pytest.mark.slow
 def test_conv_autoencoder_same_loss_and_grads_as_native_ops(monkeypatch):
   model = autoencoder.ConvAutoencoder((8, 8, 1), channels=(4, 8), latent_dim=3)
   x = _random_like(jax.ShapeDtypeStruct((4, 8, 8, 1), jnp.float32), 0)

@@ -62,6 +62,7 @@ def test_conv_compatible():
     lambda rate: ae.ConvAutoencoder((8, 8, 1), channels=(4, 8), latent_dim=4, dropout=rate),
   ],
 )
+@pytest.mark.slow
 def test_dropout_only_in_training_and_same_parameters(make):
   x = jax.random.uniform(jax.random.key(0), (6, 8, 8, 1))
   plain, dropped = make(0.0), make(0.5)

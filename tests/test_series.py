@@ -133,6 +133,7 @@ def test_longer_series_refused_when_padded(tmp_path):
 
 
 @pytest.mark.parametrize("model", ["ae_conv1d", "ae_seq"])
+@pytest.mark.slow
 def test_models_shapes_and_masked_loss(model):
   from dlu import config, families  # noqa: PLC0415
 
@@ -278,6 +279,7 @@ def test_other_models_and_records_refuse_series(tmp_path):
 
 
 @pytest.mark.parametrize("model", ["ae_conv1d", "ae_seq"])
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_outputs(model):
   from dlu import config, families  # noqa: PLC0415
 

@@ -46,6 +46,7 @@ def _write_ts(path, n=24, t=20, seed=0):
   return str(path)
 
 
+@pytest.mark.slow
 def test_series_views_crop_scale_jitter_and_mask():
   x = jnp.asarray(_series(n=64, t=40, c=1))
   x = x.at[1, 10].set(jnp.nan)  # a missing step inside the span
@@ -74,6 +75,7 @@ def test_series_views_crop_scale_jitter_and_mask():
 
 
 @pytest.mark.parametrize("model", ["vae_conv1d", "vae_seq"])
+@pytest.mark.slow
 def test_vae_gaussian_on_observed_steps_elbo_and_kl(model):
   cfg = config.make_config(
     model=model, latent_dim=3, conv_channels=["4", "8"], seq_units=8, gaussian_std=0.5
@@ -117,6 +119,7 @@ def test_vae_gaussian_on_observed_steps_elbo_and_kl(model):
   assert fam.init_state(jax.random.key(0)).params["pixel_log_std"].shape == (13, 2)
 
 
+@pytest.mark.slow
 def test_simclr_conv1d_trains_and_its_cluster_head_assigns():
   cfg = config.make_config(
     model="simclr_conv1d",
@@ -286,6 +289,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_ucr_protocol_table_prints_unchecked_published_figures_as_a_dash():
   # In a process of its own: the script defines absl flags (--out) that the suite's other
   # entry points define too.

@@ -100,6 +100,7 @@ def test_dispatch_window_waits_on_the_oldest_outputs_beyond_its_depth(monkeypatc
 
 
 @pytest.mark.parametrize("model,with_pmap", [("simclr_mlp", False)])
+@pytest.mark.slow
 def test_vectors_on_one_device_eight_devices_agree(model, with_pmap):
   """Tables train as images do: SimCLR's SCARF views draw each feature's replacement from the
   global batch, whatever the devices. (Under pmap they come from each device's rows: only jit

@@ -234,6 +234,7 @@ def test_input_workers_end_with_a_killed_run(digits, tmp_path):
   assert not alive, "input workers outlived the killed run"
 
 
+@pytest.mark.slow
 def test_a_tfds_dataset_too_large_to_hold_is_read_by_row(monkeypatch):
   from dlu.data import tfds_offline
 

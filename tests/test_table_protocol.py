@@ -155,6 +155,7 @@ def float_or_text(v: str):
     return v
 
 
+@pytest.mark.slow
 def test_bad_flags_are_one_line(tmp_path):
   done = _run(f"--out={tmp_path / 'a'}", f"--csv={tmp_path / 'x.csv'}")
   assert done.returncode == 2 and "--csv needs --csv_label" in done.stderr
@@ -163,6 +164,7 @@ def test_bad_flags_are_one_line(tmp_path):
   assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_a_missing_table_is_one_line_and_writes_nothing(tmp_path):
   done = _run(f"--out={tmp_path / 'c'}", f"--csv={tmp_path / 'none.csv'}", "--csv_label=y")
   assert done.returncode == 2 and "none.csv" in done.stderr and "no such file" in done.stderr

@@ -124,6 +124,7 @@ def test_bad_input_one_line_errors(tmp_path, write, flags, expected):
 
 
 @pytest.mark.parametrize("model", ["text_ae", "text_vae"])
+@pytest.mark.slow
 def test_models_masked_loss_metrics_and_decoding(model):
   from dlu import config, families  # noqa: PLC0415
 
@@ -152,6 +153,7 @@ def test_models_masked_loss_metrics_and_decoding(model):
     families.get(model)(cfg, families.DataSpec((8,), None, 10))
 
 
+@pytest.mark.slow
 def test_free_bits_and_kl_annealing():
   from dlu import config, families  # noqa: PLC0415
 
