@@ -23,7 +23,15 @@ own instead. For each table and seed:
                Scored on the hidden cells only: RMSE per numeric column in its units, the RMSE
                of all numeric cells in units of each column's std (NRMSE, comparable across
                tables), and the accuracy of the categorical and boolean cells.
-Writes OUT/results.json and OUT/results.md (mean ± std over seeds, the wall time per table and
+  anomaly      one class as normal at a time: dlu's `ae_mlp` trained on 80% of that class's rows
+               (seeded), the held-out 20% and every row of the other classes scored by
+               `run.score` (reconstruction error; `+knn`: the mean distance to the 5 nearest
+               training codes), beside scikit-learn's detectors fitted on the same rows after
+               the clustering part's ColumnTransformer: k-NN distance (5 neighbours),
+               IsolationForest, LocalOutlierFactor (novelty) and PCA reconstruction error (at
+               dlu's code size). AUROC of the other classes against the held-out normals, per
+               normal class and as the mean over classes.
+`--parts` picks among them. Writes OUT/results.json and OUT/results.md (mean ± std over seeds, the wall time per table and
 the load average); the runs and hidden tables stay under OUT/NAME/.
 """
 
@@ -60,7 +68,12 @@ flags.DEFINE_string("csv_id", None, "--csv's id column, if any (never a feature)
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds: each hides, trains and clusters anew.")
 flags.DEFINE_list("rates", ["0.1", "0.2", "0.3"], "Shares of the observed feature cells hidden.")
 flags.DEFINE_integer("steps", 1000, "dlu training steps per run.")
-flags.DEFINE_bool("quick", False, "A smoke run: one seed, 20% hidden, 60 steps, small imputers.")
+flags.DEFINE_list("parts", ["clustering", "imputation", "anomaly"], "Which parts to measure.")
+flags.DEFINE_bool(
+  "quick",
+  False,
+  "A smoke run: one seed, 20% hidden, 60 steps, small imputers, the first class as normal.",
+)
 FLAGS = flags.FLAGS
 
 #: name -> (where it ships, label column, id column, columns dropped by flag and why).
@@ -303,11 +316,18 @@ def dlu_impute_mode() -> str | None:
 
 
 def train_dlu(
-  table: Table, csv: str, workdir: str, seed: int, steps: int, impute: str, model: str = "ae_mlp"
+  table: Table,
+  csv: str,
+  workdir: str,
+  seed: int,
+  steps: int,
+  impute: str,
+  model: str = "ae_mlp",
+  rows: int | None = None,
 ) -> None:
-  """`model` (ae_mlp or gain) on the table (all its rows but a small test split), with
-  --impute=`impute`."""
-  n = table.raw.num_rows
+  """`model` (ae_mlp or gain) on the table at `csv` (all its `rows`, by default the table's,
+  but a small test split), with --impute=`impute`."""
+  n = table.raw.num_rows if rows is None else rows
   if model == "gain":
     sizes = {"gain_widths": ["64", "64"] if n < 2000 else ["128", "128"]}
   else:
@@ -321,7 +341,7 @@ def train_dlu(
     impute=impute,
     **sizes,
     num_steps=steps,
-    batch_size=32 if n < 500 else 128,
+    batch_size=min(32 if n < 500 else 128, int(0.9 * n)),  # a class of few rows: all of them
     learning_rate=1e-3,
     log_every=steps,
     eval_every=steps,
@@ -357,6 +377,67 @@ def dlu_imputation(
   return table.values(filled)
 
 
+def one_class_split(table: Table, normal: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Rows to train on (80% of class `normal`, seeded) and rows to score (the other 20% and
+  every row of the other classes)."""
+  rows = np.flatnonzero(table.y == normal)
+  rng = np.random.default_rng([seed, normal])
+  train = np.sort(rng.permutation(rows)[: int(round(0.8 * len(rows)))])
+  return train, np.setdiff1d(np.arange(len(table.y)), train)
+
+
+def baseline_detectors(table: Table, train: np.ndarray, test: np.ndarray, code: int, seed: int):
+  """{detector: scores of the `test` rows} from scikit-learn fitted on the `train` rows."""
+  from sklearn.compose import ColumnTransformer  # noqa: PLC0415
+  from sklearn.decomposition import PCA  # noqa: PLC0415
+  from sklearn.ensemble import IsolationForest  # noqa: PLC0415
+  from sklearn.impute import SimpleImputer  # noqa: PLC0415
+  from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors  # noqa: PLC0415
+  from sklearn.pipeline import make_pipeline  # noqa: PLC0415
+  from sklearn.preprocessing import OneHotEncoder, StandardScaler  # noqa: PLC0415
+
+  frame = _frame(table.values(table.raw), table.features)
+  prep = ColumnTransformer(
+    [
+      ("numbers", make_pipeline(SimpleImputer(strategy="mean"), StandardScaler()), table.numeric),
+      ("text", OneHotEncoder(handle_unknown="ignore", sparse_output=False), table.text),
+    ]
+  )
+  a = prep.fit_transform(frame.iloc[train])
+  b = prep.transform(frame.iloc[test])
+  k = min(5, len(a) - 1)
+  dist = NearestNeighbors(n_neighbors=k).fit(a).kneighbors(b)[0]
+  pca = PCA(n_components=min(code, a.shape[1] - 1, len(a) - 1), random_state=seed).fit(a)
+  lof = LocalOutlierFactor(n_neighbors=min(20, len(a) - 1), novelty=True).fit(a)
+  return {
+    "knn": dist.mean(1),
+    "iforest": -IsolationForest(random_state=seed).fit(a).score_samples(b),
+    "lof": -lof.score_samples(b),
+    "pca": np.sum((b - pca.inverse_transform(pca.transform(b))) ** 2, 1),
+  }
+
+
+def anomaly_scores(table: Table, work: str, seed: int, steps: int, impute: str, quick: bool):
+  """{normal class name: {detector: AUROC}} for this seed."""
+  from sklearn.metrics import roc_auc_score  # noqa: PLC0415
+
+  names = np.unique(columns.category_text(table.raw.column(table.label)).astype(str))
+  out = {}
+  for c in range(1 if quick else table.k):
+    train, test = one_class_split(table, c, seed)
+    csv = os.path.join(work, f"normal_c{c}_s{seed}.csv")
+    pcsv.write_csv(table.raw.take(train), csv)
+    workdir = os.path.join(work, f"anomaly_c{c}_s{seed}")
+    train_dlu(table, csv, workdir, seed, steps, impute, rows=len(train))
+    run, rows = dlu.load_run(workdir), table.raw.take(test)
+    scores = baseline_detectors(table, train, test, max(4, 2 * table.k), seed)
+    scores["dlu_ae_mlp"] = run.score(rows)
+    scores["dlu_ae_mlp+knn"] = run.score(rows, method="knn")
+    anomalous = table.y[test] != c
+    out[str(names[c])] = {m: float(roc_auc_score(anomalous, v)) for m, v in scores.items()}
+  return out
+
+
 # --- Scores.
 
 
@@ -388,11 +469,29 @@ def _summary(values: list) -> dict:
   return {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": values}
 
 
-def measure(table: Table, out: str, seeds, rates, steps: int, quick: bool) -> dict:
+def measure(table: Table, out: str, seeds, rates, steps: int, quick: bool, parts=()) -> dict:
   work = os.path.join(out, table.name)
   os.makedirs(work)
   impute = dlu_impute_mode()
   result = {"table": table.describe(), "dlu_impute": impute}
+  if "anomaly" in parts:
+    per_seed = [anomaly_scores(table, work, s, steps, impute or "mean", quick) for s in seeds]
+    result["anomaly"] = {
+      c: {m: _summary([r[c][m] for r in per_seed]) for m in per_seed[0][c]} for c in per_seed[0]
+    }
+    methods = list(next(iter(per_seed[0].values())))
+    means = [{m: float(np.mean([d[m] for d in r.values()])) for m in methods} for r in per_seed]
+    result["anomaly_mean"] = {m: _summary([r[m] for r in means]) for m in means[0]}
+  if "clustering" in parts:
+    result["clustering"] = _clusterings(table, work, seeds, steps, impute)
+  if "imputation" in parts:
+    result["imputation"] = _imputations(table, work, seeds, rates, steps, impute, quick)
+    if impute is None:
+      result["imputation_note"] = "this dlu has no --impute=model / run.impute: baselines only"
+  return result
+
+
+def _clusterings(table: Table, work: str, seeds, steps: int, impute) -> dict:
   per: dict[str, dict[str, list]] = {}
   for seed in seeds:
     scores = baseline_clusterings(table, seed)
@@ -402,9 +501,12 @@ def measure(table: Table, out: str, seeds, rates, steps: int, quick: bool) -> di
     for m, s in scores.items():
       for key, v in s.items():
         per.setdefault(m, {}).setdefault(key, []).append(v)
-  result["clustering"] = {m: {k: _summary(v) for k, v in d.items()} for m, d in per.items()}
+  return {m: {k: _summary(v) for k, v in d.items()} for m, d in per.items()}
+
+
+def _imputations(table: Table, work: str, seeds, rates, steps: int, impute, quick: bool) -> dict:
   truth = table.values(table.raw)
-  result["imputation"] = {}
+  result = {}
   for rate in rates:
     per = {}
     for seed in seeds:
@@ -421,7 +523,7 @@ def measure(table: Table, out: str, seeds, rates, steps: int, quick: bool) -> di
         per.setdefault(m, []).append(s)
       per.setdefault("_hidden_cells", []).append(int(sum(len(r) for r in hidden.values())))
     cells = per.pop("_hidden_cells")
-    result["imputation"][f"{rate:g}"] = {
+    result[f"{rate:g}"] = {
       "hidden_cells": cells,
       **{
         m: {
@@ -436,8 +538,6 @@ def measure(table: Table, out: str, seeds, rates, steps: int, quick: bool) -> di
         for m, v in per.items()
       },
     }
-  if impute is None:
-    result["imputation_note"] = "this dlu has no --impute=model / run.impute: baselines only"
   return result
 
 
@@ -465,12 +565,39 @@ def markdown(results: dict) -> str:
       f"| {name} | {t['rows']} | {t['columns']} | {counts} | {100 * t['missing_share']:.1f}% | "
       f"{t['classes']} ({t['label']}) | {r['wall_s']:.0f} s |"
     )
-  lines += ["", "Clustering (every row; ACC by the Hungarian matching):", ""]
-  lines += ["| table | method | ACC | NMI |", "|---|---|---|---|"]
+  done = [r for r in results["tables"].values()]
+  if all("anomaly" in r for r in done):
+    lines += _anomaly_markdown(results)
+  if all("clustering" in r for r in done):
+    lines += ["", "Clustering (every row; ACC by the Hungarian matching):", ""]
+    lines += ["| table | method | ACC | NMI |", "|---|---|---|---|"]
+    for name, r in results["tables"].items():
+      for m, s in r["clustering"].items():
+        lines.append(f"| {name} | {m} | {_cell(s['acc'])} | {_cell(s['nmi'])} |")
+  if all("imputation" in r for r in done):
+    lines += _imputation_markdown(results)
+  return "\n".join(lines)
+
+
+def _anomaly_markdown(results: dict) -> list[str]:
+  lines = [
+    "",
+    "One class as normal (AUROC of the other classes against the held-out normals; mean ± std "
+    "over seeds; `mean` is the mean over the normal classes):",
+    "",
+  ]
   for name, r in results["tables"].items():
-    for m, s in r["clustering"].items():
-      lines.append(f"| {name} | {m} | {_cell(s['acc'])} | {_cell(s['nmi'])} |")
-  lines += [
+    methods = list(r["anomaly_mean"])
+    lines += [f"{name}:", "", "| normal class | " + " | ".join(methods) + " |"]
+    lines.append("|---" * (len(methods) + 1) + "|")
+    for c, d in [*r["anomaly"].items(), ("mean", r["anomaly_mean"])]:
+      lines.append(f"| {c} | " + " | ".join(_cell(d[m]) for m in methods) + " |")
+    lines.append("")
+  return lines
+
+
+def _imputation_markdown(results: dict) -> list[str]:
+  lines = [
     "",
     "Imputation of hidden cells (NRMSE: RMSE over the hidden numeric cells in units of each "
     "column's std, lower is better; accuracy over the hidden categorical and boolean cells):",
@@ -498,7 +625,7 @@ def markdown(results: dict) -> str:
         f"| {c} | " + " | ".join(_cell(d[m]["rmse_units"][c], 2) for m in methods) + " |"
       )
     lines.append("")
-  return "\n".join(lines)
+  return lines
 
 
 def main(argv):
@@ -517,6 +644,11 @@ def main(argv):
     if not 0 < r < 1:
       raise UsageError(f"--rates: {r:g} is not a share of cells in (0, 1)")
   steps = 60 if FLAGS.quick else FLAGS.steps
+  parts = set(FLAGS.parts)
+  if not parts or parts - {"clustering", "imputation", "anomaly"}:
+    raise UsageError(
+      f"--parts={','.join(FLAGS.parts)}: expected some of clustering, imputation, anomaly"
+    )
   if FLAGS.csv:  # read (and refused) before anything is written
     name = os.path.splitext(os.path.basename(FLAGS.csv))[0]
     found = [Table(name, os.path.abspath(FLAGS.csv), FLAGS.csv_label, FLAGS.csv_id)]
@@ -530,7 +662,7 @@ def main(argv):
   results = {"tables": {}}
   for table in found:
     t = time.perf_counter()
-    results["tables"][table.name] = measure(table, out, seeds, rates, steps, FLAGS.quick)
+    results["tables"][table.name] = measure(table, out, seeds, rates, steps, FLAGS.quick, parts)
     results["tables"][table.name]["wall_s"] = time.perf_counter() - t
     results["tables"][table.name]["load_after"] = os.getloadavg()
     print(
@@ -541,6 +673,7 @@ def main(argv):
     "rates": rates,
     "steps": steps,
     "quick": FLAGS.quick,
+    "parts": sorted(parts),
     "wall_s": time.perf_counter() - start,
     "load_start": load_start,
     "load_end": os.getloadavg(),

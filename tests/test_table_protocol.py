@@ -137,7 +137,18 @@ def test_quick_protocol_hides_cells_scores_the_imputers_and_clusters(tmp_path):
   assert all(0 < c["acc"]["mean"] <= 1 and 0 <= c["nmi"]["mean"] <= 1 for c in clusters.values())
   assert clusters["dlu_ae_mlp_kmeans"]["acc"]["mean"] > 0.6  # chance is about 1/3
 
+  # One class as normal (quick: the first, Adelie): trained on 80% of its rows only, scored on
+  # the rest; the classes are well apart, so every detector finds the other two.
+  normal = _read(out / "rows" / "normal_c0_s0.csv")
+  assert len(normal) == 24 and {row["species"] for row in normal} == {"Adelie"}
+  assert set(r["anomaly"]) == {"Adelie"}
+  aurocs = r["anomaly"]["Adelie"]
+  assert set(aurocs) == {"knn", "iforest", "lof", "pca", "dlu_ae_mlp", "dlu_ae_mlp+knn"}
+  assert all(a["mean"] > 0.9 for a in aurocs.values()), aurocs
+  assert r["anomaly_mean"]["dlu_ae_mlp"]["mean"] == aurocs["dlu_ae_mlp"]["mean"]
+
   report = (out / "results.md").read_text()
+  assert "| Adelie | 1.000 ± 0.000 |" in report or "| Adelie | 0.9" in report
   assert "| rows | 90 | 6 | 2 / 1 / 1 |" in report
   assert "| rows | 20% (" in report and "| dlu_ae_mlp | 0." in report
   assert len(result["run"]["load_start"]) == 3 and result["tables"]["rows"]["wall_s"] > 0
@@ -161,7 +172,10 @@ def test_bad_flags_are_one_line(tmp_path):
   assert done.returncode == 2 and "--csv needs --csv_label" in done.stderr
   done = _run(f"--out={tmp_path / 'b'}", "--tables=penguins,nope")
   assert done.returncode == 2 and "--tables: nope unknown" in done.stderr
-  assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+  done = _run(f"--out={tmp_path / 'd'}", "--tables=penguins", "--parts=anomaly,oops")
+  assert done.returncode == 2 and "--parts=anomaly,oops: expected some of" in done.stderr
+  for name in "abd":
+    assert not os.path.exists(tmp_path / name)
 
 
 @pytest.mark.slow
