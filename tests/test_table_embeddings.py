@@ -104,7 +104,7 @@ def test_the_embedding_reads_level_ids_and_an_unknown_row_for_missing_or_unseen(
   layer = TableEmbedding(6, ((1, 5, 3),))
   params = layer.init(jax.random.key(0), jnp.asarray(x))
   table = params["params"]["embed_0"]["embedding"]
-  assert table.shape == (5, 3)
+  assert table.shape == (5, 3) and not np.any(table[4]) and np.all(table[:4] != 0)
   out = np.asarray(layer.apply(params, jnp.asarray(x)))
   np.testing.assert_array_equal(out[:, :2], x[:, [0, 5]])
   np.testing.assert_array_equal(out[:, 2:], np.asarray(table)[[2, 0, 4]])
@@ -172,7 +172,7 @@ def test_ae_mlp_embeds_a_40_level_city_fills_it_and_applies_to_an_unseen_one(tmp
 
 
 @pytest.mark.slow
-def test_an_embedded_run_resumes_bit_identically(tmp_path):
+def test_an_embedded_run_resumes_bit_identically_and_idec_starts_from_it(tmp_path):
   _, holed = _table(n=120)
   path = tmp_path / "t.csv"
   holed.to_csv(path, index=False)
@@ -187,6 +187,15 @@ def test_an_embedded_run_resumes_bit_identically(tmp_path):
     np.testing.assert_array_equal(x, y)
   for x, y in zip(jax.tree.leaves(a["opt_state"]), jax.tree.leaves(b["opt_state"]), strict=True):
     np.testing.assert_array_equal(x, y)
+  # IDEC starts from an autoencoder run: its encoder, the embedding included (no gaps: IDEC
+  # does not mask).
+  full_path = tmp_path / "full.csv"
+  _table(n=120)[0].to_csv(full_path, index=False)
+  ae, idec = str(tmp_path / "ae"), str(tmp_path / "idec")
+  dlu.train_and_evaluate(_config(full_path, num_steps=4, evaluators=[]), ae)
+  cfg = _config(full_path, model="idec", init_from=ae, n_clusters=3, num_steps=4, evaluators=[])
+  dlu.train_and_evaluate(cfg, idec)
+  assert "embed_0" in read_checkpoint(idec, 4)["params"]["ae"]["table_input"]
 
 
 @pytest.mark.slow

@@ -236,6 +236,11 @@ class MLP(nn.Module):
     return x
 
 
+def _embed_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+  """flax's embedding initializer, the last row (no level) zeros."""
+  return nn.Embed.embedding_init(key, shape, dtype).at[-1].set(0)
+
+
 class TableEmbedding(nn.Module):
   """A table row as the network reads it, with each many-level category embedded.
 
@@ -244,7 +249,9 @@ class TableEmbedding(nn.Module):
   [B, 2 * width]). Each `embedded` category, (start, stop, dim), its one-hot columns
   start:stop, becomes its level id, the hot column's index (levels = stop - start when none is
   hot: a missing cell, one hidden in training or a level first seen at apply time), looked up
-  in an `nn.Embed` of levels + 1 rows of `dim` numbers. Out: the other columns, the
+  in an `nn.Embed` of levels + 1 rows of `dim` numbers. The last row starts at zeros, as
+  one-hot reads a cell with no level (all zeros); it learns only where training sees such
+  cells (missing or hidden ones under --impute=model). Out: the other columns, the
   embeddings, then the other columns' mask. [B, width - sum(levels) + sum(dim) (+ the mask)]
   """
 
@@ -265,7 +272,9 @@ class TableEmbedding(nn.Module):
       block = values[..., start:stop]
       levels = stop - start
       ids = jnp.where(jnp.sum(block, axis=-1) > 0.5, jnp.argmax(block, axis=-1), levels)
-      embed = nn.Embed(levels + 1, dim, dtype=self.dtype, name=f"embed_{i}")
+      embed = nn.Embed(
+        levels + 1, dim, dtype=self.dtype, embedding_init=_embed_init, name=f"embed_{i}"
+      )
       embeddings.append(embed(ids))
     rest = np.flatnonzero(keep)
     parts = [to_compute(values[..., rest], self.dtype), *embeddings]
