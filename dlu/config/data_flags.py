@@ -78,6 +78,14 @@ flags.DEFINE_enum(
   "Tables and vectors: standard (zero mean, unit variance) or minmax ([0, 1]) per column, "
   "from the training split only; kept in WORKDIR/preprocessing.json.",
 )
+flags.DEFINE_integer(
+  "embed_levels",
+  16,
+  "Tables: a categorical column of more levels than this (on the training split) is embedded "
+  "by the model (ae_seed, ae_mlp, vae: its level id looked up in a learned embedding of "
+  "min(16, ceil(1.6 * levels**0.56)) numbers) instead of read one-hot; other models read every "
+  "category one-hot. 0: every category one-hot. Kept in WORKDIR/preprocessing.json.",
+)
 flags.DEFINE_float(
   "validation_fraction",
   0.1,

@@ -12,6 +12,10 @@ is a level of its own (`MISSING`, kept when the training split has one); a level
 after training (or a missing cell where training had none) is encoded as all zeros and counted
 in `unknown`. Under --impute=model (`Schema.missing == "mask"`) a missing categorical cell is
 missing instead, NaN in each of its encoded columns, as is an unseen level (still counted).
+A categorical column of more levels than `embed_levels` (--embed_levels) is embedded
+instead: its encoded columns stay one-hot here (so losses, reconstructions and fills read it as
+any category), and the model looks its level id up in a learned embedding of `embed_dim`
+numbers (`embedding_dim`; dlu.models.layers.TableEmbedding).
 Date-like columns and text columns whose values are nearly all distinct (names,
 comments) are dropped, and said so. `--categorical_columns`, `--numeric_columns`,
 `--drop_columns` and `--id_column` (never a feature) override the inference.
@@ -40,6 +44,16 @@ MISSING = "(missing)"
 FREE_TEXT_MIN_DISTINCT = 20
 FREE_TEXT_DISTINCT_SHARE = 0.9
 _MAX_LISTED = 10
+#: --embed_levels' default: a category of more levels than this is embedded, not one-hot.
+EMBED_LEVELS = 16
+#: The widest embedding `embedding_dim` gives.
+MAX_EMBED_DIM = 16
+
+
+def embedding_dim(levels: int) -> int:
+  """The embedding width of a category of `levels` levels: min(16, ceil(1.6 * levels**0.56)),
+  fastai's rule of thumb capped at 16 numbers (40 levels: 13; 100: 21 -> 16)."""
+  return min(MAX_EMBED_DIM, math.ceil(1.6 * levels**0.56))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +78,7 @@ class Column:
   name: str
   kind: str
   categories: tuple[str | None, ...] = ()  # categorical: levels in code order (None: missing)
+  embed_dim: int = 0  # categorical: the model embeds its level id in this many numbers (0: one-hot)
 
   @property
   def encoded_names(self) -> tuple[str, ...]:
@@ -102,6 +117,11 @@ class Schema:
   def kinds(self) -> tuple[tuple[str, int, int], ...]:
     """(kind, start, stop) of each feature column's encoded columns (dlu.ops.tabular)."""
     return tuple((c.kind, s.start, s.stop) for c, s in self.groups())
+
+  def embedded(self) -> tuple[tuple[int, int, int], ...]:
+    """(start, stop, embed_dim) of each embedded category's encoded columns (the model looks its
+    level up in an embedding; DataSpec.embedded)."""
+    return tuple((s.start, s.stop, c.embed_dim) for c, s in self.groups() if c.embed_dim)
 
   def groups(self) -> list[tuple[Column, slice]]:
     """Each feature column and its encoded columns' slice."""
@@ -176,6 +196,7 @@ class Schema:
           "name": c.name,
           "kind": c.kind,
           **({"categories": list(c.categories)} if c.kind == "categorical" else {}),
+          **({"embed_dim": c.embed_dim} if c.embed_dim else {}),
         }
         for c in self.columns
       ],
@@ -200,7 +221,18 @@ class Schema:
         raise TypeError(f"schema: column {c['name']!r}: categories must be strings or null")
       if c["kind"] == "categorical" and not levels:
         raise ValueError(f"schema: column {c['name']!r}: a categorical column needs categories")
-      columns.append(Column(c["name"], c["kind"], tuple(levels)))
+      embed_dim = c.get("embed_dim", 0)  # absent in files written before embeddings: one-hot
+      if (
+        not isinstance(embed_dim, int)
+        or isinstance(embed_dim, bool)
+        or embed_dim < 0
+        or (embed_dim and c["kind"] != "categorical")
+      ):
+        raise ValueError(
+          f"schema: column {c['name']!r}: embed_dim {embed_dim!r}: expected a whole number >= 0, "
+          "and 0 unless the column is categorical"
+        )
+      columns.append(Column(c["name"], c["kind"], tuple(levels), embed_dim))
     dropped, id_column = fields.get("dropped", []), fields.get("id_column")
     if not isinstance(dropped, list) or not (id_column is None or isinstance(id_column, str)):
       raise TypeError("schema: dropped must be a list and id_column a string or null")
@@ -325,9 +357,11 @@ def fit_schema(
   id_column: str | None = None,
   where: str = "--dataset",
   missing: str = "level",
+  embed_levels: int = 0,
 ) -> Schema:
   """The categories of each categorical column from the training rows (OneHotEncoder's
-  categories_: sorted, the missing level last; none with `missing="mask"`)."""
+  categories_: sorted, the missing level last; none with `missing="mask"`); a column of more
+  than `embed_levels` levels (0: none) embedded in `embedding_dim(levels)` numbers."""
   from sklearn.preprocessing import OneHotEncoder  # noqa: PLC0415  (fitting only)
 
   columns = []
@@ -343,7 +377,8 @@ def fit_schema(
         levels = tuple(v for v in levels if v is not None)
         if not levels:
           raise UsageError(f"{where}: column {name!r} has no cells on the training split")
-    columns.append(Column(name, kind, levels))
+    embed_dim = embedding_dim(len(levels)) if 0 < embed_levels < len(levels) else 0
+    columns.append(Column(name, kind, levels, embed_dim))
   schema = Schema(tuple(columns), tuple(dropped), id_column, missing)
   counts = collections.Counter(schema.encoded_names)
   clash = sorted(n for n, k in counts.items() if k > 1)

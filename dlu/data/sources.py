@@ -95,6 +95,7 @@ class TableOptions:
   overrides: Any = None  # tables: a dlu.data.columns.Overrides (column kinds, drops, the id)
   encoding: str | None = None  # csv/json tables: the file's text encoding (default UTF-8)
   text: Any = None  # text: a dlu.data.text.TextOptions (column, tokeniser, length)
+  embed_levels: int = 0  # tables: a category of more levels is embedded (0: all one-hot)
 
 
 def _vectors(dataset: str, what: str, arrays: dict[str, np.ndarray], opts: TableOptions) -> Dataset:
@@ -152,6 +153,7 @@ def _table(dataset: str, kind: str, path: str, opts: TableOptions) -> Dataset:
     model_imputes=opts.model_imputes,
     overrides=opts.overrides,
     encoding=opts.encoding,
+    embed_levels=opts.embed_levels,
   )
   return Dataset(
     dataset,

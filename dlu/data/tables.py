@@ -207,6 +207,7 @@ def load_table(
   overrides: columns_.Overrides | None = None,
   encoding: str | None = None,
   model_imputes: bool = False,
+  embed_levels: int = 0,
   log=print,
 ) -> dict:
   """Reads a table, splits its rows by content and turns them into model inputs.
@@ -216,12 +217,17 @@ def load_table(
   `overrides`, and the columns dropped said with `log`). With one, `impute`, `feature_scaling`
   and `overrides` are ignored: the file's feature columns must be its columns (in any order) and
   it is applied unchanged, labels mapped by its classes. `impute="auto"` is "model" where the
-  file has missing feature cells and `model_imputes`, else "none".
+  file has missing feature cells and `model_imputes`, else "none". `embed_levels`: a fitted
+  categorical column of more levels is embedded by the model (columns.fit_schema; 0: none).
   """
   where = _where(what, path)
   _check_fraction(test_fraction)
   if preprocessing is None:  # flag errors before reading a possibly large file
     check_choices(impute, feature_scaling)
+    if isinstance(embed_levels, bool) or not isinstance(embed_levels, int) or embed_levels < 0:
+      raise UsageError(
+        f"--embed_levels={embed_levels}: expected a whole number >= 0 (0: every category one-hot)"
+      )
   names, cells, first_row = read_cells(
     path, fmt=fmt, label_column=label_column, what=what, encoding=encoding
   )
@@ -286,6 +292,7 @@ def load_table(
       id_column=id_column,
       where=where,
       missing="mask" if impute == "model" else "level",
+      embed_levels=embed_levels,
     )
   x_raw, _ = schema.encode(cells, where, first_row)
   encoded = schema.encoded_names

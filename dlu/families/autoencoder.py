@@ -47,6 +47,7 @@ class Autoencoder(SingleNetworkFamily):
 
   models = ("ae_seed", "ae_mlp", "ae_conv")
   takes_missing = True
+  takes_embedded = True
 
   @classmethod
   def validate(cls, cfg):
@@ -102,6 +103,7 @@ class Autoencoder(SingleNetworkFamily):
         dropout=cfg.dropout,
         kernel_init=self.kernel_init,
         dtype=self.compute_dtype,
+        embedded=self.spec.embedded,
       )
     if cfg.model == "ae_mlp":
       return ae_models.MLPAutoencoder(
@@ -111,6 +113,7 @@ class Autoencoder(SingleNetworkFamily):
         dropout=cfg.dropout,
         kernel_init=self.kernel_init,
         dtype=self.compute_dtype,
+        embedded=self.spec.embedded,
       )
     return ae_models.ConvAutoencoder(
       shape,

@@ -69,6 +69,9 @@ class DataSpec:
   # (--impute=model).
   columns: tuple[tuple[str, int, int], ...] = ()
   masked: bool = False
+  # Tables: (start, stop, dim) of each category the model embeds (--embed_levels): its one-hot
+  # columns read as a level id looked up in a learned embedding of `dim` numbers.
+  embedded: tuple[tuple[int, int, int], ...] = ()
   vocab_size: int | None = None  # text: token ids [L] in 0..vocab_size-1 (dlu.data.text)
 
   @property
@@ -129,10 +132,20 @@ class Family:
   takes_missing: bool = False
   #: whether the family reads text: token ids [L] with 0 padding (`DataSpec.vocab_size`).
   takes_text: bool = False
+  #: whether the family's model embeds many-level categories (`DataSpec.embedded`,
+  #: --embed_levels); the others' tables are fitted with every category one-hot.
+  takes_embedded: bool = False
 
   def __init__(self, cfg: Config, spec: DataSpec):
     self.cfg = cfg
     self.spec = spec
+    if spec.embedded and not self.takes_embedded:
+      takers = ", ".join(n for n in names() if get(n).takes_embedded)
+      raise UsageError(
+        f"--model={cfg.model} reads categories one-hot only, and this table's preprocessing "
+        f"embeds {len(spec.embedded)} (--embed_levels); use --model= one of {takers}, or train "
+        "again with --embed_levels=0"
+      )
     #: the initializer of every kernel of the models the family builds (a key of
     #: `layers.KERNEL_INITS`): --kernel_init resolved for --model, once.
     self.kernel_init = model_flags.kernel_init_name(cfg)

@@ -92,6 +92,7 @@ class DEC(SingleNetworkFamily):
   models = ("dec", "idec")
   needs_index = True
   takes_series = True  # when the autoencoder it starts from takes them
+  takes_embedded = True  # its encoder is the autoencoder's, embeddings included
 
   @classmethod
   def validate(cls, cfg):

@@ -96,6 +96,7 @@ class VAE(SingleNetworkFamily):
 
   models = ("vae", "conv_vae")
   takes_missing = True
+  takes_embedded = True
 
   @classmethod
   def validate(cls, cfg):
@@ -155,6 +156,7 @@ class VAE(SingleNetworkFamily):
       learn_variance=cfg.learn_variance,
       kernel_init=self.kernel_init,
       dtype=self.compute_dtype,
+      embedded=self.spec.embedded,
     )
 
   # --- The model's pieces, as pure functions of the parameters.

@@ -21,6 +21,7 @@ from dlu.models.layers import (
   MLP,
   Conv,
   ConvTranspose,
+  TableEmbedding,
   dropout,
   kernel_init,
   to_compute,
@@ -35,7 +36,9 @@ class MLPAutoencoder(nn.Module):
   Dense(128, relu) then a linear Dense back to the input size. `dropout`: the rate of
   dropout after every hidden layer, the code included (only when applied with a `dropout`
   rng, i.e. in training). `kernel_init`: the initializer of every kernel (a key of
-  `layers.KERNEL_INITS`), as in every dlu model.
+  `layers.KERNEL_INITS`), as in every dlu model. `embedded`: a table's embedded categories
+  (`layers.TableEmbedding`), read by the encoder as embeddings of their level ids; the
+  decoder's output is every encoded column still, one logit per level.
   """
 
   image_shape: tuple[int, int, int]
@@ -46,8 +49,13 @@ class MLPAutoencoder(nn.Module):
   dropout: float = 0.0
   kernel_init: str = "glorot_uniform"
   dtype: Any = jnp.float32
+  embedded: Sequence[tuple[int, int, int]] = ()
 
   def setup(self):
+    if self.embedded:
+      self.table_input = TableEmbedding(
+        math.prod(self.image_shape), tuple(self.embedded), dtype=self.dtype
+      )
     self.encoder = MLP(
       tuple(self.encoder_widths) + (self.latent_dim,),
       self.activation,
@@ -67,7 +75,10 @@ class MLPAutoencoder(nn.Module):
     self.code_dropout = nn.Dropout(self.dropout)
 
   def _encode(self, x: jax.Array) -> jax.Array:
-    return self.encoder(x.reshape((x.shape[0], -1)))  # [B, D] in the compute dtype
+    x = x.reshape((x.shape[0], -1))
+    if self.embedded:
+      x = self.table_input(x)
+    return self.encoder(x)  # [B, D] in the compute dtype
 
   def _decode(self, z: jax.Array) -> jax.Array:
     return self.decoder(z).reshape((z.shape[0],) + tuple(self.image_shape))  # [B, H, W, C]

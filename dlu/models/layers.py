@@ -22,6 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dlu.models import fast_conv
 
@@ -233,3 +234,50 @@ class MLP(nn.Module):
       if not last:
         x = dropout(self, self.dropout, x)
     return x
+
+
+def _embed_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+  """flax's embedding initializer, the last row (no level) zeros."""
+  return nn.Embed.embedding_init(key, shape, dtype).at[-1].set(0)
+
+
+class TableEmbedding(nn.Module):
+  """A table row as the network reads it, with each many-level category embedded.
+
+  The input is the row's `width` encoded columns (dlu.ops.tabular.model_input: one-hot
+  categories, missing cells 0), then, when masked, their observed mask ([B, width] or
+  [B, 2 * width]). Each `embedded` category, (start, stop, dim), its one-hot columns
+  start:stop, becomes its level id, the hot column's index (levels = stop - start when none is
+  hot: a missing cell, one hidden in training or a level first seen at apply time), looked up
+  in an `nn.Embed` of levels + 1 rows of `dim` numbers. The last row starts at zeros, as
+  one-hot reads a cell with no level (all zeros); it learns only where training sees such
+  cells (missing or hidden ones under --impute=model). Out: the other columns, the
+  embeddings, then the other columns' mask. [B, width - sum(levels) + sum(dim) (+ the mask)]
+  """
+
+  width: int
+  embedded: Sequence[tuple[int, int, int]]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = self.width
+    if x.shape[-1] not in (d, 2 * d):
+      raise ValueError(f"TableEmbedding: {x.shape[-1]} input columns; expected {d} or {2 * d}")
+    values = x[..., :d]
+    keep = np.ones(d, bool)
+    embeddings = []
+    for i, (start, stop, dim) in enumerate(self.embedded):
+      keep[start:stop] = False
+      block = values[..., start:stop]
+      levels = stop - start
+      ids = jnp.where(jnp.sum(block, axis=-1) > 0.5, jnp.argmax(block, axis=-1), levels)
+      embed = nn.Embed(
+        levels + 1, dim, dtype=self.dtype, embedding_init=_embed_init, name=f"embed_{i}"
+      )
+      embeddings.append(embed(ids))
+    rest = np.flatnonzero(keep)
+    parts = [to_compute(values[..., rest], self.dtype), *embeddings]
+    if x.shape[-1] == 2 * d:
+      parts.append(to_compute(x[..., d:][..., rest], self.dtype))
+    return jnp.concatenate(parts, axis=-1)

@@ -21,12 +21,14 @@ import jax
 import jax.numpy as jnp
 
 from dlu.models.autoencoder import ConvDecoder, ConvEncoder
-from dlu.models.layers import MLP, to_float32
+from dlu.models.layers import MLP, TableEmbedding, to_float32
 
 
 class VAE(nn.Module):
   """`architecture="mlp"`: Dense `widths` both ways; `"conv"`: strided convs `channels`.
-  `kernel_init`: the initializer of every kernel (a key of `layers.KERNEL_INITS`)."""
+  `kernel_init`: the initializer of every kernel (a key of `layers.KERNEL_INITS`).
+  `embedded` (mlp): a table's embedded categories, read by the encoder as embeddings of their
+  level ids (`layers.TableEmbedding`); the decoder outputs every encoded column still."""
 
   image_shape: tuple[int, int, int]
   latent_dim: int = 32
@@ -36,9 +38,16 @@ class VAE(nn.Module):
   learn_variance: bool = False
   kernel_init: str = "glorot_uniform"
   dtype: Any = jnp.float32
+  embedded: Sequence[tuple[int, int, int]] = ()
 
   def setup(self):
     init, dtype = self.kernel_init, self.dtype
+    if self.embedded:
+      if self.architecture != "mlp":
+        raise ValueError("VAE: embedded categories need architecture='mlp'")
+      self.table_input = TableEmbedding(
+        math.prod(self.image_shape), tuple(self.embedded), dtype=dtype
+      )
     if self.architecture == "mlp":
       self.encoder = MLP(tuple(self.widths) + (2 * self.latent_dim,), kernel_init=init, dtype=dtype)
       self.decoder = MLP(
@@ -63,6 +72,8 @@ class VAE(nn.Module):
     chex.assert_rank(x, {2, 4})
     if self.architecture == "mlp":
       x = x.reshape((x.shape[0], -1))
+    if self.embedded:
+      x = self.table_input(x)
     h = to_float32(self.encoder(x))  # [B, 2D]
     return h[:, : self.latent_dim], h[:, self.latent_dim :]
 

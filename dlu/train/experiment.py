@@ -78,6 +78,12 @@ def table_options(cfg: config.Config, workdir: str) -> data.TableOptions:
     feature_scaling=cfg.feature_scaling,
     preprocessing=stored,
     model_imputes=cfg.model in families.names() and families.get(cfg.model).takes_missing,
+    # Models that read categories one-hot only fit every category one-hot.
+    embed_levels=(
+      cfg.embed_levels
+      if cfg.model in families.names() and families.get(cfg.model).takes_embedded
+      else 0
+    ),
     series_length=cfg.series_length,
     series_scaling=cfg.series_scaling,
     overrides=columns.Overrides.from_flags(
@@ -138,6 +144,7 @@ def build(cfg: config.Config, workdir: str) -> Experiment:
     len(dataset.x_train),
     cfg.pixel_range,
     columns=schema.kinds() if schema is not None else (),
+    embedded=schema.embedded() if schema is not None else (),
     masked=masked,
     vocab_size=dataset.preprocessing.vocab_size if dataset.is_text else None,
   )
