@@ -264,18 +264,15 @@ def test_series_plot_draws_a_grid():
   assert image.ndim == 3 and image.shape[2] == 3 and 0 <= image.min() < image.max() <= 1
 
 
-def test_other_models_and_records_refuse_series(tmp_path):
+def test_other_models_refuse_series(tmp_path):
   from dlu import config  # noqa: PLC0415
-  from dlu.data import preparation  # noqa: PLC0415
   from dlu.train import experiment  # noqa: PLC0415
 
   path = _write_ts(tmp_path / "t.ts")
   cfg = config.make_config(model="ae_mlp", dataset=f"series:{path}", batch_size=4)
   with pytest.raises(UsageError, match="--model=ae_mlp does not take time series.*ae_conv1d"):
     experiment.build(cfg, str(tmp_path / "wd"))
-  with pytest.raises(UsageError, match="records of series are not written"):
-    preparation.prepare_records(f"series:{path}", str(tmp_path / "rec"))
-  assert not os.path.exists(tmp_path / "wd") and not os.path.exists(tmp_path / "rec")
+  assert not os.path.exists(tmp_path / "wd")
 
 
 @pytest.mark.parametrize("model", ["ae_conv1d", "ae_seq"])
@@ -293,3 +290,78 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs(model):
   assert {p.dtype for p in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
   assert fam.reconstruct(state, x).dtype == np.float32
   assert np.isfinite(fam.loss(state.params, {"image": x}, jax.random.key(1))[0])
+
+
+def test_prepared_records_read_as_the_series_they_came_from(tmp_path):
+  from dlu.data import preparation  # noqa: PLC0415
+
+  path = _write_ts(tmp_path / "toy.ts", n=40)  # unequal lengths and a missing step
+  x = np.random.default_rng(0).normal(size=(6, 9, 3))
+  x[0, 5:] = np.nan
+  split = tmp_path / "split"
+  split.mkdir()
+  np.savez(split / "Toy_TRAIN.npz", x=x, y=np.array(["u", "v", "u", "v", "u", "v"]))
+  np.savez(split / "Toy_TEST.npz", x=x[:4, :7], y=np.array(["v", "u", "v", "u"]))
+  for source in (f"series:{path}", f"series:{split}"):
+    out = str(tmp_path / f"rec_{os.path.basename(source)}")
+    summary = preparation.prepare_records(source, out)
+    assert "float64" in summary and f"--dataset=records:{out}" in summary
+    for opts in (
+      sources.TableOptions(),
+      sources.TableOptions(series_length=16, series_scaling="global"),
+    ):
+      want = sources.load(source, table_options=opts)
+      got = sources.load(f"records:{out}", table_options=opts)
+      assert got.is_series and got.preprocessing == want.preprocessing
+      assert got.x_train.shape == want.x_train.shape and got.x_train.dtype == np.float32
+      np.testing.assert_array_equal(np.asarray(got.x_train), want.x_train)  # NaN where masked
+      np.testing.assert_array_equal(np.asarray(got.x_test), want.x_test)
+      np.testing.assert_array_equal(got.y_train, want.y_train)
+      np.testing.assert_array_equal(got.y_test, want.y_test)
+  # The same source again: nothing to do; a changed file: refused, the records kept.
+  out = str(tmp_path / "rec_toy.ts")
+  assert "already" in preparation.prepare_records(f"series:{path}", out)
+  _write_ts(tmp_path / "toy.ts", n=44)
+  with pytest.raises(UsageError, match="prepared from other contents"):
+    preparation.prepare_records(f"series:{path}", out)
+  assert len(sources.load(f"records:{out}").x_train) == 36
+
+
+@pytest.mark.slow
+def test_a_run_on_prepared_series_records_trains_as_on_the_file(tmp_path):
+  path = _write_ts(tmp_path / "toy.ts", n=24)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  run = lambda m, *a: subprocess.run(
+    [sys.executable, "-m", m, *a], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+  )
+  out = run("experiments.prepare_data", f"--dataset=series:{path}", f"--out={tmp_path / 'rec'}")
+  assert out.returncode == 0, out.stderr[-2000:]
+  common = [
+    "--model=ae_conv1d",
+    "--batch_size=8",
+    "--num_steps=10",
+    "--log_every=5",
+    "--eval_every=10",
+    "--checkpoint_every=10",
+    "--latent_dim=4",
+    "--conv_channels=4",
+    "--evaluators=metrics",
+  ]
+  rows = {}
+  for name, dataset in (("file", f"series:{path}"), ("records", f"records:{tmp_path / 'rec'}")):
+    workdir = str(tmp_path / name)
+    out = run("experiments.train", *common, f"--dataset={dataset}", f"--workdir={workdir}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    rows[name] = [{k: r.get(k) for k in ("step", "split", "loss", "mse")} for r in metrics]
+  assert rows["records"] == rows["file"] and len(rows["file"]) >= 3
+  assert all(r["loss"] is not None for r in rows["file"] if r["split"] == "train")
+  # A run trained on records applies to the series file, with nothing but its workdir.
+  out = run(
+    "experiments.apply",
+    f"--workdir={tmp_path / 'records'}",
+    f"--input=series:{path}",
+    f"--output={tmp_path / 'codes.csv'}",
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert len(open(tmp_path / "codes.csv").read().splitlines()) == 25

@@ -10,6 +10,9 @@ What is stored makes `records:OUT` the same Dataset as its source:
                 when read, as the table is.
   npz:PATH      images or vectors (columns f0, f1, ...) as `all`, or `train` and `test` when the
                 archive has x_test.
+  series:PATH   the series as read [T, C] float64, padded with NaN to the longest, as `all` (a
+                file) or `train` and `test` (a directory's NAME_TRAIN / NAME_TEST files), with
+                the classes: resampled and scaled when read, as the series are.
   other names   (digits, fashion_mnist, any tfds dataset) their `train` and `test` splits.
 
 Folders are decoded in worker processes, one shard each at a time; sources already in memory
@@ -28,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from dlu.data import arrays, local, records, sources, tables, writer
+from dlu.data import arrays, local, records, series, sources, tables, writer
 from dlu.errors import UsageError
 
 SKIPPED_FILE = "skipped.txt"
@@ -80,13 +83,10 @@ def prepare_records(
   out = os.path.abspath(os.path.expanduser(out))
   if kind in ("records", "npy"):
     raise UsageError(f"{what} is read by row already; there is nothing to prepare")
-  if kind == "series":
+  if label_column and kind not in (*tables.TABLE_FORMATS, "series"):
     raise UsageError(
-      f"{what}: series are read whole from their file; records of series are not written"
-    )
-  if label_column and kind not in tables.TABLE_FORMATS:
-    raise UsageError(
-      f"--label_column names a column of a table (csv:, parquet:, json:); {what} is not one"
+      f"--label_column names a column of a table (csv:, parquet:, json:) or of a series:PATH "
+      f"table; {what} is not one"
     )
   if num_shards is not None and num_shards < 1:
     raise UsageError(f"--num_shards={num_shards}: expected at least 1")
@@ -233,6 +233,8 @@ def _read_source(
       y, classes = tables.encode_labels(raw, f"{what}: label column {label_column!r}")
       meta.update(num_classes=len(classes), class_names=list(classes))
     return _in_memory({"all": (x, y)}, meta, _file_fingerprint(arg))
+  if kind == "series":
+    return _series(what, arg, label_column)
   if kind == "npz":
     found = local.read_npz(dataset, arg)
     if np.asarray(found["x"]).ndim == 2:
@@ -247,6 +249,32 @@ def _read_source(
     return _in_memory({"all": (x, y)}, meta, _file_fingerprint(arg))
   data = sources.load(dataset, data_dir=data_dir, idx_dir=idx_dir)
   return _from_dataset(data, "")
+
+
+def _series(what: str, path: str, label_column: str | None) -> Source:
+  """Series as read (before any resampling or scaling: that is fitted when they are read),
+  padded with NaN to the longest of every split, labels encoded over both splits."""
+  parts = series.read_source(path, what, label_column)
+  for raw in parts.values():
+    series.check_channels(raw, what)  # one count of channels in each split
+  length = max(len(s) for raw in parts.values() for s in raw.series)
+  x = {k: series.padded(raw.series, length) for k, raw in parts.items()}
+  y = {k: None for k in parts}
+  meta: dict[str, Any] = {"source_files": len(parts)}
+  if next(iter(parts.values())).labels is not None:
+    codes, classes = tables.encode_labels(
+      np.concatenate([raw.labels for raw in parts.values()]), f"{what}: labels"
+    )
+    bounds = np.cumsum([0] + [len(raw.series) for raw in parts.values()])
+    y = {k: codes[bounds[i] : bounds[i + 1]] for i, k in enumerate(parts)}
+    meta.update(num_classes=len(classes), class_names=list(classes))
+  return _in_memory(
+    {k: (x[k], y[k]) for k in parts}, meta, _series_fingerprint(path, what), kind="series"
+  )
+
+
+def _series_fingerprint(path: str, what: str) -> str:
+  return ";".join(_file_fingerprint(f) for f in series.source_files(path, what).values())
 
 
 def _from_dataset(data: arrays.Dataset, fingerprint: str) -> Source:
@@ -288,11 +316,14 @@ def _unsplit(a: np.ndarray, b: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarra
 
 
 def _in_memory(
-  splits: dict[str, tuple[np.ndarray, np.ndarray | None]], meta: dict[str, Any], fingerprint: str
+  splits: dict[str, tuple[np.ndarray, np.ndarray | None]],
+  meta: dict[str, Any],
+  fingerprint: str,
+  kind: str | None = None,
 ) -> Source:
   first = next(iter(splits.values()))[0]
   return Source(
-    kind="images" if first.ndim == 4 else "vectors",
+    kind=kind or ("images" if first.ndim == 4 else "vectors"),
     example_shape=tuple(int(d) for d in first.shape[1:]),
     dtype=str(first.dtype),
     rows={name: len(x) for name, (x, _) in splits.items()},
@@ -390,6 +421,9 @@ def _source_fingerprint(dataset: str, kind: str, arg: str) -> tuple[str, int | N
     return _files_fingerprint(files, arg), len(files)
   if kind in (*tables.TABLE_FORMATS, "npz") and os.path.isfile(arg):
     return _file_fingerprint(arg), 1
+  if kind == "series" and os.path.exists(arg):
+    what = f"--dataset={dataset}"
+    return _series_fingerprint(arg, what), len(series.source_files(arg, what))
   return "", None
 
 

@@ -43,7 +43,7 @@ WRITER_OPTIONS = "group_size:1,uncompressed"
 class Meta:
   """dataset.json: what every row is, and where each split's rows are."""
 
-  kind: str  # "images" ([H, W, C] uint8) or "vectors" ([D] float32)
+  kind: str  # "images" ([H, W, C] uint8), "vectors" ([D] float32) or "series" ([T, C] float64)
   example_shape: tuple[int, ...]
   dtype: str
   splits: dict[str, dict[str, Any]]  # name -> {"num_examples", "shards", "labels"}
@@ -78,7 +78,7 @@ class Meta:
       meta = cls(**{**raw, "example_shape": tuple(raw["example_shape"])})
     except (OSError, ValueError, TypeError, KeyError) as e:
       raise UsageError(f"{path} is not a readable records description: {e}") from e
-    if meta.kind not in ("images", "vectors") or not set(meta.splits) <= set(SPLITS):
+    if meta.kind not in ("images", "vectors", "series") or not set(meta.splits) <= set(SPLITS):
       raise UsageError(f"{path}: kind {meta.kind!r} or splits {sorted(meta.splits)} not understood")
     return meta
 

@@ -228,11 +228,11 @@ def read_file(path: str, what: str, label_column: str | None = None) -> RawSerie
   return raw
 
 
-def read_source(path: str, what: str, label_column: str | None = None) -> dict[str, RawSeries]:
-  """{"all": ...} for a file, {"train": ..., "test": ...} for a directory holding
-  NAME_TRAIN.SUFFIX and NAME_TEST.SUFFIX (UCR/UEA's published split)."""
+def source_files(path: str, what: str) -> dict[str, str]:
+  """The files `read_source` reads: {"all": path} for a file, {"train": ..., "test": ...} for
+  a directory's NAME_TRAIN / NAME_TEST files."""
   if not os.path.isdir(path):
-    return {"all": read_file(path, what, label_column)}
+    return {"all": path}
   found = {}
   for split in ("TRAIN", "TEST"):
     names = sorted(glob.glob(os.path.join(path, f"*_{split}.*")))
@@ -251,7 +251,17 @@ def read_source(path: str, what: str, label_column: str | None = None) -> dict[s
         f"{what}: {path} holds {len(names)} *_{split} files ({listed}); "
         f"expected one NAME_{split} file ({', '.join(SUFFIXES)})"
       )
-    found[split.lower()] = read_file(names[0], what, label_column)
+    found[split.lower()] = names[0]
+  return found
+
+
+def read_source(path: str, what: str, label_column: str | None = None) -> dict[str, RawSeries]:
+  """{"all": ...} for a file, {"train": ..., "test": ...} for a directory holding
+  NAME_TRAIN.SUFFIX and NAME_TEST.SUFFIX (UCR/UEA's published split)."""
+  names = source_files(path, what)
+  if "all" in names:
+    return {"all": read_file(path, what, label_column)}
+  found = {k: read_file(f, what, label_column) for k, f in names.items()}
   channels = {k: {s.shape[1] for s in r.series} for k, r in found.items()}
   if channels["train"] != channels["test"]:
     raise UsageError(
@@ -403,6 +413,29 @@ def fit_preprocessing(
   return dataclasses.replace(
     pre, scaling="global", mean=tuple(map(float, np.nan_to_num(mean))), std=tuple(map(float, std))
   )
+
+
+def padded(series: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
+  """Series [T_i, C] as one array [N, length (default max T_i), C] float64, NaN after each
+  one's end (how records store them: `unpadded` gives them back, as trailing missing steps are
+  not kept)."""
+  length = max((len(s) for s in series), default=0) if length is None else length
+  channels = series[0].shape[1] if len(series) else 1
+  out = np.full((len(series), length, channels), np.nan)
+  for i, s in enumerate(series):
+    out[i, : len(s)] = s
+  return out
+
+
+def unpadded(x: np.ndarray) -> list[np.ndarray]:
+  """The series of a padded array [N, T, C]: each without its trailing missing steps."""
+  return [_trim(np.asarray(s, np.float64)) for s in x]
+
+
+def transform_padded(pre: SeriesPreprocessing, what: str, x: np.ndarray) -> np.ndarray:
+  """A batch of padded series (records' rows) as model inputs; picklable with
+  functools.partial, for reading in worker processes."""
+  return pre.transform(unpadded(x), what)
 
 
 def observed(x: Any) -> Any:

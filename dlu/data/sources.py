@@ -268,6 +268,19 @@ def _on_disk(dataset: str, kind: str, path: str, opts: TableOptions) -> Dataset:
   else:
     (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
   pre = None
+  if meta.kind == "series":  # fitted on the training split as series:PATH fits it
+    pre = opts.preprocessing
+    if not isinstance(pre, series.SeriesPreprocessing):
+      pre = series.fit_preprocessing(
+        series.unpadded(np.asarray(x_train)),
+        meta.example_shape[1],
+        length=opts.series_length,
+        scaling=opts.series_scaling,
+      )
+    shape = (pre.length, pre.channels)
+    read = functools.partial(series.transform_padded, pre, what)
+    x_train = x_train.view(transform=read, example_shape=shape)
+    x_test = x_test.view(transform=read, example_shape=shape)
   if meta.kind == "vectors":
     pre = opts.preprocessing or preprocessing.fit_preprocessing(
       meta.columns,
