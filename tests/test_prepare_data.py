@@ -269,3 +269,15 @@ def test_worker_processes_end_with_a_killed_run(tmp_path):
     os.kill(p, 9)
   assert not left, "worker processes outlived the run"
   assert (out / records.shard_name("all", 0, 2)).exists() and not (out / "dataset.json").exists()
+
+
+def test_a_table_with_text_columns_is_refused_in_one_line_naming_the_cell(tmp_path):
+  src = tmp_path / "mixed.csv"
+  src.write_text("a,city,label\n1,Oslo,p\n2,,q\n")
+  out = tmp_path / "rec"
+  with pytest.raises(UsageError) as e:
+    preparation.prepare_records(f"csv:{src}", str(out), label_column="label")
+  message = str(e.value)
+  assert "column 'city' row 2 holds 'Oslo'" in message and "\n" not in message
+  assert "records hold tables of numbers only" in message and f"--dataset=csv:{src}" in message
+  assert not out.exists()

@@ -227,7 +227,15 @@ def _read_source(
   if kind == "folder":
     return _folder(dataset, arg, skip_bad)
   if kind in tables.TABLE_FORMATS:
-    columns, x, raw = tables.read_table(arg, fmt=kind, label_column=label_column, what=what)
+    try:
+      columns, x, raw = tables.read_table(arg, fmt=kind, label_column=label_column, what=what)
+    except UsageError as e:
+      if "not a number" not in str(e) and "not numbers" not in str(e):
+        raise
+      raise UsageError(
+        f"{e}; records hold tables of numbers only: train on --dataset={dataset} itself (a "
+        "table with text columns is read into memory, its categories encoded)"
+      ) from None
     y, meta = None, {"columns": columns}
     if raw is not None:
       y, classes = tables.encode_labels(raw, f"{what}: label column {label_column!r}")
