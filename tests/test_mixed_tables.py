@@ -290,8 +290,12 @@ def test_numbers_with_a_typo_stay_numbers_and_name_the_cell(tmp_path):
   path.write_text("a,age,species\n1,30,p\n2,41,q\n3,n/a,p\n4,7,q\n")
   message = _message(_load, str(path))
   assert message.endswith(
-    "column 'age' row 4 holds 'n/a', not a number (use empty cells for missing values)"
+    "column 'age' row 4 holds 'n/a', not a number (use empty cells for missing values), or "
+    "--categorical_columns=age to read the column as categories"
   )
+  # The flag the message names reads it so (a run's own kinds are not second-guessed).
+  schema = _load(path, overrides=columns.Overrides(categorical=("age",)))["preprocessing"].schema
+  assert {c.name: c.kind for c in schema.columns}["age"] == "categorical"
 
 
 def test_decode_gives_each_column_its_values():

@@ -136,10 +136,16 @@ class Schema:
     return {*self.dropped, *(n for n in (self.id_column, label_column) if n)}
 
   def encode(
-    self, cells: dict[str, pa.ChunkedArray], where: str, first_row: int = 1
+    self,
+    cells: dict[str, pa.ChunkedArray],
+    where: str,
+    first_row: int = 1,
+    hint_kinds: bool = False,
   ) -> tuple[np.ndarray, dict[str, int]]:
     """The features as numbers [N, D] float64 (NaN: a missing number or boolean) and, per
-    categorical column, how many cells held a level the training split did not have."""
+    categorical column, how many cells held a level the training split did not have.
+    `hint_kinds`: a cell that is not a number in a numeric column names the flag that reads
+    the column as categories (where the kinds were inferred, not a run's)."""
     from sklearn.preprocessing import OneHotEncoder  # noqa: PLC0415  (tables only)
 
     n = len(next(iter(cells.values()))) if cells else 0
@@ -147,7 +153,10 @@ class Schema:
     for column in self.columns:
       col, what = cells[column.name], f"{where}: column {column.name!r}"
       if column.kind == "numeric":
-        blocks.append(numbers(col, what, first_row)[:, None])
+        try:
+          blocks.append(numbers(col, what, first_row)[:, None])
+        except UsageError as e:
+          raise kind_hint(e, column.name) if hint_kinds else e from None
       elif column.kind == "boolean":
         blocks.append(booleans(col, what, first_row)[:, None])
       else:
@@ -298,6 +307,14 @@ def infer_kinds(
         dropped[name] = why
         del kinds[name]
   return kinds, dropped
+
+
+def kind_hint(error: UsageError, name: str) -> UsageError:
+  """`error` for a cell of column `name` that is not a number, naming the flag that reads the
+  column as categories instead (where its kind was inferred)."""
+  if "not a number" not in str(error):
+    return error
+  return UsageError(f"{error}, or --categorical_columns={name} to read the column as categories")
 
 
 def _text_kind(col: pa.ChunkedArray) -> tuple[str, str | None]:

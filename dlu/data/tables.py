@@ -100,11 +100,18 @@ def read_cells(
 
 
 def read_table(
-  path: str, *, fmt: str, label_column: str | None, what: str, encoding: str | None = None
+  path: str,
+  *,
+  fmt: str,
+  label_column: str | None,
+  what: str,
+  encoding: str | None = None,
+  hint_kinds: bool = False,
 ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
   """(feature names in file order, raw features float64 [N, D] with NaN for missing cells,
   raw labels [N] or None): a table of numbers only (`read_cells`' checks, then each cell a
-  number, finite, or missing)."""
+  number, finite, or missing). `hint_kinds`: a cell that is not a number names the flag that
+  reads its column as categories."""
   where = _where(what, path)
   names, columns, first_row = read_cells(
     path, fmt=fmt, label_column=label_column, what=what, encoding=encoding
@@ -121,7 +128,10 @@ def read_table(
       columns.update(_as_text(path, where, odd, encoding))
   x = np.empty((len(columns[names[0]]), len(features)), np.float64)
   for j, name in enumerate(features):
-    x[:, j] = _feature_values(columns[name], f"{where}: column {name!r}", first_row)
+    try:
+      x[:, j] = _feature_values(columns[name], f"{where}: column {name!r}", first_row)
+    except UsageError as e:
+      raise columns_.kind_hint(e, name) if hint_kinds else e from None
   labels = None
   if label_column is not None:
     labels = _label_values(
@@ -284,6 +294,7 @@ def load_table(
     block = np.array([columns_.category_text(cells[n]) for n in kept], object).T
     digests = fingerprints.row_digests(list(kept), block, raw_labels)
   train, test = fingerprints.content_split(digests, test_fraction, seed, where)
+  inferred = schema is None  # kinds inferred (or overridden) here, not read from a run
   if schema is None:
     schema = columns_.fit_schema(
       kinds,
@@ -294,7 +305,7 @@ def load_table(
       missing="mask" if impute == "model" else "level",
       embed_levels=embed_levels,
     )
-  x_raw, _ = schema.encode(cells, where, first_row)
+  x_raw, _ = schema.encode(cells, where, first_row, hint_kinds=inferred)
   encoded = schema.encoded_names
   if (preprocessing.impute if preprocessing else impute) == "none":
     missing = np.isnan(x_raw)
@@ -404,7 +415,12 @@ def _load_numbers(
   """load_table of a table of numbers only (no column kinds stored)."""
   where = _where(what, path)
   names, x_raw, raw_labels = read_table(
-    path, fmt=fmt, label_column=label_column, what=what, encoding=encoding
+    path,
+    fmt=fmt,
+    label_column=label_column,
+    what=what,
+    encoding=encoding,
+    hint_kinds=preprocessing is None,
   )
   first_row = 2 if fmt == "csv" else 1
   if preprocessing is not None:
