@@ -243,7 +243,11 @@ BAD_INPUTS = [
   (dict(num_steps=-5), "--num_steps must be a positive integer"),
   (dict(batch_size=0), "--batch_size must be a positive integer"),
   (dict(batch_size=12), "--batch_size=12 must be divisible by the number of devices (8)"),
-  (dict(batch_size=4096), "--batch_size=4096 is larger than the training split"),
+  (
+    dict(batch_size=4096),
+    "--batch_size=4096 is larger than the training split (1350 examples of digits); "
+    "--batch_size=1344 or smaller fits it",
+  ),
   (dict(learning_rate=0.0), "--learning_rate must be > 0"),
   (dict(learning_rate=-1e-3), "--learning_rate must be > 0"),
   (dict(latent_dim=0), "--latent_dim must be a positive integer"),

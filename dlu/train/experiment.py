@@ -151,9 +151,12 @@ def build(cfg: config.Config, workdir: str) -> Experiment:
   batch_size = _global_batch_size(cfg, spec.num_train)
   parallel.check_batch_size(batch_size)
   if batch_size > spec.num_train:
+    devices = jax.device_count()
+    fits = spec.num_train // devices * devices
     raise UsageError(
       f"--batch_size={batch_size} is larger than the training split "
       f"({spec.num_train} examples of {cfg.dataset})"
+      + (f"; --batch_size={fits} or smaller fits it" if fits else "")
     )
   feeds.check_pipeline(
     cfg.input_pipeline,
