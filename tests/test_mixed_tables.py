@@ -377,3 +377,17 @@ def test_train_and_apply_a_mixed_table_from_the_command_line_and_a_notebook(tmp_
   )
   assert done.returncode == 2 and "--categorical_columns: the run's columns" in done.stderr
   assert not (tmp_path / "again.csv").exists()
+
+
+def test_clock_times_are_dropped_with_a_line_as_dates_are(tmp_path):
+  rows = _rows()
+  for i, r in enumerate(rows):  # as Stat2Data's Hawks holds them: blanks among the times
+    r["seen"] = " " if i % 9 == 0 else f"{8 + i % 10}:{(7 * i) % 60:02d}"
+  path = _csv(tmp_path / "p.csv", rows)
+  said = []
+  schema = _load(path, overrides=columns.Overrides(id_column="id"), log=said.append)[
+    "preprocessing"
+  ].schema
+  assert "seen" in schema.dropped and "'seen' (times of day)" in said[0]
+  kept = _load(path, overrides=columns.Overrides(id_column="id", categorical=("seen",)))
+  assert "seen" in {c.name for c in kept["preprocessing"].schema.columns}

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -332,6 +333,8 @@ def _text_kind(col: pa.ChunkedArray) -> tuple[str, str | None]:
     return "numeric", None
   if _date_like(distinct):
     return "categorical", "dates"
+  if _time_like(distinct):
+    return "categorical", "times of day"
   observed = len(text) - text.null_count
   if (
     len(distinct) > FREE_TEXT_MIN_DISTINCT and len(distinct) >= FREE_TEXT_DISTINCT_SHARE * observed
@@ -365,6 +368,15 @@ def _date_like(distinct: pa.Array) -> bool:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
       pass
   return ok > 0.5 * len(sample)
+
+
+_TIME_OF_DAY = re.compile(r"^\s*\d{1,2}:\d{2}(:\d{2})?\s*([ap]\.?m\.?)?\s*$", re.I)
+
+
+def _time_like(distinct: pa.Array) -> bool:
+  """Most values are clock times (13:30, 9:05:00, 1:30 pm)."""
+  sample = [v for v in distinct.slice(0, 200).to_pylist() if v.strip()]
+  return bool(sample) and sum(bool(_TIME_OF_DAY.match(v)) for v in sample) > 0.5 * len(sample)
 
 
 def fit_schema(
