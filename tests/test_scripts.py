@@ -106,6 +106,7 @@ def test_sweep_rejects_a_bad_grid(tmp_path):
 def test_launch_scripts_parse_and_use_real_flags(script):
   path = os.path.join(ROOT, "scripts", script)
   assert subprocess.run(["bash", "-n", path]).returncode == 0
+  import experiments.prepare_data  # noqa: F401  (the scripts' comments prepare data first)
   import experiments.train  # noqa: F401  (defines every flag the trainer accepts)
 
   text = open(path).read()
@@ -122,7 +123,9 @@ def test_launch_scripts_parse_and_use_real_flags(script):
   }
   assert {"flagfile", "workdir", "distributed"} <= used
   for name in used - {"flagfile"}:
-    assert name in flags.FLAGS, f"{script} passes --{name}, which experiments.train does not define"
+    assert name in flags.FLAGS, (
+      f"{script} passes --{name}, which neither train nor prepare_data defines"
+    )
   assert "experiments.train" in text
 
 
