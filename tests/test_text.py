@@ -294,6 +294,9 @@ def test_vae_run_trains_evaluates_and_applies_as_text(tmp_path):
   samples = open(os.path.join(workdir, "text", "samples_0000020.txt")).read().splitlines()
   assert 1 <= len(samples) <= 4  # --num_images of the split scored (few rows here)
   assert os.path.isfile(os.path.join(workdir, "text", "reconstructions_0000020.txt"))
+  events = [f for f in os.listdir(workdir) if f.startswith("events.out.tfevents")]
+  tb = b"".join(open(os.path.join(workdir, f), "rb").read() for f in events)
+  assert all(f"text/{n}".encode() in tb for n in ("samples", "reconstructions", "interpolations"))
   out = _run("experiments.evaluate", f"--workdir={workdir}")
   assert out.returncode == 0, out.stderr[-3000:]
   evaluated = json.load(open(os.path.join(workdir, "eval.json")))
@@ -404,7 +407,7 @@ def test_text_protocol_quick_on_a_small_fortunes_folder(tmp_path):
   fortunes = tmp_path / "fortunes"
   fortunes.mkdir()
   for name, words in TOPICS.items():
-    entries = [f"{words}\n  number {i} of them" for i in range(12)]
+    entries = [f"{words}\n  number {i} of them" for i in range(24)]  # one-class: 16 to train
     (fortunes / name).write_text("\n%\n".join(entries) + "\n%\n")
   out = tmp_path / "out"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -415,7 +418,9 @@ def test_text_protocol_quick_on_a_small_fortunes_folder(tmp_path):
       f"--out={out}",
       f"--fortunes={fortunes}",
       "--categories=cats,markets",
-      "--models=text_ae",
+      "--models=text_ae,text_vae,text_lm",
+      "--oneclass_models=text_lm",
+      "--iwae_samples=4",
       "--quick",
       "--lsa_dim=5",
     ],
@@ -427,9 +432,29 @@ def test_text_protocol_quick_on_a_small_fortunes_folder(tmp_path):
   )
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.load(open(out / "text_protocol.json"))
-  assert result["documents"] == 24 and result["categories"] == ["cats", "markets"]
-  methods = set(result["results"])
-  assert methods == {"dlu text_ae + kmeans", "tfidf+kmeans", "lsa+kmeans", "nmf"}
+  assert result["documents"] == 48 and result["categories"] == ["cats", "markets"]
+  methods = set(result["results"])  # text_lm has no code to cluster
+  assert methods == {
+    "dlu text_ae + kmeans",
+    "dlu text_vae + kmeans",
+    "tfidf+kmeans",
+    "lsa+kmeans",
+    "nmf",
+  }
   assert result["results"]["tfidf+kmeans"][0]["acc"] == 1.0  # two disjoint vocabularies
   assert sorted(os.listdir(out / "corpus" / "cats"))[:2] == ["0000.txt", "0001.txt"]
-  assert "| lsa+kmeans |" in open(out / "text_protocol.md").read()
+  # The VAE's ELBO and IWAE bounds beside the language model's bits, on one test split.
+  lik = result["likelihood"]
+  assert set(lik) == {"dlu text_vae (ELBO)", "dlu text_vae (IWAE, K=4)", "dlu text_lm"}
+  elbo, iwae = lik["dlu text_vae (ELBO)"][0], lik["dlu text_vae (IWAE, K=4)"][0]
+  assert {"bits_per_byte", "kl", "active_units"} <= set(elbo)
+  assert np.isfinite(iwae["bits_per_byte"]) and iwae["bits_per_byte"] < elbo["bits_per_byte"] + 0.5
+  assert 0 < lik["dlu text_lm"][0]["bits_per_byte"] < np.log2(260)
+  # One-class AUROC per category, dlu's score beside TF-IDF + k-NN distance.
+  auc = result["oneclass"]
+  assert set(auc) == {"dlu text_lm", "tfidf+knn"}
+  assert set(auc["tfidf+knn"][0]) == {"cats", "markets", "mean"}
+  assert auc["tfidf+knn"][0]["mean"] == 1.0  # the other category shares no word
+  assert all(0 <= v <= 1 for v in auc["dlu text_lm"][0].values())
+  md = open(out / "text_protocol.md").read()
+  assert "| lsa+kmeans |" in md and "| dlu text_lm |" in md and "| tfidf+knn |" in md
