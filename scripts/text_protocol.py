@@ -304,6 +304,12 @@ def main(argv):
     for m in chosen:
       if m not in known:
         raise dlu.UsageError(f"--{name}: {m!r} is none of {', '.join(known)}")
+  if not 0 < FLAGS.oneclass_test_fraction < 1:
+    raise dlu.UsageError(
+      f"--oneclass_test_fraction={FLAGS.oneclass_test_fraction}: expected a fraction in (0, 1)"
+    )
+  if FLAGS.knn < 1:
+    raise dlu.UsageError(f"--knn={FLAGS.knn}: expected at least 1 neighbour")
   if "text_simcse" in FLAGS.oneclass_models:
     raise dlu.UsageError("--oneclass_models: text_simcse has no score of its own")
   overrides()
