@@ -99,3 +99,34 @@ def test_profile_traces_the_steps_it_is_asked_for(tmp_path, capsys):
   off = Profile(str(tmp_path / "off"), first_step=0, num_steps=0)
   off(1, x)
   assert not os.path.exists(tmp_path / "off")
+
+
+def _tensorboard_texts(logdir) -> dict[str, list[tuple[int, str]]]:
+  """{tag: [(step, text)]} of the text summaries in `logdir`'s event files (TFRecords)."""
+  import struct  # noqa: PLC0415
+
+  from tensorboardX.proto import event_pb2  # noqa: PLC0415
+
+  out: dict[str, list[tuple[int, str]]] = {}
+  for name in sorted(n for n in os.listdir(logdir) if n.startswith("events.out.tfevents")):
+    data = open(os.path.join(logdir, name), "rb").read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos : pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == "text":
+          text = value.tensor.string_val[0].decode()
+          out.setdefault(value.tag, []).append((event.step, text))
+  return out
+
+
+def test_texts_go_to_tensorboards_text_tab(tmp_path):
+  writer = metric_writers.create_default_writer(str(tmp_path), lead=True, console=False)
+  writer.write_texts(20, {"text/samples": "1. 'a cat'\n2. 'a dog'\n"})
+  writer.close()
+  texts = _tensorboard_texts(tmp_path)
+  (tag,) = [t for t in texts if t.startswith("text/samples")]
+  ((step, text),) = texts[tag]
+  assert step == 20 and text == "    1. 'a cat'\n    2. 'a dog'"  # indented: shown verbatim

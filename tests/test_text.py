@@ -179,6 +179,68 @@ def test_free_bits_and_kl_annealing():
   assert float(losses[0.0, 100][0]) < float(losses[5.0, 100][0])
 
 
+_SMALL = dict(latent_dim=4, text_dim=16, text_heads=2, text_ff=32, text_layers=1)
+
+
+def test_language_model_is_the_decoder_without_a_code():
+  from dlu import config, families  # noqa: PLC0415
+
+  pre = text.TextPreprocessing("bytes", text.BYTE_VOCAB, 16)
+  spec = families.DataSpec((16,), 2, 10, vocab_size=pre.vocab_size)
+  lm = families.get("text_lm")(config.make_config(model="text_lm", **_SMALL), spec)
+  vae = families.get("text_vae")(config.make_config(model="text_vae", **_SMALL), spec)
+  state = lm.init_state(jax.random.key(0))
+  shapes = lambda p: {k: jax.tree_util.tree_map(np.shape, v) for k, v in p.items()}
+  lm_shapes, vae_shapes = shapes(state.params), shapes(vae.init_state(jax.random.key(0)).params)
+  # The same decoder layers, embedding and output as the VAE's; no encoder, no code layers.
+  assert set(lm_shapes) == {"embed", "positions", "decoder_0", "decoder_norm", "out"}
+  assert all(lm_shapes[k] == vae_shapes[k] for k in lm_shapes)
+  x = pre.transform(["hello there", "a much longer document than that"])
+  m = lm.eval_metrics(state, {"image": x}, jax.random.key(1))
+  assert {"token_acc", "nll", "bits_per_token", "bits_per_byte"} <= set(m)
+  assert np.all(np.abs(np.asarray(m["bits_per_token"]) - np.log2(260)) < 2)
+  # bits per byte: the document's nats over its bytes (not its end token).
+  n_bytes, n_tokens = np.array([11, 16]), np.array([12, 16])  # the second truncated: no end
+  np.testing.assert_allclose(m["bits_per_byte"], m["nll"] / n_bytes / np.log(2), rtol=1e-5)
+  score = np.asarray(lm.score(state, x))
+  np.testing.assert_allclose(score, m["nll"] / n_tokens, rtol=1e-5)  # nats per token
+  assert not lm.has_embedding and lm.has_score and not lm.has_reconstruction
+  # Causal: a token's loss does not depend on the tokens after it.
+  nll = lambda v: np.asarray(lm._token_nll(state.params, v)[0])
+  y = x.copy()
+  y[1, 8:] = text.NUM_SPECIAL
+  np.testing.assert_allclose(nll(x)[1, :8], nll(y)[1, :8], rtol=1e-5)
+  with pytest.raises(UsageError, match="needs text"):
+    families.get("text_lm")(config.make_config(model="text_lm"), families.DataSpec((8,), None, 10))
+
+
+@pytest.mark.slow
+def test_iwae_bound_is_the_elbo_at_one_sample_and_tighter_with_more():
+  from dlu import config, families  # noqa: PLC0415
+
+  pre = text.TextPreprocessing("bytes", text.BYTE_VOCAB, 16)
+  spec = families.DataSpec((16,), 2, 10, vocab_size=pre.vocab_size)
+  cfg = config.make_config(model="text_vae", kl_anneal_steps=0, iwae_chunk=64, **_SMALL)
+  vae = families.get("text_vae")(cfg, spec)
+  state = vae.init_state(jax.random.key(0))
+  x = pre.transform(["the cat sat", "a dog ran off", "the cat ran", "dogs sat"])
+  step = jax.jit(vae.train_step)
+  for i in range(20):  # a little trained: a posterior that is not the prior
+    state, _ = step(state, {"image": x}, jax.random.key(i))
+  keys = jax.random.split(jax.random.key(7), 200)
+  elbo = jax.jit(jax.vmap(lambda k: vae.eval_metrics(state, {"image": x}, k)))(keys)
+  elbo = -np.asarray(elbo["recon"] + elbo["kl"])  # [200, B] one-sample ELBO estimates
+  iwae = lambda k, n: vae.iwae_bound(state, x, k, n)
+  one = np.asarray(jax.jit(jax.vmap(lambda k: iwae(k, 1)))(keys))
+  # K=1: an estimate of the same ELBO (the KL sampled instead of in closed form).
+  spread = np.std(one - elbo.mean(0), axis=0) / np.sqrt(len(keys))
+  assert np.all(np.abs(one.mean(0) - elbo.mean(0)) < 4 * spread + 1e-3)
+  # K=50: a tighter bound on log p(x) than the ELBO, for every document.
+  many = np.asarray(jax.jit(lambda k: iwae(k, 50))(jax.random.key(3)))
+  assert np.all(many > elbo.mean(0))
+  assert np.all(many >= one.mean(0))
+
+
 def _run(module, *args, timeout=240):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   return subprocess.run(
@@ -229,13 +291,18 @@ def test_vae_run_trains_evaluates_and_applies_as_text(tmp_path):
   test = [r for r in rows if r["split"] == "test"][-1]
   assert {"token_acc", "bits_per_token", "kl", "active_units", "acc", "nmi"} <= set(test)
   assert "baselines/pixels/nmi" in test  # TF-IDF of the tokens beside the codes
+  # The IWAE bound (K=50 in the config) after the last step: no looser than the ELBO.
+  assert test["iwae_samples"] == 50 and test["bits_per_token_iwae"] <= test["bits_per_token"]
   samples = open(os.path.join(workdir, "text", "samples_0000020.txt")).read().splitlines()
   assert 1 <= len(samples) <= 4  # --num_images of the split scored (few rows here)
   assert os.path.isfile(os.path.join(workdir, "text", "reconstructions_0000020.txt"))
+  events = [f for f in os.listdir(workdir) if f.startswith("events.out.tfevents")]
+  tb = b"".join(open(os.path.join(workdir, f), "rb").read() for f in events)
+  assert all(f"text/{n}".encode() in tb for n in ("samples", "reconstructions", "interpolations"))
   out = _run("experiments.evaluate", f"--workdir={workdir}")
   assert out.returncode == 0, out.stderr[-3000:]
   evaluated = json.load(open(os.path.join(workdir, "eval.json")))
-  assert {"nmi", "acc", "kl", "active_units", "bits_per_token"} <= set(evaluated)
+  assert {"nmi", "acc", "kl", "active_units", "bits_per_token", "nll_iwae"} <= set(evaluated)
   out = _run(
     "experiments.apply",
     f"--workdir={workdir}",
@@ -258,6 +325,40 @@ def test_vae_run_trains_evaluates_and_applies_as_text(tmp_path):
   assert len(samples) == 2 and labels is None
   with pytest.raises(UsageError, match="document 2 is empty"):
     r.encode(["fine", " "])
+
+
+@pytest.mark.slow
+def test_language_model_run_trains_evaluates_and_scores(tmp_path):
+  docs = _write_folder(tmp_path / "docs", n=8)
+  workdir = str(tmp_path / "wd")
+  out = _run(
+    "experiments.train",
+    "--flagfile=experiments/configs/text_lm_text.flags",
+    f"--dataset=text:{docs}",
+    *_TINY,
+    "--num_steps=30",
+    "--eval_every=30",
+    "--checkpoint_every=30",
+    "--log_every=10",
+    f"--workdir={workdir}",
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  train = [r for r in rows if r["split"] == "train"]
+  assert train[-1]["loss"] < train[0]["loss"]
+  test = [r for r in rows if r["split"] == "test"][-1]
+  assert {"token_acc", "nll", "bits_per_token", "bits_per_byte"} <= set(test)
+  assert test["bits_per_byte"] < np.log2(260)  # better than uniform over the ids
+  out = _run("experiments.evaluate", f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "bits_per_byte" in json.load(open(os.path.join(workdir, "eval.json")))
+  import dlu  # noqa: PLC0415
+
+  r = dlu.load_run(workdir)
+  scores = r.score([TOPICS["cats"] + " 1", "zqxj vvkw 9999 ##"])
+  assert scores.shape == (2,) and scores[0] < scores[1]  # the seen topic is less surprising
+  with pytest.raises(UsageError, match="--model=text_lm has no embedding"):
+    r.encode(["a document"])
 
 
 @pytest.mark.slow
@@ -308,7 +409,7 @@ def test_text_protocol_quick_on_a_small_fortunes_folder(tmp_path):
   fortunes = tmp_path / "fortunes"
   fortunes.mkdir()
   for name, words in TOPICS.items():
-    entries = [f"{words}\n  number {i} of them" for i in range(12)]
+    entries = [f"{words}\n  number {i} of them" for i in range(24)]  # one-class: 16 to train
     (fortunes / name).write_text("\n%\n".join(entries) + "\n%\n")
   out = tmp_path / "out"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -319,7 +420,9 @@ def test_text_protocol_quick_on_a_small_fortunes_folder(tmp_path):
       f"--out={out}",
       f"--fortunes={fortunes}",
       "--categories=cats,markets",
-      "--models=text_ae",
+      "--models=text_ae,text_vae,text_lm",
+      "--oneclass_models=text_lm",
+      "--iwae_samples=4",
       "--quick",
       "--lsa_dim=5",
     ],
@@ -331,9 +434,29 @@ def test_text_protocol_quick_on_a_small_fortunes_folder(tmp_path):
   )
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.load(open(out / "text_protocol.json"))
-  assert result["documents"] == 24 and result["categories"] == ["cats", "markets"]
-  methods = set(result["results"])
-  assert methods == {"dlu text_ae + kmeans", "tfidf+kmeans", "lsa+kmeans", "nmf"}
+  assert result["documents"] == 48 and result["categories"] == ["cats", "markets"]
+  methods = set(result["results"])  # text_lm has no code to cluster
+  assert methods == {
+    "dlu text_ae + kmeans",
+    "dlu text_vae + kmeans",
+    "tfidf+kmeans",
+    "lsa+kmeans",
+    "nmf",
+  }
   assert result["results"]["tfidf+kmeans"][0]["acc"] == 1.0  # two disjoint vocabularies
   assert sorted(os.listdir(out / "corpus" / "cats"))[:2] == ["0000.txt", "0001.txt"]
-  assert "| lsa+kmeans |" in open(out / "text_protocol.md").read()
+  # The VAE's ELBO and IWAE bounds beside the language model's bits, on one test split.
+  lik = result["likelihood"]
+  assert set(lik) == {"dlu text_vae (ELBO)", "dlu text_vae (IWAE, K=4)", "dlu text_lm"}
+  elbo, iwae = lik["dlu text_vae (ELBO)"][0], lik["dlu text_vae (IWAE, K=4)"][0]
+  assert {"bits_per_byte", "kl", "active_units"} <= set(elbo)
+  assert np.isfinite(iwae["bits_per_byte"]) and iwae["bits_per_byte"] < elbo["bits_per_byte"] + 0.5
+  assert 0 < lik["dlu text_lm"][0]["bits_per_byte"] < np.log2(260)
+  # One-class AUROC per category, dlu's score beside TF-IDF + k-NN distance.
+  auc = result["oneclass"]
+  assert set(auc) == {"dlu text_lm", "tfidf+knn"}
+  assert set(auc["tfidf+knn"][0]) == {"cats", "markets", "mean"}
+  assert auc["tfidf+knn"][0]["mean"] == 1.0  # the other category shares no word
+  assert all(0 <= v <= 1 for v in auc["dlu text_lm"][0].values())
+  md = open(out / "text_protocol.md").read()
+  assert "| lsa+kmeans |" in md and "| dlu text_lm |" in md and "| tfidf+knn |" in md

@@ -217,6 +217,10 @@ class Inputs:
   def save_images(self, grids: Mapping[str, np.ndarray]) -> list[str]:
     return self.writer.write_images(self.step, grids)
 
+  def save_texts(self, texts: Mapping[str, str]) -> None:
+    """Named blocks of text at this step, to TensorBoard's text tab."""
+    self.writer.write_texts(self.step, texts)
+
 
 def flat_scalars(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
   """The numbers of a nested dict, named by their path (`baselines/pixels/acc`)."""

@@ -2,7 +2,8 @@
 --num_images documents of the split being scored beside their greedy reconstructions
 (text/reconstructions_STEP.txt) and, for the VAE, documents decoded from prior draws (the same
 draws at every step: text/samples_STEP.txt) and along the line between the codes of two test
-documents (text/interpolations_STEP.txt)."""
+documents (text/interpolations_STEP.txt); each also to TensorBoard's text tab under
+`text/NAME`."""
 
 from __future__ import annotations
 
@@ -21,11 +22,14 @@ DIRECTORY = "text"  # WORKDIR/text/
 _SAMPLES_KEY, _INTERPOLATION_STEPS = 1, 6
 
 
-def _write(workdir: str, name: str, step: int, blocks: list[str]) -> str:
+def _write(workdir: str, name: str, inputs: Inputs, blocks: list[str]) -> str:
+  """WORKDIR/text/NAME_STEP.txt, and the same text to TensorBoard as text/NAME."""
   os.makedirs(os.path.join(workdir, DIRECTORY), exist_ok=True)
-  path = os.path.join(workdir, DIRECTORY, f"{name}_{int(step):07d}.txt")
+  path = os.path.join(workdir, DIRECTORY, f"{name}_{int(inputs.step):07d}.txt")
+  text = "\n".join(blocks) + "\n"
   with files.atomic_write(path) as f:
-    f.write("\n".join(blocks) + "\n")
+    f.write(text)
+  inputs.save_texts({f"{DIRECTORY}/{name}": text})
   return path
 
 
@@ -45,14 +49,14 @@ def text_samples(exp: Any, state: Any, inputs: Inputs) -> dict[str, Any]:
   _write(
     workdir,
     "reconstructions",
-    inputs.step,
+    inputs,
     [f"{i + 1}. {a!r}\n -> {b!r}" for i, (a, b) in enumerate(zip(originals, decoded, strict=True))],
   )
   if exp.cfg.model != "text_vae":
     return out
   draw = jax.random.fold_in(exp.ctx.rng, _SAMPLES_KEY)
   samples = pre.decode(np.asarray(jax.jit(family.prior_samples, static_argnums=2)(state, draw, n)))
-  _write(workdir, "samples", inputs.step, [f"{i + 1}. {s!r}" for i, s in enumerate(samples)])
+  _write(workdir, "samples", inputs, [f"{i + 1}. {s!r}" for i, s in enumerate(samples)])
   if n >= 2:
     codes = np.asarray(jax.jit(family.embed)(state, jnp.asarray(x[:2])))
     t = np.linspace(0.0, 1.0, _INTERPOLATION_STEPS)[:, None]
@@ -61,7 +65,7 @@ def text_samples(exp: Any, state: Any, inputs: Inputs) -> dict[str, Any]:
     _write(
       workdir,
       "interpolations",
-      inputs.step,
+      inputs,
       [
         f"from {originals[0]!r}",
         *(f"  {ti:.2f}: {s!r}" for ti, s in zip(t[:, 0], line, strict=True)),

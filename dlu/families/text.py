@@ -1,5 +1,7 @@
-"""Text autoencoders on token ids (text:PATH): `text_ae` (a Transformer encoder with a pooled
-code and a causal Transformer decoder trained with teacher forcing) and `text_vae` (the same
+"""Text models on token ids (text:PATH): `text_ae` (a Transformer encoder with a pooled
+code and a causal Transformer decoder trained with teacher forcing), `text_lm` (that decoder
+alone, with no code: an autoregressive language model of the same size, the baseline the
+VAE's bound is read against) and `text_vae` (the same
 as a sentence VAE in the manner of Bowman et al., 2016: the KL weight annealed from 0 over
 --kl_anneal_steps, word dropout on the decoder's inputs, and free bits, Kingma et al. 2016: each
 latent dimension's batch-mean KL counts at least --free_bits nats, so the posterior is not
@@ -13,7 +15,15 @@ ELBO, an upper bound on -log2 p(x), divided by the document's tokens) and, with 
 tokeniser, `bits_per_byte` (the same bits over the document's bytes); the VAE adds `kl` and
 `recon` (nats per document) and, on each evaluated split, `active_units` (latent dimensions
 whose posterior mean varies over the documents, variance > 0.01: Burda et al.'s measure; 0
-means the posterior collapsed).
+means the posterior collapsed). text_lm's `bits_per_token` and `bits_per_byte` are its exact
+-log2 p(x) over the same tokens, so the two read side by side.
+
+After the last step (the `likelihood` evaluator) the VAE reports the importance-weighted bound
+of Burda et al. (2016) with K=`--iwae_samples` posterior draws per document, log-mean-exp of
+log p(x|z) + log p(z) - log q(z|x): `nll_iwae` (nats per document, an upper bound on -log p(x)
+no looser than the ELBO's), `bits_per_token_iwae` and `bits_per_byte_iwae`, over the first
+`--iwae_examples` test documents (0: all), `--iwae_chunk` decoder passes (documents x draws)
+at once.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import flags
 
@@ -31,6 +42,7 @@ from dlu.errors import UsageError
 from dlu.families.base import SingleNetworkFamily, register
 from dlu.models import text as text_models
 from dlu.ops import likelihoods
+from dlu.runtime import batched_eval
 
 flags.DEFINE_integer(
   "text_dim", 64, "text_ae, text_vae, text_simcse: width of the Transformer layers."
@@ -73,6 +85,17 @@ flags.DEFINE_float(
 _SAMPLES_KEY = 1
 
 
+def document_bits(nats: jax.Array, tokens: jax.Array, vocab_size: int, suffix: str = "") -> dict:
+  """`bits_per_token` and, with byte tokens, `bits_per_byte` (each + suffix) of nats per
+  document [B] over the documents' tokens [B, L] (the end token counts as a token, not a byte)."""
+  count = jnp.maximum(jnp.sum(tokens != text_data.PAD, axis=-1), 1)
+  out = {f"bits_per_token{suffix}": nats / count / math.log(2)}
+  if vocab_size == text_data.BYTE_VOCAB:
+    n_bytes = jnp.maximum(jnp.sum(tokens >= text_data.NUM_SPECIAL, axis=-1), 1)
+    out[f"bits_per_byte{suffix}"] = nats / n_bytes / math.log(2)
+  return out
+
+
 def validate_transformer(cfg) -> None:
   """The flags of the text families' Transformer (text_ae, text_vae, text_simcse)."""
   require_positive(cfg, "latent_dim", "text_dim", "text_heads", "text_layers", "text_ff")
@@ -112,6 +135,9 @@ class TextAutoencoder(SingleNetworkFamily):
   def validate(cls, cfg):
     validate_transformer(cfg)
     require_non_negative(cfg, "kl_anneal_steps", "free_bits")
+    if cfg.model == "text_vae":
+      require_positive(cfg, "iwae_samples", "iwae_chunk")
+      require_non_negative(cfg, "iwae_examples")
     for name in ("word_dropout", "token_mask_rate"):
       if not 0 <= getattr(cfg, name) < 1:
         raise UsageError(f"--{name}={getattr(cfg, name)}: expected a fraction in [0, 1)")
@@ -211,10 +237,7 @@ class TextAutoencoder(SingleNetworkFamily):
       kl = likelihoods.kl_to_standard_normal(mean, log_var)
       out.update(recon=recon, kl=kl)
       total = recon + kl
-    out["bits_per_token"] = total / count / math.log(2)
-    if self.spec.vocab_size == text_data.BYTE_VOCAB:
-      n_bytes = jnp.maximum(jnp.sum(tokens >= text_data.NUM_SPECIAL, axis=1), 1)
-      out["bits_per_byte"] = total / n_bytes / math.log(2)
+    out.update(document_bits(total, tokens, self.spec.vocab_size))
     return out
 
   def eval_metrics(self, state, batch, rng):
@@ -227,6 +250,55 @@ class TextAutoencoder(SingleNetworkFamily):
     if not self.variational:
       return {}
     return {"active_units": self.active_units(state, dataset.x_test, ctx)}
+
+  def log_weights(self, params, tokens, mean, log_var, rng, k: int):
+    """log p(x|z) + log p(z) - log q(z|x) of k posterior draws of each document. [k, B]"""
+    eps = jax.random.normal(rng, (k, *mean.shape), mean.dtype)
+    z = mean + jnp.exp(0.5 * log_var) * eps  # [k, B, D]
+    inputs = text_models.decoder_inputs(tokens, text_data.BOS)
+    logits = self.model.apply({"params": params}, z, inputs, method="logits")  # [k, B, L, V]
+    labels = jnp.broadcast_to(tokens, logits.shape[:-1])
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    log_px = -jnp.sum(nll * (tokens != text_data.PAD), axis=-1)
+    prior = likelihoods.standard_normal_log_prob(z)
+    return log_px + prior - likelihoods.diag_gaussian_log_prob(z, mean, log_var)
+
+  def iwae_bound(self, state, tokens, rng, k: int | None = None):
+    """The IWAE bound on log p(x) with K=k (default --iwae_samples) draws, K/chunk decoder
+    passes in a scan. [B]"""
+    params = state.params
+    mean, log_var = self.model.apply({"params": params}, tokens, method="encode")
+    k = k or self.cfg.iwae_samples
+    chunk = likelihoods.samples_per_chunk(k, tokens.shape[0], self.cfg.iwae_chunk)
+
+    def chunk_logsumexp(_, i):
+      w = self.log_weights(params, tokens, mean, log_var, jax.random.fold_in(rng, i), chunk)
+      return None, jax.nn.logsumexp(w, axis=0)  # [B]
+
+    _, per_chunk = jax.lax.scan(chunk_logsumexp, None, jnp.arange(k // chunk))
+    return jax.nn.logsumexp(per_chunk, axis=0) - math.log(k)
+
+  def final_metrics(self, state, dataset, ctx):
+    if not self.variational:
+      return {}
+    x = dataset.x_test[: self.cfg.iwae_examples or None]
+    batch_size = min(ctx.batch_size, batched_eval.round_batch_size(len(x)))
+    bounds = batched_eval.per_example(
+      self._per_example("iwae_bound", ctx.mesh),
+      state,
+      x,
+      mesh=ctx.mesh,
+      batch_size=batch_size,
+      rng=ctx.rng,
+    )
+    bounds = np.asarray(bounds, np.float64)
+    bits = document_bits(-bounds, np.asarray(x), self.spec.vocab_size, "_iwae")
+    return {
+      "nll_iwae": -float(np.mean(bounds)),
+      "nll_iwae_stderr": float(np.std(bounds) / math.sqrt(len(bounds))),
+      "iwae_samples": self.cfg.iwae_samples,
+      **{name: float(np.mean(v)) for name, v in bits.items()},
+    }
 
   def images(self, state, batch, rng):
     return {}
@@ -271,3 +343,69 @@ class TextAutoencoder(SingleNetworkFamily):
     if not self.variational:
       raise UsageError(f"--model={self.cfg.model} draws no samples (text_vae does)")
     return self.generate(state, jax.random.normal(rng, (n, self.cfg.latent_dim)))
+
+
+@register
+class TextLanguageModel(SingleNetworkFamily):
+  """`text_lm`: text_ae's causal decoder without a code, trained by teacher forcing on the
+  documents' next tokens. `--word_dropout` and `--token_mask_rate` do not apply (there is no
+  code for dropped inputs to be read from, nor an encoder); `--dropout` does. Its
+  `bits_per_token` and `bits_per_byte` are the exact -log2 p(x) of the documents (per token,
+  per byte), the figures the VAE's ELBO and IWAE bounds are read against; its anomaly score
+  is the document's nats per token."""
+
+  models = ("text_lm",)
+  takes_text = True
+  progress_keys = ("loss", "token_acc")
+
+  @classmethod
+  def validate(cls, cfg):
+    validate_transformer(cfg)
+
+  def __init__(self, cfg, spec):
+    require_text(cfg, spec)
+    super().__init__(cfg, spec)
+
+  def make_model(self):
+    return text_models.TextLanguageModel(**transformer_args(self))
+
+  def init_params(self, rng):
+    return self.model.init(rng, jnp.zeros((1,) + tuple(self.spec.example_shape), jnp.int32))[
+      "params"
+    ]
+
+  def _token_nll(self, params, tokens, rng=None):
+    """(cross-entropy [B, L] on real tokens, logits [B, L, V])."""
+    rngs = {"dropout": rng} if rng is not None and self.cfg.dropout else {}
+    inputs = text_models.decoder_inputs(tokens, text_data.BOS)
+    logits = self.model.apply({"params": params}, inputs, rngs=rngs)
+    mask = (tokens != text_data.PAD).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens) * mask, logits
+
+  def loss(self, params, batch, rng):
+    tokens = batch["image"]
+    nll, logits = self._token_nll(params, tokens, rng)
+    mask = tokens != text_data.PAD
+    count = jnp.maximum(jnp.sum(mask), 1)
+    acc = jnp.sum((jnp.argmax(logits, -1) == tokens) & mask) / count
+    return jnp.sum(nll) / count, {"token_acc": acc}
+
+  def eval_metrics(self, state, batch, rng):
+    tokens = batch["image"]
+    nll, logits = self._token_nll(state.params, tokens)
+    mask = tokens != text_data.PAD
+    count = jnp.maximum(jnp.sum(mask, axis=1), 1)
+    total = jnp.sum(nll, axis=1)
+    return {
+      "token_acc": jnp.sum((jnp.argmax(logits, -1) == tokens) & mask, axis=1) / count,
+      "nll": total,
+      **document_bits(total, tokens, self.spec.vocab_size),
+    }
+
+  def images(self, state, batch, rng):
+    return {}
+
+  def score(self, state, tokens):
+    """Anomaly score: the document's nats per token. [B]"""
+    nll, _ = self._token_nll(state.params, tokens)
+    return jnp.sum(nll, axis=1) / jnp.maximum(jnp.sum(tokens != text_data.PAD, axis=1), 1)

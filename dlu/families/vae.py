@@ -41,6 +41,7 @@ from dlu.families.base import SingleNetworkFamily, register
 from dlu.models import vae as vae_models
 from dlu.ops import likelihoods, tabular
 from dlu.ops.grids import as_grid, paired_rows, to_unit
+from dlu.ops.likelihoods import samples_per_chunk
 from dlu.runtime import batched_eval
 
 flags.DEFINE_enum(
@@ -79,12 +80,6 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("iwae_examples", 0, "Test images scored by nll_iwae; 0: the whole test split.")
 
 _SAMPLES_KEY, _MANIFOLD_SIDE, _INTERPOLATION_STEPS = 1, 15, 8
-
-
-def samples_per_chunk(num_samples: int, batch_size: int, max_decodes: int) -> int:
-  """The largest divisor of `num_samples` with batch_size * it <= max_decodes (at least 1)."""
-  cap = max(1, max_decodes // batch_size)
-  return max(c for c in range(1, min(cap, num_samples) + 1) if num_samples % c == 0)
 
 
 @register

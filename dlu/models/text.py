@@ -6,7 +6,7 @@ from the ones before it (teacher forcing) and the code, added to every input pos
 `encode(tokens)`, `logits(z, inputs)` (inputs: the decoder's, the document shifted right behind
 the start token) and `__call__(tokens, inputs)`; `dtype` is the compute dtype, outputs float32.
 `TextContrastiveNet` is the same encoder and code with a projection head instead of the decoder
-(text_simcse).
+(text_simcse); `TextLanguageModel` the same decoder without a code (text_lm).
 """
 
 from __future__ import annotations
@@ -102,13 +102,19 @@ class TextAutoencoder(nn.Module):
       return mean, log_var
     return code
 
-  def logits(self, z: jax.Array, inputs: jax.Array) -> jax.Array:
+  def logits(self, z: jax.Array | None, inputs: jax.Array) -> jax.Array:
     """Next-token logits [B, L, V] (or [K, B, L, V] for codes [K, B, D]) of the decoder's
-    inputs [B, L], each position seeing the code and the inputs up to itself."""
-    lead = z.shape[:-1]
-    z = z.reshape((-1, z.shape[-1]))
-    inputs = jnp.broadcast_to(inputs, (*lead[:-1], *inputs.shape)).reshape((-1, inputs.shape[-1]))
-    h = self._embed(inputs) + self.from_code(z.astype(self.dtype))[:, None]
+    inputs [B, L], each position seeing the code and the inputs up to itself (z None: no code,
+    a language model)."""
+    if z is None:
+      lead = inputs.shape[:1]
+      h = self._embed(inputs)
+    else:
+      lead = z.shape[:-1]
+      z = z.reshape((-1, z.shape[-1]))
+      inputs = jnp.broadcast_to(inputs, (*lead[:-1], *inputs.shape))
+      inputs = inputs.reshape((-1, inputs.shape[-1]))
+      h = self._embed(inputs) + self.from_code(z.astype(self.dtype))[:, None]
     h = self._dropout(h)
     mask = nn.make_causal_mask(inputs)
     for blk in self.decoder:
@@ -125,6 +131,16 @@ def decoder_inputs(tokens: jax.Array, bos: int) -> jax.Array:
   """The document shifted right behind the start token: position i sees tokens before i. [B, L]"""
   start = jnp.full_like(tokens[:, :1], bos)
   return jnp.concatenate([start, tokens[:, :-1]], axis=1)
+
+
+class TextLanguageModel(TextAutoencoder):
+  """The autoencoder's causal decoder without a code: `__call__(inputs)` (or `logits(None,
+  inputs)`) gives next-token logits [B, L, V] of the decoder's inputs. The encoder and the
+  code's layers are declared but never called, so never built: the parameters are the
+  decoder's, the same as text_ae's decoder but for its input from the code."""
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    return self.logits(None, inputs)
 
 
 class TextContrastiveNet(TextAutoencoder):

@@ -65,3 +65,9 @@ def bits_per_dim(nll: float, num_dims: int, *, bin_width: float | None = None) -
   """
   bits = nll / (num_dims * math.log(2.0))
   return bits if bin_width is None else bits - math.log2(bin_width)
+
+
+def samples_per_chunk(num_samples: int, batch_size: int, max_decodes: int) -> int:
+  """The largest divisor of `num_samples` with batch_size * it <= max_decodes (at least 1)."""
+  cap = max(1, max_decodes // batch_size)
+  return max(c for c in range(1, min(cap, num_samples) + 1) if num_samples % c == 0)

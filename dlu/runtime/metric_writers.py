@@ -53,6 +53,9 @@ class MetricWriter:
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     """The run's flags."""
 
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    """Named blocks of text at `step` (a text run's samples: TensorBoard's text tab)."""
+
   def flush(self) -> None:
     pass
 
@@ -76,6 +79,10 @@ class MultiWriter(MetricWriter):
   def write_hparams(self, hparams):
     for w in self.writers:
       w.write_hparams(hparams)
+
+  def write_texts(self, step, texts):
+    for w in self.writers:
+      w.write_texts(step, texts)
 
   def flush(self):
     for w in self.writers:
@@ -123,7 +130,8 @@ class JsonlWriter(MetricWriter):
 
 
 class TensorBoardWriter(MetricWriter):
-  """Event files in `logdir`: scalars as `split/name`, images by name, the flags as text."""
+  """Event files in `logdir`: scalars as `split/name`, images by name, the flags and texts by
+  name as text (markdown: each block indented, so shown as written)."""
 
   def __init__(self, logdir: str):
     from tensorboardX import SummaryWriter  # noqa: PLC0415  (slow import: only the lead needs it)
@@ -144,6 +152,10 @@ class TensorBoardWriter(MetricWriter):
   def write_hparams(self, hparams):
     text = "\n".join(f"    --{k}={v}" for k, v in sorted(hparams.items()))
     self._tb.add_text("flags", text, 0)
+
+  def write_texts(self, step, texts):
+    for name, text in texts.items():
+      self._tb.add_text(name, "\n".join("    " + line for line in text.splitlines()), step)
 
   def flush(self):
     self._tb.flush()
