@@ -111,7 +111,10 @@ def test_cluster_head():
     ({"text_view_crop": 0.0}, r"--text_view_crop=0.0: expected a fraction of the document"),
     ({"text_view_crop": 1.5}, r"--text_view_crop=1.5: expected"),
     ({"text_view_token_drop": 1.0}, r"--text_view_token_drop=1.0: expected a fraction in \[0, 1\)"),
-    ({"dropout": 0.0}, "the two views of a document would be the same"),
+    (
+      {"dropout": 0.0, "text_view_crop": 1.0, "text_view_token_drop": 0.0},
+      "the two views of a document would be the same",
+    ),
     ({"temperature": 0.0}, "--temperature"),
     ({"text_heads": 3}, "--text_heads=3 must divide --text_dim=16"),
     ({"batch_size": 1}, "--batch_size >= 2"),

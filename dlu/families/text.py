@@ -64,13 +64,13 @@ flags.DEFINE_float(
 )
 flags.DEFINE_float(
   "text_view_crop",
-  1.0,
+  0.5,
   "text_simcse: each view is a random span of at least this fraction of the document's tokens "
   "(1: the whole document).",
 )
 flags.DEFINE_float(
   "text_view_token_drop",
-  0.0,
+  0.2,
   "text_simcse: the fraction of a view's tokens deleted (the rest close up).",
 )
 flags.DEFINE_integer(
