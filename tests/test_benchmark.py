@@ -256,4 +256,8 @@ def test_sequence_models_end_to_end(tmp_path):
   assert "skipped" not in md.replace("pytorch: skipped", "")
   if importlib.util.find_spec("torch") is None:
     assert "pytorch: skipped: pytorch is not installed" in md
+  else:  # the peer's rows, scored the same way
+    peer = {row["model"]: row for row in rows if row["framework"] == "pytorch"}
+    assert 0 < peer["ae_conv1d"]["quality"] < 3 and 0 < peer["text_ae"]["quality"] < 12
+    assert peer["text_ae"]["tokens_per_s"] > 0
   assert not (out / "data").exists() and not (out / "points").exists()
