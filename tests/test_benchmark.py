@@ -219,7 +219,7 @@ def test_sequence_models_end_to_end(tmp_path):
     sys.executable,
     os.path.join(ROOT, "scripts", "benchmark.py"),
     "--models=ae_conv1d,text_ae",
-    "--frameworks=dlu,pytorch",
+    "--frameworks=dlu,pytorch,keras",
     "--repeats=1",
     "--seconds=0.2",
     "--seeds=1",
@@ -253,7 +253,18 @@ def test_sequence_models_end_to_end(tmp_path):
   md = (out / "benchmark.md").read_text()
   assert "| ae_conv1d | mse @ 3 (0.75) |" in md and "text_ae tokens/s" in md
   assert "ae_conv1d data: synthetic series" in md and "64 training / 16 test" in md
-  assert "skipped" not in md.replace("pytorch: skipped", "")
+  # Skipped: a peer that is not installed, and text_ae in Keras (it has no Keras peer).
+  skipped = [line for line in md.splitlines() if "skipped" in line]
+  assert all(
+    line.startswith(("- pytorch: skipped", "- keras: skipped"))
+    or "text_ae / keras: skipped: NotImplementedError" in line
+    for line in skipped
+  ), skipped
+  if importlib.util.find_spec("keras") is None:
+    assert "keras: skipped: keras is not installed" in (out / "benchmark.md").read_text()
+  else:
+    keras = {row["model"]: row for row in rows if row["framework"] == "keras"}
+    assert 0 < keras["ae_conv1d"]["quality"] < 3 and "text_ae" not in keras
   if importlib.util.find_spec("torch") is None:
     assert "pytorch: skipped: pytorch is not installed" in md
   else:  # the peer's rows, scored the same way
