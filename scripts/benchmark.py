@@ -15,21 +15,21 @@ scored at 5 and 20 epochs (--mlp_epochs), the conv models at --conv_steps. Time 
 training seconds each framework needs, on its curve averaged over seeds, to reach the best
 quality any framework reached at that budget (compilation included, evaluations excluded).
 
-Sequence models (opt-in with --models; PyTorch peers, and Keras for ae_conv1d): `ae_conv1d`
-on synthetic series (--series_train training series [128, 3] and a quarter as many test series,
+Sequence models (opt-in with --models; PyTorch peers, and Keras for ae_conv1d): `ae_conv1d` on
+synthetic series (--series_train training series [128, 3] and a quarter as many test series,
 each channel two sines of random frequency, phase and amplitude plus noise, 5% of the steps
-missing; written as NAME_TRAIN/NAME_TEST .npz, so the split is fixed) and `text_ae` on documents of bytes, at most
-128 tokens (--text_corpus, or the food, law, sports and startrek categories of Debian's fortunes,
-entries of at most 400 bytes, as scripts/text_protocol.py reads them; dlu splits them by the
-seed, and each seed's split goes to every framework). Every framework trains on the data as dlu
-reads it (series z-normalised, missing steps NaN; token ids), for --seq_steps steps, with the loss
-on the observed steps (masked MSE, missing steps read as 0 beside a mask on the channels) or the
-real tokens (cross-entropy, word dropout 0.25 on the decoder's inputs); the peers hand back their
-reconstructions of the test series or their teacher-forced logits on the test documents, scored
-here: MSE over each series' observed values (mean over series), and bits per byte and next-token
-accuracy per document (the end token's bits counted). text_ae's rows add tokens/s (real tokens,
-the end token included). The PyTorch peers match dlu's initialisation (Glorot-uniform kernels,
-zero biases; embeddings N(0, 1/dim)), as Keras's defaults do.
+missing; written as NAME_TRAIN/NAME_TEST .npz, so the split is fixed) and `text_ae` on documents
+of bytes, at most 128 tokens (--text_corpus, or the food, law, sports and startrek categories of
+Debian's fortunes, entries of at most 400 bytes, as scripts/text_protocol.py reads them; dlu
+splits them by the seed, and each seed's split goes to every framework). Every framework trains
+on the data as dlu reads it (series z-normalised, missing steps NaN; token ids), for --seq_steps
+steps, with the loss on the observed steps (masked MSE, missing steps read as 0 beside a mask on
+the channels) or the real tokens (cross-entropy, word dropout 0.25 on the decoder's inputs); the
+peers hand back their reconstructions of the test series or their teacher-forced logits on the
+test documents, scored here: MSE over each series' observed values (mean over series), and bits
+per byte and next-token accuracy per document (the end token's bits counted). text_ae's rows add
+tokens/s (real tokens, the end token included). The PyTorch peers match dlu's initialisation
+(Glorot-uniform kernels, zero biases; embeddings N(0, 1/dim)), as Keras's defaults do.
 
 dlu trains through its real step (`dlu.runtime.parallel` and `dlu.data.feeds`, as `experiments.train`
 runs it); the peers are written as their users write them (`benchmark_torch.py`,
@@ -987,9 +987,11 @@ def markdown(rows: list[dict], notes: list[str], command: str) -> str:
   if not by:
     return "\n".join(lines + [f"- {n}" for n in notes]) + "\n"
   cores = os.cpu_count() or 1
+  images = set(FLAGS.models) & set(IMAGE_MODELS)
+  data_name = FLAGS.dataset if images else "the sequence data in the notes"
   lines += [
     f"{cores} CPUs ({platform.processor() or platform.machine()}), "
-    f"batch {FLAGS.batch_size}, {FLAGS.dataset if set(FLAGS.models) & set(IMAGE_MODELS) else 'sequence data (notes)'}, examples/s median (min-max) over repetitions; "
+    f"batch {FLAGS.batch_size}, {data_name}, examples/s median (min-max) over repetitions; "
     f"load average during the runs {min(load):.1f}-{max(load):.1f}.",
     "",
   ]
