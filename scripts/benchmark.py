@@ -4,6 +4,7 @@
   python scripts/benchmark.py --quality --out=/tmp/q       # quality only, ~45 minutes
   python scripts/benchmark.py --quick                      # examples/s only, a few minutes
   python scripts/benchmark.py --models=ae_conv --frameworks=dlu,pytorch --repeats=9
+  python scripts/benchmark.py --models=ae_conv1d,text_ae --frameworks=dlu,pytorch  # sequences
 
 Quality: every framework trains every model for the same steps on the same training split,
 batch 256, from its own defaults, over --seeds seeds, and is scored on the test split by this
@@ -13,6 +14,22 @@ GAN samples (scored by dlu's feature network: FID, KID, precision and recall). T
 scored at 5 and 20 epochs (--mlp_epochs), the conv models at --conv_steps. Time to target: the
 training seconds each framework needs, on its curve averaged over seeds, to reach the best
 quality any framework reached at that budget (compilation included, evaluations excluded).
+
+Sequence models (opt-in with --models; PyTorch peers, and Keras for ae_conv1d): `ae_conv1d` on
+synthetic series (--series_train training series [128, 3] and a quarter as many test series,
+each channel two sines of random frequency, phase and amplitude plus noise, 5% of the steps
+missing; written as NAME_TRAIN/NAME_TEST .npz, so the split is fixed) and `text_ae` on documents
+of bytes, at most 128 tokens (--text_corpus, or the food, law, sports and startrek categories of
+Debian's fortunes, entries of at most 400 bytes, as scripts/text_protocol.py reads them; dlu
+splits them by the seed, and each seed's split goes to every framework). Every framework trains
+on the data as dlu reads it (series z-normalised, missing steps NaN; token ids), for --seq_steps
+steps, with the loss on the observed steps (masked MSE, missing steps read as 0 beside a mask on
+the channels) or the real tokens (cross-entropy, word dropout 0.25 on the decoder's inputs); the
+peers hand back their reconstructions of the test series or their teacher-forced logits on the
+test documents, scored here: MSE over each series' observed values (mean over series), and bits
+per byte and next-token accuracy per document (the end token's bits counted). text_ae's rows add
+tokens/s (real tokens, the end token included). The PyTorch peers match dlu's initialisation
+(Glorot-uniform kernels, zero biases; embeddings N(0, 1/dim)), as Keras's defaults do.
 
 dlu trains through its real step (`dlu.runtime.parallel` and `dlu.data.feeds`, as `experiments.train`
 runs it); the peers are written as their users write them (`benchmark_torch.py`,
@@ -38,6 +55,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -47,7 +65,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 
-MODELS = ("ae_seed", "ae_mlp", "ae_conv", "conv_vae", "dcgan")
+IMAGE_MODELS = ("ae_seed", "ae_mlp", "ae_conv", "conv_vae", "dcgan")
+# Opt-in (--models): a 1-D conv AE on synthetic series and a Transformer AE on text.
+SEQ_MODELS = ("ae_conv1d", "text_ae")
+MODELS = IMAGE_MODELS + SEQ_MODELS
 FRAMEWORKS = ("dlu", "dlu_k1", "pytorch", "pytorch_compile", "keras", "keras_jit")
 NAMES = {
   "dlu": "dlu",
@@ -57,23 +78,40 @@ NAMES = {
   "keras": "Keras",
   "keras_jit": "Keras (XLA, steps_per_execution)",
 }
-LATENT = {"ae_seed": 128, "ae_mlp": 32, "ae_conv": 32, "conv_vae": 16, "dcgan": 64}
+LATENT = {
+  "ae_seed": 128,
+  "ae_mlp": 32,
+  "ae_conv": 32,
+  "conv_vae": 16,
+  "dcgan": 64,
+  "ae_conv1d": 32,
+  "text_ae": 32,
+}
 # What each model is judged by (lower is better for all): test MSE or BCE per pixel of the
-# reconstructions, -ELBO in nats per image (one posterior sample at given noise), FID.
+# reconstructions, -ELBO in nats per image (one posterior sample at given noise), FID; MSE
+# over the observed steps of each test series (mean over series); bits per byte of the
+# teacher-forced reconstruction of each test document (mean over documents).
 QUALITY = {
   "ae_seed": "mse",
   "ae_mlp": "bce",
   "ae_conv": "bce",
   "conv_vae": "neg_elbo",
   "dcgan": "fid",
+  "ae_conv1d": "mse",
+  "text_ae": "bits_per_byte",
 }
 MLP_MODELS = ("ae_seed", "ae_mlp")
+
 DESCRIPTIONS = {
   "ae_seed": "seed MLP AE 784-128-784, MSE",
   "ae_mlp": "deep MLP AE 784-512-256-32-256-512-784, BCE",
   "ae_conv": "conv AE (Conv 32/64 s2, code 32, ConvT 64/32 s2 + 1 s1), BCE",
   "conv_vae": "conv VAE (same convs, latent 16), ELBO",
   "dcgan": "DCGAN 28x28 (G: dense, ConvT 64 s2, ConvT 1 s2, BN; D: Conv 64/128 s2), D+G step",
+  "ae_conv1d": "1-D conv AE on series 128x3 (Conv1D 32/64 k5 s2, code 32, ConvT 64/32 s2 + 1 s1), "
+  "masked MSE",
+  "text_ae": "Transformer text AE on bytes, 128 tokens (dim 64, 4 heads, 2+2 layers, ff 256, "
+  "code 32), CE",
 }
 # dlu flags of each benchmarked model (flags a branch does not define are left out).
 DLU_FLAGS = {
@@ -98,8 +136,32 @@ DLU_FLAGS = {
     eval_samples=0,
   ),
 }
+DLU_FLAGS.update(
+  ae_conv1d=dict(
+    conv_channels=["32", "64"],
+    series_kernel_size=5,
+    latent_dim=32,
+    recon_loss="mse",
+    noise="none",
+    dropout=0.0,
+  ),
+  text_ae=dict(
+    tokenizer="bytes",
+    max_length=128,
+    text_dim=64,
+    text_heads=4,
+    text_layers=2,
+    text_ff=256,
+    latent_dim=32,
+    word_dropout=0.25,
+    token_mask_rate=0.0,
+    dropout=0.0,
+  ),
+)
 # Conv steps take 0.1-1 s, so one step per dispatch costs nothing; MLP steps take a few ms.
-for _model in ("ae_conv", "conv_vae", "dcgan"):
+# So do ae_conv1d's and text_ae's (and ae_conv1d's steps run slower inside a multi-step
+# dispatch on XLA's CPU backend).
+for _model in ("ae_conv", "conv_vae", "dcgan", "ae_conv1d", "text_ae"):
   DLU_FLAGS[_model]["steps_per_dispatch"] = 1
 
 
@@ -107,7 +169,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   """argparse, not absl: the dlu worker defines dlu's absl flags (--batch_size, ...) itself."""
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   csv = lambda s: [v for v in s.split(",") if v]
-  p.add_argument("--models", type=csv, default=list(MODELS), help="models to benchmark")
+  p.add_argument(
+    "--models",
+    type=csv,
+    default=list(IMAGE_MODELS),
+    help=f"models to benchmark (also {', '.join(SEQ_MODELS)})",
+  )
   p.add_argument("--frameworks", type=csv, default=list(FRAMEWORKS), help=", ".join(FRAMEWORKS))
   p.add_argument("--repeats", type=int, default=5, help="timed repetitions (interleaved)")
   p.add_argument("--seconds", type=float, default=3.0, help="target duration of one repetition")
@@ -131,6 +198,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     "--mlp_epochs", type=csv, default=["5", "20"], help="quality: MLP budgets, in epochs"
   )
   p.add_argument("--conv_steps", type=int, default=300, help="quality: conv models' budget")
+  p.add_argument(
+    "--seq_steps",
+    type=int,
+    default=300,
+    help="quality: ae_conv1d's and text_ae's budget",
+  )
+  p.add_argument(
+    "--series_train",
+    type=int,
+    default=4000,
+    help="ae_conv1d: synthetic training series (and a quarter as many test series)",
+  )
+  p.add_argument(
+    "--text_corpus",
+    default=None,
+    help="text_ae: a .txt file (one document a line) or a directory of .txt files; default: "
+    f"the {', '.join(FORTUNE_CATEGORIES)} categories of Debian's fortunes",
+  )
   p.add_argument("--eval_points", type=int, default=6, help="quality: points on each curve")
   p.add_argument("--gan_samples", type=int, default=10000, help="quality: samples scored")
   p.add_argument(
@@ -146,6 +231,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 FLAGS = argparse.Namespace()
+FORTUNES = "/usr/share/games/fortunes"
+FORTUNE_CATEGORIES = ("food", "law", "sports", "startrek")
 
 
 # --- Workers: one process per framework, JSON lines on stdin/stdout. ---
@@ -161,10 +248,15 @@ def _worker_main(framework: str) -> None:
   proto = os.fdopen(os.dup(1), "w", buffering=1)
   os.dup2(2, 1)  # Whatever the libraries print goes to stderr, not into the protocol.
   send = lambda obj: print(json.dumps(obj), file=proto, flush=True)
-  x = np.load(os.path.join(FLAGS.data_dir, "train_images.npy"))
-  inputs = {"images": np.load(os.path.join(FLAGS.data_dir, "test_images.npy"))}
-  with np.load(os.path.join(FLAGS.data_dir, "vae_inputs.npz")) as f:
-    inputs.update(binary=f["binary"], eps=f["eps"])
+  x, inputs = None, {}
+  if os.path.exists(os.path.join(FLAGS.data_dir, "train_images.npy")):  # image models asked
+    x = np.load(os.path.join(FLAGS.data_dir, "train_images.npy"))
+    inputs["images"] = np.load(os.path.join(FLAGS.data_dir, "test_images.npy"))
+    with np.load(os.path.join(FLAGS.data_dir, "vae_inputs.npz")) as f:
+      inputs.update(binary=f["binary"], eps=f["eps"])
+  model_flags = {m: dict(DLU_FLAGS[m]) for m in MODELS}
+  for m, name in _seq_datasets(FLAGS.data_dir).items():
+    model_flags[m]["dataset"] = name
   try:
     if framework in ("dlu", "dlu_k1"):
       import benchmark_dlu as module
@@ -173,7 +265,7 @@ def _worker_main(framework: str) -> None:
         FLAGS.dataset,
         FLAGS.batch_size,
         FLAGS.steps_per_dispatch if framework == "dlu" else 1,
-        {m: DLU_FLAGS[m] for m in MODELS},
+        model_flags,
         dict(kv.split("=", 1) for kv in FLAGS.dlu_flags),
       )
     elif framework.startswith("pytorch"):
@@ -200,8 +292,16 @@ def _worker_main(framework: str) -> None:
   for line in sys.stdin:
     cmd = json.loads(line)
     try:
+      # The sequence models' splits (series or token ids) come with each command.
+      split = {}
+      if cmd.get("data"):
+        if framework.startswith("keras") and cmd["model"] == "text_ae":
+          raise NotImplementedError("text_ae has no Keras peer in this benchmark")
+        with np.load(cmd["data"]) as f:
+          split = {k: f[k] for k in f.files}
       if cmd["cmd"] == "setup":
-        first, step_s = runner.setup(cmd["model"], LATENT[cmd["model"]])
+        extra = {"x_train": split["x_train"]} if split else {}
+        first, step_s = runner.setup(cmd["model"], LATENT[cmd["model"]], **extra)
         out = {
           "first_step_s": first,
           "step_s": step_s,
@@ -223,7 +323,7 @@ def _worker_main(framework: str) -> None:
           cmd["seed"],
           cmd["steps"],
           cmd["eval_at"],
-          inputs,
+          split or inputs,
           cmd["samples"],
           report,
         )
@@ -237,6 +337,15 @@ def _worker_main(framework: str) -> None:
     except Exception as e:  # pylint: disable=broad-except  # reported as a skipped row
       out = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     send(out)
+
+
+def _seq_datasets(data_dir: str) -> dict[str, str]:
+  """The dlu --dataset of each sequence model asked for, as `_prepare_data` wrote them."""
+  path = os.path.join(data_dir, "seq_datasets.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
 
 
 def worker_env(framework: str) -> dict[str, str]:
@@ -303,14 +412,98 @@ def _median(v: list[float]) -> float:
   return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
 
 
+def synthetic_series(n: int, seed: int, length: int = 128, channels: int = 3) -> np.ndarray:
+  """ae_conv1d's data: n series [length, channels], each channel two sines of random
+  frequency, phase and amplitude plus Gaussian noise, 5% of the steps missing (NaN). [n, T, C]"""
+  rng = np.random.default_rng(seed)
+  t = np.arange(length)[None, :, None] / length
+  x = np.zeros((n, length, channels))
+  for _ in range(2):
+    freq = rng.uniform(1.0, 8.0, (n, 1, channels))
+    x += rng.uniform(0.5, 2.0, (n, 1, channels)) * np.sin(
+      2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi, (n, 1, channels))
+    )
+  x += 0.1 * rng.standard_normal(x.shape)
+  x[rng.random((n, length)) < 0.05] = np.nan
+  return x.astype(np.float32)
+
+
+def read_fortunes(path: str) -> list[str]:
+  """The entries of a fortune file (separated by lines holding `%`), whitespace collapsed."""
+  with open(path, encoding="utf-8", errors="replace") as f:
+    entries = re.split(r"^%$", f.read(), flags=re.M)
+  return [" ".join(e.split()) for e in entries if e.strip()]
+
+
+def _text_dataset(data_dir: str) -> str:
+  """text_ae's dlu --dataset: --text_corpus, or the fortune categories written one document a
+  line to data_dir/corpus.txt (entries of at most 400 bytes)."""
+  if FLAGS.text_corpus:
+    return f"text:{os.path.abspath(FLAGS.text_corpus)}"
+  docs = []
+  for category in FORTUNE_CATEGORIES:
+    docs += [d for d in read_fortunes(os.path.join(FORTUNES, category)) if len(d.encode()) <= 400]
+  path = os.path.join(data_dir, "corpus.txt")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(docs) + "\n")
+  return f"text:{path}"
+
+
+class SequenceData:
+  """The sequence models' splits for each seed, as dlu reads its --dataset with that --seed
+  (text:PATH splits by the seed), written once to data_dir/MODEL_SEED.npz (x_train, x_test)
+  for the workers and the scorer."""
+
+  def __init__(self, data_dir: str, datasets: dict[str, str]):
+    import benchmark_dlu
+
+    flags = {m: {**DLU_FLAGS[m], "dataset": datasets[m]} for m in datasets}
+    extra = dict(kv.split("=", 1) for kv in FLAGS.dlu_flags)
+    self.runner = benchmark_dlu.Runner(FLAGS.dataset, FLAGS.batch_size, 1, flags, extra)
+    self.data_dir, self.paths = data_dir, {}
+
+  def path(self, model: str, seed: int) -> str:
+    if (model, seed) not in self.paths:
+      x_train, x_test = self.runner.split(model, seed)
+      path = os.path.join(self.data_dir, f"{model}_{seed}.npz")
+      np.savez(path, x_train=x_train, x_test=x_test)
+      self.paths[model, seed] = path
+    return self.paths[model, seed]
+
+  def arrays(self, model: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(self.path(model, seed)) as f:
+      return f["x_train"], f["x_test"]
+
+
+SEQ: SequenceData | None = None
+
+
 def _prepare_data(out_dir: str):
   """The dataset, and in `out_dir/data`: what the workers read (training and test images, the
-  VAE's binarised test images and posterior noise)."""
+  VAE's binarised test images and posterior noise; the sequence models' dlu datasets)."""
+  global SEQ
   from dlu import data
 
-  ds = data.load(FLAGS.dataset)
   data_dir = os.path.join(out_dir, "data")
   os.makedirs(data_dir, exist_ok=True)
+  datasets = {}
+  if "ae_conv1d" in FLAGS.models:
+    series_dir = os.path.join(data_dir, "series")
+    os.makedirs(series_dir, exist_ok=True)
+    for split, n, seed in (
+      ("TRAIN", FLAGS.series_train, 0),
+      ("TEST", -(-FLAGS.series_train // 4), 1),
+    ):
+      np.savez(os.path.join(series_dir, f"SYNTH_{split}.npz"), x=synthetic_series(n, seed))
+    datasets["ae_conv1d"] = f"series:{series_dir}"
+  if "text_ae" in FLAGS.models:
+    datasets["text_ae"] = _text_dataset(data_dir)
+  with open(os.path.join(data_dir, "seq_datasets.json"), "w") as f:
+    json.dump(datasets, f)
+  SEQ = SequenceData(data_dir, datasets) if datasets else None
+  if not set(FLAGS.models) & set(IMAGE_MODELS):
+    return None, data_dir
+  ds = data.load(FLAGS.dataset)
   np.save(os.path.join(data_dir, "train_images.npy"), ds.x_train)
   np.save(os.path.join(data_dir, "test_images.npy"), ds.x_test)
   rng = np.random.default_rng(0)
@@ -337,6 +530,18 @@ def start_workers(data_dir: str, out_dir: str, notes: list[str]) -> dict:
 def run_benchmark(out_dir: str) -> tuple[list[dict], list[str]]:
   notes = []
   ds, data_dir = _prepare_data(out_dir)
+  for model in FLAGS.models:
+    if model in SEQ_MODELS:
+      x_train, x_test = SEQ.arrays(model, 0)
+      what = (
+        "synthetic series (two sines a channel, noise, 5% of the steps missing)"
+        if model == "ae_conv1d"
+        else f"documents of {FLAGS.text_corpus or 'the fortunes ' + '/'.join(FORTUNE_CATEGORIES)}"
+      )
+      notes.append(
+        f"{model} data: {what}, {len(x_train)} training / {len(x_test)} test, each "
+        f"{'x'.join(map(str, x_train.shape[1:]))} as dlu reads them"
+      )
   workers = start_workers(data_dir, out_dir, notes)
   rows = throughput(workers, notes) if not FLAGS.quality else []
   if not FLAGS.throughput and not FLAGS.quick:
@@ -357,10 +562,13 @@ def throughput(workers: dict, notes: list[str]) -> list[dict]:
   repeats, seconds = (3, 0.5) if FLAGS.quick else (FLAGS.repeats, FLAGS.seconds)
   min_steps = 2 if FLAGS.quick else 3
 
-  steps, results, first, flops, dispatch = {}, {}, {}, {}, {}
+  steps, results, first, flops, dispatch, tokens = {}, {}, {}, {}, {}, {}
   for model in FLAGS.models:
+    data = SEQ.path(model, 0) if model in SEQ_MODELS else None
+    if model == "text_ae":  # real tokens (the end token included) per training document
+      tokens[model] = float(np.mean(np.sum(SEQ.arrays(model, 0)[0] != 0, axis=1)))
     for fw, w in workers.items():
-      r = w(cmd="setup", model=model)
+      r = w(cmd="setup", model=model, data=data)
       if "error" in r:
         notes.append(f"{model} / {fw}: skipped: {r['error']}")
         continue
@@ -411,6 +619,9 @@ def throughput(workers: dict, notes: list[str]) -> list[dict]:
       "steps_per_repeat": steps[model, fw],
       "load_avg": round(_median(loads[model, fw]), 2),
     }
+    if model in tokens:
+      row["tokens_per_example"] = round(tokens[model], 1)
+      row["tokens_per_s"] = round(row["examples_per_s"] * tokens[model], 1)
     if flops.get(model) and peak:
       row["gflops"] = round(row["examples_per_s"] * flops[model] / 1e9, 1)
       row["peak_fraction"] = round(row["gflops"] / peak, 3)
@@ -437,12 +648,20 @@ def throughput(workers: dict, notes: list[str]) -> list[dict]:
 # --- Quality. ---
 
 
+def dispatch_k(model: str) -> int:
+  """dlu's steps per dispatch for a model."""
+  return FLAGS.steps_per_dispatch if model in MLP_MODELS else 1
+
+
 def budgets(model: str, num_train: int) -> list[int]:
   """The step budgets a model is scored at: --mlp_epochs for the MLPs (whole dispatches of
-  --steps_per_dispatch), --conv_steps for the conv models."""
+  --steps_per_dispatch), --conv_steps for the conv models, --seq_steps for ae_conv1d and
+  text_ae."""
+  k = dispatch_k(model)
+  if model in SEQ_MODELS:
+    return [FLAGS.seq_steps]
   if model not in MLP_MODELS:
     return [FLAGS.conv_steps]
-  k = FLAGS.steps_per_dispatch
   return sorted(
     {max(k, round(float(e) * num_train / FLAGS.batch_size / k) * k) for e in FLAGS.mlp_epochs}
   )
@@ -450,7 +669,7 @@ def budgets(model: str, num_train: int) -> list[int]:
 
 def eval_steps(model: str, num_train: int) -> list[int]:
   """Where each curve is scored: --eval_points evenly spaced steps and every budget."""
-  k = FLAGS.steps_per_dispatch if model in MLP_MODELS else 1
+  k = dispatch_k(model)
   last = budgets(model, num_train)[-1]
   even = {
     max(k, round(last * i / FLAGS.eval_points / k) * k) for i in range(1, FLAGS.eval_points + 1)
@@ -462,10 +681,11 @@ class Scorer:
   """One code scores every framework's outputs on the test split (lower is better)."""
 
   def __init__(self, ds, data_dir: str):
-    self.ds, self.x = ds, ds.x_test.astype(np.float32) / 255.0
-    with np.load(os.path.join(data_dir, "vae_inputs.npz")) as f:
-      self.binary = f["binary"]
-    self._features = None
+    self.ds, self._features = ds, None
+    if ds is not None:  # image models asked
+      self.x = ds.x_test.astype(np.float32) / 255.0
+      with np.load(os.path.join(data_dir, "vae_inputs.npz")) as f:
+        self.binary = f["binary"]
 
   def features(self, images):
     if self._features is None:
@@ -486,11 +706,18 @@ class Scorer:
       self._real = self.features(self.x)
     return self._real
 
-  def __call__(self, model: str, path: str) -> dict[str, float]:
+  def __call__(self, model: str, path: str, x_test: np.ndarray | None = None) -> dict[str, float]:
+    """`x_test`: the sequence models' test split (series or token ids)."""
     with np.load(path) as f:
       out = {k: f[k].astype(np.float64) for k in f.files}
     os.remove(path)
     softplus = lambda v: np.logaddexp(0.0, v)
+    if model == "ae_conv1d":  # over each series' observed values, then over series
+      mask = np.isfinite(x_test)
+      err = np.where(mask, out["output"] - np.nan_to_num(x_test), 0.0) ** 2
+      return {"mse": float(np.mean(err.sum((1, 2)) / np.maximum(mask.sum((1, 2)), 1)))}
+    if model == "text_ae":
+      return text_scores(out["logits"], x_test)
     if model == "ae_seed":
       return {"mse": float(np.mean((out["output"] - self.x) ** 2))}
     if model in ("ae_mlp", "ae_conv"):
@@ -515,6 +742,22 @@ class Scorer:
     return sample_quality.all_metrics(self.real_features(), real)
 
 
+def text_scores(logits: np.ndarray, tokens: np.ndarray) -> dict[str, float]:
+  """Teacher-forced next-token accuracy and bits per byte of token ids [N, L] (0 padding,
+  1-3 special, bytes from 4) from logits [N, L, V], per document then averaged, as dlu's
+  text_ae evaluates them (the end token's bits counted, over the document's bytes)."""
+  from scipy.special import log_softmax
+
+  real = tokens != 0
+  nll = -np.take_along_axis(log_softmax(logits, axis=-1), tokens[..., None], -1)[..., 0]
+  hits = (np.argmax(logits, -1) == tokens) & real
+  n_bytes = np.maximum(np.sum(tokens >= 4, axis=1), 1)
+  return {
+    "bits_per_byte": float(np.mean(np.sum(nll * real, 1) / n_bytes / math.log(2))),
+    "token_acc": float(np.mean(hits.sum(1) / np.maximum(real.sum(1), 1))),
+  }
+
+
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
   """Seconds at which a (seconds, quality) curve first reaches `target` (linear between
   points, from the start for the first), None if it never does."""
@@ -534,11 +777,14 @@ def quality(workers: dict, ds, out_dir: str, notes: list[str]) -> list[dict]:
   scorer, rows = Scorer(ds, os.path.join(out_dir, "data")), []
   points_dir = os.path.join(out_dir, "points")
   os.makedirs(points_dir, exist_ok=True)
-  num_train = len(ds.x_train)
   curves = {}  # (model, fw) -> {step: [(seconds, metrics) per seed]}
   for model in FLAGS.models:
+    seq = model in SEQ_MODELS
+    num_train = len(SEQ.arrays(model, 0)[0] if seq else ds.x_train)
     at = eval_steps(model, num_train)
     for seed in range(FLAGS.seeds):
+      data = SEQ.path(model, seed) if seq else None
+      x_test = SEQ.arrays(model, seed)[1] if seq else None
       for fw, w in workers.items():
         if (model, fw) in curves and curves[model, fw] is None:
           continue
@@ -551,6 +797,7 @@ def quality(workers: dict, ds, out_dir: str, notes: list[str]) -> list[dict]:
           eval_at=at,
           out=points_dir,
           samples=FLAGS.gan_samples,
+          data=data,
         )
         if "error" in r:
           notes.append(f"quality {model} / {fw}: skipped: {r['error']}")
@@ -558,7 +805,7 @@ def quality(workers: dict, ds, out_dir: str, notes: list[str]) -> list[dict]:
           continue
         curve = curves.setdefault((model, fw), {})
         for p in r["points"]:
-          curve.setdefault(p["step"], []).append((p["seconds"], scorer(model, p["path"])))
+          curve.setdefault(p["step"], []).append((p["seconds"], scorer(model, p["path"], x_test)))
         final = curve[at[-1]][-1]
         print(
           f"quality {model:9s} {fw:8s} seed {seed}: {QUALITY[model]} {final[1][QUALITY[model]]:.5g} "
@@ -619,7 +866,7 @@ def _quality_rows(model: str, curves: dict, num_train: int) -> list[dict]:
           for s, (t, q) in zip(sorted(curves[fw]), mean_curve[fw])
         ],
       }
-      for extra in ("kid", "precision", "recall"):
+      for extra in ("kid", "precision", "recall", "token_acc"):
         if extra in finals[fw][0]:
           row[extra] = round(float(np.mean([m[extra] for m in finals[fw]])), 5)
       if fw == "dlu" and best_peer:
@@ -709,6 +956,14 @@ def quality_markdown(rows: list[dict]) -> list[str]:
         for r in gan
       ),
     ]
+  text = [r for r in q if "token_acc" in r]
+  if text:
+    lines += [
+      "",
+      "text_ae teacher-forced next-token accuracy on the test split (means over seeds; higher is "
+      "better): "
+      + "; ".join(f"{names[r['framework']]} @ {r['steps']}: {r['token_acc']:.3f}" for r in text),
+    ]
   return lines + [""]
 
 
@@ -732,9 +987,11 @@ def markdown(rows: list[dict], notes: list[str], command: str) -> str:
   if not by:
     return "\n".join(lines + [f"- {n}" for n in notes]) + "\n"
   cores = os.cpu_count() or 1
+  images = set(FLAGS.models) & set(IMAGE_MODELS)
+  data_name = FLAGS.dataset if images else "the sequence data in the notes"
   lines += [
     f"{cores} CPUs ({platform.processor() or platform.machine()}), "
-    f"batch {FLAGS.batch_size}, {FLAGS.dataset}, examples/s median (min-max) over repetitions; "
+    f"batch {FLAGS.batch_size}, {data_name}, examples/s median (min-max) over repetitions; "
     f"load average during the runs {min(load):.1f}-{max(load):.1f}.",
     "",
   ]
@@ -764,6 +1021,15 @@ def markdown(rows: list[dict], notes: list[str], command: str) -> str:
       + "".join(f" | {ratio(m, fw)}" for fw in peers)
       + f" | {firsts} | {frac} |"
     )
+  text = [r for r in by.values() if "tokens_per_s" in r]
+  if text:
+    lines += [
+      "",
+      f"text_ae tokens/s (real tokens, the end token included: {text[0]['tokens_per_example']:.1f} "
+      "per training document on average): "
+      + ", ".join(f"{NAMES[r['framework']]} {r['tokens_per_s']:,.0f}" for r in text)
+      + ".",
+    ]
   if peak:
     lines += [
       "",
@@ -789,6 +1055,8 @@ def check(args: argparse.Namespace) -> None:
     "batch_size",
     "seeds",
     "conv_steps",
+    "seq_steps",
+    "series_train",
     "eval_points",
     "gan_samples",
   ):
@@ -802,6 +1070,15 @@ def check(args: argparse.Namespace) -> None:
     raise UsageError(f"--mlp_epochs must be positive numbers, got {','.join(args.mlp_epochs)}")
   if any("=" not in kv for kv in args.dlu_flags):
     raise UsageError(f"--dlu_flags must be NAME=VALUE pairs, got {','.join(args.dlu_flags)}")
+  if "text_ae" in args.models:
+    corpus = args.text_corpus or FORTUNES
+    if not os.path.exists(corpus):
+      raise UsageError(
+        f"--text_corpus={corpus} does not exist"
+        if args.text_corpus
+        else f"text_ae reads Debian's fortunes from {FORTUNES} (apt-get install fortunes) or "
+        "--text_corpus=PATH (a .txt file, one document a line, or a directory of .txt files)"
+      )
   if args.quality and args.throughput:
     raise UsageError("--quality and --throughput each ask for one part only: give one (or neither)")
   if args.quick and args.quality:

@@ -18,8 +18,10 @@ from absl import flags as absl_flags
 
 absl_flags.FLAGS.mark_as_parsed()  # dlu's flags are read as defaults; nothing is parsed here.
 
-from dlu import config, families  # noqa: E402
+from dlu import config, data, families  # noqa: E402
+from dlu.data import text as text_data  # noqa: E402
 from dlu.models import layers  # noqa: E402
+from dlu.models import text as text_models  # noqa: E402
 from dlu.runtime import parallel  # noqa: E402
 from dlu.train import experiment, loop  # noqa: E402
 
@@ -89,9 +91,15 @@ class Runner:
       k: v for k, v in {**self.model_flags[model], **self.extra, **run_flags}.items() if k in known
     }
     overrides.setdefault("steps_per_dispatch", self.default_k)
-    return config.make_config(
-      model=model, dataset=self.dataset, batch_size=self.batch_size, **overrides
-    )
+    dataset = overrides.pop("dataset", self.dataset)  # the sequence models name their own
+    return config.make_config(model=model, dataset=dataset, batch_size=self.batch_size, **overrides)
+
+  def split(self, model: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training split, test split) of a model's dataset as a run with `--seed=seed` and no
+    validation split reads them (series and text: scaled or tokenised by dlu), for the peers."""
+    cfg = self._config(model, seed=seed, validation_fraction=0.0)
+    ds = data.load(cfg.dataset, table_options=experiment.table_options(cfg, ""))
+    return ds.x_train, ds.x_test
 
   def _build(self, cfg):
     """(experiment, initial state, feed) of a config, as `experiments.train` builds them."""
@@ -100,10 +108,10 @@ class Runner:
     feed = loop.make_feed(exp)
     return exp, state, feed
 
-  def setup(self, model: str, latent_dim: int) -> tuple[float, float]:
+  def setup(self, model: str, latent_dim: int, x_train=None) -> tuple[float, float]:
     """(seconds to the end of the first step, compilation included, as the loop prints it;
-    seconds per step after it)."""
-    del latent_dim  # in the model's flags
+    seconds per step after it). `x_train`: the peers' data (dlu reads its own)."""
+    del latent_dim, x_train  # in the model's flags
     cfg = self._config(model)
     exp, state, feed = self._build(cfg)
     k = cfg.steps_per_dispatch
@@ -140,7 +148,8 @@ class Runner:
       else experiment.build(self._config(model), self.workdir)
     )
     state = jax.eval_shape(exp.family.init_state, exp.init_rng)
-    batch = {"image": jax.ShapeDtypeStruct((self.batch_size,) + exp.spec.example_shape, jnp.uint8)}
+    dtype = jnp.int32 if exp.spec.is_text else jnp.float32 if exp.spec.is_series else jnp.uint8
+    batch = {"image": jax.ShapeDtypeStruct((self.batch_size,) + exp.spec.example_shape, dtype)}
     if exp.family.needs_label:
       batch["label"] = jax.ShapeDtypeStruct((self.batch_size,), jnp.int32)
     fast, layers.FAST_CPU_CONV = layers.FAST_CPU_CONV, False
@@ -173,6 +182,10 @@ class Runner:
     del latent_dim  # in the model's flags
     cfg = self._config(model, seed=seed, num_steps=steps, validation_fraction=0.0)
     exp, state, feed = self._build(cfg)
+    if "x_test" in inputs and not np.array_equal(
+      exp.dataset.x_test, inputs["x_test"], equal_nan=True
+    ):
+      raise ValueError(f"{model}: dlu's test split (seed {seed}) is not the one the peers score")
     outputs, k, seconds, step = _outputs_fn(exp, model), cfg.steps_per_dispatch, 0.0, 0
     for target in eval_at:
       t = time.perf_counter()
@@ -190,6 +203,26 @@ def _outputs_fn(exp, model: str):
   """`(state, inputs, n_samples) -> dict of arrays` that the benchmark scores (see
   `benchmark.py`), in batches of 1,000."""
   family, batch = exp.family, 1000
+  if model in ("ae_conv1d", "text_ae"):
+    if model == "ae_conv1d":  # reconstructions of the test series (NaN steps read as missing)
+      fn = jax.jit(lambda state, x: family.reconstruct(state, x))
+    else:  # the decoder's next-token logits, teacher-forced, from each document's code
+      fn = jax.jit(
+        lambda state, x: family.model.apply(
+          {"params": state.params}, x, text_models.decoder_inputs(x, text_data.BOS)
+        )
+      )
+
+    def outputs(state, inputs, n):
+      x = inputs["x_test"]
+      key = "output" if model == "ae_conv1d" else "logits"
+      return {
+        key: np.concatenate(
+          [np.asarray(fn(state, x[i : i + batch])) for i in range(0, len(x), batch)]
+        )
+      }
+
+    return outputs
   if model == "dcgan":
     sample = jax.jit(lambda s, k: family.samples_from_noise(s, family.sample_noise(k, 0, batch)))
 

@@ -1,7 +1,8 @@
 """The benchmark's models in Keras 3 on TensorFlow, trained with `fit` as Keras users do.
 
 Imported only by `scripts/benchmark.py --worker=keras`; dlu never imports it. The VAE and
-the GAN override `train_step`, as in the Keras examples. Step times are taken between
+the GAN override `train_step`, as in the Keras examples; ae_conv1d is a functional model of the
+series and its mask with a masked-MSE loss (no text_ae here). Step times are taken between
 batch-end callbacks, so `fit`'s per-call set-up is not counted against Keras.
 """
 
@@ -47,6 +48,38 @@ def _decoder(in_dim, shape=(28, 28, 1)):
       layers.Conv2DTranspose(1, 3, strides=1, padding="same"),
     ]
   )
+
+
+def _conv1d_ae(latent_dim, shape):
+  """dlu's ae_conv1d: the series and its mask side by side on the channels, stride-2 Conv1D
+  32/64 (kernel 5), a dense code, dense back to T/4 steps, stride-2 Conv1DTranspose 64/32 and a
+  stride-1 output Conv1D, cropped to T."""
+  length, channels = shape
+  t0 = -(-length // 4)
+  x, mask = keras.Input(shape), keras.Input(shape)
+  h = layers.Concatenate()([x, mask])
+  for width in (32, 64):
+    h = layers.Conv1D(width, 5, strides=2, padding="same", activation="relu")(h)
+  code = layers.Dense(latent_dim)(layers.Flatten()(h))
+  h = layers.Reshape((t0, 64))(layers.Dense(t0 * 64, activation="relu")(code))
+  for width in (64, 32):
+    h = layers.Conv1DTranspose(width, 5, strides=2, padding="same", activation="relu")(h)
+  out = layers.Cropping1D((0, 4 * t0 - length))(layers.Conv1D(channels, 5, padding="same")(h))
+  return keras.Model([x, mask], out)
+
+
+def masked_mse(y_true, y_pred):
+  """MSE over each series' observed values (NaN in `y_true`: missing). [B]"""
+  mask = keras.ops.isfinite(y_true)
+  err = keras.ops.where(mask, y_pred - keras.ops.where(mask, y_true, 0.0), 0.0)
+  count = keras.ops.sum(keras.ops.cast(mask, "float32"), axis=(1, 2))
+  return keras.ops.sum(err**2, axis=(1, 2)) / keras.ops.maximum(count, 1.0)
+
+
+def split_nan(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(series with NaN steps 0, mask 1.0 where observed)."""
+  mask = np.isfinite(x)
+  return np.where(mask, x, 0.0).astype(np.float32), mask.astype(np.float32)
 
 
 class VAE(keras.Model):
@@ -166,6 +199,9 @@ def build(
       loss=keras.losses.BinaryCrossentropy(from_logits=True),
       **compile_kwargs,
     )
+  elif model == "ae_conv1d":
+    net = _conv1d_ae(latent_dim, shape)
+    net.compile(keras.optimizers.Adam(1e-3), loss=masked_mse, **compile_kwargs)
   elif model == "conv_vae":
     net = VAE(latent_dim, shape)
     net.compile(keras.optimizers.Adam(1e-3), **compile_kwargs)
@@ -196,6 +232,13 @@ def outputs(net: keras.Model, model: str, inputs: dict, n_samples: int, batch: i
   if model == "dcgan":
     z = np.random.normal(size=(n_samples, net.latent_dim)).astype(np.float32)
     return {"samples": (run(net.generator, z) + 1) / 2}
+  if model == "ae_conv1d":
+    x0, mask = split_nan(inputs["x_test"])
+    parts = [
+      np.asarray(net([x0[i : i + batch], mask[i : i + batch]], training=False))
+      for i in range(0, len(x0), batch)
+    ]
+    return {"output": np.concatenate(parts)}
   if model == "conv_vae":
     h = run(net.encoder, inputs["binary"])
     mean, log_var = h[:, : net.latent_dim], h[:, net.latent_dim :]
@@ -243,8 +286,8 @@ class Runner:
   ):
     """Keras's defaults, or its fast settings: `jit_compile=True` and, for the MLPs,
     `steps_per_execution` steps in one call (the conv models' steps are long enough)."""
-    self.x = x.astype(np.float32) / 255.0  # [N, 28, 28, 1]
-    self.batch_size, self.nets = batch_size, {}
+    self.x = None if x is None else x.astype(np.float32) / 255.0  # [N, 28, 28, 1]
+    self.batch_size, self.nets, self.series = batch_size, {}, {}  # series: ae_conv1d's data
     self.jit_compile, self.mlp_k = jit_compile, mlp_steps_per_execution
 
   def steps_per_dispatch(self, model: str) -> int:
@@ -254,15 +297,21 @@ class Runner:
     kwargs = {"steps_per_execution": self.steps_per_dispatch(model)}
     if self.jit_compile:
       kwargs["jit_compile"] = True
-    return build(model, latent_dim, self.x.shape[1:], seed, **kwargs)
+    shape = self.series[model].shape[1:] if model in self.series else self.x.shape[1:]
+    return build(model, latent_dim, shape, seed, **kwargs)
 
   def _fit(self, model: str, steps: int, net=None, callback=None) -> list[float]:
     net, timer = net or self.nets[model], _StepTimes()
     timer.times = [time.perf_counter()]
     target = None if model in ("conv_vae", "dcgan") else self.x
     # A tf.data pipeline of the in-memory array, shuffled each epoch, as in the Keras guides.
-    ds = tf.data.Dataset.from_tensor_slices(self.x if target is None else (self.x, target))
-    ds = ds.shuffle(len(self.x)).repeat().batch(self.batch_size, drop_remainder=True)
+    if model in self.series:  # inputs (series with missing steps 0, mask), target with NaN
+      x = self.series[model]
+      ds = tf.data.Dataset.from_tensor_slices((split_nan(x), x))
+    else:
+      x = self.x
+      ds = tf.data.Dataset.from_tensor_slices(x if target is None else (x, target))
+    ds = ds.shuffle(len(x)).repeat().batch(self.batch_size, drop_remainder=True)
     net.fit(
       ds.prefetch(tf.data.AUTOTUNE),
       epochs=1,
@@ -272,8 +321,11 @@ class Runner:
     )
     return timer.times
 
-  def setup(self, model: str, latent_dim: int) -> tuple[float, float]:
-    """(seconds of the first step, tracing included; seconds per step after it)."""
+  def setup(self, model: str, latent_dim: int, x_train=None) -> tuple[float, float]:
+    """(seconds of the first step, tracing included; seconds per step after it). `x_train`:
+    ae_conv1d's series."""
+    if x_train is not None:
+      self.series[model] = x_train
     self.nets[model] = self._build(model, latent_dim)
     k = self.steps_per_dispatch(model)
     times = self._fit(model, 3 * k)  # three executions
@@ -288,5 +340,7 @@ class Runner:
   def train(self, model, latent_dim, seed, steps, eval_at, inputs, n_samples, report):
     """Train a fresh model with one `fit` of `steps` steps; at each step in `eval_at`,
     `report(step, training seconds so far, outputs)` (the time it takes is not counted)."""
+    if "x_train" in inputs:
+      self.series[model] = inputs["x_train"]
     net, k = self._build(model, latent_dim, seed), self.steps_per_dispatch(model)
     self._fit(model, steps, net, _Evaluations(model, eval_at, inputs, n_samples, report, k))

@@ -1,7 +1,8 @@
 """The benchmark's models in PyTorch, trained the way a PyTorch user would write it.
 
 Imported only by `scripts/benchmark.py --worker=pytorch`; dlu never imports it.
-Same architectures, losses and optimiser settings as dlu's models of the same name.
+Same architectures, losses and optimiser settings as dlu's models of the same name (the image
+models from PyTorch's default initialisers; ae_conv1d and text_ae initialised as dlu does).
 """
 
 from __future__ import annotations
@@ -61,6 +62,166 @@ def _mlp(widths):
   for i in range(len(widths) - 1):
     layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
   return nn.Sequential(*layers[:-1])
+
+
+class Conv1DAutoencoder(nn.Module):
+  """dlu's ae_conv1d: the series and its mask on the channels, stride-2 1-D convs, a dense
+  code, dense back to T/4 steps, stride-2 transposed convs and a stride-1 output conv."""
+
+  def __init__(self, length, channels, latent_dim, widths=(32, 64), k=5):
+    super().__init__()
+    self.t0 = length // 2 ** len(widths)
+    down, up = [2 * channels, *widths], [widths[-1], *reversed(widths)]
+    convs = []
+    for cin, cout in zip(down[:-1], down[1:]):
+      convs += [nn.Conv1d(cin, cout, k, stride=2, padding=k // 2), nn.ReLU()]
+    self.encoder = nn.Sequential(*convs, nn.Flatten(), nn.Linear(self.t0 * widths[-1], latent_dim))
+    deconvs = []
+    for cin, cout in zip(up[:-1], up[1:]):
+      deconvs += [
+        nn.ConvTranspose1d(cin, cout, k, stride=2, padding=k // 2, output_padding=1),
+        nn.ReLU(),
+      ]
+    self.expand = nn.Linear(latent_dim, self.t0 * widths[-1])
+    self.decoder = nn.Sequential(*deconvs, nn.Conv1d(widths[0], channels, k, padding=k // 2))
+    for m in self.modules():  # dlu's initialisation: Glorot-uniform kernels, zero biases
+      if isinstance(m, (nn.Linear, nn.Conv1d, nn.ConvTranspose1d)):
+        nn.init.xavier_uniform_(m.weight)
+        nn.init.zeros_(m.bias)
+
+  def forward(self, x, mask):  # [B, T, C] each -> [B, T, C]
+    h = self.encoder(torch.cat([x, mask], -1).transpose(1, 2))
+    h = F.relu(self.expand(h)).view(len(x), -1, self.t0)
+    return self.decoder(h).transpose(1, 2)
+
+
+class Block(nn.Module):
+  """Pre-norm self-attention and a feed-forward layer (GELU, tanh form), both residual."""
+
+  def __init__(self, dim, heads, ff):
+    super().__init__()
+    self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+    self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+    self.ff1, self.ff2 = nn.Linear(dim, ff), nn.Linear(ff, dim)
+
+  def forward(self, x, attn_mask=None, key_padding_mask=None):
+    h = self.norm1(x)
+    h = self.attn(h, h, h, attn_mask=attn_mask, key_padding_mask=key_padding_mask)[0]
+    x = x + h
+    return x + self.ff2(F.gelu(self.ff1(self.norm2(x)), approximate="tanh"))
+
+
+class TextAutoencoder(nn.Module):
+  """dlu's text_ae: a Transformer encoder mean-pooled over the real tokens to a code, and a
+  causal Transformer decoder that sees the code added to every input position."""
+
+  def __init__(self, vocab, length, dim=64, heads=4, layers=2, ff=256, latent_dim=32):
+    super().__init__()
+    self.embed = nn.Embedding(vocab, dim)
+    self.positions = nn.Parameter(torch.randn(length, dim) * 0.02)
+    self.encoder = nn.ModuleList(Block(dim, heads, ff) for _ in range(layers))
+    self.decoder = nn.ModuleList(Block(dim, heads, ff) for _ in range(layers))
+    self.encoder_norm, self.decoder_norm = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+    self.code, self.from_code = nn.Linear(dim, latent_dim), nn.Linear(latent_dim, dim)
+    self.out = nn.Linear(dim, vocab)
+    causal = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)
+    self.register_buffer("causal", causal, persistent=False)
+    # dlu's initialisation: Glorot-uniform kernels (q, k and v each), zero biases, embeddings
+    # N(0, 1/dim), positions N(0, 0.02^2).
+    nn.init.normal_(self.embed.weight, std=dim**-0.5)
+    for m in self.modules():
+      if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        nn.init.zeros_(m.bias)
+      elif isinstance(m, nn.MultiheadAttention):
+        for w in m.in_proj_weight.chunk(3):
+          nn.init.xavier_uniform_(w)
+
+  def _embed(self, tokens):
+    return self.embed(tokens) + self.positions[: tokens.shape[1]]
+
+  def encode(self, tokens):
+    pad = tokens == 0
+    h = self._embed(tokens)
+    for block in self.encoder:
+      h = block(h, key_padding_mask=pad)
+    h = self.encoder_norm(h)
+    w = (~pad).unsqueeze(-1).float()
+    return self.code((h * w).sum(1) / w.sum(1).clamp(min=1))
+
+  def forward(self, tokens, inputs):
+    h = self._embed(inputs) + self.from_code(self.encode(tokens)).unsqueeze(1)
+    mask = self.causal[: inputs.shape[1], : inputs.shape[1]]
+    for block in self.decoder:
+      h = block(h, attn_mask=mask)
+    return self.out(self.decoder_norm(h))
+
+
+# Token ids of dlu's text data: 0 padding, 1 start, 2 end, 3 unknown; real tokens from 4.
+PAD, BOS, UNK, NUM_SPECIAL = 0, 1, 3, 4
+
+
+class SequenceTrainer:
+  """ae_conv1d on series [N, T, C] (NaN: missing) or text_ae on token ids [N, L]; the same
+  `step()` and `outputs()` as `Trainer`."""
+
+  def __init__(self, model, x, batch_size, latent_dim, seed=0, compile=False):  # noqa: A002
+    torch.manual_seed(seed)
+    self.model, self.batch_size = model, batch_size
+    self.x = torch.from_numpy(x)
+    self.perm, self.pos = torch.randperm(len(self.x)), 0
+    if model == "ae_conv1d":
+      self.net = Conv1DAutoencoder(x.shape[1], x.shape[2], latent_dim)
+    elif model == "text_ae":
+      self.net = TextAutoencoder(NUM_SPECIAL + 256, x.shape[1], latent_dim=latent_dim)
+    else:
+      raise KeyError(model)
+    self.opt = torch.optim.Adam(self.net.parameters(), 1e-3)
+    if compile:
+      self.net = torch.compile(self.net)
+
+  def _next(self) -> torch.Tensor:
+    if self.pos + self.batch_size > len(self.x):
+      self.perm, self.pos = torch.randperm(len(self.x)), 0
+    idx = self.perm[self.pos : self.pos + self.batch_size]
+    self.pos += self.batch_size
+    return self.x[idx]
+
+  def step(self) -> float:
+    batch = self._next()
+    self.opt.zero_grad(set_to_none=True)
+    if self.model == "ae_conv1d":  # MSE over each series' observed values, mean over series
+      mask = torch.isfinite(batch).float()
+      x = torch.nan_to_num(batch, nan=0.0)
+      err = ((self.net(x, mask) - x) ** 2 * mask).sum((1, 2))
+      loss = (err / mask.sum((1, 2)).clamp(min=1)).mean()
+    else:  # cross-entropy on the real tokens; word dropout 0.25 on the decoder's inputs
+      tokens = batch.long()
+      inputs = torch.cat([torch.full_like(tokens[:, :1], BOS), tokens[:, :-1]], 1)
+      drop = (torch.rand(inputs.shape) < 0.25) & (inputs >= NUM_SPECIAL)
+      inputs = inputs.masked_fill(drop, UNK)
+      logits = self.net(tokens, inputs)
+      loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), ignore_index=PAD)
+    loss.backward()
+    self.opt.step()
+    return loss.item()
+
+  @torch.no_grad()
+  def outputs(self, inputs: dict[str, np.ndarray], n_samples: int, batch: int = 1000) -> dict:
+    """ae_conv1d: reconstructions of the test series; text_ae: teacher-forced logits."""
+    del n_samples
+    self.net.eval()
+    x, parts = torch.from_numpy(inputs["x_test"]), []
+    for i in range(0, len(x), batch):
+      b = x[i : i + batch]
+      if self.model == "ae_conv1d":
+        parts.append(self.net(torch.nan_to_num(b, nan=0.0), torch.isfinite(b).float()))
+      else:
+        b = b.long()
+        parts.append(self.net(b, torch.cat([torch.full_like(b[:, :1], BOS), b[:, :-1]], 1)))
+    self.net.train()
+    key = "output" if self.model == "ae_conv1d" else "logits"
+    return {key: torch.cat(parts).numpy().astype(np.float32)}
 
 
 class Trainer:
@@ -212,9 +373,14 @@ class Runner:
   def __init__(self, x: np.ndarray, batch_size: int, compile: bool = False):  # noqa: A002
     self.x, self.batch_size, self.trainers, self.compile = x, batch_size, {}, compile
 
-  def setup(self, model: str, latent_dim: int) -> tuple[float, float]:
+  def _trainer(self, model, latent_dim, seed, x_train):
+    if x_train is not None:  # the sequence models
+      return SequenceTrainer(model, x_train, self.batch_size, latent_dim, seed, self.compile)
+    return Trainer(model, self.x, self.batch_size, latent_dim, seed, compile=self.compile)
+
+  def setup(self, model: str, latent_dim: int, x_train=None) -> tuple[float, float]:
     """(seconds of the first step, seconds per step after it)."""
-    trainer = Trainer(model, self.x, self.batch_size, latent_dim, compile=self.compile)
+    trainer = self._trainer(model, latent_dim, 0, x_train)
     t = time.perf_counter()
     trainer.step()
     first = time.perf_counter() - t
@@ -231,7 +397,7 @@ class Runner:
   def train(self, model, latent_dim, seed, steps, eval_at, inputs, n_samples, report):
     """Train a fresh model for `steps` steps; at each step in `eval_at`, `report(step,
     training seconds so far, outputs)` (the time it takes is not counted)."""
-    trainer = Trainer(model, self.x, self.batch_size, latent_dim, seed, compile=self.compile)
+    trainer = self._trainer(model, latent_dim, seed, inputs.get("x_train"))
     seconds, step = 0.0, 0
     for target in eval_at:
       t = time.perf_counter()
