@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=test
 source scripts/setup_env.sh
-"${PY}" -m pytest -q "$@"
+# One worker process per core (at most 4), each test file in one worker (its fixtures built once).
+"${PY}" -m pytest -q -n auto --maxprocesses=4 --dist loadfile "$@"

@@ -264,7 +264,8 @@ def scatter_plot(
   fig = Figure(figsize=(7, 6), dpi=110)
   ax = fig.subplots()
   colours = None if labels is None else np.asarray(labels)
-  sc = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=3, alpha=0.7, linewidths=0)
+  colour = {} if colours is None else {"c": colours, "cmap": "tab10"}  # no labels: one colour
+  sc = ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.7, linewidths=0, **colour)
   if colours is not None:
     classes = np.unique(colours)
     handles = [Line2D([], [], ls="", marker="o", color=sc.cmap(sc.norm(c))) for c in classes]
