@@ -281,3 +281,12 @@ def test_a_table_with_text_columns_is_refused_in_one_line_naming_the_cell(tmp_pa
   assert "column 'city' row 2 holds 'Oslo'" in message and "\n" not in message
   assert "records hold tables of numbers only" in message and f"--dataset=csv:{src}" in message
   assert not out.exists()
+
+
+def test_documents_are_refused_in_one_line_before_anything_is_written(tmp_path):
+  src = tmp_path / "docs.txt"
+  src.write_text("hello world\nsecond doc\n")
+  out = tmp_path / "rec"
+  with pytest.raises(UsageError, match="records of documents are not written") as e:
+    preparation.prepare_records(f"text:{src}", str(out))
+  assert "\n" not in str(e.value) and not out.exists()

@@ -83,6 +83,11 @@ def prepare_records(
   out = os.path.abspath(os.path.expanduser(out))
   if kind in ("records", "npy"):
     raise UsageError(f"{what} is read by row already; there is nothing to prepare")
+  if kind == "text":
+    raise UsageError(
+      f"{what}: records of documents are not written (their tokeniser is fitted on the training "
+      "split when a run reads them); train on the text: source itself"
+    )
   if label_column and kind not in (*tables.TABLE_FORMATS, "series"):
     raise UsageError(
       f"--label_column names a column of a table (csv:, parquet:, json:) or of a series:PATH "
